@@ -1,0 +1,5 @@
+"""``python -m meshmon`` is the ``meshmon`` command."""
+
+from meshmon.cli import main
+
+main()

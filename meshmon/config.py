@@ -1,0 +1,316 @@
+"""The agent's configuration: one TOML file, one frozen dataclass per section.
+
+Every field has a default with its reason beside it, so an agent runs from a nearly empty file;
+``meshmon config check FILE`` prints the effective result. Decoding and error reporting live in
+:mod:`meshmon.configload`. Secrets paths may be overridden from the environment
+(``MESHMON_CA_CERT``, ``MESHMON_CERT``, ``MESHMON_KEY``, ``MESHMON_CRL``) so that a container
+can mount them where it likes without editing the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from meshmon.configload import ByteSize, ConfigError, FieldError, Seconds, decode
+
+DEFAULT_PORT = 7946
+"""memberlist's port, so firewall rules written for Serf/Consul-style meshes carry over."""
+
+ENV_OVERRIDES = {
+    "MESHMON_CA_CERT": ("tls", "ca_cert"),
+    "MESHMON_CERT": ("tls", "cert"),
+    "MESHMON_KEY": ("tls", "key"),
+    "MESHMON_CRL": ("tls", "crl"),
+    "MESHMON_DATA_DIR": ("node", "data_dir"),
+}
+
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def check_name(text: str, what: str = "name") -> None:
+    """Reject names that would not survive logs, file names and certificates."""
+    if not text or len(text) > 63 or not set(text) <= _NAME_CHARS:
+        raise ValueError(
+            f"{text!r} is not a valid {what}: use 1-63 letters, digits, '-', '_' or '.'"
+        )
+
+
+def split_host_port(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Split ``host:port``, ``[v6]:port``, ``host`` or a bare IPv6 address.
+
+    Raises:
+        ValueError: the port is not a number in 1..65535 or the host is empty.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":") if rest else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""  # a hostname, an IPv4 address or a bare IPv6 address
+    if not host:
+        raise ValueError(f"{text!r} has no host; write host:port, e.g. \"10.0.0.1:7946\"")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r} has a bad port {port_text!r}; use 1-65535")
+    return host, int(port_text)
+
+
+def _check_port(value: int, name: str) -> None:
+    if not 0 <= value < 65536:
+        raise FieldError(name, f"{value} is not a port; use 1-65535 (0 picks a free one)")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Who this agent is."""
+
+    name: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
+    """Unique within the mesh; defaults to the short hostname. Must match the certificate."""
+    tags: tuple[str, ...] = ()
+    """Labels that check policies select on (``dc1``, ``web``)."""
+    data_dir: Path = Path("/var/lib/meshmon")
+    """Where the ring store and runtime files live."""
+
+    def __post_init__(self) -> None:
+        try:
+            check_name(self.name, "node name")
+        except ValueError as exc:
+            raise FieldError("name", str(exc)) from None
+        for i, tag in enumerate(self.tags):
+            try:
+                check_name(tag, "tag")
+            except ValueError as exc:
+                raise FieldError(f"tags[{i}]", str(exc)) from None
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Where the agent listens for its peers."""
+
+    address: str = "0.0.0.0"
+    """Bind address for both UDP gossip and TCP (mTLS) streams."""
+    udp_port: int = DEFAULT_PORT
+    """Gossip datagrams (SWIM probes, piggybacked updates)."""
+    tcp_port: int = DEFAULT_PORT
+    """mTLS streams (push-pull state sync, key exchange, TCP fallback pings)."""
+    advertise: str = ""
+    """Address peers should use; empty means ``address`` (required when that is a wildcard)."""
+
+    def __post_init__(self) -> None:
+        for name in ("address", "advertise"):
+            value = getattr(self, name)
+            if value:
+                try:
+                    ipaddress.ip_address(value)
+                except ValueError:
+                    raise FieldError(name, f"{value!r} is not an IP address") from None
+        _check_port(self.udp_port, "udp_port")
+        _check_port(self.tcp_port, "tcp_port")
+
+    @property
+    def advertise_address(self) -> str:
+        """The address gossiped to peers."""
+        return self.advertise or self.address
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """How the agent joins and keeps up with the mesh."""
+
+    seeds: tuple[str, ...] = ()
+    """``host:port`` of agents to join through (DNS names allowed). Empty: start a new mesh."""
+    profile: Literal["lan", "wan", "local"] = "lan"
+    """Timing profile: memberlist's LAN defaults, or its WAN/local variants."""
+
+    def __post_init__(self) -> None:
+        for i, seed in enumerate(self.seeds):
+            try:
+                split_host_port(seed)
+            except ValueError as exc:
+                raise FieldError(f"seeds[{i}]", str(exc)) from None
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The node's identity in the mesh PKI (see ``meshmon ca`` and ``meshmon cert``)."""
+
+    ca_cert: Path = Path("certs/ca.crt")
+    """The mesh CA certificate: the mesh *is* this CA."""
+    cert: Path = Path("certs/node.crt")
+    """This node's certificate, issued by ``meshmon cert issue``."""
+    key: Path = Path("certs/node.key")
+    """This node's private key (mode 0600)."""
+    crl: Path = Path("certs/crl.pem")
+    """The CA's revocation list; newer lists are also learnt from peers."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging through the standard ``logging`` module."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    """``json`` writes one object per line for log shippers."""
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The local control API used by the CLI and the TUI."""
+
+    socket: Path | None = None
+    """Unix socket path; default ``<data_dir>/control.sock``."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The local ring store of results."""
+
+    max_bytes: ByteSize = ByteSize(256 * 2**20)
+    """Ring capacity; the oldest segment is dropped when full (losses are counted)."""
+    segment_bytes: ByteSize = ByteSize(8 * 2**20)
+    """Segment size: the unit that is dropped when the ring wraps."""
+    fsync: Literal["always", "batch", "never"] = "batch"
+    """``batch``: group appends and fsync at most every ``fsync_interval``."""
+    fsync_interval: Seconds = Seconds(0.2)
+
+    def __post_init__(self) -> None:
+        if self.segment_bytes < 4096:
+            raise FieldError("segment_bytes", "must be at least 4KiB")
+        if self.max_bytes < 2 * self.segment_bytes:
+            raise FieldError("max_bytes", "must hold at least two segments (2 × segment_bytes)")
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Lazy upload of results to an optional aggregator."""
+
+    url: str = ""
+    """Aggregator URL; empty keeps the agent fully serverless."""
+    interval: Seconds = Seconds(10.0)
+    batch_size: int = 5000
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """One check: what to probe, how often, and which agents do it."""
+
+    name: str
+    kind: str
+    """A probe kind (``ping``, ``trace``, ``tcp``, ``udp``, ``http``, ``tls``) or a plugin name."""
+    interval: Seconds = Seconds(30.0)
+    timeout: Seconds = Seconds(5.0)
+    targets: tuple[str, ...] = ()
+    """Static endpoints: hosts, ``host:port`` or URLs."""
+    target_tags: tuple[str, ...] = ()
+    """Agents carrying any of these tags are targets too (mesh probing)."""
+    agent_tags: tuple[str, ...] = ()
+    """Only agents with one of these tags run the check; empty means every agent."""
+    replicas: int = 3
+    """How many agents probe each target; 0 means all eligible agents (full mesh)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Probe-specific parameters (``count``, ``port``, ``expect_status``...)."""
+
+    def __post_init__(self) -> None:
+        try:
+            check_name(self.name, "check name")
+        except ValueError as exc:
+            raise FieldError("name", str(exc)) from None
+        if self.interval <= 0:
+            raise FieldError("interval", "must be greater than zero")
+        if self.timeout <= 0 or self.timeout > self.interval:
+            raise FieldError("timeout", "must be greater than zero and at most the interval")
+        if self.replicas < 0:
+            raise FieldError("replicas", "must be 0 (all) or a positive number")
+        if not self.targets and not self.target_tags:
+            raise FieldError("targets", "a check needs targets or target_tags (or both)")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Alert rules and notifiers (filled in by the alerting work)."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The whole agent configuration."""
+
+    node: NodeConfig = field(default_factory=NodeConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    checks: tuple[CheckConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.listen.advertise_address in ("0.0.0.0", "::"):
+            raise FieldError(
+                "listen.advertise",
+                "listen.address is a wildcard, so set listen.advertise to the address "
+                "peers should use",
+            )
+        seen: dict[str, int] = {}
+        for i, check in enumerate(self.checks):
+            if check.name in seen:
+                raise FieldError(
+                    f"checks[{i}].name",
+                    f"{check.name!r} is already used by checks[{seen[check.name]}]",
+                )
+            seen[check.name] = i
+
+    @property
+    def control_socket(self) -> Path:
+        """Where the control API listens."""
+        return self.control.socket or self.node.data_dir / "control.sock"
+
+
+def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> AgentConfig:
+    """Read and validate an agent config file.
+
+    Args:
+        path: the TOML file.
+        environ: environment for ``MESHMON_*`` overrides (default: ``os.environ``).
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or a value is wrong. The message names the
+            file and the key path.
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, "", "file not found; create it or pass --config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, "", f"cannot read the file: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+    env = os.environ if environ is None else environ
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if env.get(var):
+            table = data.setdefault(section, {})
+            if not isinstance(table, dict):
+                raise ConfigError(source, section, "expected a table")
+            table[key] = str(Path(env[var]).absolute())
+    return decode(AgentConfig, data, source, path.parent.absolute())
+
+
+def config_from_dict(data: dict[str, Any], base_dir: Path, source: str = "<memory>") -> AgentConfig:
+    """Build a config from already parsed data (tests, embedding)."""
+    return decode(AgentConfig, data, source, base_dir)
