@@ -30,6 +30,10 @@ app.add_typer(cert_app, name="cert")
 app.add_typer(config_app, name="config")
 app.add_typer(agent_app, name="agent")
 
+from meshmon import cli_ops  # noqa: E402 - after the root app exists
+
+cli_ops.register(app)
+
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="text or json (one object a line).")]
 

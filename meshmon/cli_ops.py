@@ -1,0 +1,163 @@
+"""Operator commands that talk to a running agent through its control API.
+
+``meshmon status | members | assignments | results`` find the agent's unix socket from
+``--socket``, or from the agent's config file (``--config``), or from ``MESHMON_SOCKET`` /
+``MESHMON_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from meshmon.configload import ConfigError
+from meshmon.control import ControlClient, ControlError
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="The agent's config file "
+                                                "(to find its control socket).")]  # fmt: skip
+SocketOpt = Annotated[Path | None, typer.Option("--socket", help="The agent's control socket.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def socket_path(config: Path | None, socket: Path | None) -> Path:
+    """Where the agent's control API listens, from the options or the environment."""
+    if socket:
+        return socket
+    if os.environ.get("MESHMON_SOCKET"):
+        return Path(os.environ["MESHMON_SOCKET"])
+    config = config or (Path(os.environ["MESHMON_CONFIG"]) if os.environ.get("MESHMON_CONFIG")
+                        else None)  # fmt: skip
+    if config is None:
+        default = Path("/var/lib/meshmon/control.sock")
+        if default.exists():
+            return default
+        raise typer.BadParameter("pass --config AGENT.toml or --socket PATH of the running agent")
+    from meshmon.config import load_config
+
+    try:
+        return load_config(config).control_socket
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def fetch(config: Path | None, socket: Path | None, endpoint: str, **params: Any) -> Any:
+    """GET an endpoint or exit with the client's explanation."""
+    client = ControlClient(socket_path(config, socket))
+    try:
+        return client.get(endpoint, **params)
+    except ControlError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned text table."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)  # fmt: skip
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    """``12s``, ``5m``, ``3h`` since ``ts``."""
+    if not ts:
+        return "-"
+    delta = max(0.0, (now or time.time()) - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{delta / size:.0f}{unit}"
+    return f"{delta:.0f}s"
+
+
+def members_table(members: list[dict[str, Any]]) -> str:
+    """The membership view as a table."""
+    rows = [
+        (m["name"], f"{m['address']}:{m['udp_port']}", m["state"], m.get("incarnation", ""),
+         ",".join(m.get("tags", [])), m.get("version", ""), ago(m.get("since")))
+        for m in sorted(members, key=lambda m: m["name"])
+    ]  # fmt: skip
+    return table(("NAME", "ADDRESS", "STATE", "INC", "TAGS", "VERSION", "SINCE"), rows)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the operator commands to the root ``meshmon`` app."""
+
+    @app.command("status")
+    def status(
+        config: ConfigOpt = None, socket: SocketOpt = None, as_json: JsonOpt = False
+    ) -> None:
+        """Show a running agent's identity, uptime, store and loss counters."""
+        data = fetch(config, socket, "status")
+        if as_json:
+            typer.echo(json.dumps(data, indent=2))
+            return
+        for key, value in data.items():
+            if isinstance(value, dict):
+                typer.echo(f"{key}:")
+                for k, v in value.items():
+                    typer.echo(f"  {k}: {v}")
+            else:
+                typer.echo(f"{key}: {value}")
+
+    @app.command("members")
+    def members(
+        config: ConfigOpt = None, socket: SocketOpt = None, as_json: JsonOpt = False
+    ) -> None:
+        """List the mesh members as this agent sees them."""
+        data = fetch(config, socket, "members")
+        typer.echo(json.dumps(data, indent=2) if as_json else members_table(data))
+
+    @app.command("assignments")
+    def assignments(config: ConfigOpt = None, socket: SocketOpt = None,
+                    as_json: JsonOpt = False) -> None:  # fmt: skip
+        """What this agent probes, and the coverage of every target."""
+        data = fetch(config, socket, "assignments")
+        if as_json:
+            typer.echo(json.dumps(data, indent=2))
+            return
+        mine = data.get("mine", [])
+        typer.echo(f"this agent probes {len(mine)} target(s):")
+        typer.echo(table(("CHECK", "KIND", "TARGET", "INTERVAL"),
+                         [(a["check"], a["kind"], a["target"], a["interval"]) for a in mine]))
+        typer.echo("\ncoverage:")
+        typer.echo(table(
+            ("CHECK", "TARGET", "OWNERS", "WANTED", "PROBED BY"),
+            [(c["check"], c["target"], len(c["owners"]), c["wanted"], ",".join(c["owners"]))
+             for c in data.get("coverage", [])],
+        ))  # fmt: skip
+
+    @app.command("results")
+    def results(
+        config: ConfigOpt = None,
+        socket: SocketOpt = None,
+        check: Annotated[str | None, typer.Option(help="Only this check.")] = None,
+        target: Annotated[str | None, typer.Option(help="Only this target.")] = None,
+        since: Annotated[str | None, typer.Option(help="Only newer than this, e.g. 10m.")] = None,
+        limit: Annotated[int, typer.Option(help="At most this many (newest).")] = 50,
+        latest: Annotated[bool, typer.Option(help="Only the newest per target.")] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Show results from the agent's local store."""
+        data = fetch(config, socket, "results", check=check, target=target, since=since,
+                     limit=limit, latest=1 if latest else None)  # fmt: skip
+        if as_json:
+            typer.echo(json.dumps(data, indent=2))
+            return
+        rows = [
+            (dt.datetime.fromtimestamp(r["timestamp"]).strftime("%H:%M:%S"), r["check"],
+             r["target"], "ok" if r["success"] else "FAIL",
+             "-" if r.get("response_time_ms") is None else f"{r['response_time_ms']:.3f}",
+             r.get("error") or "", "degraded" if r.get("degraded") else "")
+            for r in data
+        ]  # fmt: skip
+        typer.echo(table(("TIME", "CHECK", "TARGET", "STATUS", "RTT_MS", "ERROR", ""), rows))
