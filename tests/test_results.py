@@ -1,0 +1,113 @@
+"""The result model: success/latency/error rules and the CBOR round trip of every variant."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshmon import results as r
+
+ENVELOPE = dict(agent="a1", check="c", target="t", family=4, started_at=1.7e9, duration_ms=3.5)
+
+
+def samples() -> list[r.MonitoringResult]:
+    hop = r.TracerouteHop(ttl=1, addresses=("10.0.0.1",), sent=3, received=2,
+                          latencies_ms=(0.5, 0.7))
+    return [
+        r.Ping(**ENVELOPE, result=r.PingResult(2, 1, (0.1, 0.3), (), 0.2, "127.0.0.1",
+                                              samples=(0.1, None, 0.3))),
+        r.Traceroute(**ENVELOPE, result=r.TracerouteResult((hop,), True, 0.6, (),
+                                                           protocol="udp")),
+        r.TcpConnect(**ENVELOPE, seq=7, result=r.TcpConnectResult(False, None, "refused",
+                                                                  "127.0.0.1", 9)),
+        r.UdpConnect(**ENVELOPE, result=r.UdpConnectResult(True, 1.5, None, "::1", 53, 2, 2,
+                                                           (1.0, 2.0), 1.0)),
+        r.HttpGet(**ENVELOPE, result=r.HttpGetResult(200, 12.0, 1024, None, True, "http://x/")),
+        r.Plugin(**{**ENVELOPE, "family": None},
+                 result=r.PluginResult("dns", "1.0", True, 4.0, None, {"answers": ["a"], "n": 1})),
+        r.TlsCertificate(**ENVELOPE, result=r.TlsCertResult(True, False, "self-signed", "CN=x",
+                                                            "CN=x", 1.0, 2.0, 30.0, 5.0, None,
+                                                            "127.0.0.1", ("x",), "TLSv1.3")),
+    ]
+
+
+@pytest.mark.parametrize("record", samples(), ids=lambda x: x.kind)
+def test_cbor_round_trip_every_variant(record: r.MonitoringResult) -> None:
+    data = r.encode_result(record)
+    back = r.decode_result(data)
+    assert back == record
+    assert type(back) is type(record)
+    assert r.from_dict(r.to_dict(record)) == record
+
+
+def test_every_variant_is_covered() -> None:
+    assert {x.kind for x in samples()} == set(r.VARIANTS)
+
+
+def test_ping_statistics_and_rules() -> None:
+    p = r.PingResult(3, 1, (1.0, 2.0, 6.0), (), 3.0, "127.0.0.1")
+    assert p.is_successful() and p.response_time_ms() == 3.0
+    assert (p.min_ms, p.max_ms, p.median_ms, p.sent, p.loss) == (1.0, 6.0, 2.0, 4, 0.25)
+    assert p.stddev_ms == pytest.approx(2.1602, abs=1e-3)
+    lost = r.PingResult(0, 3, (), (), None, "127.0.0.1")
+    assert not lost.is_successful()
+    assert lost.error_message() == "no reply to 3 echo request(s)"
+    assert lost.median_ms is None and lost.loss == 1.0
+
+
+def test_envelope_delegates_and_seq_assignment() -> None:
+    rec = samples()[2]
+    assert not rec.is_successful() and rec.error_message() == "refused"
+    assert rec.response_time_ms() is None
+    stored = dataclasses.replace(samples()[0], seq=42)
+    assert r.decode_result(r.encode_result(stored)).seq == 42
+
+
+def test_tls_rules() -> None:
+    base = r.TlsCertResult(True, True, None, "CN=a", "CN=ca", 0.0, 1.0, 5.0, 3.0, None, "::1",
+                           min_days=10.0)
+    assert not base.is_successful()
+    assert "expires in 5.0 days" in (base.error_message() or "")
+    ok = dataclasses.replace(base, min_days=1.0)
+    assert ok.is_successful() and ok.error_message() is None
+
+
+@pytest.mark.parametrize("bad", [
+    b"", b"\xff\xff", cbor2.dumps([1, 2]), cbor2.dumps({"v": 99, "kind": "ping"}),
+    cbor2.dumps({"v": 1, "kind": "nope"}),
+    cbor2.dumps({**r.to_dict(samples()[0]), "agent": 5}),
+    cbor2.dumps({**r.to_dict(samples()[0]), "extra": 1}),
+    cbor2.dumps({**r.to_dict(samples()[0]), "family": 5}),
+    cbor2.dumps({**r.to_dict(samples()[0]), "duration_ms": float("nan")}),
+    cbor2.dumps({**r.to_dict(samples()[0]), "result": {"successes": True}}),
+    cbor2.dumps({k: v for k, v in r.to_dict(samples()[0]).items() if k != "target"}),
+])
+def test_malformed_input_raises_one_clear_error(bad: bytes) -> None:
+    with pytest.raises(r.ResultDecodeError):
+        r.decode_result(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_decoder_never_raises_anything_else(data: bytes) -> None:
+    with contextlib.suppress(r.ResultDecodeError):
+        r.decode_result(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_mutated_fields_raise_decode_error_or_decode(data: st.DataObject) -> None:
+    base = r.to_dict(data.draw(st.sampled_from(samples())))
+    key = data.draw(st.sampled_from(sorted(base)))
+    base[key] = data.draw(st.one_of(st.none(), st.integers(), st.text(), st.booleans(),
+                                    st.floats(), st.lists(st.integers(), max_size=2)))
+    try:
+        out = r.from_dict(base)
+    except r.ResultDecodeError:
+        return
+    assert isinstance(out, r.MonitoringResult)
