@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from typing import Any
 
 import trio
 
 from meshmon import pki
 from meshmon.config import AgentConfig
+from meshmon.control import ResultQuery, serve_control
 from meshmon.net.tls import MtlsStream, serve_mtls
 from meshmon.version import __version__
 
@@ -65,6 +67,40 @@ class Agent:
     async def _handle_stream(self, conn: MtlsStream) -> None:
         log.info("stream from %s at %s:%s", conn.peer.name, *conn.remote)
 
+    # --- the control API's view of the agent (meshmon.control.AgentApi) ---
+
+    def api_status(self) -> dict[str, Any]:
+        """Identity, uptime, version and counters."""
+        listen = self.config.listen
+        return {
+            "node": self.name,
+            "tags": list(self.identity.peer.tags),
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "address": listen.advertise_address,
+            "udp_port": listen.udp_port,
+            "tcp_port": self.tcp_port,
+            "cert_fingerprint": self.identity.peer.fingerprint,
+            "cert_expires": self.identity.peer.not_after.isoformat(),
+            "crl_number": self.trust.crl_number,
+        }
+
+    def api_members(self) -> list[dict[str, Any]]:
+        """The membership view (just this node until membership runs)."""
+        listen = self.config.listen
+        return [{"name": self.name, "address": listen.advertise_address,
+                 "udp_port": listen.udp_port, "tcp_port": self.tcp_port, "state": "alive",
+                 "incarnation": 0, "tags": list(self.identity.peer.tags),
+                 "version": __version__, "since": self.started_at}]  # fmt: skip
+
+    def api_assignments(self) -> dict[str, Any]:
+        """What this agent probes and the coverage of each target."""
+        return {"mine": [], "coverage": []}
+
+    def api_results(self, query: ResultQuery) -> list[dict[str, Any]]:
+        """Stored results matching ``query``."""
+        return []
+
     async def stop(self) -> None:
         """Prepare to stop: announce departure to peers before the nursery is cancelled."""
         log.info("node %s stopping", self.name)
@@ -78,5 +114,6 @@ class Agent:
                 self.server_context, self.trust,
             )  # fmt: skip
             self.tcp_port = listeners[0].socket.getsockname()[1]
+            await nursery.start(serve_control, self, self.config.control_socket)
             log.info("%s", self.describe())
             task_status.started(self)

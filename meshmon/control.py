@@ -197,7 +197,9 @@ async def serve_control(
     config = Config()
     config.bind = [f"unix:{socket_path}"]
     config.accesslog = None
-    config.errorlog = logging.getLogger("meshmon.control.server")
+    server_log = logging.getLogger("meshmon.control.server")
+    server_log.setLevel(logging.WARNING)  # hypercorn's "Running on ... CTRL + C" misleads here
+    config.errorlog = server_log
     config.graceful_timeout = 1.0
     old_umask = os.umask(0o077)
     try:
