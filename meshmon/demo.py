@@ -1,25 +1,33 @@
-"""``meshmon demo``: a real local mesh on this machine, with a fresh CA.
+"""``meshmon demo``: a real local mesh on this machine, with a fresh CA, shown live.
 
-Creates ``DIR/ca``, one folder per agent with its certificate and config, starts each agent as
-its own process on 127.0.0.2, 127.0.0.3, ... (the first is every other's seed), relays their
-output and stops them all on Ctrl-C.
+Creates ``DIR/ca`` and one folder per agent (certificate, config, data, log), starts a tiny
+HTTP service on 127.0.0.1 for the agents to watch, starts each agent as its own process on
+127.0.0.2, 127.0.0.3, ... (the first is every other's seed), and refreshes a table of the mesh
+from the agents' control APIs until Ctrl-C, which stops everything cleanly.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from meshmon import pki
+from meshmon.control import ControlClient, ControlError
 
 BASE_PORT = 7946
+SERVICE_PORT = 18080
 
 
-def agent_config(name: str, address: str, port: int, seeds: list[str], tags: list[str]) -> str:
+def agent_config(name: str, address: str, seeds: list[str], tags: list[str]) -> str:
     """The TOML config of one demo agent (paths relative to its folder)."""
     seed_list = ", ".join(f'"{s}"' for s in seeds)
     tag_list = ", ".join(f'"{t}"' for t in tags)
@@ -32,8 +40,8 @@ data_dir = "data"
 
 [listen]
 address = "{address}"
-udp_port = {port}
-tcp_port = {port}
+udp_port = {BASE_PORT}
+tcp_port = {BASE_PORT}
 
 [mesh]
 seeds = [{seed_list}]
@@ -44,6 +52,38 @@ ca_cert = "certs/ca.crt"
 cert = "certs/node.crt"
 key = "certs/node.key"
 crl = "certs/crl.pem"
+
+[store]
+max_bytes = "16MiB"
+segment_bytes = "1MiB"
+
+# every agent pings every other agent
+[[checks]]
+name = "mesh-ping"
+kind = "ping"
+interval = "5s"
+timeout = "2s"
+target_tags = ["demo"]
+replicas = 0
+params = {{ count = 3, interval = "20ms" }}
+
+# two agents watch the local web service
+[[checks]]
+name = "web-http"
+kind = "http"
+interval = "5s"
+timeout = "2s"
+targets = ["http://127.0.0.1:{SERVICE_PORT}/"]
+replicas = 2
+params = {{ expect_status = 200 }}
+
+[[checks]]
+name = "web-tcp"
+kind = "tcp"
+interval = "5s"
+timeout = "2s"
+targets = ["127.0.0.1:{SERVICE_PORT}"]
+replicas = 2
 """
 
 
@@ -60,28 +100,121 @@ def prepare(directory: Path, count: int) -> list[Path]:
         folder = directory / name
         tags = ["demo", "odd" if i % 2 == 0 else "even"]
         pki.issue_cert(directory / "ca", name, folder / "certs", tags=tags, ips=[address])
-        seeds = [] if i == 0 else [seed]
         path = folder / "agent.toml"
-        path.write_text(agent_config(name, address, BASE_PORT, seeds, tags))
+        path.write_text(agent_config(name, address, [] if i == 0 else [seed], tags))
         configs.append(path)
     return configs
 
 
-def run_demo(directory: Path, count: int) -> None:
-    """Start the demo mesh and wait for Ctrl-C."""
-    configs = prepare(directory.absolute(), count)
-    print(f"meshmon demo: {count} agents, CA and configs in {directory}/", flush=True)
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "meshmon", "agent", "run", "--config", str(c)])
-        for c in configs
-    ]
+class _QuietHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        body = b"meshmon demo service: ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+@contextlib.contextmanager
+def web_service() -> Iterator[None]:
+    """A tiny HTTP service on 127.0.0.1 for the agents to probe."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", SERVICE_PORT), _QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-        failed = [c.parent.name for c, p in zip(configs, procs, strict=True) if p.poll()]
-        print(f"meshmon demo: agent(s) exited early: {', '.join(failed)}", file=sys.stderr)
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def snapshot(sockets: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Ask every agent for its status, members, assignments and latest results."""
+    view: dict[str, dict[str, Any]] = {}
+    for name, path in sockets.items():
+        client = ControlClient(path, timeout=1.0)
+        try:
+            view[name] = {
+                "status": client.get("status"),
+                "members": client.get("members"),
+                "assignments": client.get("assignments"),
+                "latest": client.get("results", latest=1),
+            }
+        except ControlError as exc:
+            view[name] = {"error": str(exc).split(";")[0]}
+        finally:
+            client.close()
+    return view
+
+
+def render(view: dict[str, dict[str, Any]], started: float) -> Any:
+    """A rich renderable of the mesh: one row per agent, then the newest results."""
+    from rich.console import Group
+    from rich.table import Table
+
+    agents = Table(title=f"meshmon demo — {len(view)} agents, up {time.time() - started:.0f}s "
+                   "(Ctrl-C stops)", expand=True)  # fmt: skip
+    for col in ("agent", "address", "sees alive", "suspect/dead", "probes", "stored", "lost"):
+        agents.add_column(col)
+    results = Table(title="newest results (by agent)", expand=True)
+    for col in ("agent", "check", "target", "status", "rtt ms", "error"):
+        results.add_column(col)
+    for name, data in sorted(view.items()):
+        if "error" in data:
+            agents.add_row(name, "-", f"[red]{data['error']}[/red]", "", "", "", "")
+            continue
+        states = [m["state"] for m in data["members"]]
+        store = data["status"].get("store", {})
+        agents.add_row(
+            name, str(data["status"].get("address")),
+            f"{states.count('alive')}/{len(states)}",
+            f"{states.count('suspect')}/{states.count('dead')}",
+            str(len(data["assignments"].get("mine", []))),
+            str(store.get("records", "-")), str(store.get("lost", "-")),
+        )  # fmt: skip
+        for r in data["latest"][:8]:
+            rtt = r.get("response_time_ms")
+            results.add_row(name, r["check"], r["target"],
+                            "[green]ok[/green]" if r["success"] else "[red]FAIL[/red]",
+                            "-" if rtt is None else f"{rtt:.3f}", r.get("error") or "")  # fmt: skip
+    return Group(agents, results)
+
+
+def run_demo(directory: Path, count: int) -> None:
+    """Start the demo mesh, show it live, stop everything on Ctrl-C."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    directory = directory.absolute()
+    configs = prepare(directory, count)
+    console.print(f"meshmon demo: {count} agents; CA, configs and logs in {directory}/")
+    procs: list[subprocess.Popen[bytes]] = []
+    started = time.time()
+    try:
+        with web_service():
+            for config in configs:
+                with (config.parent / "agent.log").open("wb") as log:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "meshmon", "agent", "run", "--config", str(config)],
+                        stdout=log, stderr=subprocess.STDOUT,
+                    ))  # fmt: skip
+            sockets = {c.parent.name: c.parent / "data" / "control.sock" for c in configs}
+            with Live(console=console, refresh_per_second=2) as live:
+                while True:
+                    dead = [c.parent.name for c, p in zip(configs, procs, strict=True)
+                            if p.poll() is not None]  # fmt: skip
+                    if dead:
+                        console.print(f"[red]agent(s) exited: {', '.join(dead)}; see "
+                                      f"{directory}/<agent>/agent.log[/red]")  # fmt: skip
+                        break
+                    live.update(render(snapshot(sockets), started))
+                    time.sleep(1.0)
     except KeyboardInterrupt:
-        print("\nmeshmon demo: stopping agents", flush=True)
+        console.print("\nmeshmon demo: stopping agents (graceful leave) ...")
     finally:
         for p in procs:
             if p.poll() is None:
@@ -91,3 +224,4 @@ def run_demo(directory: Path, count: int) -> None:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        console.print("meshmon demo: stopped")
