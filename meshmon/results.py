@@ -245,8 +245,9 @@ class HttpGetResult:
     final_url: str = ""
     redirects: int = 0
     connect_time_ms: float | None = None
-    """Time until the response headers arrived (httpx does not split TCP/TLS further)."""
+    """Time until the connection (TCP, and TLS for https) was established."""
     first_byte_ms: float | None = None
+    """Time until the response headers arrived."""
 
     def is_successful(self) -> bool:
         """Status and body matched the expectations."""
@@ -373,7 +374,7 @@ class MonitoringResult:
 
     @property
     def kind(self) -> str:
-        """The variant's tag: ``ping``, ``trace``, ``tcp``, ``udp``, ``http``, ``plugin``, ``tls``."""
+        """The variant tag (``ping``, ``trace``, ``tcp``, ``udp``, ``http``, ``plugin``...)."""
         return self.KIND
 
     def is_successful(self) -> bool:

@@ -1,0 +1,213 @@
+"""``udp``: request/reply over UDP → :class:`UdpConnectResult`; and the agent's echo responder.
+
+Two modes (param ``mode``):
+
+* ``echo`` — agent to agent. Every agent runs :class:`UdpEchoResponder`. A request is
+  ``MAGIC + b"Q" + token(8) + seq(4) + padding``; the responder answers the same bytes with
+  ``b"R"``. Both directions pass through a :class:`~meshmon.probes.base.UdpCodec`, which is where
+  the mesh's datagram sealing plugs in (plain by default), so agents can measure UDP RTT, loss
+  and jitter between each other without ICMP privileges.
+* ``payload`` (default) — any UDP service: send the configured ``payload`` (text) or
+  ``payload_hex``, and count any datagram coming back (optionally matching the ``expect``
+  regex, applied to the reply decoded as Latin-1). A closed port shows up as "port unreachable"
+  because the socket is connected and the kernel reports the ICMP error.
+
+Other params: ``port``, ``count`` (default 1 for payload, 5 for echo), ``interval`` (0.2 s),
+``family``.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import re
+import socket
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from meshmon.logs import RateLimitedLog
+from meshmon.probes.base import PLAIN, ParamError, UdpCodec, param
+from meshmon.results import UdpConnectResult
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"MMU1"
+DEFAULT_ECHO_PORT = 7947
+"""The responder's default port (the gossip port is separate; this one carries no state)."""
+
+
+@dataclass(frozen=True)
+class UdpParams:
+    """Parameters of a ``udp`` check."""
+
+    mode: str = "payload"
+    """``payload`` for any UDP service, ``echo`` for another agent's responder."""
+    count: int = 1
+    """Datagrams per run (``echo`` defaults to 5 for loss and jitter)."""
+    interval: float = 0.2
+    """Seconds between datagrams."""
+    payload: bytes = b"meshmon\n"
+    """What ``payload`` mode sends."""
+    expect: str | None = None
+    """Regex a reply must match (``payload`` mode); ``None`` accepts any reply."""
+    size: int = 64
+    """Echo request size in bytes (``echo`` mode)."""
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> UdpParams:
+        """Validated parameters."""
+        mode = param(params, "mode", str, "payload")
+        if mode not in ("payload", "echo"):
+            raise ParamError(f"params.mode must be payload or echo, not {mode!r}")
+        count = param(params, "count", int, 5 if mode == "echo" else 1)
+        interval = param(params, "interval", float, cls.interval)
+        payload = cls.payload
+        if "payload_hex" in params:
+            try:
+                payload = bytes.fromhex(param(params, "payload_hex", str, ""))
+            except ValueError as exc:
+                raise ParamError(f"params.payload_hex is not hex: {exc}") from None
+        elif "payload" in params:
+            payload = param(params, "payload", str, "").encode()
+        expect = param(params, "expect", str, None)
+        if expect is not None:
+            try:
+                re.compile(expect)
+            except re.error as exc:
+                raise ParamError(f"params.expect is not a valid regex: {exc}") from None
+        size = param(params, "size", int, cls.size)
+        if not 1 <= count <= 1000 or interval < 0 or not 21 <= size <= 1400:
+            raise ParamError("params: count 1-1000, interval >= 0, size 21-1400 bytes")
+        return cls(mode, count, interval, payload, expect, size)
+
+
+def _jitter(latencies: list[float]) -> float | None:
+    if len(latencies) < 2:
+        return None
+    diffs = [abs(b - a) for a, b in itertools.pairwise(latencies)]
+    return sum(diffs) / len(diffs)
+
+
+async def udp_probe(address: str, family: int, port: int, p: UdpParams, wait: float,
+                    codec: UdpCodec = PLAIN) -> UdpConnectResult:  # fmt: skip
+    """Send ``p.count`` datagrams and collect replies until ``wait`` after the last one."""
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    sock = trio.socket.socket(af, socket.SOCK_DGRAM)
+    peer = (address, port)
+    token = os.urandom(8)
+    sent_at: dict[int, float] = {}
+    rtts: dict[int, float] = {}
+    errors: list[str] = []
+    expect = re.compile(p.expect.encode("latin-1")) if p.expect else None
+    try:
+        await sock.connect(peer)
+
+        async def receive() -> None:
+            while True:
+                try:
+                    data = await sock.recv(65535)
+                except OSError as exc:
+                    text = f"receive failed: {exc}"
+                    if exc.errno == errno.ECONNREFUSED:
+                        text = "port unreachable (nothing listens on that port)"
+                    if text not in errors:
+                        errors.append(text)
+                    continue
+                now = time.monotonic()
+                if p.mode == "echo":
+                    plain = codec.open(data, peer)
+                    if plain is None or not plain.startswith(MAGIC + b"R" + token):
+                        continue
+                    seq = struct.unpack_from("!I", plain, len(MAGIC) + 9)[0]
+                else:
+                    if expect is not None and not expect.search(data):
+                        errors.append(f"reply did not match {p.expect!r}: {data[:60]!r}")
+                        continue
+                    seq = len(rtts)
+                if seq in sent_at and seq not in rtts:
+                    rtts[seq] = (now - sent_at[seq]) * 1000
+                if len(rtts) == p.count:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            start = trio.current_time()
+            for seq in range(p.count):
+                if seq:
+                    await trio.sleep_until(start + seq * p.interval)
+                if p.mode == "echo":
+                    body = MAGIC + b"Q" + token + struct.pack("!I", seq)
+                    datagram = codec.seal(body.ljust(p.size, b"\0"), peer)
+                else:
+                    datagram = p.payload
+                sent_at[seq] = time.monotonic()
+                try:
+                    await sock.send(datagram)
+                except OSError as exc:
+                    errors.append(f"send failed: {exc.strerror or exc}")
+            await trio.sleep_until(trio.current_time() + wait)
+            nursery.cancel_scope.cancel()
+    except OSError as exc:
+        errors.append(f"cannot send to {address}:{port}: {exc.strerror or exc}")
+    finally:
+        sock.close()
+    latencies = [rtts[s] for s in sorted(rtts)]
+    ok = bool(latencies)
+    if not ok and not errors:
+        errors.append(f"no reply within {wait:g}s to {len(sent_at)} datagram(s)")
+    avg = sum(latencies) / len(latencies) if latencies else None
+    return UdpConnectResult(ok, avg, "; ".join(errors) or None, address, port, len(sent_at),
+                            len(latencies), tuple(latencies), _jitter(latencies))  # fmt: skip
+
+
+class UdpEchoResponder:
+    """Answers ``echo`` requests; runs in every agent (``await nursery.start(r.run)``).
+
+    It keeps no state per peer and answers only requests that open under the codec, so with the
+    mesh's sealing it reflects nothing to strangers. Replies are never larger than requests.
+    """
+
+    def __init__(self, address: str = "0.0.0.0", port: int = DEFAULT_ECHO_PORT,
+                 codec: UdpCodec = PLAIN) -> None:  # fmt: skip
+        self.address = address
+        self.port = port
+        self.codec = codec
+        self.answered = 0
+        self.dropped = 0
+        self._bad = RateLimitedLog(log)
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind and serve until cancelled; ``task_status.started`` gets the bound port."""
+        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+        sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+        with sock:
+            await sock.bind((self.address, self.port))
+            self.port = sock.getsockname()[1]
+            task_status.started(self.port)
+            while True:
+                try:
+                    data, peer = await sock.recvfrom(2048)
+                except OSError:  # ICMP errors from earlier replies; keep serving
+                    continue
+                plain = self.codec.open(data, peer[:2])
+                if plain is None or not plain.startswith(MAGIC + b"Q"):
+                    self.dropped += 1
+                    self._bad.warning("udp-echo", "UDP echo: dropped a %d-byte datagram from %s "
+                                      "that is not an authentic echo request", len(data), peer[0])
+                    continue
+                reply = self.codec.seal(MAGIC + b"R" + plain[len(MAGIC) + 1 :], peer[:2])
+                if len(reply) > len(data):
+                    self.dropped += 1
+                    continue
+                try:
+                    await sock.sendto(reply, peer)
+                    self.answered += 1
+                except OSError as exc:
+                    log.debug("UDP echo: cannot answer %s: %s", peer, exc)
