@@ -1,0 +1,34 @@
+"""The local ring store of results: crash-safe, bounded, indexed in memory.
+
+Synchronous core: :class:`RingStore`. Trio wrapper for the agent: :func:`open_store` /
+:class:`AsyncRingStore`.
+"""
+
+from meshmon.store.aio import AsyncRingStore, open_store
+from meshmon.store.errors import (
+    InvalidRecord,
+    StoreClosed,
+    StoreError,
+    StoreFailed,
+    StoreLocked,
+    UnknownCursor,
+)
+from meshmon.store.records import CursorInfo, Record, RecoveryInfo, StoreStats
+from meshmon.store.ring import RecordIn, RingStore
+
+__all__ = [
+    "AsyncRingStore",
+    "CursorInfo",
+    "InvalidRecord",
+    "Record",
+    "RecordIn",
+    "RecoveryInfo",
+    "RingStore",
+    "StoreClosed",
+    "StoreError",
+    "StoreFailed",
+    "StoreLocked",
+    "StoreStats",
+    "UnknownCursor",
+    "open_store",
+]

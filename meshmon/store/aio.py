@@ -1,0 +1,138 @@
+"""The trio face of the ring store: awaitable appends that return once durable.
+
+Theory of operation
+-------------------
+Appends run in the trio thread: framing and one ``write`` into the page cache take
+microseconds. Only fsync is slow, so it runs in a worker thread (``trio.to_thread``) driven by
+one committer task, and appenders wait for it:
+
+* ``always``: a waiter wakes the committer at once; appends that arrive while an fsync is in
+  flight share the next one (group commit with no added delay).
+* ``batch``: the first waiter of a round starts a timer; the committer fsyncs when it expires,
+  at most ``fsync_interval`` after that first append, and wakes every waiter of the round.
+* ``never``: ``append`` returns after the write.
+
+A failed fsync fails every waiter with :class:`~meshmon.store.errors.StoreFailed` and the store
+refuses further appends (see that class for why).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from meshmon.config import StoreConfig
+from meshmon.store.errors import StoreFailed
+from meshmon.store.records import CursorInfo, Record
+from meshmon.store.ring import RecordIn, RingStore
+
+
+class AsyncRingStore:
+    """Trio wrapper over a :class:`RingStore`; build it with :func:`open_store`.
+
+    Reads (``query``, ``latest``, ``get``, ``read``, ``stats``) are plain synchronous calls on
+    :attr:`core`: they work from memory and page-cache reads and are safe in the event loop.
+    """
+
+    def __init__(self, core: RingStore) -> None:
+        self.core = core
+        self._wanted = trio.Event()
+        """Set when someone waits for durability the committer has not provided yet."""
+        self._first_wait = 0.0
+        self._synced = trio.Event()
+        """Replaced after every fsync round; waiters re-check ``durable_seq`` when it fires."""
+        self._error: BaseException | None = None
+        self.fsync_rounds = 0
+
+    async def append(self, ts: float, check: str, target: str, payload: Any) -> int:
+        """Append one record; return its seq once it is durable per the fsync policy.
+
+        Raises:
+            InvalidRecord: the record is malformed; nothing was written.
+            StoreFailed: a write or fsync failed.
+        """
+        seq = self.core.append_batch(((ts, check, target, payload),))[0]
+        await self.wait_durable(seq)
+        return seq
+
+    async def append_batch(self, records: Sequence[RecordIn]) -> range:
+        """Append records; return their seqs once they are durable per the fsync policy."""
+        seqs = self.core.append_batch(records)
+        if seqs:
+            await self.wait_durable(seqs[-1])
+        return seqs
+
+    async def wait_durable(self, seq: int) -> None:
+        """Return once record ``seq`` is durable (immediately under ``fsync = "never"``)."""
+        core = self.core
+        if core.config.fsync == "never":
+            return
+        while core.durable_seq < seq:
+            if self._error is not None:
+                raise StoreFailed(f"store fsync failed: {self._error}") from self._error
+            if not self._wanted.is_set():
+                self._first_wait = trio.current_time()
+                self._wanted.set()
+            await self._synced.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The committer: fsync in a worker thread whenever appenders wait. Run it in a nursery
+        (:func:`open_store` does)."""
+        core = self.core
+        task_status.started()
+        while True:
+            await self._wanted.wait()
+            if core.config.fsync == "batch":
+                await trio.sleep_until(self._first_wait + core.config.fsync_interval)
+            self._wanted = trio.Event()
+            try:
+                await trio.to_thread.run_sync(core.sync)
+            except StoreFailed as exc:
+                self._error = exc
+            self.fsync_rounds += 1
+            synced, self._synced = self._synced, trio.Event()
+            synced.set()
+            if self._error is not None:
+                return
+
+    async def commit_cursor(self, name: str, last_seq: int) -> CursorInfo:
+        """Commit a cursor durably (the fsync runs in a worker thread)."""
+        return await trio.to_thread.run_sync(self.core.commit_cursor, name, last_seq)
+
+    def read_cursor(self, name: str, limit: int = 1000, max_bytes: int = 4 * 2**20) -> list[Record]:
+        """The next durable records for a cursor; see :meth:`RingStore.read_cursor`."""
+        return self.core.read_cursor(name, limit, max_bytes)
+
+
+@asynccontextmanager
+async def open_store(
+    directory: str | os.PathLike[str], config: StoreConfig | None = None
+) -> AsyncIterator[AsyncRingStore]:
+    """Open (recover) the store in a worker thread and run its committer until the block ends.
+
+    On exit every appended record is synced and the files are closed::
+
+        async with open_store(data_dir / "store", config.store) as store:
+            seq = await store.append(time.time(), "ping-core", "10.0.0.7", payload)
+
+    Raises:
+        StoreLocked: another process uses the directory.
+    """
+    core = await trio.to_thread.run_sync(
+        lambda: RingStore(directory, config, auto_sync=False)
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            store = AsyncRingStore(core)
+            await nursery.start(store.run)
+            try:
+                yield store
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(core.close)

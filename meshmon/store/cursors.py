@@ -1,0 +1,100 @@
+"""Named read positions over the ring, persisted crash-safely (write, fsync, rename, fsync dir).
+
+A cursor's ``position`` is the next seq it will read; ``lost`` counts records the ring
+overwrote before the cursor passed them. Both survive restarts: a cursor file is replaced
+atomically, so after a crash it holds either the old or the new state, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshmon.config import check_name
+
+log = logging.getLogger("meshmon.store")
+
+SUFFIX = ".cursor"
+
+
+@dataclass
+class CursorState:
+    """One cursor: where it is and what it has lost."""
+
+    name: str
+    position: int
+    """Next seq to read."""
+    lost: int = 0
+    """Records overwritten by the ring before this cursor read and committed them."""
+    dirty: bool = False
+    """Changed in memory since it was last written."""
+
+
+def validate_name(name: str) -> None:
+    """Reject cursor names that cannot be file names.
+
+    Raises:
+        ValueError: with the allowed characters.
+    """
+    check_name(name, "cursor name")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (created, renamed, removed files) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_cursor(directory: Path, state: CursorState) -> None:
+    """Write a cursor file atomically and durably.
+
+    Raises:
+        OSError: the disk refused the write.
+    """
+    path = directory / f"{state.name}{SUFFIX}"
+    tmp = path.with_suffix(".tmp")
+    data = json.dumps({"version": 1, "name": state.name, "position": state.position,
+                       "lost": state.lost}).encode()  # fmt: skip
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(directory)
+    state.dirty = False
+
+
+def load_cursors(directory: Path) -> dict[str, CursorState]:
+    """Read every cursor file; a damaged one is logged and its cursor restarts from the oldest
+    record (re-delivering is safe, since consumers deduplicate by seq; skipping is not)."""
+    found: dict[str, CursorState] = {}
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        name = path.name.removesuffix(SUFFIX)
+        try:
+            data = json.loads(path.read_bytes())
+            position, lost = int(data["position"]), int(data["lost"])
+            if data.get("name") != name or position < 0 or lost < 0:
+                raise ValueError("fields do not match the file")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("cursor file %s is damaged (%s); cursor %r restarts from the oldest record",
+                      path, exc, name)  # fmt: skip
+            found[name] = CursorState(name, 0, 0, dirty=True)
+            continue
+        found[name] = CursorState(name, position, lost)
+    for tmp in directory.glob("*.tmp"):  # an interrupted save; the old file is still there
+        tmp.unlink(missing_ok=True)
+    return found
+
+
+def delete_cursor_file(directory: Path, name: str) -> None:
+    """Remove a cursor file (no error if it is absent)."""
+    (directory / f"{name}{SUFFIX}").unlink(missing_ok=True)
+    fsync_dir(directory)

@@ -1,0 +1,790 @@
+"""The ring store's synchronous core: append, sync, read, query, cursors, recovery.
+
+Theory of operation
+-------------------
+Records go to append-only segment files (:mod:`meshmon.store.format`) in one directory. Only
+the newest segment is written; when it reaches ``segment_bytes`` a new one starts, and when the
+segments would exceed ``max_bytes`` the oldest is deleted: the ring. Each record gets the next
+seq, so seqs are the agent's append order and never go back, across restarts too.
+
+``append_batch`` frames a whole batch in C-level ``map`` calls and writes it with one
+``write`` per segment touched. What "written" means for durability follows the policy:
+
+* ``always``: ``append_batch`` fsyncs before returning.
+* ``batch``: records are durable once ``durable_seq`` reaches them. The trio wrapper
+  (:mod:`meshmon.store.aio`) makes ``append`` wait for a shared fsync at most
+  ``fsync_interval`` later (group commit); a synchronous user either calls :meth:`sync`, or
+  leaves ``auto_sync`` on and the first append after ``fsync_interval`` syncs inline.
+* ``never``: the OS page cache decides; ``durable_seq`` follows writes.
+
+Cursors and ``read`` only ever return durable records, so a consumer never ships a record that
+a crash could still take back (and whose seq would then be reused).
+
+Opening the store is recovery: every segment is scanned, torn tails are truncated, corrupt
+stretches are skipped and counted, files without a single valid record are renamed ``*.bad``,
+and the indexes are rebuilt. Nothing in that path raises for bad content; it logs, naming the
+file, and keeps every valid record.
+
+Thread safety: every public method may be called from any thread. One mutex guards the
+in-memory state and is never held across an fsync, so a worker thread can fsync while the
+owner keeps appending.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import os
+import threading
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate, repeat
+from operator import add
+from pathlib import Path
+from struct import error as struct_error
+from typing import Any, Literal
+
+import cbor2
+
+from meshmon.config import StoreConfig
+from meshmon.store import cursors as cur
+from meshmon.store.errors import (
+    InvalidRecord,
+    StoreClosed,
+    StoreError,
+    StoreFailed,
+    StoreLocked,
+    UnknownCursor,
+)
+from meshmon.store.format import (
+    FILE_HEADER_SIZE,
+    FRAME_OVERHEAD,
+    decode_frame,
+    encode_file_header,
+    encode_frames,
+)
+from meshmon.store.index import SeriesTable, TimeIndex
+from meshmon.store.records import CursorInfo, Record, RecoveryInfo, StoreStats
+from meshmon.store.segment import Segment, load_segment, parse_segment_name, segment_name
+
+log = logging.getLogger("meshmon.store")
+
+RecordIn = tuple[float, str, str, Any]
+"""What ``append_batch`` takes: (timestamp, check, target, payload bytes or a CBOR-able value)."""
+
+
+class RingStore:
+    """A bounded, crash-safe, append-only store of records, indexed in memory.
+
+    Args:
+        directory: the store's own directory (created if missing), e.g. ``data_dir / "store"``.
+        config: sizes and fsync policy.
+        auto_sync: under ``fsync = "batch"``, let an append fsync inline once ``fsync_interval``
+            has passed since the last sync. The trio wrapper turns this off and syncs from a
+            worker thread instead.
+        clock: monotonic seconds, for ``auto_sync`` only.
+
+    Raises:
+        StoreLocked: another process has the directory open.
+        OSError: the directory cannot be created or read.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        config: StoreConfig | None = None,
+        *,
+        auto_sync: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config or StoreConfig()
+        self.directory = Path(directory)
+        self.cursor_dir = self.directory / "cursors"
+        self.cursor_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._take_lock()
+        self.auto_sync = auto_sync
+        self._clock = clock
+        self._mutex = threading.RLock()
+        self._sync_mutex = threading.Lock()
+        self.series = SeriesTable()
+        self.times = TimeIndex()
+        self.segments: list[Segment] = []
+        self._bases: list[int] = []
+        """``first_seq`` of each segment, for bisecting a seq to its segment."""
+        self._bytes = 0
+        self._indexed_seq = 0
+        """Records below this seq are in the series index (it is filled lazily)."""
+        self._next_seq = 1
+        self._durable_seq = 0
+        self._wfd: int | None = None
+        self._pending_fds: list[int] = []
+        """Write handles of segments rolled away from but not yet fsynced."""
+        self._dir_dirty = False
+        self._last_sync = clock()
+        self._closed = False
+        self._failed: BaseException | None = None
+        self.dropped_segments = 0
+        self.dropped_records = 0
+        self.read_errors = 0
+        self.cursors: dict[str, cur.CursorState] = {}
+        self.recovery = RecoveryInfo()
+        try:
+            self._recover()
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------------------- opening
+
+    def _take_lock(self) -> int:
+        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLocked(
+                f"{self.directory} is in use by another process (an agent already running on "
+                "this data_dir?); stop it or give this agent its own data_dir"
+            ) from None
+        return fd
+
+    def _recover(self) -> None:
+        started = time.perf_counter()
+        info = self.recovery
+        found: list[tuple[int, Path]] = []
+        for path in self.directory.iterdir():
+            first = parse_segment_name(path.name)
+            if first is not None and path.is_file():
+                found.append((first, path))
+            elif path.name not in ("LOCK", "cursors") and not path.name.endswith(".bad"):
+                log.info("store %s: ignoring unexpected file %s", self.directory, path.name)
+        found.sort()
+        prev_seq = 0
+        max_first = 0
+        for first, path in found:
+            seg, rep = load_segment(path, first, prev_seq, self.config.segment_bytes, self.series)
+            info.segments += 1
+            info.records += rep.records
+            info.skipped_records += rep.skipped_records
+            info.skipped_bytes += rep.skipped_bytes
+            for problem in rep.problems:
+                info.problems.append(f"{path}: {problem}")
+                log.warning("store segment %s: %s", path, problem)
+            if not seg.header_ok and not rep.records:
+                bad = path.with_name(path.name + ".bad")
+                os.replace(path, bad)
+                info.bad_files.append(str(bad))
+                log.error("store segment %s holds no valid record; renamed to %s (inspect or "
+                          "delete it; the other segments are intact)", path, bad.name)  # fmt: skip
+                self._dir_dirty = True
+                continue
+            if seg.header_ok:
+                max_first = max(max_first, first)
+                if rep.tail_bytes:
+                    info.truncated_bytes += rep.tail_bytes
+                    msg = (f"torn or corrupt tail of {rep.tail_bytes} bytes after offset "
+                           f"{seg.size} truncated")  # fmt: skip
+                    info.problems.append(f"{path}: {msg}")
+                    log.warning("store segment %s: %s", path, msg)
+                    os.truncate(path, seg.size)
+            if seg.count:
+                prev_seq = seg.last_seq
+            self._add_segment(seg)
+        for seg in self.segments:
+            self.times.add(
+                seg.seqs if seg.seqs is not None else range(seg.base_seq, seg.last_seq + 1),
+                seg.tss,
+            )
+            self.times.seal()
+        self._next_seq = max(prev_seq, max_first - 1) + 1
+        self._durable_seq = self._next_seq - 1
+        active = self.segments[-1] if self.segments else None
+        if (active is not None and active.header_ok
+                and active.last_seq == self._next_seq - 1
+                and (active.count or active.first_seq == self._next_seq)
+                and active.size + FRAME_OVERHEAD < self.config.segment_bytes):
+            self._wfd = os.open(active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        else:
+            self._roll()
+        self._drop_empty_sealed()
+        self.cursors = cur.load_cursors(self.cursor_dir)
+        oldest = self.oldest_seq or self._next_seq
+        for c in self.cursors.values():
+            if c.position < oldest:
+                lost = oldest - max(c.position, 1)
+                if lost > 0 and c.position > 0:
+                    c.lost += lost
+                    log.warning("store cursor %r was at seq %d but the oldest record is %d: "
+                                "%d records were overwritten before it read them",
+                                c.name, c.position, oldest, lost)  # fmt: skip
+                c.position = oldest
+                c.dirty = True
+        self._fsync_quietly()
+        info.seconds = time.perf_counter() - started
+        if info.problems:
+            log.warning("store %s recovered %d records in %.2fs; %d problems (see above)",
+                        self.directory, info.records, info.seconds, len(info.problems))  # fmt: skip
+        else:
+            log.info("store %s opened: %d records in %d segments (%.2fs)",
+                     self.directory, info.records, info.segments, info.seconds)  # fmt: skip
+
+    def _fsync_quietly(self) -> None:
+        try:
+            self.sync()
+        except StoreError as exc:
+            log.error("store %s: sync after recovery failed: %s", self.directory, exc)
+
+    def _add_segment(self, seg: Segment) -> None:
+        self.segments.append(seg)
+        self._bases.append(seg.first_seq)
+        self._bytes += seg.size
+
+    def _drop_empty_sealed(self) -> None:
+        """Remove empty segments other than the active one (left by a crash right after a roll)."""
+        for seg in self.segments[:-1]:
+            if not seg.count:
+                i = self.segments.index(seg)
+                del self.segments[i], self._bases[i]
+                self._bytes -= seg.size
+                seg.close()
+                seg.path.unlink(missing_ok=True)
+                self._dir_dirty = True
+
+    # ----------------------------------------------------------------------------- writing
+
+    def append(self, ts: float, check: str, target: str, payload: Any) -> int:
+        """Append one record; see :meth:`append_batch`. Returns its seq."""
+        return self.append_batch(((ts, check, target, payload),))[0]
+
+    def append_batch(self, records: Sequence[RecordIn]) -> range:
+        """Append records in order and return their seqs.
+
+        Args:
+            records: ``(ts, check, target, payload)`` tuples. ``ts`` is wall-clock seconds
+                (float), ``check`` and ``target`` index the record, ``payload`` is bytes
+                already encoded as CBOR, or any value ``cbor2`` can encode.
+
+        Returns:
+            The seqs given to the records, in order. Durable on return under ``always``;
+            otherwise once :attr:`durable_seq` reaches them.
+
+        Raises:
+            InvalidRecord: a record is malformed or too large; nothing was written.
+            StoreFailed: a write or fsync failed earlier or now.
+            StoreClosed: the store was closed.
+        """
+        n = len(records)
+        with self._mutex:
+            self._check_writable()
+            seq0 = self._next_seq
+            if not n:
+                return range(seq0, seq0)
+            try:
+                tss, checks, targets, payloads = zip(*records, strict=True)
+            except (TypeError, ValueError):
+                raise InvalidRecord(
+                    "each record must be a (ts, check, target, payload) tuple"
+                ) from None
+            if not all(map(math.isfinite, tss)):
+                raise InvalidRecord("every timestamp must be a finite number of seconds")
+            if set(map(type, payloads)) != {bytes}:
+                payloads = tuple(map(self._encode, payloads))
+            found = list(map(self.series.by_pair.get, zip(checks, targets, strict=True)))
+            sids: list[int] = (
+                list(map(self._intern, checks, targets)) if None in found else found  # type: ignore[assignment]
+            )
+            keys = list(map(self.series.keys.__getitem__, sids))
+            key_crcs = list(map(self.series.key_crcs.__getitem__, sids))
+            try:
+                buf, blens = encode_frames(seq0, tss, keys, key_crcs, payloads)
+            except struct_error as exc:
+                raise InvalidRecord(f"a record cannot be framed: {exc}") from None
+            sizes = list(map(add, blens, repeat(FRAME_OVERHEAD, n)))
+            limit = self.config.segment_bytes - FILE_HEADER_SIZE
+            if max(sizes) > limit:
+                raise InvalidRecord(f"a record of {max(sizes)} bytes does not fit in a segment "
+                                    f"({limit} bytes); raise store.segment_bytes")  # fmt: skip
+            self._write_chunks(memoryview(buf), seq0, sizes, tss, sids)
+            self._next_seq = seq0 + n
+            if self.config.fsync == "never":
+                self._durable_seq = self._next_seq - 1
+            sync_now = self.config.fsync == "always" and self.auto_sync
+            sync_now = sync_now or (
+                self.config.fsync == "batch" and self.auto_sync
+                and self._clock() - self._last_sync >= self.config.fsync_interval
+            )  # fmt: skip
+        if sync_now:
+            self.sync()
+        return range(seq0, seq0 + n)
+
+    def _encode(self, value: Any) -> bytes:
+        if type(value) is bytes:
+            return value
+        try:
+            return cbor2.dumps(value)
+        except Exception as exc:
+            raise InvalidRecord(f"payload cannot be encoded as CBOR: {exc}") from None
+
+    def _intern(self, check: str, target: str) -> int:
+        try:
+            return self.series.intern(check, target)
+        except ValueError as exc:
+            raise InvalidRecord(str(exc)) from None
+
+    def _write_chunks(
+        self,
+        buf: memoryview,
+        seq0: int,
+        sizes: list[int],
+        tss: tuple[float, ...],
+        sids: list[int],
+    ) -> None:
+        n = len(sizes)
+        i = pos = 0
+        while i < n:
+            seg = self.segments[-1]
+            room = self.config.segment_bytes - seg.size
+            cum = list(accumulate(sizes[i:])) if i else list(accumulate(sizes))
+            k = bisect_right(cum, room)
+            if k == 0:
+                self._roll()
+                continue
+            nbytes = cum[k - 1]
+            self._write(buf[pos : pos + nbytes])
+            seg.offs.extend(accumulate(sizes[i : i + k - 1], initial=seg.size))
+            chunk_ts = tss[i : i + k]
+            seg.tss.extend(chunk_ts)
+            chunk_sids = sids[i : i + k]
+            seg.sids.extend(chunk_sids)
+            seg.size += nbytes
+            self._bytes += nbytes
+            self.times.add(range(seq0 + i, seq0 + i + k), chunk_ts)
+            i += k
+            pos += nbytes
+            self._next_seq = seq0 + i
+
+    def _write(self, data: memoryview) -> None:
+        assert self._wfd is not None
+        try:
+            while data:
+                written = os.write(self._wfd, data)
+                data = data[written:]
+        except OSError as exc:
+            self._failed = exc
+            raise StoreFailed(
+                f"writing to {self.segments[-1].path} failed: {exc}; the store refuses appends "
+                "until the agent restarts (recovery truncates the partial record)"
+            ) from exc
+
+    def _roll(self) -> None:
+        """Start a new segment for the next seq, dropping the oldest ones to make room."""
+        if self._wfd is not None:
+            if self.config.fsync == "never":
+                os.close(self._wfd)
+            else:
+                self._pending_fds.append(self._wfd)
+            self._wfd = None
+        self.times.seal()
+        while self.segments and self._bytes + self.config.segment_bytes > self.config.max_bytes:
+            self._drop_oldest()
+        path = self.directory / segment_name(self._next_seq)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                         0o600)  # fmt: skip
+        except FileExistsError:
+            raise StoreError(f"segment {path} already exists; the store directory was changed "
+                             "behind the agent's back; restart the agent") from None
+        self._wfd = fd
+        header = encode_file_header(self._next_seq)
+        seg = Segment(path, self._next_seq, 0)
+        self._add_segment(seg)
+        self._write(memoryview(header))
+        seg.size = len(header)
+        self._bytes += len(header)
+        self._dir_dirty = True
+
+    def _catch_up(self) -> None:
+        """Add records appended since the last query to the series index, in bulk."""
+        if self._indexed_seq >= self._next_seq or not self.segments:
+            return
+        for seg in self.segments[self._segment_for(self._indexed_seq):]:
+            i = seg.index_ge(self._indexed_seq)
+            if i < seg.count:
+                self.series.add_records(seg.seq_range(i, seg.count), seg.sids[i:])
+        self._indexed_seq = self._next_seq
+
+    def _drop_oldest(self) -> None:
+        self._catch_up()
+        seg = self.segments.pop(0)
+        del self._bases[0]
+        self._bytes -= seg.size
+        if seg.count:
+            last = seg.last_seq
+            for c in self.cursors.values():
+                if c.position <= last:
+                    lost = seg.count - seg.index_ge(c.position)
+                    if lost:
+                        c.lost += lost
+                        log.warning("store ring wrapped: cursor %r lost %d records it had not "
+                                    "read (seqs up to %d); total lost %d",
+                                    c.name, lost, last, c.lost)  # fmt: skip
+                    c.position = last + 1
+                    c.dirty = True
+            self.series.drop_before(last + 1)
+            self.times.drop_before(last + 1)
+        self.dropped_segments += 1
+        self.dropped_records += seg.count
+        seg.close()
+        seg.path.unlink(missing_ok=True)
+        self._dir_dirty = True
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"store {self.directory} is closed")
+        if self._failed is not None:
+            raise StoreFailed(f"store {self.directory} failed earlier ({self._failed}); "
+                              "restart the agent once the disk is fixed")  # fmt: skip
+
+    def sync(self) -> int:
+        """Make every record appended so far durable; return :attr:`durable_seq`.
+
+        Also persists cursors whose loss counters changed and directory entries (new or
+        deleted segments). Safe to call from a worker thread while another thread appends.
+
+        Raises:
+            StoreFailed: fsync failed; the store refuses further appends.
+        """
+        with self._sync_mutex:
+            with self._mutex:
+                if self._closed:
+                    return self._durable_seq
+                self._last_sync = self._clock()
+                target = self._next_seq - 1
+                fds = list(self._pending_fds)
+                wfd = self._wfd
+                dir_dirty, self._dir_dirty = self._dir_dirty, False
+                dirty = [cur.CursorState(c.name, c.position, c.lost)
+                         for c in self.cursors.values() if c.dirty]  # fmt: skip
+                for c in self.cursors.values():
+                    c.dirty = False
+            try:
+                for fd in fds:
+                    os.fdatasync(fd)
+                if wfd is not None:
+                    os.fdatasync(wfd)
+                if dir_dirty:
+                    cur.fsync_dir(self.directory)
+                for state in dirty:
+                    cur.save_cursor(self.cursor_dir, state)
+            except OSError as exc:
+                with self._mutex:
+                    self._failed = exc
+                raise StoreFailed(f"fsync in {self.directory} failed: {exc}; records since seq "
+                                  f"{self._durable_seq} may not be on disk; restart the agent "
+                                  "once the disk is fixed") from exc  # fmt: skip
+            with self._mutex:
+                for fd in fds:
+                    os.close(fd)
+                    self._pending_fds.remove(fd)
+                self._durable_seq = max(self._durable_seq, target)
+                return self._durable_seq
+
+    def close(self) -> None:
+        """Sync and close every file; the store cannot be used afterwards."""
+        if self._closed:
+            return
+        try:
+            if self._failed is None and hasattr(self, "recovery"):
+                self.sync()
+        except StoreError as exc:
+            log.error("store %s: final sync failed: %s", self.directory, exc)
+        with self._sync_mutex, self._mutex:
+            self._closed = True
+            for fd in [*self._pending_fds, *([self._wfd] if self._wfd is not None else [])]:
+                os.close(fd)
+            self._pending_fds.clear()
+            self._wfd = None
+            for seg in self.segments:
+                seg.close()
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> RingStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------- state
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next record will get."""
+        return self._next_seq
+
+    @property
+    def durable_seq(self) -> int:
+        """Every record up to this seq survives a crash (per the fsync policy)."""
+        return self._durable_seq
+
+    @property
+    def oldest_seq(self) -> int | None:
+        """Seq of the oldest stored record, ``None`` when empty."""
+        for seg in self.segments:
+            if seg.count:
+                return seg.seq_at(0)
+        return None
+
+    def __len__(self) -> int:
+        return sum(seg.count for seg in self.segments)
+
+    # ----------------------------------------------------------------------------- reading
+
+    def _segment_for(self, seq: int) -> int:
+        return max(bisect_right(self._bases, seq) - 1, 0)
+
+    def _decode(self, seg: Segment, i: int, j: int, out: list[Record]) -> None:
+        """Append records ``i..j-1`` of ``seg`` to ``out``, read in one ``pread``."""
+        if i >= j:
+            return
+        base = seg.offs[i]
+        data = seg.pread(base, seg.end_of(j - 1))
+        series = self.series.series
+        for k in range(i, j):
+            frame = decode_frame(data, seg.offs[k] - base)
+            s = series[seg.sids[k]]
+            if frame is None or s is None:
+                self.read_errors += 1
+                log.error("store segment %s: record seq %d at offset %d fails its checksum on "
+                          "read (disk corruption?); skipped", seg.path, seg.seq_at(k),
+                          seg.offs[k])  # fmt: skip
+                continue
+            out.append(Record(frame.seq, frame.ts, s.check, s.target, frame.payload))
+
+    def get(self, seq: int) -> Record | None:
+        """The record with this seq, or ``None`` if absent (never stored, or overwritten)."""
+        with self._mutex:
+            self._check_open()
+            if not self.segments:
+                return None
+            seg = self.segments[self._segment_for(seq)]
+            i = seg.index_of(seq)
+            out: list[Record] = []
+            if i >= 0:
+                self._decode(seg, i, i + 1, out)
+            return out[0] if out else None
+
+    def read(self, from_seq: int, limit: int = 1000, max_bytes: int = 4 * 2**20) -> list[Record]:
+        """Durable records with seq >= ``from_seq`` in seq order, up to ``limit`` records or
+        about ``max_bytes`` of frames (at least one record)."""
+        out: list[Record] = []
+        with self._mutex:
+            self._check_open()
+            upto = self._durable_seq
+            budget = max_bytes
+            for seg in self.segments[self._segment_for(from_seq):]:
+                if len(out) >= limit or budget <= 0:
+                    break
+                i = seg.index_ge(from_seq)
+                j = min(seg.index_ge(upto + 1), i + limit - len(out))
+                if i >= j:
+                    continue
+                cut = bisect_right(seg.offs, seg.offs[i] + budget, i, j)
+                j = max(cut, i + 1)
+                budget -= seg.end_of(j - 1) - seg.offs[i]
+                self._decode(seg, i, j, out)
+        return out
+
+    def _fetch(self, seqs: Iterable[int]) -> list[Record]:
+        out: list[Record] = []
+        for seq in seqs:
+            seg = self.segments[self._segment_for(seq)]
+            i = seg.index_of(seq)
+            if i >= 0:
+                self._decode(seg, i, i + 1, out)
+        return out
+
+    def _ts_of(self, seq: int) -> float:
+        seg = self.segments[self._segment_for(seq)]
+        i = seg.index_of(seq)
+        return seg.tss[i] if i >= 0 else math.nan
+
+    def query(
+        self,
+        *,
+        check: str | None = None,
+        target: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+        order: Literal["newest", "oldest"] = "newest",
+    ) -> list[Record]:
+        """Records matching every given filter.
+
+        Args:
+            check: only this check.
+            target: only this target.
+            since: only records with ``ts >= since`` (wall-clock seconds).
+            until: only records with ``ts <= until``.
+            limit: at most this many records.
+            order: ``newest`` returns the newest matches first (by seq, i.e. append order);
+                ``oldest`` the oldest first.
+        """
+        with self._mutex:
+            self._check_open()
+            seqs = self._match(check, target, since, until)
+            picked = seqs[-limit:][::-1] if order == "newest" else seqs[:limit]
+            return self._fetch(picked)
+
+    def _match(
+        self, check: str | None, target: str | None, since: float | None, until: float | None
+    ) -> list[int]:
+        """Matching seqs, ascending."""
+        self._catch_up()
+        t0 = -math.inf if since is None else since
+        t1 = math.inf if until is None else until
+        timed = since is not None or until is not None
+        if check is None and target is None:
+            if not timed:
+                return [s for seg in self.segments for s in
+                        (seg.seqs if seg.seqs is not None else
+                         range(seg.base_seq, seg.last_seq + 1))]  # fmt: skip
+            found: list[int] = []
+            for b in self.times.candidates(t0, t1):
+                for seq in range(b.first_seq, b.last_seq + 1):
+                    ts = self._ts_of(seq)
+                    if t0 <= ts <= t1:
+                        found.append(seq)
+            return found
+        series = self.series.matching(check, target)
+        merged: list[int] = []
+        for s in series:
+            merged.extend(s.seqs)
+        if len(series) > 1:
+            merged.sort()
+        if timed:
+            merged = [seq for seq in merged if t0 <= self._ts_of(seq) <= t1]
+        return merged
+
+    def latest(self, *, check: str | None = None, target: str | None = None) -> list[Record]:
+        """The newest record of each (check, target) series matching the filters."""
+        with self._mutex:
+            self._check_open()
+            self._catch_up()
+            seqs = sorted(s.seqs[-1] for s in self.series.matching(check, target) if s.seqs)
+            return self._fetch(seqs)
+
+    def series_names(self) -> list[tuple[str, str]]:
+        """Every (check, target) pair with records in the store."""
+        with self._mutex:
+            self._catch_up()
+            return sorted(self.series.by_pair)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"store {self.directory} is closed")
+
+    # ----------------------------------------------------------------------------- cursors
+
+    def cursor(self, name: str, start: Literal["oldest", "next"] = "oldest") -> CursorInfo:
+        """Get a named cursor, creating and persisting it if new.
+
+        Args:
+            name: 1-63 letters, digits, ``-``, ``_`` or ``.``.
+            start: for a new cursor, begin at the oldest stored record or at the next one.
+
+        Raises:
+            ValueError: bad name.
+        """
+        cur.validate_name(name)
+        with self._mutex:
+            self._check_open()
+            state = self.cursors.get(name)
+            if state is None:
+                pos = (self.oldest_seq or self._next_seq) if start == "oldest" else self._next_seq
+                state = cur.CursorState(name, pos)
+                cur.save_cursor(self.cursor_dir, state)
+                self.cursors[name] = state
+            return self._info(state)
+
+    def _info(self, c: cur.CursorState) -> CursorInfo:
+        behind = sum(seg.count - seg.index_ge(c.position) for seg in self.segments)
+        return CursorInfo(c.name, c.position, c.lost, behind)
+
+    def _state(self, name: str) -> cur.CursorState:
+        state = self.cursors.get(name)
+        if state is None:
+            raise UnknownCursor(f"no cursor named {name!r}; create it with cursor({name!r})")
+        return state
+
+    def read_cursor(self, name: str, limit: int = 1000, max_bytes: int = 4 * 2**20) -> list[Record]:
+        """The next durable records for cursor ``name`` (it does not move until committed)."""
+        with self._mutex:
+            return self.read(self._state(name).position, limit, max_bytes)
+
+    def commit_cursor(self, name: str, last_seq: int) -> CursorInfo:
+        """Record that cursor ``name`` has consumed every record up to ``last_seq``; durable
+        on return (fsync + atomic rename). Committing backwards is ignored.
+
+        Raises:
+            UnknownCursor: no such cursor.
+            ValueError: ``last_seq`` is beyond the newest durable record.
+        """
+        with self._mutex:
+            self._check_open()
+            state = self._state(name)
+            if last_seq > self._durable_seq:
+                raise ValueError(f"cannot commit cursor {name!r} to seq {last_seq}: the newest "
+                                 f"durable record is {self._durable_seq}")  # fmt: skip
+            if last_seq + 1 <= state.position:
+                return self._info(state)
+            snapshot = cur.CursorState(name, last_seq + 1, state.lost)
+        cur.save_cursor(self.cursor_dir, snapshot)
+        with self._mutex:
+            state.position = max(state.position, snapshot.position)
+            return self._info(state)
+
+    def delete_cursor(self, name: str) -> None:
+        """Forget a cursor (and its loss counter)."""
+        with self._mutex:
+            self.cursors.pop(name, None)
+            cur.delete_cursor_file(self.cursor_dir, name)
+
+    def cursor_infos(self) -> list[CursorInfo]:
+        """Every cursor."""
+        with self._mutex:
+            return [self._info(c) for c in self.cursors.values()]
+
+    # ----------------------------------------------------------------------------- stats
+
+    def stats(self) -> StoreStats:
+        """Counters for status displays; cheap (no I/O)."""
+        with self._mutex:
+            self._catch_up()
+            infos = [self._info(c) for c in self.cursors.values()]
+            index = sum(seg.index_bytes() for seg in self.segments)
+            index += self.series.memory_entries() * 8
+            newest = next((s.last_seq for s in reversed(self.segments) if s.count), None)
+            return StoreStats(
+                records=len(self),
+                bytes=self._bytes,
+                capacity_bytes=self.config.max_bytes,
+                segments=len(self.segments),
+                series=len(self.series.by_pair),
+                oldest_seq=self.oldest_seq,
+                newest_seq=newest,
+                durable_seq=self._durable_seq,
+                fsync=self.config.fsync,
+                dropped_segments=self.dropped_segments,
+                dropped_records=self.dropped_records,
+                read_errors=self.read_errors,
+                index_bytes=index,
+                cursors={
+                    i.name: {"position": i.position, "lost": i.lost, "behind": i.behind}
+                    for i in infos
+                },
+                lost_records=sum(i.lost for i in infos),
+                recovery=self.recovery,
+            )
+
