@@ -37,8 +37,10 @@ def _execute(kind: str, target: str, params: dict[str, Any], timeout: float, *,
         ctx = ProbeContext()
         if not icmp:
             return await run_probe(kind, target, params, timeout, ctx)
+        engine = IcmpEngine(IcmpConfig(mode=icmp_mode))  # type: ignore[arg-type]
+        engine.open()  # fails here, plainly, when there is no ICMP privilege at all
         async with trio.open_nursery() as nursery:
-            ctx.icmp = await nursery.start(IcmpEngine(IcmpConfig(mode=icmp_mode)).run)  # type: ignore[arg-type]
+            ctx.icmp = await nursery.start(engine.run)
             out = await run_probe(kind, target, params, timeout, ctx)
             nursery.cancel_scope.cancel()
         return out

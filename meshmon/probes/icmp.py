@@ -218,7 +218,11 @@ class IcmpEngine:
         return self._open_errors.get(family, f"the ICMP engine has no IPv{family} socket")
 
     def open(self) -> None:
-        """Open the sockets (called by :meth:`run`; public for synchronous embedding)."""
+        """Open the sockets now; :meth:`run` does it when not done yet.
+
+        Calling it before starting :meth:`run` in a nursery lets a caller handle
+        :class:`IcmpPermissionError` plainly instead of inside an exception group.
+        """
         for family in self.config.families:
             modes = ["dgram", "raw"] if self.config.mode == "auto" else [self.config.mode]
             errors: list[str] = []
@@ -252,7 +256,8 @@ class IcmpEngine:
         Raises:
             IcmpPermissionError: no ICMP socket could be opened (message says what to set).
         """
-        self.open()
+        if not self._socks:
+            self.open()
         for family, fs in self._socks.items():
             log.info("ICMP engine: IPv%d %s socket, identifier %d", family, fs.mode, fs.ident)
         try:
