@@ -3,17 +3,20 @@
 Theory of operation
 -------------------
 Appends run in the trio thread: framing and one ``write`` into the page cache take
-microseconds. Only fsync is slow, so it runs in a worker thread (``trio.to_thread``) driven by
-one committer task, and appenders wait for it:
+microseconds. Only fsync is slow, so it runs in a worker thread (``trio.to_thread``), and
+appenders that need durability share it (group commit). There is no background task: the
+first appender that finds no fsync round under way leads one, the others wait for its result.
 
-* ``always``: a waiter wakes the committer at once; appends that arrive while an fsync is in
-  flight share the next one (group commit with no added delay).
-* ``batch``: the first waiter of a round starts a timer; the committer fsyncs when it expires,
-  at most ``fsync_interval`` after that first append, and wakes every waiter of the round.
+* ``always``: the leader fsyncs at once; appends that arrive while an fsync is in flight share
+  the next one (group commit with no added delay).
+* ``batch``: the leader first sleeps until ``fsync_interval`` after the round's first append,
+  so every append of the round waits at most that long, then fsyncs once for all of them.
 * ``never``: ``append`` returns after the write.
 
-A failed fsync fails every waiter with :class:`~meshmon.store.errors.StoreFailed` and the store
-refuses further appends (see that class for why).
+If the leader is cancelled while it sleeps, it wakes the others and one of them takes over,
+keeping the round's deadline. A failed fsync fails every waiter with
+:class:`~meshmon.store.errors.StoreFailed`, and the store refuses further appends (see that
+class for why).
 """
 
 from __future__ import annotations
@@ -36,15 +39,18 @@ class AsyncRingStore:
 
     Reads (``query``, ``latest``, ``get``, ``read``, ``stats``) are plain synchronous calls on
     :attr:`core`: they work from memory and page-cache reads and are safe in the event loop.
+    ``core.append_batch`` may also be called directly when the caller does not need to wait
+    for durability; :meth:`wait_durable` waits later.
     """
 
     def __init__(self, core: RingStore) -> None:
         self.core = core
-        self._wanted = trio.Event()
-        """Set when someone waits for durability the committer has not provided yet."""
-        self._first_wait = 0.0
+        self._leading = False
+        """An appender is running an fsync round (sleeping towards it, or in it)."""
+        self._round_start: float | None = None
+        """When the first append still waiting for an fsync arrived (trio clock)."""
         self._synced = trio.Event()
-        """Replaced after every fsync round; waiters re-check ``durable_seq`` when it fires."""
+        """Replaced after every round; waiters re-check ``durable_seq`` when it fires."""
         self._error: BaseException | None = None
         self.fsync_rounds = 0
 
@@ -67,37 +73,36 @@ class AsyncRingStore:
         return seqs
 
     async def wait_durable(self, seq: int) -> None:
-        """Return once record ``seq`` is durable (immediately under ``fsync = "never"``)."""
+        """Return once record ``seq`` is durable (immediately under ``fsync = "never"``).
+
+        Raises:
+            StoreFailed: the fsync failed.
+        """
         core = self.core
         if core.config.fsync == "never":
             return
         while core.durable_seq < seq:
             if self._error is not None:
                 raise StoreFailed(f"store fsync failed: {self._error}") from self._error
-            if not self._wanted.is_set():
-                self._first_wait = trio.current_time()
-                self._wanted.set()
-            await self._synced.wait()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The committer: fsync in a worker thread whenever appenders wait. Run it in a nursery
-        (:func:`open_store` does)."""
-        core = self.core
-        task_status.started()
-        while True:
-            await self._wanted.wait()
-            if core.config.fsync == "batch":
-                await trio.sleep_until(self._first_wait + core.config.fsync_interval)
-            self._wanted = trio.Event()
+            if self._round_start is None:
+                self._round_start = trio.current_time()
+            if self._leading:
+                await self._synced.wait()
+                continue
+            self._leading = True
             try:
-                await trio.to_thread.run_sync(core.sync)
-            except StoreFailed as exc:
-                self._error = exc
-            self.fsync_rounds += 1
-            synced, self._synced = self._synced, trio.Event()
-            synced.set()
-            if self._error is not None:
-                return
+                if core.config.fsync == "batch":
+                    await trio.sleep_until(self._round_start + core.config.fsync_interval)
+                self._round_start = None
+                try:
+                    await trio.to_thread.run_sync(core.sync)
+                except StoreFailed as exc:
+                    self._error = exc
+                self.fsync_rounds += 1
+            finally:
+                self._leading = False
+                synced, self._synced = self._synced, trio.Event()
+                synced.set()
 
     async def commit_cursor(self, name: str, last_seq: int) -> CursorInfo:
         """Commit a cursor durably (the fsync runs in a worker thread)."""
@@ -112,9 +117,9 @@ class AsyncRingStore:
 async def open_store(
     directory: str | os.PathLike[str], config: StoreConfig | None = None
 ) -> AsyncIterator[AsyncRingStore]:
-    """Open (recover) the store in a worker thread and run its committer until the block ends.
+    """Open (recover) the store in a worker thread; sync and close it when the block ends.
 
-    On exit every appended record is synced and the files are closed::
+    Example::
 
         async with open_store(data_dir / "store", config.store) as store:
             seq = await store.append(time.time(), "ping-core", "10.0.0.7", payload)
@@ -122,17 +127,9 @@ async def open_store(
     Raises:
         StoreLocked: another process uses the directory.
     """
-    core = await trio.to_thread.run_sync(
-        lambda: RingStore(directory, config, auto_sync=False)
-    )
+    core = await trio.to_thread.run_sync(lambda: RingStore(directory, config, auto_sync=False))
     try:
-        async with trio.open_nursery() as nursery:
-            store = AsyncRingStore(core)
-            await nursery.start(store.run)
-            try:
-                yield store
-            finally:
-                nursery.cancel_scope.cancel()
+        yield AsyncRingStore(core)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(core.close)
