@@ -13,6 +13,7 @@ Timings come from httpcore's trace hooks: connection established (TCP+TLS), resp
 from __future__ import annotations
 
 import re
+import socket
 import ssl
 import time
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ import httpx
 import trio
 
 from meshmon.probes.base import ParamError, param
+from meshmon.probes.tcp import connect_error_text
 from meshmon.results import HttpGetResult
 
 
@@ -83,8 +85,34 @@ def _verify(p: HttpParams) -> ssl.SSLContext | bool:
     return ctx
 
 
+def _root_oserror(exc: BaseException) -> OSError | None:
+    """The first OSError with an errno in the cause/context chain or exception groups."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno:
+            return e
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return None
+
+
 def _describe(exc: Exception, phase: str) -> str:
     text = str(exc) or type(exc).__name__
+    root = _root_oserror(exc)
+    if isinstance(root, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {root.verify_message}"
+    if isinstance(root, ssl.SSLError):
+        return f"TLS error: {root.reason or root}"
+    if isinstance(exc, httpx.ConnectError) and root is not None and not isinstance(
+        root, socket.gaierror
+    ):
+        return connect_error_text(root)
     if isinstance(exc, httpx.ConnectError):
         if "Name or service not known" in text or "nodename nor servname" in text or (
             "Temporary failure in name resolution" in text
@@ -111,7 +139,7 @@ async def http_get(url: str, p: HttpParams, wait: float, family: int | None
         nonlocal phase
         if name.endswith(".complete"):
             marks[name.rsplit(".", 1)[0].split(".", 1)[-1]] = time.monotonic()
-        if name.endswith(".started"):
+        if name.endswith(".started") and "close" not in name:
             phase = name.rsplit(".", 1)[0].split(".", 1)[-1].replace("_", " ")
 
     local = {4: "0.0.0.0", 6: "::"}.get(family or 0)

@@ -106,6 +106,7 @@ async def udp_probe(address: str, family: int, port: int, p: UdpParams, wait: fl
     rtts: dict[int, float] = {}
     errors: list[str] = []
     expect = re.compile(p.expect.encode("latin-1")) if p.expect else None
+    all_back = trio.Event()
     try:
         await sock.connect(peer)
 
@@ -117,6 +118,7 @@ async def udp_probe(address: str, family: int, port: int, p: UdpParams, wait: fl
                     text = f"receive failed: {exc}"
                     if exc.errno == errno.ECONNREFUSED:
                         text = "port unreachable (nothing listens on that port)"
+                        all_back.set()  # the target said no: no point waiting for replies
                     if text not in errors:
                         errors.append(text)
                     continue
@@ -134,6 +136,7 @@ async def udp_probe(address: str, family: int, port: int, p: UdpParams, wait: fl
                 if seq in sent_at and seq not in rtts:
                     rtts[seq] = (now - sent_at[seq]) * 1000
                 if len(rtts) == p.count:
+                    all_back.set()
                     return
 
         async with trio.open_nursery() as nursery:
@@ -152,7 +155,8 @@ async def udp_probe(address: str, family: int, port: int, p: UdpParams, wait: fl
                     await sock.send(datagram)
                 except OSError as exc:
                     errors.append(f"send failed: {exc.strerror or exc}")
-            await trio.sleep_until(trio.current_time() + wait)
+            with trio.move_on_after(wait):
+                await all_back.wait()
             nursery.cancel_scope.cancel()
     except OSError as exc:
         errors.append(f"cannot send to {address}:{port}: {exc.strerror or exc}")
