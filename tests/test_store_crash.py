@@ -43,7 +43,7 @@ if mode == "sync":
         batch = [(time.time(), "ping", f"t{j % 7}", payload(0, i + j)) for j in range(200)]
         seqs = store.append_batch(batch)
         if policy == "batch":
-            store.sync()
+            store.wait_durable(seqs[-1])  # the flusher thread fsyncs within fsync_interval
         out.write("".join(f"{s} 0 {i + j}\n" for j, s in enumerate(seqs))); out.flush()
         i += 200
 else:

@@ -13,8 +13,9 @@ seq, so seqs are the agent's append order and never go back, across restarts too
 * ``always``: ``append_batch`` fsyncs before returning.
 * ``batch``: records are durable once ``durable_seq`` reaches them. The trio wrapper
   (:mod:`meshmon.store.aio`) makes ``append`` wait for a shared fsync at most
-  ``fsync_interval`` later (group commit); a synchronous user either calls :meth:`sync`, or
-  leaves ``auto_sync`` on and the first append after ``fsync_interval`` syncs inline.
+  ``fsync_interval`` later (group commit). A synchronous user leaves ``auto_sync`` on and a
+  flusher thread fsyncs every ``fsync_interval`` while there is unsynced data, so appends are
+  never blocked by an fsync; :meth:`wait_durable` waits for it, :meth:`sync` forces it.
 * ``never``: the OS page cache decides; ``durable_seq`` follows writes.
 
 Cursors and ``read`` only ever return durable records, so a consumer never ships a record that
@@ -39,7 +40,7 @@ import os
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import accumulate, repeat
 from operator import add
 from pathlib import Path
@@ -81,10 +82,9 @@ class RingStore:
     Args:
         directory: the store's own directory (created if missing), e.g. ``data_dir / "store"``.
         config: sizes and fsync policy.
-        auto_sync: under ``fsync = "batch"``, let an append fsync inline once ``fsync_interval``
-            has passed since the last sync. The trio wrapper turns this off and syncs from a
-            worker thread instead.
-        clock: monotonic seconds, for ``auto_sync`` only.
+        auto_sync: sync without being asked: inline under ``always``, from a flusher thread
+            every ``fsync_interval`` under ``batch``. The trio wrapper turns this off and runs
+            its own group commit.
 
     Raises:
         StoreLocked: another process has the directory open.
@@ -97,7 +97,6 @@ class RingStore:
         config: StoreConfig | None = None,
         *,
         auto_sync: bool = True,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or StoreConfig()
         self.directory = Path(directory)
@@ -105,8 +104,10 @@ class RingStore:
         self.cursor_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._take_lock()
         self.auto_sync = auto_sync
-        self._clock = clock
         self._mutex = threading.RLock()
+        self._durable_changed = threading.Condition(self._mutex)
+        self._stop_flusher = threading.Event()
+        self._flusher: threading.Thread | None = None
         self._sync_mutex = threading.Lock()
         self.series = SeriesTable()
         self.times = TimeIndex()
@@ -122,7 +123,6 @@ class RingStore:
         self._pending_fds: list[int] = []
         """Write handles of segments rolled away from but not yet fsynced."""
         self._dir_dirty = False
-        self._last_sync = clock()
         self._closed = False
         self._failed: BaseException | None = None
         self.dropped_segments = 0
@@ -135,6 +135,21 @@ class RingStore:
         except BaseException:
             self.close()
             raise
+        if auto_sync and self.config.fsync == "batch":
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name=f"meshmon-store-flusher {self.directory}",
+                daemon=True,
+            )  # fmt: skip
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop_flusher.wait(self.config.fsync_interval):
+            if self._next_seq - 1 > self._durable_seq or self._dir_dirty or self._pending_fds:
+                try:
+                    self.sync()
+                except StoreError as exc:
+                    log.error("store %s: background fsync failed: %s", self.directory, exc)
+                    return
 
     # ----------------------------------------------------------------------------- opening
 
@@ -311,10 +326,6 @@ class RingStore:
             if self.config.fsync == "never":
                 self._durable_seq = self._next_seq - 1
             sync_now = self.config.fsync == "always" and self.auto_sync
-            sync_now = sync_now or (
-                self.config.fsync == "batch" and self.auto_sync
-                and self._clock() - self._last_sync >= self.config.fsync_interval
-            )  # fmt: skip
         if sync_now:
             self.sync()
         return range(seq0, seq0 + n)
@@ -460,7 +471,6 @@ class RingStore:
             with self._mutex:
                 if self._closed:
                     return self._durable_seq
-                self._last_sync = self._clock()
                 target = self._next_seq - 1
                 fds = list(self._pending_fds)
                 wfd = self._wfd
@@ -489,12 +499,28 @@ class RingStore:
                     os.close(fd)
                     self._pending_fds.remove(fd)
                 self._durable_seq = max(self._durable_seq, target)
+                self._durable_changed.notify_all()
                 return self._durable_seq
+
+    def wait_durable(self, seq: int, timeout: float | None = None) -> bool:
+        """Block until record ``seq`` is durable; ``False`` if ``timeout`` passed first.
+
+        Under ``batch`` this relies on the flusher (``auto_sync``) or another thread's
+        :meth:`sync`.
+        """
+        with self._durable_changed:
+            return self._durable_changed.wait_for(
+                lambda: self._durable_seq >= seq or self._closed or self._failed is not None,
+                timeout,
+            ) and self._durable_seq >= seq
 
     def close(self) -> None:
         """Sync and close every file; the store cannot be used afterwards."""
         if self._closed:
             return
+        self._stop_flusher.set()
+        if self._flusher is not None:
+            self._flusher.join()
         try:
             if self._failed is None and hasattr(self, "recovery"):
                 self.sync()

@@ -1,0 +1,1 @@
+"""Benchmarks: each module measures meshmon against a named baseline and prints a JSON line."""

@@ -1,0 +1,230 @@
+"""Ring store benchmark: append throughput of typical results vs SQLite, recovery, memory.
+
+Run: ``python -m benchmarks.store [--quick]``. The last line printed is the JSON result.
+
+What is measured, in the same run, alternating the contenders so load drifts hit both:
+
+* ``e2e``: build a ping-like result dict, CBOR-encode it (cbor2's C extension), and store it,
+  1,000 records per ``append_batch`` with the default policy (``fsync = "batch"``, 200 ms,
+  synced inline by the store). The baseline does the identical build and encode, then inserts
+  into SQLite (WAL, ``synchronous=NORMAL``, one transaction per 100 records via
+  ``executemany``, the batching comparable tools use).
+* ``ceiling``: the same build and encode with no storage at all: the most any store can reach
+  on this machine with this encoding (the physical limit of the e2e loop).
+* ``storage only``: both stores fed records already encoded, to show the engines themselves.
+* recovery: a writer process fills a 64 MiB ring (it wraps), is SIGKILLed mid-append, and the
+  time to reopen it (scan, verify every checksum, truncate the torn tail, rebuild indexes) is
+  timed; plus the memory the indexes take per record, by tracemalloc.
+
+Medians over several runs are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from meshmon.config import StoreConfig
+from meshmon.store import RingStore
+
+BATCH = 1000
+"""Records per ``append_batch``: what the agent's group commit gathers under load."""
+TARGETS = [f"10.{i // 250}.{i % 250}.1" for i in range(500)]
+AGENT = "agent-042"
+
+Row = tuple[float, str, str, bytes]
+
+
+def build_batch(b: int) -> list[Row]:
+    """Build and encode one batch of ping results (this is inside every measured loop)."""
+    now = 1.7e9 + b * 0.5
+    dumps = cbor2.dumps
+    out: list[Row] = []
+    for i in range(BATCH):
+        target = TARGETS[(b * BATCH + i) % len(TARGETS)]
+        lat = 0.3 + (i % 17) * 0.01
+        result = {
+            "kind": "ping",
+            "check": "ping-core",
+            "target": target,
+            "agent": AGENT,
+            "ts": now,
+            "started": now - 0.003,
+            "successes": 3,
+            "failures": 0,
+            "success_latencies": [lat, lat + 0.02, lat + 0.05],
+            "avg_response_time_ms": lat + 0.023,
+            "resolved_ip": target,
+            "errors": [],
+        }
+        out.append((now, "ping-core", target, dumps(result)))
+    return out
+
+
+def run_ceiling(n_batches: int) -> float:
+    """Build and encode only."""
+    t0 = time.perf_counter()
+    for b in range(n_batches):
+        build_batch(b)
+    return n_batches * BATCH / (time.perf_counter() - t0)
+
+
+def run_ring(directory: Path, n_batches: int, batches: list[list[Row]] | None = None) -> float:
+    """Append through the ring store with the default config (batch fsync, 200 ms)."""
+    store = RingStore(directory, StoreConfig())
+    t0 = time.perf_counter()
+    for b in range(n_batches):
+        store.append_batch(batches[b % len(batches)] if batches else build_batch(b))
+    store.sync()
+    rate = n_batches * BATCH / (time.perf_counter() - t0)
+    store.close()
+    return rate
+
+
+def run_sqlite(path: Path, n_batches: int, batches: list[list[Row]] | None = None) -> float:
+    """Insert the same rows into SQLite, WAL, synchronous=NORMAL, a commit every 100 rows."""
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.execute("CREATE TABLE results (seq INTEGER PRIMARY KEY, ts REAL, chk TEXT, target TEXT, "
+                "payload BLOB)")  # fmt: skip
+    sql = "INSERT INTO results (ts, chk, target, payload) VALUES (?, ?, ?, ?)"
+    t0 = time.perf_counter()
+    for b in range(n_batches):
+        rows = batches[b % len(batches)] if batches else build_batch(b)
+        for i in range(0, len(rows), 100):
+            con.execute("BEGIN")
+            con.executemany(sql, rows[i : i + 100])
+            con.execute("COMMIT")
+    rate = n_batches * BATCH / (time.perf_counter() - t0)
+    con.close()
+    return rate
+
+
+def fill_until_killed(directory: str, max_bytes: int) -> None:
+    """Child process: fill a ring of ``max_bytes``, say "full" once it wrapped, keep going."""
+    store = RingStore(directory, StoreConfig(max_bytes=max_bytes))
+    batches = [build_batch(b) for b in range(20)]
+    said = False
+    b = 0
+    while True:
+        store.append_batch(batches[b % 20])
+        b += 1
+        if not said and store.dropped_segments:
+            print("full", flush=True)
+            said = True
+
+
+def measure_recovery(work: Path, max_bytes: int, opens: int) -> dict[str, Any]:
+    """Fill a ring in a child, SIGKILL it mid-append, time reopening it."""
+    directory = work / "recovery"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.store", "--fill", str(directory), str(max_bytes)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "full":
+        raise RuntimeError(f"filler failed: {line!r}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    times = []
+    first: RingStore | None = None
+    for k in range(opens):
+        t0 = time.perf_counter()
+        store = RingStore(directory, StoreConfig(max_bytes=max_bytes))
+        store.latest()  # includes building the series index
+        times.append(time.perf_counter() - t0)
+        if k == 0:
+            first = store
+            stats = store.stats()
+        store.close()
+    assert first is not None
+    tracemalloc.start()
+    store = RingStore(directory, StoreConfig(max_bytes=max_bytes))
+    store.latest()
+    held, _peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    records = len(store)
+    store.close()
+    return {
+        "recovery_seconds_after_kill": round(times[0], 3),
+        "recovery_seconds_median": round(statistics.median(times), 3),
+        "recovery_records": stats.records,
+        "recovery_bytes": stats.bytes,
+        "recovery_truncated_bytes": stats.recovery.truncated_bytes,
+        "index_bytes_per_record": round(held / records, 1),
+        "index_bytes_per_record_arrays": round(stats.index_bytes / records, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer records and runs (< 60 s)")
+    parser.add_argument("--fill", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.fill:
+        fill_until_killed(args.fill[0], int(args.fill[1]))
+        return
+    n_batches, runs = (100, 3) if args.quick else (300, 5)
+    work = Path(tempfile.mkdtemp(prefix="meshmon-bench-store-"))
+    try:
+        pre = [build_batch(b) for b in range(20)]
+        r: dict[str, list[float]] = {k: [] for k in ("ring", "sqlite", "ceil", "ring_pre",
+                                                     "sqlite_pre")}  # fmt: skip
+        for k in range(runs):
+            r["ring"].append(run_ring(work / f"ring{k}", n_batches))
+            r["sqlite"].append(run_sqlite(work / f"sq{k}.db", n_batches))
+            r["ceil"].append(run_ceiling(n_batches // 2))
+            r["ring_pre"].append(run_ring(work / f"ringp{k}", n_batches, pre))
+            r["sqlite_pre"].append(run_sqlite(work / f"sqp{k}.db", n_batches, pre))
+            for p in work.iterdir():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            print(f"run {k + 1}/{runs}: " + ", ".join(f"{n}={v[-1]:,.0f}/s" for n, v in r.items()),
+                  file=sys.stderr)  # fmt: skip
+        med = {name: statistics.median(v) for name, v in r.items()}
+        rec = measure_recovery(work, 64 * 2**20, 3)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "bench": "store",
+        "metric": "append_throughput_typical_results_encoding_included",
+        "value": round(med["ring"]),
+        "unit": "records/s",
+        "baseline": "sqlite3 WAL synchronous=NORMAL, commit every 100 records (same records)",
+        "baseline_value": round(med["sqlite"]),
+        "ratio": round(med["ring"] / med["sqlite"], 2),
+        "fsync": "batch 200ms",
+        "batch_records": BATCH,
+        "records_per_run": n_batches * BATCH,
+        "runs": runs,
+        "encode_ceiling": round(med["ceil"]),
+        "fraction_of_ceiling": round(med["ring"] / med["ceil"], 2),
+        "storage_only": round(med["ring_pre"]),
+        "sqlite_storage_only": round(med["sqlite_pre"]),
+        "storage_only_ratio": round(med["ring_pre"] / med["sqlite_pre"], 2),
+        "payload_bytes": len(pre[0][0][3]),
+        **rec,
+        "goal": ">= 4x sqlite and >= 250000 records/s",
+        "quick": args.quick,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
