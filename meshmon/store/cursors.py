@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from meshmon.config import check_name
+from meshmon.store.errors import UnknownCursor
 
 log = logging.getLogger("meshmon.store")
 
@@ -98,3 +100,79 @@ def delete_cursor_file(directory: Path, name: str) -> None:
     """Remove a cursor file (no error if it is absent)."""
     (directory / f"{name}{SUFFIX}").unlink(missing_ok=True)
     fsync_dir(directory)
+
+
+class CursorBook:
+    """The cursors of one store: their states, persistence and loss accounting."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.states = load_cursors(directory)
+
+    def get(self, name: str) -> CursorState:
+        """A cursor's state.
+
+        Raises:
+            UnknownCursor: no such cursor.
+        """
+        state = self.states.get(name)
+        if state is None:
+            raise UnknownCursor(f"no cursor named {name!r}; create it with cursor({name!r})")
+        return state
+
+    def create(self, name: str, position: int) -> CursorState:
+        """Create and persist a cursor, or return the existing one.
+
+        Raises:
+            ValueError: bad name.
+        """
+        validate_name(name)
+        state = self.states.get(name)
+        if state is None:
+            state = CursorState(name, position)
+            save_cursor(self.directory, state)
+            self.states[name] = state
+        return state
+
+    def delete(self, name: str) -> None:
+        """Forget a cursor and its file."""
+        self.states.pop(name, None)
+        delete_cursor_file(self.directory, name)
+
+    def charge_drop(self, last_seq: int, unread: Callable[[int], int]) -> None:
+        """The ring dropped records up to ``last_seq``: charge each cursor still before them.
+
+        Args:
+            last_seq: newest seq dropped.
+            unread: records dropped at or after a given position.
+        """
+        for c in self.states.values():
+            if c.position <= last_seq:
+                lost = unread(c.position)
+                if lost:
+                    c.lost += lost
+                    log.warning("store ring wrapped: cursor %r lost %d records it had not read "
+                                "(seqs up to %d); total lost %d", c.name, lost, last_seq,
+                                c.lost)  # fmt: skip
+                c.position = last_seq + 1
+                c.dirty = True
+
+    def reconcile(self, oldest: int) -> None:
+        """After opening: charge cursors left behind by drops whose charge a crash lost."""
+        for c in self.states.values():
+            if c.position < oldest:
+                lost = oldest - c.position
+                if c.position > 0:  # 0: a damaged file, restarting without loss
+                    c.lost += lost
+                    log.warning("store cursor %r was at seq %d but the oldest record is %d: "
+                                "%d records were overwritten before it read them",
+                                c.name, c.position, oldest, lost)  # fmt: skip
+                c.position = oldest
+                c.dirty = True
+
+    def take_dirty(self) -> list[CursorState]:
+        """Snapshots of cursors changed since last saved; marks them clean."""
+        dirty = [CursorState(c.name, c.position, c.lost) for c in self.states.values() if c.dirty]
+        for c in self.states.values():
+            c.dirty = False
+        return dirty

@@ -40,7 +40,7 @@ import os
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import accumulate, repeat
 from operator import add
 from pathlib import Path
@@ -57,18 +57,18 @@ from meshmon.store.errors import (
     StoreError,
     StoreFailed,
     StoreLocked,
-    UnknownCursor,
 )
 from meshmon.store.format import (
     FILE_HEADER_SIZE,
     FRAME_OVERHEAD,
-    decode_frame,
     encode_file_header,
     encode_frames,
 )
 from meshmon.store.index import SeriesTable, TimeIndex
+from meshmon.store.query import Reader, match
 from meshmon.store.records import CursorInfo, Record, RecoveryInfo, StoreStats
-from meshmon.store.segment import Segment, load_segment, parse_segment_name, segment_name
+from meshmon.store.recovery import load_directory
+from meshmon.store.segment import Segment, segment_name
 
 log = logging.getLogger("meshmon.store")
 
@@ -113,7 +113,8 @@ class RingStore:
         self.times = TimeIndex()
         self.segments: list[Segment] = []
         self._bases: list[int] = []
-        """``first_seq`` of each segment, for bisecting a seq to its segment."""
+        """First seq of each segment, for bisecting a seq to its segment."""
+        self._reader = Reader(self.segments, self._bases, self.series)
         self._bytes = 0
         self._indexed_seq = 0
         """Records below this seq are in the series index (it is filled lazily)."""
@@ -127,9 +128,8 @@ class RingStore:
         self._failed: BaseException | None = None
         self.dropped_segments = 0
         self.dropped_records = 0
-        self.read_errors = 0
-        self.cursors: dict[str, cur.CursorState] = {}
         self.recovery = RecoveryInfo()
+        self.cursors = cur.CursorBook(self.cursor_dir)
         try:
             self._recover()
         except BaseException:
@@ -168,52 +168,18 @@ class RingStore:
     def _recover(self) -> None:
         started = time.perf_counter()
         info = self.recovery
-        found: list[tuple[int, Path]] = []
-        for path in self.directory.iterdir():
-            first = parse_segment_name(path.name)
-            if first is not None and path.is_file():
-                found.append((first, path))
-            elif path.name not in ("LOCK", "cursors") and not path.name.endswith(".bad"):
-                log.info("store %s: ignoring unexpected file %s", self.directory, path.name)
-        found.sort()
-        prev_seq = 0
-        max_first = 0
-        for first, path in found:
-            seg, rep = load_segment(path, first, prev_seq, self.config.segment_bytes, self.series)
-            info.segments += 1
-            info.records += rep.records
-            info.skipped_records += rep.skipped_records
-            info.skipped_bytes += rep.skipped_bytes
-            for problem in rep.problems:
-                info.problems.append(f"{path}: {problem}")
-                log.warning("store segment %s: %s", path, problem)
-            if not seg.header_ok and not rep.records:
-                bad = path.with_name(path.name + ".bad")
-                os.replace(path, bad)
-                info.bad_files.append(str(bad))
-                log.error("store segment %s holds no valid record; renamed to %s (inspect or "
-                          "delete it; the other segments are intact)", path, bad.name)  # fmt: skip
-                self._dir_dirty = True
-                continue
-            if seg.header_ok:
-                max_first = max(max_first, first)
-                if rep.tail_bytes:
-                    info.truncated_bytes += rep.tail_bytes
-                    msg = (f"torn or corrupt tail of {rep.tail_bytes} bytes after offset "
-                           f"{seg.size} truncated")  # fmt: skip
-                    info.problems.append(f"{path}: {msg}")
-                    log.warning("store segment %s: %s", path, msg)
-                    os.truncate(path, seg.size)
-            if seg.count:
-                prev_seq = seg.last_seq
+        segments, self._next_seq = load_directory(
+            self.directory, self.config.segment_bytes, self.series, info
+        )
+        for seg in segments:
             self._add_segment(seg)
+        self._dir_dirty = bool(info.bad_files)
         for seg in self.segments:
             self.times.add(
                 seg.seqs if seg.seqs is not None else range(seg.base_seq, seg.last_seq + 1),
                 seg.tss,
             )
             self.times.seal()
-        self._next_seq = max(prev_seq, max_first - 1) + 1
         self._durable_seq = self._next_seq - 1
         active = self.segments[-1] if self.segments else None
         if (active is not None and active.header_ok
@@ -224,18 +190,7 @@ class RingStore:
         else:
             self._roll()
         self._drop_empty_sealed()
-        self.cursors = cur.load_cursors(self.cursor_dir)
-        oldest = self.oldest_seq or self._next_seq
-        for c in self.cursors.values():
-            if c.position < oldest:
-                lost = oldest - max(c.position, 1)
-                if lost > 0 and c.position > 0:
-                    c.lost += lost
-                    log.warning("store cursor %r was at seq %d but the oldest record is %d: "
-                                "%d records were overwritten before it read them",
-                                c.name, c.position, oldest, lost)  # fmt: skip
-                c.position = oldest
-                c.dirty = True
+        self.cursors.reconcile(self.oldest_seq or self._next_seq)
         self._fsync_quietly()
         info.seconds = time.perf_counter() - started
         if info.problems:
@@ -253,7 +208,7 @@ class RingStore:
 
     def _add_segment(self, seg: Segment) -> None:
         self.segments.append(seg)
-        self._bases.append(seg.first_seq)
+        self._bases.append(seg.seq_at(0) if seg.count else seg.first_seq)
         self._bytes += seg.size
 
     def _drop_empty_sealed(self) -> None:
@@ -420,7 +375,7 @@ class RingStore:
         """Add records appended since the last query to the series index, in bulk."""
         if self._indexed_seq >= self._next_seq or not self.segments:
             return
-        for seg in self.segments[self._segment_for(self._indexed_seq):]:
+        for seg in self.segments[self._reader.segment_for(self._indexed_seq) :]:
             i = seg.index_ge(self._indexed_seq)
             if i < seg.count:
                 self.series.add_records(seg.seq_range(i, seg.count), seg.sids[i:])
@@ -433,16 +388,7 @@ class RingStore:
         self._bytes -= seg.size
         if seg.count:
             last = seg.last_seq
-            for c in self.cursors.values():
-                if c.position <= last:
-                    lost = seg.count - seg.index_ge(c.position)
-                    if lost:
-                        c.lost += lost
-                        log.warning("store ring wrapped: cursor %r lost %d records it had not "
-                                    "read (seqs up to %d); total lost %d",
-                                    c.name, lost, last, c.lost)  # fmt: skip
-                    c.position = last + 1
-                    c.dirty = True
+            self.cursors.charge_drop(last, lambda pos: seg.count - seg.index_ge(pos))
             self.series.drop_before(last + 1)
             self.times.drop_before(last + 1)
         self.dropped_segments += 1
@@ -475,10 +421,7 @@ class RingStore:
                 fds = list(self._pending_fds)
                 wfd = self._wfd
                 dir_dirty, self._dir_dirty = self._dir_dirty, False
-                dirty = [cur.CursorState(c.name, c.position, c.lost)
-                         for c in self.cursors.values() if c.dirty]  # fmt: skip
-                for c in self.cursors.values():
-                    c.dirty = False
+                dirty = self.cursors.take_dirty()
             try:
                 for fd in fds:
                     os.fdatasync(fd)
@@ -522,7 +465,7 @@ class RingStore:
         if self._flusher is not None:
             self._flusher.join()
         try:
-            if self._failed is None and hasattr(self, "recovery"):
+            if self._failed is None:
                 self.sync()
         except StoreError as exc:
             log.error("store %s: final sync failed: %s", self.directory, exc)
@@ -567,74 +510,19 @@ class RingStore:
 
     # ----------------------------------------------------------------------------- reading
 
-    def _segment_for(self, seq: int) -> int:
-        return max(bisect_right(self._bases, seq) - 1, 0)
-
-    def _decode(self, seg: Segment, i: int, j: int, out: list[Record]) -> None:
-        """Append records ``i..j-1`` of ``seg`` to ``out``, read in one ``pread``."""
-        if i >= j:
-            return
-        base = seg.offs[i]
-        data = seg.pread(base, seg.end_of(j - 1))
-        series = self.series.series
-        for k in range(i, j):
-            frame = decode_frame(data, seg.offs[k] - base)
-            s = series[seg.sids[k]]
-            if frame is None or s is None:
-                self.read_errors += 1
-                log.error("store segment %s: record seq %d at offset %d fails its checksum on "
-                          "read (disk corruption?); skipped", seg.path, seg.seq_at(k),
-                          seg.offs[k])  # fmt: skip
-                continue
-            out.append(Record(frame.seq, frame.ts, s.check, s.target, frame.payload))
-
     def get(self, seq: int) -> Record | None:
         """The record with this seq, or ``None`` if absent (never stored, or overwritten)."""
         with self._mutex:
             self._check_open()
-            if not self.segments:
-                return None
-            seg = self.segments[self._segment_for(seq)]
-            i = seg.index_of(seq)
-            out: list[Record] = []
-            if i >= 0:
-                self._decode(seg, i, i + 1, out)
-            return out[0] if out else None
+            found = self._reader.fetch([seq]) if self.segments else []
+            return found[0] if found else None
 
     def read(self, from_seq: int, limit: int = 1000, max_bytes: int = 4 * 2**20) -> list[Record]:
         """Durable records with seq >= ``from_seq`` in seq order, up to ``limit`` records or
         about ``max_bytes`` of frames (at least one record)."""
-        out: list[Record] = []
         with self._mutex:
             self._check_open()
-            upto = self._durable_seq
-            budget = max_bytes
-            for seg in self.segments[self._segment_for(from_seq):]:
-                if len(out) >= limit or budget <= 0:
-                    break
-                i = seg.index_ge(from_seq)
-                j = min(seg.index_ge(upto + 1), i + limit - len(out))
-                if i >= j:
-                    continue
-                cut = bisect_right(seg.offs, seg.offs[i] + budget, i, j)
-                j = max(cut, i + 1)
-                budget -= seg.end_of(j - 1) - seg.offs[i]
-                self._decode(seg, i, j, out)
-        return out
-
-    def _fetch(self, seqs: Iterable[int]) -> list[Record]:
-        out: list[Record] = []
-        for seq in seqs:
-            seg = self.segments[self._segment_for(seq)]
-            i = seg.index_of(seq)
-            if i >= 0:
-                self._decode(seg, i, i + 1, out)
-        return out
-
-    def _ts_of(self, seq: int) -> float:
-        seg = self.segments[self._segment_for(seq)]
-        i = seg.index_of(seq)
-        return seg.tss[i] if i >= 0 else math.nan
+            return self._reader.read(from_seq, self._durable_seq, limit, max_bytes)
 
     def query(
         self,
@@ -659,39 +547,10 @@ class RingStore:
         """
         with self._mutex:
             self._check_open()
-            seqs = self._match(check, target, since, until)
-            picked = seqs[-limit:][::-1] if order == "newest" else seqs[:limit]
-            return self._fetch(picked)
-
-    def _match(
-        self, check: str | None, target: str | None, since: float | None, until: float | None
-    ) -> list[int]:
-        """Matching seqs, ascending."""
-        self._catch_up()
-        t0 = -math.inf if since is None else since
-        t1 = math.inf if until is None else until
-        timed = since is not None or until is not None
-        if check is None and target is None:
-            if not timed:
-                return [s for seg in self.segments for s in
-                        (seg.seqs if seg.seqs is not None else
-                         range(seg.base_seq, seg.last_seq + 1))]  # fmt: skip
-            found: list[int] = []
-            for b in self.times.candidates(t0, t1):
-                for seq in range(b.first_seq, b.last_seq + 1):
-                    ts = self._ts_of(seq)
-                    if t0 <= ts <= t1:
-                        found.append(seq)
-            return found
-        series = self.series.matching(check, target)
-        merged: list[int] = []
-        for s in series:
-            merged.extend(s.seqs)
-        if len(series) > 1:
-            merged.sort()
-        if timed:
-            merged = [seq for seq in merged if t0 <= self._ts_of(seq) <= t1]
-        return merged
+            self._catch_up()
+            seqs = match(self._reader, self.times, check, target, since, until, limit,
+                         order == "newest")  # fmt: skip
+            return self._reader.fetch(seqs)
 
     def latest(self, *, check: str | None = None, target: str | None = None) -> list[Record]:
         """The newest record of each (check, target) series matching the filters."""
@@ -699,7 +558,7 @@ class RingStore:
             self._check_open()
             self._catch_up()
             seqs = sorted(s.seqs[-1] for s in self.series.matching(check, target) if s.seqs)
-            return self._fetch(seqs)
+            return self._reader.fetch(seqs)
 
     def series_names(self) -> list[tuple[str, str]]:
         """Every (check, target) pair with records in the store."""
@@ -723,31 +582,24 @@ class RingStore:
         Raises:
             ValueError: bad name.
         """
-        cur.validate_name(name)
         with self._mutex:
             self._check_open()
-            state = self.cursors.get(name)
-            if state is None:
-                pos = (self.oldest_seq or self._next_seq) if start == "oldest" else self._next_seq
-                state = cur.CursorState(name, pos)
-                cur.save_cursor(self.cursor_dir, state)
-                self.cursors[name] = state
+            oldest = self.oldest_seq or self._next_seq
+            state = self.cursors.create(name, oldest if start == "oldest" else self._next_seq)
             return self._info(state)
 
     def _info(self, c: cur.CursorState) -> CursorInfo:
         behind = sum(seg.count - seg.index_ge(c.position) for seg in self.segments)
         return CursorInfo(c.name, c.position, c.lost, behind)
 
-    def _state(self, name: str) -> cur.CursorState:
-        state = self.cursors.get(name)
-        if state is None:
-            raise UnknownCursor(f"no cursor named {name!r}; create it with cursor({name!r})")
-        return state
-
     def read_cursor(self, name: str, limit: int = 1000, max_bytes: int = 4 * 2**20) -> list[Record]:
-        """The next durable records for cursor ``name`` (it does not move until committed)."""
+        """The next durable records for cursor ``name`` (it does not move until committed).
+
+        Raises:
+            UnknownCursor: no such cursor.
+        """
         with self._mutex:
-            return self.read(self._state(name).position, limit, max_bytes)
+            return self.read(self.cursors.get(name).position, limit, max_bytes)
 
     def commit_cursor(self, name: str, last_seq: int) -> CursorInfo:
         """Record that cursor ``name`` has consumed every record up to ``last_seq``; durable
@@ -759,7 +611,7 @@ class RingStore:
         """
         with self._mutex:
             self._check_open()
-            state = self._state(name)
+            state = self.cursors.get(name)
             if last_seq > self._durable_seq:
                 raise ValueError(f"cannot commit cursor {name!r} to seq {last_seq}: the newest "
                                  f"durable record is {self._durable_seq}")  # fmt: skip
@@ -774,13 +626,12 @@ class RingStore:
     def delete_cursor(self, name: str) -> None:
         """Forget a cursor (and its loss counter)."""
         with self._mutex:
-            self.cursors.pop(name, None)
-            cur.delete_cursor_file(self.cursor_dir, name)
+            self.cursors.delete(name)
 
     def cursor_infos(self) -> list[CursorInfo]:
         """Every cursor."""
         with self._mutex:
-            return [self._info(c) for c in self.cursors.values()]
+            return [self._info(c) for c in self.cursors.states.values()]
 
     # ----------------------------------------------------------------------------- stats
 
@@ -788,7 +639,7 @@ class RingStore:
         """Counters for status displays; cheap (no I/O)."""
         with self._mutex:
             self._catch_up()
-            infos = [self._info(c) for c in self.cursors.values()]
+            infos = [self._info(c) for c in self.cursors.states.values()]
             index = sum(seg.index_bytes() for seg in self.segments)
             index += self.series.memory_entries() * 8
             newest = next((s.last_seq for s in reversed(self.segments) if s.count), None)
@@ -804,7 +655,7 @@ class RingStore:
                 fsync=self.config.fsync,
                 dropped_segments=self.dropped_segments,
                 dropped_records=self.dropped_records,
-                read_errors=self.read_errors,
+                read_errors=self._reader.read_errors,
                 index_bytes=index,
                 cursors={
                     i.name: {"position": i.position, "lost": i.lost, "behind": i.behind}
