@@ -4,6 +4,8 @@ acknowledged (printed after ``append`` returned) must be there after restart."""
 from __future__ import annotations
 
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +37,17 @@ out = sys.stdout
 def payload(k, i):
     return {"k": k, "i": i, "pad": "x" * (i % 97), "lat": [1.5, 2.5, float(i)]}
 
-if mode == "sync":
+if mode == "big":  # huge single writes, so that the kill often lands inside write()
+    import cbor2
+    cfg = StoreConfig(max_bytes=512 * 2**20, segment_bytes=128 * 2**20, fsync=policy)
+    store = RingStore(directory, cfg)
+    pre = [(1.0, "big", "t", cbor2.dumps({"k": 0, "i": j, "pad": "y" * 4000}))
+           for j in range(4000)]
+    out.write("ready\n"); out.flush()
+    while True:
+        seqs = store.append_batch(pre)
+        out.write("".join(f"{s} 0 {j}\n" for j, s in enumerate(seqs))); out.flush()
+elif mode == "sync":
     store = RingStore(directory, cfg)
     out.write("ready\n"); out.flush()
     i = 0
@@ -72,9 +84,11 @@ else:
 """
 
 
-async def run_and_kill(directory: Path, mode: str, policy: str, acks: int) -> list[list[int]]:
-    """Start the writer, SIGKILL it once ``acks`` records are acknowledged, return every
-    acknowledged (seq, task, i) line it printed."""
+async def run_and_kill(
+    directory: Path, mode: str, policy: str, acks: int, kill_delay: float = 0.0
+) -> list[list[int]]:
+    """Start the writer, SIGKILL it ``kill_delay`` seconds after ``acks`` records are
+    acknowledged, and return every acknowledged (seq, task, i) line it printed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-c", WRITER, str(directory), mode, policy],
@@ -89,6 +103,8 @@ async def run_and_kill(directory: Path, mode: str, policy: str, acks: int) -> li
             assert chunk, "writer died before it was killed"
             buf += chunk
             seen = buf.count(b"\n") - 1  # minus "ready"
+        if kill_delay:
+            await trio.sleep(kill_delay)  # not waiting for anything: picking the kill moment
         proc.send_signal(signal.SIGKILL)
         while chunk := await proc.stdout.receive_some():  # lines written before the kill
             buf += chunk
@@ -125,6 +141,31 @@ async def test_every_acknowledged_record_survives_sigkill(
             range(1, newest + 1)
         )
         assert st.append(1.0, "after", "crash", 1) == newest + 1
+
+
+async def test_sigkill_inside_a_large_write_tears_a_record_and_recovery_cuts_it(
+    tmp_path: Path,
+) -> None:
+    """With 16 MB writes the kill often lands inside ``write()``, leaving a real torn frame.
+    Retry (in fresh directories) until that happened, checking every acknowledged record each
+    time; a torn tail is seen in most attempts, so 12 attempts all missing it would mean the
+    test no longer exercises what it is for."""
+    cfg = StoreConfig(max_bytes=512 * 2**20, segment_bytes=128 * 2**20)
+    rng = random.Random(7)
+    for attempt in range(12):
+        directory = tmp_path / f"try{attempt}"
+        acked = await run_and_kill(directory, "big", "never", 8000, rng.uniform(0.0, 0.06))
+        with RingStore(directory, cfg) as st:
+            for seq, _k, i in acked:
+                rec = st.get(seq)
+                assert rec is not None and rec.value()["i"] == i
+            torn = st.stats().recovery.truncated_bytes
+            newest = st.stats().newest_seq
+            assert newest is not None and st.append(1.0, "c", "t", 1) == newest + 1
+        shutil.rmtree(directory)
+        if torn:
+            return
+    pytest.fail("no attempt tore a write; the writer no longer writes large enough batches")
 
 
 def test_crash_right_after_a_roll_leaves_an_empty_segment(tmp_path: Path) -> None:
