@@ -12,6 +12,8 @@ What is measured, in the same run, alternating the contenders so load drifts hit
 * ``ceiling``: the same build and encode with no storage at all: the most any store can reach
   on this machine with this encoding (the physical limit of the e2e loop).
 * ``storage only``: both stores fed records already encoded, to show the engines themselves.
+* ``single_append_us``: the cost of one unbatched ``append`` (what each probe result costs
+  the agent when results trickle in one at a time).
 * recovery: a writer process fills a 64 MiB ring (it wraps), is SIGKILLed mid-append, and the
   time to reopen it (scan, verify every checksum, truncate the torn tail, rebuild indexes) is
   timed; plus the memory the indexes take per record, by tracemalloc.
@@ -115,6 +117,18 @@ def run_sqlite(path: Path, n_batches: int, batches: list[list[Row]] | None = Non
     return rate
 
 
+def single_append_us(directory: Path, batches: list[list[Row]]) -> float:
+    """CPU cost of one ``append`` (no batching), microseconds: the agent's per-result path."""
+    store = RingStore(directory, StoreConfig(fsync="never"))
+    rows = [row for batch in batches[:10] for row in batch]
+    t0 = time.perf_counter()
+    for row in rows:
+        store.append(*row)
+    per = (time.perf_counter() - t0) / len(rows) * 1e6
+    store.close()
+    return per
+
+
 def fill_until_killed(directory: str, max_bytes: int) -> None:
     """Child process: fill a ring of ``max_bytes``, say "full" once it wrapped, keep going."""
     store = RingStore(directory, StoreConfig(max_bytes=max_bytes))
@@ -197,6 +211,7 @@ def main() -> None:
             print(f"run {k + 1}/{runs}: " + ", ".join(f"{n}={v[-1]:,.0f}/s" for n, v in r.items()),
                   file=sys.stderr)  # fmt: skip
         med = {name: statistics.median(v) for name, v in r.items()}
+        single = statistics.median(single_append_us(work / f"one{k}", pre) for k in range(3))
         rec = measure_recovery(work, 64 * 2**20, 3)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -218,6 +233,7 @@ def main() -> None:
         "sqlite_storage_only": round(med["sqlite_pre"]),
         "storage_only_ratio": round(med["ring_pre"] / med["sqlite_pre"], 2),
         "payload_bytes": len(pre[0][0][3]),
+        "single_append_us": round(single, 2),
         **rec,
         "goal": ">= 4x sqlite and >= 250000 records/s",
         "quick": args.quick,

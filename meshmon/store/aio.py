@@ -61,7 +61,7 @@ class AsyncRingStore:
             InvalidRecord: the record is malformed; nothing was written.
             StoreFailed: a write or fsync failed.
         """
-        seq = self.core.append_batch(((ts, check, target, payload),))[0]
+        seq = self.core.append(ts, check, target, payload)
         await self.wait_durable(seq)
         return seq
 

@@ -121,6 +121,13 @@ def encode_frames(
     return b"".join(parts), blens
 
 
+def encode_frame(seq: int, ts: float, key: bytes, key_crc: int, payload: bytes) -> bytes:
+    """Frame one record (the unbatched path; same bytes as :func:`encode_frames`)."""
+    head = FRAME_HEAD.pack(FRAME_MAGIC, len(key) + len(payload), seq, ts, len(key))
+    crc = crc32(payload, crc32(head, key_crc))
+    return b"".join((head, key, payload, FRAME_CRC.pack(crc)))
+
+
 @dataclass
 class Frame:
     """One decoded frame, as :func:`decode_frame` returns it."""

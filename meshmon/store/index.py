@@ -202,6 +202,19 @@ class TimeIndex:
                 else:
                     self._start(ts, ts, seq, seq)
 
+    def add_one(self, seq: int, ts: float) -> None:
+        """Index one record (the unbatched path)."""
+        b = self.open
+        if b is not None and b.last_seq - b.first_seq + 1 < BLOCK_RECORDS \
+                and max(ts, b.max_ts) - min(ts, b.min_ts) <= BLOCK_SPAN:
+            b.last_seq = seq
+            if ts < b.min_ts:
+                b.min_ts = ts
+            elif ts > b.max_ts:
+                b.max_ts = ts
+        else:
+            self._start(ts, ts, seq, seq)
+
     def drop_before(self, seq: int) -> None:
         """Forget blocks entirely below ``seq`` (a dropped segment)."""
         while self.order and self.order[0].last_seq < seq:
