@@ -38,7 +38,7 @@ async def test_append_returns_once_durable_and_concurrent_appends_share_fsyncs(
             assert store.fsync_rounds <= 2
         seqs = await store.append_batch([(2000.0, "ping", "t", {"b": i}) for i in range(10)])
         assert store.core.durable_seq >= seqs[-1]
-        t1 = store.core.query(check="ping", target="t1", limit=100)
+        t1 = store.query(check="ping", target="t1", limit=100)
         assert sorted(r.value()["k"] for r in t1) == list(range(1, 40, 5))
 
 

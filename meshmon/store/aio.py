@@ -24,21 +24,22 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
 from meshmon.config import StoreConfig
 from meshmon.store.errors import StoreFailed
-from meshmon.store.records import CursorInfo, Record
+from meshmon.store.records import CursorInfo, Record, StoreStats
 from meshmon.store.ring import RecordIn, RingStore
 
 
 class AsyncRingStore:
     """Trio wrapper over a :class:`RingStore`; build it with :func:`open_store`.
 
-    Reads (``query``, ``latest``, ``get``, ``read``, ``stats``) are plain synchronous calls on
-    :attr:`core`: they work from memory and page-cache reads and are safe in the event loop.
+    Reads (``query``, ``latest``, ``stats``, ``read_cursor``, and ``core.get``/``core.read``)
+    are plain synchronous calls: they work from memory and page-cache reads and are safe in
+    the event loop.
     ``core.append_batch`` may also be called directly when the caller does not need to wait
     for durability; :meth:`wait_durable` waits later.
     """
@@ -111,6 +112,32 @@ class AsyncRingStore:
     def read_cursor(self, name: str, limit: int = 1000, max_bytes: int = 4 * 2**20) -> list[Record]:
         """The next durable records for a cursor; see :meth:`RingStore.read_cursor`."""
         return self.core.read_cursor(name, limit, max_bytes)
+
+    def cursor(self, name: str, start: Literal["oldest", "next"] = "oldest") -> CursorInfo:
+        """Get or create a cursor; see :meth:`RingStore.cursor`."""
+        return self.core.cursor(name, start)
+
+    def query(
+        self,
+        *,
+        check: str | None = None,
+        target: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+        order: Literal["newest", "oldest"] = "newest",
+    ) -> list[Record]:
+        """Records matching the filters; see :meth:`RingStore.query`."""
+        return self.core.query(check=check, target=target, since=since, until=until,
+                               limit=limit, order=order)  # fmt: skip
+
+    def latest(self, *, check: str | None = None, target: str | None = None) -> list[Record]:
+        """Newest record per (check, target); see :meth:`RingStore.latest`."""
+        return self.core.latest(check=check, target=target)
+
+    def stats(self) -> StoreStats:
+        """Counters; see :meth:`RingStore.stats`."""
+        return self.core.stats()
 
 
 @asynccontextmanager

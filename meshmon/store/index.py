@@ -193,14 +193,13 @@ class TimeIndex:
             b.min_ts, b.max_ts, b.last_seq = min(lo, b.min_ts), max(hi, b.max_ts), seqs[-1]
         elif n <= BLOCK_RECORDS and hi - lo <= BLOCK_SPAN:
             self._start(lo, hi, seqs[0], seqs[-1])
-        else:  # a large or disordered batch: one record at a time
+        elif n > 16:  # too many or too spread for one block: halve (min/max stay in C)
+            half = n // 2
+            self.add(seqs[:half], tss[:half])
+            self.add(seqs[half:], tss[half:])
+        else:  # a handful of disordered records: one at a time
             for seq, ts in zip(seqs, tss, strict=True):
-                b = self.open
-                if b is not None and b.last_seq - b.first_seq + 1 < BLOCK_RECORDS \
-                        and max(ts, b.max_ts) - min(ts, b.min_ts) <= BLOCK_SPAN:
-                    b.min_ts, b.max_ts, b.last_seq = min(ts, b.min_ts), max(ts, b.max_ts), seq
-                else:
-                    self._start(ts, ts, seq, seq)
+                self.add_one(seq, ts)
 
     def add_one(self, seq: int, ts: float) -> None:
         """Index one record (the unbatched path)."""

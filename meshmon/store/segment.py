@@ -164,6 +164,10 @@ def load_segment(
         for i, sid in enumerate(sids):
             if sid is None:
                 key = res.keys[i]
+                sid = series.by_key.get(key)
+                if sid is not None:
+                    sids[i] = sid
+                    continue
                 try:
                     check, target = split_key(key)
                 except ValueError:
