@@ -16,13 +16,27 @@ import pytest
 import trio
 
 from meshmon.probes import icmp_packet as pk
-from meshmon.probes.icmp import IcmpConfig, IcmpEngine
+from meshmon.probes.icmp import IcmpConfig, IcmpEngine, _Batch, _Pending
 
 PY = sys.executable
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 
 
 # -- sans-IO packet code ---------------------------------------------------------------------
+
+
+def test_engine_checksums_match_the_reference_for_odd_and_even_payloads() -> None:
+    for size in (56, 7, 0):
+        engine = IcmpEngine(IcmpConfig(families=(4,), payload_size=size))
+        engine.open()
+        try:
+            fs = engine._socks[4]
+            for seq in (0, 1, 0xFFFF):
+                packet = engine._packet(fs, seq)
+                assert packet == pk.build_echo(4, fs.ident, seq, engine._payload)
+                assert pk.checksum(packet) == 0
+        finally:
+            engine.close()
 
 
 def test_echo_packet_checksum_and_parse_reply() -> None:
@@ -130,10 +144,12 @@ async def test_reply_from_another_address_is_ignored_and_the_probe_forgotten() -
     # (Targets that never answer are tested in a namespace: test_probe_netns.py.)
     async with trio.open_nursery() as nursery:
         engine = await nursery.start(IcmpEngine(IcmpConfig(families=(4,))).run)
-        pending = await engine._send("127.0.0.2", 4, None)
+        batch = _Batch()
+        pending = _Pending("127.0.0.2", 4, None, batch)
+        await engine._send(pending)
         pending.dest = "127.0.0.3"  # the reply from .2 no longer matches: must be ignored
         with trio.move_on_after(0.3):
-            await pending.event.wait()
+            await batch.event.wait()
         assert pending.answer is None and engine.stats["ignored"] == 1
         engine._forget([pending])
         assert engine._pending == {}

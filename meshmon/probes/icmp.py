@@ -107,20 +107,40 @@ class Echo:
     ttl: int | None = None
 
 
+class _Batch:
+    """Probes awaited together: one event, set when the last of them is answered."""
+
+    __slots__ = ("event", "remaining")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.remaining = 0
+
+    def done_one(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.event.set()
+
+
 class _Pending:
     """One echo request in flight."""
 
-    __slots__ = ("answer", "dest", "event", "family", "key", "sent_mono", "sent_wall", "ttl")
+    __slots__ = ("answer", "batch", "dest", "family", "key", "sent_mono", "sent_wall", "ttl")
 
-    def __init__(self, dest: str, family: int, ttl: int | None) -> None:
+    def __init__(self, dest: str, family: int, ttl: int | None, batch: _Batch) -> None:
         self.dest = dest
         self.family = family
         self.ttl = ttl
-        self.event = trio.Event()
+        self.batch = batch
+        batch.remaining += 1
         self.sent_wall = 0
         self.sent_mono = 0
         self.answer: Echo | None = None
         self.key: tuple[int, int, int] | None = None
+
+    def finish(self, answer: Echo) -> None:
+        self.answer = answer
+        self.batch.done_one()
 
 
 def _permission_message(family: int, errors: Sequence[str]) -> str:
@@ -203,6 +223,8 @@ class IcmpEngine:
         self._payload = bytes(range(256))[: self.config.payload_size].ljust(
             self.config.payload_size, b"\0"
         )
+        even = self._payload + b"\0" * (len(self._payload) % 2)
+        self._payload_sum = sum(struct.unpack(f"!{len(even) // 2}H", even))
         self.stats = {"sent": 0, "received": 0, "ignored": 0, "late": 0}
         """Counters: packets sent, answers routed, packets not ours, answers after timeout."""
 
@@ -278,20 +300,31 @@ class IcmpEngine:
                 return seq
         raise IcmpEngineError("65536 echo requests in flight on one socket; lower concurrency")
 
-    async def _send(self, address: str, family: int, ttl: int | None) -> _Pending:
+    def _packet(self, fs: _FamilySocket, seq: int) -> bytes:
+        # The checksum of a fixed payload plus (type, id, seq) is a few additions; the kernel
+        # fills it for ICMPv6 and datagram sockets anyway.
+        if fs.family == 6:
+            return struct.pack("!BBHHH", 128, 0, 0, fs.ident, seq) + self._payload
+        total = self._payload_sum + (8 << 8) + fs.ident + seq
+        total = (total >> 16) + (total & 0xFFFF)
+        total += total >> 16
+        return struct.pack("!BBHHH", 8, 0, ~total & 0xFFFF, fs.ident, seq) + self._payload
+
+    async def _send(self, pending: _Pending) -> None:
+        """Send one request (waiting only if the socket buffer is full); settle send errors."""
+        family = pending.family
         fs = self._socks.get(family)
-        pending = _Pending(address, family, ttl)
         if fs is None:
-            pending.answer = Echo("send_error", None, None, self.family_error(family), ttl)
-            pending.event.set()
-            return pending
+            pending.finish(Echo("send_error", None, None, self.family_error(family), pending.ttl))
+            return
         seq = self._allocate(fs)
         key = (family, fs.ident, seq)
-        packet = pk.build_echo(family, fs.ident, seq, self._payload)
+        packet = self._packet(fs, seq)
+        address = pending.dest
         dest = (address, 0) if family == 4 else (address, 0, 0, 0)
         retried = False
         while True:
-            fs.set_ttl(ttl)
+            fs.set_ttl(pending.ttl)
             pending.sent_wall = time.time_ns()
             pending.sent_mono = time.monotonic_ns()
             try:
@@ -305,51 +338,72 @@ class IcmpEngine:
                 if fs.mode == "dgram" and not retried and exc.errno != errno.EINVAL:
                     retried = True
                     continue
-                pending.answer = Echo("send_error", None, None, _send_error_text(exc), ttl)
-                pending.event.set()
-                return pending
+                pending.finish(Echo("send_error", None, None, _send_error_text(exc), pending.ttl))
+                return
             break
         self.stats["sent"] += 1
         pending.key = key
         self._pending[key] = pending
-        return pending
 
-    async def ping(self, address: str, family: int, *, count: int = 1, interval: float = 1.0,
-                   reply_timeout: float = 1.0, ttl: int | None = None) -> list[Echo]:  # fmt: skip
-        """Send ``count`` echo requests ``interval`` seconds apart; wait ``reply_timeout`` for each.
+    async def ping_many(self, targets: Sequence[tuple[str, int]], *, count: int = 1,
+                        interval: float = 1.0, reply_timeout: float = 1.0,
+                        ttl: int | None = None) -> list[list[Echo]]:  # fmt: skip
+        """Ping many ``(address, family)`` targets at once, fping-style.
 
-        Returns one :class:`Echo` per request, in send order.
+        Round *i* sends one request to every target back to back, rounds start ``interval``
+        apart, and each request may take ``reply_timeout``. One task and one wake-up serve the
+        whole batch, which is what keeps the engine cheap at thousands of probes per second.
+
+        Returns:
+            Per target, one :class:`Echo` per request in send order.
         """
         if not self._socks:
             raise IcmpEngineError("the ICMP engine is not running; start IcmpEngine.run first")
-        pendings: list[_Pending] = []
-        deadlines: list[float] = []
+        batch = _Batch()
+        rows: list[list[_Pending]] = [[] for _ in targets]
         start = trio.current_time()
+        last_deadline = start
         try:
             for i in range(count):
                 if i:
                     await trio.sleep_until(start + i * interval)
-                pendings.append(await self._send(address, family, ttl))
-                deadlines.append(trio.current_time() + reply_timeout)
-            for pending, deadline in zip(pendings, deadlines, strict=True):
-                with trio.move_on_at(deadline):
-                    await pending.event.wait()
+                for row, (address, family) in zip(rows, targets, strict=True):
+                    pending = _Pending(address, family, ttl, batch)
+                    row.append(pending)
+                    await self._send(pending)
+                last_deadline = trio.current_time() + reply_timeout
+            if batch.remaining:
+                batch.event = trio.Event()  # an earlier round may have completed (and set) it
+                with trio.move_on_at(last_deadline):
+                    await batch.event.wait()
         finally:
-            self._forget(pendings)
-        return [p.answer or Echo("timeout", None, None, None, ttl) for p in pendings]
+            self._forget([p for row in rows for p in row])
+        limit_ms = reply_timeout * 1000
+        return [[_settled(p, limit_ms) for p in row] for row in rows]
+
+    async def ping(self, address: str, family: int, *, count: int = 1, interval: float = 1.0,
+                   reply_timeout: float = 1.0, ttl: int | None = None) -> list[Echo]:  # fmt: skip
+        """Send ``count`` echo requests ``interval`` seconds apart; wait ``reply_timeout`` each.
+
+        Returns one :class:`Echo` per request, in send order.
+        """
+        rows = await self.ping_many([(address, family)], count=count, interval=interval,
+                                    reply_timeout=reply_timeout, ttl=ttl)  # fmt: skip
+        return rows[0]
 
     async def probe_ttls(self, address: str, family: int, ttls: Sequence[int], *,
-                         reply_timeout: float, spacing: float = 0.0) -> list[Echo]:  # fmt: skip
-        """One echo request per TTL in ``ttls`` (``spacing`` apart), all awaited together."""
-        pendings: list[_Pending] = []
+                         reply_timeout: float) -> list[Echo]:  # fmt: skip
+        """One echo request per TTL in ``ttls``, sent back to back, all awaited together."""
+        if not self._socks:
+            raise IcmpEngineError("the ICMP engine is not running; start IcmpEngine.run first")
+        batch = _Batch()
+        pendings = [_Pending(address, family, ttl, batch) for ttl in ttls]
         try:
-            for i, ttl in enumerate(ttls):
-                if i and spacing:
-                    await trio.sleep(spacing)
-                pendings.append(await self._send(address, family, ttl))
-            with trio.move_on_after(reply_timeout):
-                for pending in pendings:
-                    await pending.event.wait()
+            for pending in pendings:
+                await self._send(pending)
+            if batch.remaining:
+                with trio.move_on_after(reply_timeout):
+                    await batch.event.wait()
         finally:
             self._forget(pendings)
         return [p.answer or Echo("timeout", None, None, None, p.ttl) for p in pendings]
@@ -430,8 +484,7 @@ class IcmpEngine:
         rtt = _rtt_ms(pending, anc, now_mono)
         error = None if msg.kind == "reply" else pk.describe_error(fs.family, msg.icmp_type,
                                                                      msg.code)  # fmt: skip
-        pending.answer = Echo(msg.kind, rtt, source, error, pending.ttl)
-        pending.event.set()
+        pending.finish(Echo(msg.kind, rtt, source, error, pending.ttl))
         self.stats["received"] += 1
 
 
@@ -446,6 +499,14 @@ def _rtt_ms(pending: _Pending, anc: list[tuple[int, int, bytes]], now_mono: int)
             if 0 <= kernel_ns <= mono_ns:
                 return float(kernel_ns / 1e6)
     return float(mono_ns / 1e6)
+
+
+def _settled(pending: _Pending, limit_ms: float) -> Echo:
+    """The answer, or a timeout when none came or it came later than allowed."""
+    answer = pending.answer
+    if answer is None or (answer.rtt_ms is not None and answer.rtt_ms > limit_ms):
+        return Echo("timeout", None, None, None, pending.ttl)
+    return answer
 
 
 def _send_error_text(exc: OSError) -> str:
