@@ -1,0 +1,1 @@
+"""SWIM + Lifeguard membership (placeholder; see core)."""

@@ -1,0 +1,122 @@
+"""Timing and sizing of the membership protocol: one frozen dataclass, three profiles.
+
+The defaults are hashicorp/memberlist's ``DefaultLANConfig``; :func:`wan` and :func:`local` derive
+its WAN and loopback variants with :func:`dataclasses.replace`, so a test or an operator starts
+from a profile and overrides only what it must.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+MAX_DATAGRAM = 1400
+"""Bytes on the wire we never exceed: a 1500-byte Ethernet MTU less IP/UDP headers and tunnels."""
+
+SEAL_OVERHEAD = 100
+"""Bytes the sealing layer adds (header, sender id, nonce, AEAD tag), rounded up generously."""
+
+
+@dataclass(frozen=True)
+class MembershipConfig:
+    """SWIM + Lifeguard parameters (seconds unless a name says otherwise)."""
+
+    probe_interval: float = 1.0
+    """Time between failure probes; each probes one member (randomized round-robin)."""
+    probe_timeout: float = 0.5
+    """Wait for a direct ack before asking ``indirect_checks`` members: about the p99 RTT."""
+    indirect_checks: int = 3
+    """Members asked to ping a silent target for us (SWIM's k)."""
+    gossip_interval: float = 0.2
+    """Time between gossip rounds; a round sends queued news to ``gossip_nodes`` members."""
+    gossip_nodes: int = 3
+    """Random members per gossip round (fan-out)."""
+    gossip_to_the_dead_time: float = 30.0
+    """Dead members still receive gossip this long, so they can learn of and refute their death."""
+    retransmit_mult: int = 4
+    """Each update is sent ``retransmit_mult * ceil(log10(N + 1))`` times (see ``timing``)."""
+    suspicion_mult: int = 4
+    """Minimum suspicion timeout = ``suspicion_mult * max(1, log10(N)) * probe_interval``."""
+    suspicion_max_timeout_mult: int = 6
+    """Maximum suspicion timeout = this * the minimum; Lifeguard starts there and shrinks."""
+    awareness_max_multiplier: int = 8
+    """Lifeguard: a node in poor local health stretches its probe interval/timeout up to this *."""
+    push_pull_interval: float = 30.0
+    """Full-state anti-entropy over TCP, scaled up with log2(N) beyond 32 members (memberlist)."""
+    tcp_timeout: float = 10.0
+    """A stream request (push-pull, TCP ping) reported later than this counts as failed."""
+    tcp_ping: bool = True
+    """Fall back to a TCP ping when UDP probes fail, so blocked UDP does not flap a node."""
+    dead_node_reclaim_time: float = 0.0
+    """After this long dead/left, a name may come back at any incarnation (0: only by refuting)."""
+    reconnect_interval: float = 30.0
+    """How often a node retries its seeds (when alone) and one recently dead member (partitions)."""
+    reconnect_timeout: float = 6 * 3600.0
+    """Dead/left members are remembered, and retried, this long; then forgotten."""
+    lifeguard: bool = True
+    """Lifeguard on (memberlist's behaviour). Off: fixed suspicion timeout (the minimum), no
+    awareness scaling, no nacks, no buddy rule: plain SWIM, kept for the benchmark comparison."""
+    max_datagram_plaintext: int = MAX_DATAGRAM - SEAL_OVERHEAD - 50
+    """Plaintext budget per datagram: 1400 on the wire - sealing overhead - 50 bytes of slack."""
+    max_user_inline: int = 900
+    """User payloads up to this size ride in datagrams; larger ones are announced and pulled."""
+    max_queue: int = 4096
+    """Broadcast queue cap: with no peers or in a long partition the oldest news is dropped."""
+    max_events: int = 65536
+    """Undrained events kept before the oldest are dropped (and counted)."""
+
+    def __post_init__(self) -> None:
+        for name in ("probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
+                     "tcp_timeout", "reconnect_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"membership.{name} must be greater than zero")
+        if self.probe_timeout >= self.probe_interval:
+            raise ValueError("membership.probe_timeout must be shorter than probe_interval")
+        for name in ("indirect_checks", "gossip_nodes", "retransmit_mult", "suspicion_mult",
+                     "suspicion_max_timeout_mult", "awareness_max_multiplier"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"membership.{name} must be at least 1")
+        if not 300 <= self.max_datagram_plaintext <= MAX_DATAGRAM:
+            raise ValueError("membership.max_datagram_plaintext must be in 300..1400 bytes")
+        if self.max_user_inline > self.max_datagram_plaintext - 64:
+            raise ValueError("membership.max_user_inline must leave 64 bytes for framing")
+
+
+def lan() -> MembershipConfig:
+    """memberlist's ``DefaultLANConfig``: one data centre, sub-millisecond to few-ms RTTs."""
+    return MembershipConfig()
+
+
+def wan() -> MembershipConfig:
+    """memberlist's ``DefaultWANConfig``: slower probes, longer suspicion, wider gossip."""
+    return dataclasses.replace(
+        lan(),
+        tcp_timeout=30.0,
+        suspicion_mult=6,
+        push_pull_interval=60.0,
+        probe_timeout=3.0,
+        probe_interval=5.0,
+        gossip_nodes=4,
+        gossip_interval=0.5,
+        gossip_to_the_dead_time=60.0,
+    )
+
+
+def local() -> MembershipConfig:
+    """memberlist's ``DefaultLocalConfig``: loopback or one host; fast and less redundant."""
+    return dataclasses.replace(
+        lan(),
+        tcp_timeout=1.0,
+        indirect_checks=1,
+        retransmit_mult=2,
+        suspicion_mult=3,
+        push_pull_interval=15.0,
+        probe_timeout=0.2,
+        probe_interval=1.0,
+        gossip_interval=0.1,
+        gossip_to_the_dead_time=15.0,
+    )
+
+
+PROFILES = {"lan": lan, "wan": wan, "local": local}
+"""Profile name (as in the agent's ``mesh.profile``) → factory."""
