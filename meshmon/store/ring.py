@@ -110,6 +110,8 @@ class RingStore:
         self._stop_flusher = threading.Event()
         self._flusher: threading.Thread | None = None
         self._sync_mutex = threading.Lock()
+        self._cursor_io = threading.Lock()
+        """Held from snapshotting a cursor to its file being written: files never go back."""
         self.series = SeriesTable()
         self.times = TimeIndex()
         self.segments: list[Segment] = []
@@ -458,7 +460,6 @@ class RingStore:
                 fds = list(self._pending_fds)
                 wfd = self._wfd
                 dir_dirty, self._dir_dirty = self._dir_dirty, False
-                dirty = self.cursors.take_dirty()
             try:
                 for fd in fds:
                     os.fdatasync(fd)
@@ -466,8 +467,11 @@ class RingStore:
                     os.fdatasync(wfd)
                 if dir_dirty:
                     cur.fsync_dir(self.directory)
-                for state in dirty:
-                    cur.save_cursor(self.cursor_dir, state)
+                with self._cursor_io:
+                    with self._mutex:
+                        dirty = self.cursors.take_dirty()
+                    for state in dirty:
+                        cur.save_cursor(self.cursor_dir, state)
             except OSError as exc:
                 with self._mutex:
                     self._failed = exc
@@ -646,18 +650,19 @@ class RingStore:
             UnknownCursor: no such cursor.
             ValueError: ``last_seq`` is beyond the newest durable record.
         """
+        with self._cursor_io:
+            with self._mutex:
+                self._check_open()
+                state = self.cursors.get(name)
+                if last_seq > self._durable_seq:
+                    raise ValueError(f"cannot commit cursor {name!r} to seq {last_seq}: the "
+                                     f"newest durable record is {self._durable_seq}")  # fmt: skip
+                if last_seq + 1 <= state.position:
+                    return self._info(state)
+                state.position = last_seq + 1
+                snapshot = cur.CursorState(name, state.position, state.lost)
+            cur.save_cursor(self.cursor_dir, snapshot)
         with self._mutex:
-            self._check_open()
-            state = self.cursors.get(name)
-            if last_seq > self._durable_seq:
-                raise ValueError(f"cannot commit cursor {name!r} to seq {last_seq}: the newest "
-                                 f"durable record is {self._durable_seq}")  # fmt: skip
-            if last_seq + 1 <= state.position:
-                return self._info(state)
-            snapshot = cur.CursorState(name, last_seq + 1, state.lost)
-        cur.save_cursor(self.cursor_dir, snapshot)
-        with self._mutex:
-            state.position = max(state.position, snapshot.position)
             return self._info(state)
 
     def delete_cursor(self, name: str) -> None:
