@@ -135,7 +135,12 @@ async def resolve(host: str, choice: FamilyChoice) -> list[tuple[int, str | None
         fam = 4 if is_ipv4_address(host) else 6
         if choice in ("4", "6") and int(choice) != fam:
             raise ResolveError(f"{host} is an IPv{fam} address but the check asks for IPv{choice}")
-        return [(fam, str(ipaddress.ip_address(host.split("%")[0])), None)]
+        literal = (fam, str(ipaddress.ip_address(host.split("%")[0])), None)
+        if choice == "both":  # one result per family, as promised: the other one says why
+            other = 10 - fam
+            why = f"{host} is an IPv{fam} address: nothing to probe over IPv{other}"
+            return sorted([literal, (other, None, why)], key=lambda x: x[0])
+        return [literal]
     af = {"4": socket.AF_INET, "6": socket.AF_INET6}.get(choice, socket.AF_UNSPEC)
     try:
         infos = await trio.socket.getaddrinfo(host, None, af, socket.SOCK_STREAM)

@@ -60,6 +60,9 @@ ICMP_FILTER = 1
 ICMP6_FILTER = 1
 _ANC_BUF = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(16 + 28) + 64
 _MAX_PACKET = 2048
+_FAIR_BATCH = 256
+"""Sends (and 4× as many receives) between checkpoints: long enough that a batch costs one
+wake-up, short enough that other tasks wait at most a few milliseconds."""
 
 
 class IcmpError(Exception):
@@ -367,10 +370,12 @@ class IcmpEngine:
             for i in range(count):
                 if i:
                     await trio.sleep_until(start + i * interval)
-                for row, (address, family) in zip(rows, targets, strict=True):
+                for n, (row, (address, family)) in enumerate(zip(rows, targets, strict=True)):
                     pending = _Pending(address, family, ttl, batch)
                     row.append(pending)
                     await self._send(pending)
+                    if n % _FAIR_BATCH == _FAIR_BATCH - 1:
+                        await trio.lowlevel.checkpoint()  # let other tasks (and replies) in
                 last_deadline = trio.current_time() + reply_timeout
             if batch.remaining:
                 batch.event = trio.Event()  # an earlier round may have completed (and set) it
@@ -422,7 +427,7 @@ class IcmpEngine:
             await trio.lowlevel.wait_readable(sock)
             if fs.mode == "dgram":
                 self._drain_errqueue(fs)
-            while True:
+            for _ in range(_FAIR_BATCH * 4):  # then yield, so a flood cannot starve the agent
                 try:
                     data, anc, _flags, addr = sock.recvmsg(_MAX_PACKET, _ANC_BUF)
                 except BlockingIOError:

@@ -166,6 +166,33 @@ async def _run_plugin(kind: str, plugin: ProbePlugin, target: str, params: Mappi
     return out
 
 
+KNOWN_PARAMS: dict[str, frozenset[str]] = {
+    "ping": frozenset({"family", "count", "interval", "reply_timeout"}),
+    "trace": frozenset({"family", "protocol", "max_hops", "rounds", "interval", "port",
+                        "reply_timeout"}),
+    "tcp": frozenset({"family", "port"}),
+    "udp": frozenset({"family", "port", "mode", "count", "interval", "payload", "payload_hex",
+                      "expect", "size"}),
+    "http": frozenset({"family", "expect_status", "body_regex", "follow_redirects",
+                       "max_redirects", "verify_tls", "ca_file", "headers", "max_body_bytes"}),
+    "tls": frozenset({"family", "port", "server_name", "min_days", "ca_file"}),
+}  # fmt: skip
+"""Params each built-in kind understands; any other key is an error (usually a typo)."""
+
+
+def check_params(kind: str, params: Mapping[str, Any]) -> None:
+    """Reject params a built-in kind does not know.
+
+    Raises:
+        ParamError: naming the unknown key(s) and the known ones.
+    """
+    unknown = sorted(set(params) - KNOWN_PARAMS.get(kind, frozenset(params)))
+    if unknown:
+        known = ", ".join(sorted(KNOWN_PARAMS[kind]))
+        raise ParamError(f"unknown params for a {kind} check: {', '.join(unknown)} "
+                         f"(known: {known})")  # fmt: skip
+
+
 def _port(kind: str, params: Mapping[str, Any], target_port: int | None) -> int:
     default = {"tls": 443, "udp": DEFAULT_ECHO_PORT if params.get("mode") == "echo" else None}
     port = base.param(params, "port", int, target_port or default.get(kind))
@@ -181,6 +208,7 @@ async def _run_builtin(kind: str, target: str, params: Mapping[str, Any],
                        ctx: ProbeContext) -> list[r.MonitoringResult]:  # fmt: skip
     sw = Stopwatch()
     try:
+        check_params(kind, params)
         choice = base.family_choice(params)
         if kind == "http":
             return await _run_http(target, params, timeout, ctx, choice, sw)

@@ -1,0 +1,128 @@
+"""Pure parts of the probes: table tests for folding, statistics, parsing and validation."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import pytest
+
+from meshmon.probes import base
+from meshmon.probes.base import ParamError
+from meshmon.probes.icmp import SO_TIMESTAMPNS, Echo, _Batch, _Pending, _rtt_ms, _settled
+from meshmon.probes.ping import PingParams, summarize
+from meshmon.probes.registry import check_params, error_payload
+from meshmon.probes.traceroute import fold_rounds
+from meshmon.probes.udp import UdpParams
+
+T = "10.0.0.9"
+
+
+def echo(kind: str, rtt: float | None, who: str | None, ttl: int, error: str | None = None
+         ) -> Echo:
+    return Echo(kind, rtt, who, error, ttl)
+
+
+def test_fold_rounds_reached_with_ecmp_and_loss() -> None:
+    rounds = [
+        [echo("time_exceeded", 1.0, "10.0.0.1", 1), echo("time_exceeded", 2.0, "10.0.1.1", 2),
+         echo("reply", 3.0, T, 3), echo("reply", 3.1, T, 4)],
+        [echo("timeout", None, None, 1), echo("time_exceeded", 2.2, "10.0.2.1", 2),
+         echo("reply", 3.2, T, 3)],
+    ]
+    res = fold_rounds(T, rounds, "icmp", 999.0)
+    assert res.target_reached and res.errors == ()
+    assert [h.ttl for h in res.hops] == [1, 2, 3]  # hops beyond the target are dropped
+    assert res.hops[0].sent == 2 and res.hops[0].received == 1 and res.hops[0].loss == 0.5
+    assert res.hops[1].addresses == ("10.0.1.1", "10.0.2.1")  # two paths (ECMP)
+    assert res.total_time_ms == pytest.approx(3.1)
+
+
+@pytest.mark.parametrize(("rounds", "hops", "error"), [
+    ([[echo("timeout", None, None, t) for t in (1, 2, 3)]], 0, "no hop answered: 10.0.0.9"),
+    ([[echo("time_exceeded", 1.0, "10.0.0.1", 1), echo("timeout", None, None, 2),
+       echo("timeout", None, None, 3)]], 2, "target not reached; last answer from hop 1"),
+    ([[echo("unreachable", 1.0, "10.0.0.1", 1, "host unreachable"),
+       echo("timeout", None, None, 2)]], 2, "hop 1 (10.0.0.1): host unreachable"),
+    ([[echo("send_error", None, None, 1, "network unreachable (no route)")]], 0,
+     "network unreachable (no route)"),
+])
+def test_fold_rounds_not_reached_is_explicit(rounds: list[list[Echo]], hops: int,
+                                             error: str) -> None:
+    res = fold_rounds(T, rounds, "udp", 1500.0)
+    assert not res.target_reached and len(res.hops) == hops
+    assert any(error in e for e in res.errors), res.errors
+    assert res.total_time_ms == 1500.0 and res.response_time_ms() is None
+
+
+def test_udp_port_unreachable_from_target_means_reached() -> None:
+    rounds = [[echo("time_exceeded", 1.0, "10.0.0.1", 1),
+               echo("unreachable", 2.0, T, 2, "port unreachable")]]
+    assert fold_rounds(T, rounds, "udp", 5.0).target_reached
+
+
+def test_ping_summary() -> None:
+    res = summarize(T, [echo("reply", 1.0, T, 0), echo("timeout", None, None, 0),
+                        echo("unreachable", 0.5, "10.0.0.1", 0, "host unreachable"),
+                        echo("reply", 3.0, T, 0)])
+    assert (res.successes, res.failures) == (2, 2)
+    assert res.samples == (1.0, None, None, 3.0) and res.avg_response_time_ms == 2.0
+    assert res.errors == ("host unreachable (from 10.0.0.1)",)
+
+
+def test_rtt_prefers_kernel_timestamp_but_survives_a_clock_step() -> None:
+    pending = _Pending(T, 4, None, _Batch())
+    pending.sent_mono = time.monotonic_ns()
+    pending.sent_wall = 1_000_000_000_000
+    now = pending.sent_mono + 500_000  # 0.5 ms later on the monotonic clock
+    stamp = struct.pack("=qq", 1000, 100_000)  # kernel says 0.1 ms after the send
+    assert _rtt_ms(pending, [(1, SO_TIMESTAMPNS, stamp)], now) == pytest.approx(0.1)
+    stepped_back = struct.pack("=qq", 999, 0)  # the wall clock stepped back by 1 s
+    assert _rtt_ms(pending, [(1, SO_TIMESTAMPNS, stepped_back)], now) == pytest.approx(0.5)
+    stepped_fwd = struct.pack("=qq", 1060, 0)  # or forward by a minute
+    assert _rtt_ms(pending, [(1, SO_TIMESTAMPNS, stepped_fwd)], now) == pytest.approx(0.5)
+    assert _rtt_ms(pending, [], now) == pytest.approx(0.5)
+
+
+def test_late_answer_counts_as_timeout() -> None:
+    pending = _Pending(T, 4, None, _Batch())
+    pending.finish(Echo("reply", 1500.0, T, None))
+    assert _settled(pending, 1000.0).kind == "timeout"
+    assert _settled(pending, 2000.0).kind == "reply"
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("host", ("host", None)), ("host:80", ("host", 80)), ("[::1]:443", ("::1", 443)),
+    ("::1", ("::1", None)), ("fe80::1", ("fe80::1", None)), ("[::1]", ("::1", None)),
+    ("https://example.org/x", ("example.org", 443)), ("http://h:8080/", ("h", 8080)),
+])
+def test_split_host_port(target: str, expected: tuple[str, int | None]) -> None:
+    assert base.split_host_port(target, None) == expected
+
+
+def test_params_validation() -> None:
+    assert PingParams.from_params({}, 5.0) == PingParams(5, 0.2, 1.0)
+    fitted = PingParams.from_params({"count": 3, "interval": 0.1}, 0.5)  # the burst must fit
+    assert fitted.reply_timeout == pytest.approx(0.3)
+    with pytest.raises(ParamError, match="does not fit"):
+        PingParams.from_params({"count": 100, "interval": 1}, 5.0)
+    with pytest.raises(ParamError, match=r"params\.count must be int"):
+        PingParams.from_params({"count": "3"}, 5.0)
+    with pytest.raises(ParamError, match=r"params\.count must be int"):
+        PingParams.from_params({"count": True}, 5.0)
+    assert UdpParams.from_params({"payload_hex": "00ff"}).payload == b"\x00\xff"
+    assert UdpParams.from_params({"mode": "echo"}).count == 5
+    with pytest.raises(ParamError, match="not hex"):
+        UdpParams.from_params({"payload_hex": "zz"})
+    with pytest.raises(ParamError, match="unknown params for a ping check: cout"):
+        check_params("ping", {"cout": 3})
+    check_params("myplugin", {"anything": 1})  # plugins take any params
+    assert base.family_choice({"family": "IPv6"}) == "6"
+    assert base.family_choice({"family": 4}) == "4"
+
+
+def test_error_payloads_fail_with_the_message() -> None:
+    for kind in ("ping", "trace", "tcp", "udp", "http", "tls", "plug"):
+        payload = error_payload(kind, "it broke", None)
+        assert not payload.is_successful()
+        assert "it broke" in (payload.error_message() or ""), kind
