@@ -215,3 +215,25 @@ def test_no_privilege_at_all_fails_at_start_naming_sysctl_and_capability(netns: 
     out = _run_as_nobody(["ip", "netns", "exec", netns])
     assert "net.ipv4.ping_group_range" in str(out["error"])
     assert "CAP_NET_RAW" in str(out["error"])
+
+
+async def test_run_probe_batch_pings_many_targets_in_one_call() -> None:
+    from meshmon.probes import ProbeContext, run_probe_batch
+    from meshmon.results import Ping
+
+    async with trio.open_nursery() as nursery:
+        engine = await nursery.start(IcmpEngine().run)
+        ctx = ProbeContext(agent="n", check="c", icmp=engine)
+        targets = ["127.1.0.1", "127.1.0.2", "nothing.invalid", "::1"]
+        with trio.fail_after(5):
+            rows = await run_probe_batch("ping", targets, {"count": 2, "interval": 0.01}, 2.0,
+                                         ctx)
+        nursery.cancel_scope.cancel()
+    assert [len(row) for row in rows] == [1, 1, 1, 1]
+    results = [row[0] for row in rows]
+    assert all(isinstance(x, Ping) for x in results)
+    assert [x.target for x in results] == targets
+    assert [x.family for x in results] == [4, 4, None, 6]
+    assert [x.is_successful() for x in results] == [True, True, False, True]
+    assert "cannot resolve" in (results[2].error_message() or "")
+    assert engine.stats["sent"] == 6

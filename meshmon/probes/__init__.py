@@ -27,6 +27,7 @@ from meshmon.probes.registry import (
     ProbeRegistry,
     default_registry,
     run_probe,
+    run_probe_batch,
 )
 from meshmon.probes.udp import DEFAULT_ECHO_PORT, UdpEchoResponder
 
@@ -52,4 +53,5 @@ __all__ = [
     "UdpEchoResponder",
     "default_registry",
     "run_probe",
+    "run_probe_batch",
 ]

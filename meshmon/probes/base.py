@@ -10,6 +10,7 @@ gives an error result for that family.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import time
@@ -103,6 +104,14 @@ def family_choice(params: Mapping[str, Any]) -> FamilyChoice:
     return value  # type: ignore[return-value]
 
 
+def family_choice_or_none(params: Mapping[str, Any]) -> FamilyChoice | None:
+    """:func:`family_choice`, or ``None`` when the param is invalid (reported elsewhere)."""
+    try:
+        return family_choice(params)
+    except ParamError:
+        return None
+
+
 def split_host_port(target: str, default_port: int | None) -> tuple[str, int | None]:
     """``host``, ``host:port``, ``[v6]:port``, bare IPv6, or a URL → (host, port)."""
     if "://" in target:
@@ -121,6 +130,18 @@ def split_host_port(target: str, default_port: int | None) -> tuple[str, int | N
     return target, default_port
 
 
+@functools.lru_cache(maxsize=8192)
+def _literal(host: str) -> tuple[int, str]:
+    """(4 or 6, normalised address) for an IP literal, (0, "") for a name.
+
+    Cached: an agent probes the same targets every interval.
+    """
+    if is_ipv4_address(host) or is_ipv6_address(host):
+        address = ipaddress.ip_address(host.split("%")[0])
+        return address.version, str(address)
+    return 0, ""
+
+
 async def resolve(host: str, choice: FamilyChoice) -> list[tuple[int, str | None, str | None]]:
     """Addresses to probe: ``(family, address, error)`` per family to measure.
 
@@ -131,11 +152,11 @@ async def resolve(host: str, choice: FamilyChoice) -> list[tuple[int, str | None
         ResolveError: the name does not resolve at all, or a literal's family contradicts the
             requested one.
     """
-    if is_ipv4_address(host) or is_ipv6_address(host):
-        fam = 4 if is_ipv4_address(host) else 6
+    fam, normalised = _literal(host)
+    if fam:
         if choice in ("4", "6") and int(choice) != fam:
             raise ResolveError(f"{host} is an IPv{fam} address but the check asks for IPv{choice}")
-        literal = (fam, str(ipaddress.ip_address(host.split("%")[0])), None)
+        literal: tuple[int, str | None, str | None] = (fam, normalised, None)
         if choice == "both":  # one result per family, as promised: the other one says why
             other = 10 - fam
             why = f"{host} is an IPv{fam} address: nothing to probe over IPv{other}"

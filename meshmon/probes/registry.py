@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -21,9 +21,9 @@ import trio
 
 from meshmon import results as r
 from meshmon.probes import base
-from meshmon.probes.base import ParamError, ProbeContext, ProbeError, Stopwatch
+from meshmon.probes.base import ParamError, ProbeContext, ProbeError, ResolveError, Stopwatch
 from meshmon.probes.http import HttpParams, http_get
-from meshmon.probes.ping import PingParams, ping
+from meshmon.probes.ping import PingParams, ping, summarize
 from meshmon.probes.plugin import PluginRequest, ProbePlugin
 from meshmon.probes.tcp import tcp_connect
 from meshmon.probes.tls import TlsParams, tls_check
@@ -240,9 +240,12 @@ async def _run_builtin(kind: str, target: str, params: Mapping[str, Any],
                 payload = error_payload(kind, f"did not finish within {timeout:g}s", address, port)
         out[i] = _record(kind, ctx, target, family, fsw, payload)
 
-    async with trio.open_nursery() as nursery:
-        for i, (family, address, why) in enumerate(addresses):
-            nursery.start_soon(one, i, family, address, why)
+    if len(addresses) == 1:  # the common case: no nursery (it costs more than the probe)
+        await one(0, *addresses[0])
+    else:
+        async with trio.open_nursery() as nursery:
+            for i, (family, address, why) in enumerate(addresses):
+                nursery.start_soon(one, i, family, address, why)
     return [x for x in out if x is not None]
 
 
@@ -342,6 +345,59 @@ async def run_probe(kind: str, target: str, params: Mapping[str, Any],
     """
     reg = registry if registry is not None else default_registry()
     return await reg.run(kind, target, params, timeout, context)
+
+
+async def run_probe_batch(kind: str, targets: Sequence[str], params: Mapping[str, Any],
+                          timeout: float,  # noqa: ASYNC109 - expiry gives error results
+                          context: ProbeContext, registry: ProbeRegistry | None = None,
+                          ) -> list[list[r.MonitoringResult]]:  # fmt: skip
+    """Run one check against many targets at once; results per target, in order.
+
+    Same contract as :func:`run_probe`. For ``ping`` the whole batch goes out in one
+    :meth:`~meshmon.probes.icmp.IcmpEngine.ping_many` call — one task and one wake-up instead of
+    one per target, which is what keeps an agent near 3 % of a core at 1000 pings/s. Other kinds
+    run their targets concurrently. A scheduler should hand over, per tick, the targets of a
+    check that fall due together.
+    """
+    if kind != "ping" or context.icmp is None or base.family_choice_or_none(params) == "both":
+        out: list[list[r.MonitoringResult]] = [[] for _ in targets]
+
+        async def single(i: int, target: str) -> None:
+            out[i] = await run_probe(kind, target, params, timeout, context, registry)
+
+        async with trio.open_nursery() as nursery:
+            for i, target in enumerate(targets):
+                nursery.start_soon(single, i, target)
+        return out
+    sw = Stopwatch()
+    results: list[list[r.MonitoringResult]] = [[] for _ in targets]
+    try:
+        check_params(kind, params)
+        choice = base.family_choice(params)
+        pp = PingParams.from_params(params, timeout)
+    except ProbeError as exc:
+        return [[_record(kind, context, t, None, sw, error_payload(kind, str(exc), None))]
+                for t in targets]  # fmt: skip
+    resolved: list[tuple[int, str] | None] = [None] * len(targets)
+    for i, target in enumerate(targets):
+        try:
+            host, _ = base.split_host_port(target, None)
+            family, address, why = (await base.resolve(host, choice))[0]
+            if address is None:
+                raise ResolveError(why or "no address")
+            resolved[i] = (family, address)
+        except ProbeError as exc:
+            results[i] = [_record(kind, context, target, None, sw,
+                                  error_payload(kind, str(exc), None))]  # fmt: skip
+    batch = [(x[1], x[0]) for x in resolved if x is not None]
+    rows = await context.icmp.ping_many(batch, count=pp.count, interval=pp.interval,
+                                        reply_timeout=pp.reply_timeout)  # fmt: skip
+    it = iter(rows)
+    for i, x in enumerate(resolved):
+        if x is not None:
+            results[i] = [_record(kind, context, targets[i], x[0], sw,
+                                  summarize(x[1], next(it)))]  # fmt: skip
+    return results
 
 
 _DEFAULT: list[ProbeRegistry] = []
