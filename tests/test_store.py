@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshmon.config import StoreConfig
@@ -65,7 +65,7 @@ def test_queries_by_check_target_time_and_latest(tmp_path: Path) -> None:
         assert ("chk1", "h2") in store.series_names()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.floats(min_value=0, max_value=5000, allow_nan=False), min_size=1, max_size=300),
        st.floats(min_value=-100, max_value=5100), st.floats(min_value=0, max_value=3000))
 def test_time_query_matches_brute_force(
