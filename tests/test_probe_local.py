@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -294,3 +296,19 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
     async with trio.open_nursery() as n:
         yield n
         n.cancel_scope.cancel()
+
+
+async def test_probe_services_start_engine_and_responder_for_an_agent(
+        nursery: trio.Nursery) -> None:
+    from meshmon.probes import run_probe_services
+
+    ctx = await nursery.start(partial(run_probe_services, "node-z", echo_address="127.0.0.1",
+                                      echo_port=0))
+    assert ctx.agent == "node-z" and ctx.icmp is not None and ctx.echo_port
+    ctx = dataclasses.replace(ctx, check="svc")
+    with trio.fail_after(5):
+        (ping,) = await run_probe("ping", "127.0.0.1", {"count": 1}, 1.0, ctx)
+        (echo,) = await run_probe("udp", f"127.0.0.1:{ctx.echo_port}", {"mode": "echo",
+                                                                      "count": 2}, 1.0, ctx)
+    assert ping.is_successful() and ping.agent == "node-z" and ping.check == "svc"
+    assert echo.is_successful()

@@ -29,6 +29,7 @@ from meshmon.probes.registry import (
     run_probe,
     run_probe_batch,
 )
+from meshmon.probes.services import run_probe_services
 from meshmon.probes.udp import DEFAULT_ECHO_PORT, UdpEchoResponder
 
 __all__ = [
@@ -54,4 +55,5 @@ __all__ = [
     "default_registry",
     "run_probe",
     "run_probe_batch",
+    "run_probe_services",
 ]

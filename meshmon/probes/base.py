@@ -72,6 +72,8 @@ class ProbeContext:
     """The running ICMP engine (needed by ``ping`` and ICMP ``trace``)."""
     udp_codec: UdpCodec = field(default_factory=UdpCodec)
     """Sealing for agent-to-agent UDP echo (``mode = "echo"``)."""
+    echo_port: int | None = None
+    """Port of this agent's own UDP echo responder, when it runs one."""
 
 
 def param(params: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
