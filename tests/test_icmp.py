@@ -14,6 +14,8 @@ from functools import partial
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshmon.probes import icmp_packet as pk
 from meshmon.probes.icmp import IcmpConfig, IcmpEngine, _Batch, _Pending
@@ -237,3 +239,12 @@ async def test_run_probe_batch_pings_many_targets_in_one_call() -> None:
     assert [x.is_successful() for x in results] == [True, True, False, True]
     assert "cannot resolve" in (results[2].error_message() or "")
     assert engine.stats["sent"] == 6
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=120), st.sampled_from([4, 6]), st.booleans())
+def test_parsers_never_raise_on_arbitrary_bytes(data: bytes, family: int, ip: bool) -> None:
+    msg = pk.parse(family, data, has_ip_header=ip)
+    assert msg is None or msg.kind in ("reply", "time_exceeded", "unreachable", "too_big")
+    err = pk.parse_extended_err(family, data)
+    assert err is None or isinstance(err.icmp_type, int)

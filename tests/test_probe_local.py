@@ -204,6 +204,16 @@ async def test_http_status_size_timings_and_validators(nursery: trio.Nursery) ->
     assert "body does not match" in (body.error_message() or "")
 
 
+async def test_http_over_ipv6_and_family_both(nursery: trio.Nursery) -> None:
+    port = await serve(nursery, http_handler, host="::1")
+    res = await one("http", f"http://[::1]:{port}/")
+    assert res.is_successful() and res.family == 6
+    with trio.fail_after(5):
+        both = await run_probe("http", f"http://[::1]:{port}/", {"family": "both"}, 1.0, CTX)
+    assert [x.family for x in both] == [4, 6]
+    assert [x.is_successful() for x in both] == [False, True]  # no IPv4 path to [::1]
+
+
 async def test_http_redirect_policy(nursery: trio.Nursery) -> None:
     port = await serve(nursery, http_handler)
     base = f"http://127.0.0.1:{port}"

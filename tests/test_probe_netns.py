@@ -124,6 +124,8 @@ def test_multi_hop_traces_and_dark_targets(chain: Chain) -> None:
         ("icmp6", "trace", "fd00:201:2::2", fast, 3.0),
         ("udp4", "trace", "10.201.2.2", {**fast, "protocol": "udp"}, 3.0),
         ("tcp4", "trace", "10.201.2.2", {**fast, "protocol": "tcp", "port": 80}, 3.0),
+        ("udp6", "trace", "fd00:201:2::2", {**fast, "protocol": "udp"}, 3.0),
+        ("tcp6", "trace", "fd00:201:2::2", {**fast, "protocol": "tcp", "port": 80}, 3.0),
         ("ping_far", "ping", "10.201.2.2", {"count": 3, "interval": 0.01}, 2.0),
         ("dark_ping", "ping", "10.201.4.2", {"count": 2, "interval": 0.01}, 1.0),
         ("dark_ping6", "ping", "fd00:201:4::2", {"count": 2, "interval": 0.01}, 1.0),
@@ -141,7 +143,9 @@ def test_multi_hop_traces_and_dark_targets(chain: Chain) -> None:
         assert res["hops"][0]["received"] == 2 and res["protocol"] == name[:-1]
     icmp6 = out["icmp6"]
     assert icmp6["family"] == 6 and icmp6["result"]["target_reached"], icmp6["result"]
-    assert hops(out["icmp6"]) == [["fd00:201:1::1"], ["fd00:201:2::2"]]
+    for name in ("icmp6", "udp6", "tcp6"):
+        assert out[name]["result"]["target_reached"], out[name]["result"]
+        assert hops(out[name]) == [["fd00:201:1::1"], ["fd00:201:2::2"]], name
     assert out["ping_far"]["result"]["successes"] == 3
     for name in ("dark_ping", "dark_ping6"):
         res = out[name]["result"]
