@@ -211,7 +211,8 @@ async def test_http_over_ipv6_and_family_both(nursery: trio.Nursery) -> None:
     with trio.fail_after(5):
         both = await run_probe("http", f"http://[::1]:{port}/", {"family": "both"}, 1.0, CTX)
     assert [x.family for x in both] == [4, 6]
-    assert [x.is_successful() for x in both] == [False, True]  # no IPv4 path to [::1]
+    assert [x.is_successful() for x in both] == [False, True]
+    assert "::1 is an IPv6 address: nothing to probe over IPv4" in (both[0].error_message() or "")
 
 
 async def test_http_redirect_policy(nursery: trio.Nursery) -> None:

@@ -144,6 +144,11 @@ def _literal(host: str) -> tuple[int, str]:
     return 0, ""
 
 
+def literal_family(host: str) -> int:
+    """4 or 6 when ``host`` is an IP literal, else 0."""
+    return _literal(host)[0]
+
+
 async def resolve(host: str, choice: FamilyChoice) -> list[tuple[int, str | None, str | None]]:
     """Addresses to probe: ``(family, address, error)`` per family to measure.
 

@@ -310,6 +310,12 @@ async def _run_http(target: str, params: Mapping[str, Any],
         fsw = Stopwatch() if i else sw
         payload: r.Payload
         server: str | None
+        literal_family = base.literal_family(host)
+        if fam and literal_family and fam != literal_family:
+            why = f"{host} is an IPv{literal_family} address: nothing to probe over IPv{fam}"
+            out.append(_record("http", ctx, target, fam, fsw, error_payload("http", why, None,
+                                                                              target=url)))
+            continue
         try:
             with trio.move_on_after(timeout + GRACE):
                 payload, server = await http_get(url, hp, timeout, fam)
@@ -317,11 +323,9 @@ async def _run_http(target: str, params: Mapping[str, Any],
             log.exception("http probe of %s failed unexpectedly", url)
             payload, server = error_payload("http", f"internal error: {exc}", None,
                                             target=url), None  # fmt: skip
-        used = fam
+        used = fam or literal_family or None
         if used is None and server:
             used = 6 if ":" in server else 4
-        if used is None and (":" in host or host.replace(".", "").isdigit()):
-            used = 6 if ":" in host else 4
         out.append(_record("http", ctx, target, used, fsw, payload))
     return out
 
