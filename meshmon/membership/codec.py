@@ -1,0 +1,269 @@
+"""Compact, versioned CBOR encoding of membership datagrams and push-pull state.
+
+Theory of operation
+-------------------
+A datagram is an indefinite-length CBOR array: ``[VERSION, msg, msg, ...]``. Each message is a
+short array whose first item is its type code. Messages are encoded one at a time
+(:func:`encode_message`) so the broadcast queue can cache their bytes and pack as many as fit into
+one datagram by plain concatenation (:func:`frame`), without re-encoding.
+
+Decoding is strict: every field's type and range are checked, and any problem raises
+:class:`MalformedMessage` and nothing else. A datagram decodes completely before the core acts
+on it, so a bad message anywhere leaves the state untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from typing import Any
+
+import cbor2
+
+from meshmon.membership.messages import (
+    Ack,
+    Addr,
+    Alive,
+    Dead,
+    IndirectPing,
+    MemberState,
+    Message,
+    Nack,
+    NodeMeta,
+    Ping,
+    PushPullState,
+    State,
+    Suspect,
+    UserData,
+    UserNotice,
+)
+
+VERSION = 1
+"""Wire version; a receiver rejects datagrams and states of another version."""
+
+_OPEN = b"\x9f" + cbor2.dumps(VERSION)
+_CLOSE = b"\xff"
+FRAME_OVERHEAD = len(_OPEN) + len(_CLOSE)
+"""Bytes a datagram adds around its messages."""
+
+_PING, _INDIRECT, _ACK, _NACK, _ALIVE, _SUSPECT, _DEAD, _USER, _NOTICE = range(9)
+_MAX_NAME = 63
+_MAX_KEY = 64
+_MAX_TAGS = 64
+_MAX_INT = 2**63 - 1
+_MAX_STATE_MEMBERS = 1_000_000
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,63}")
+
+
+class MalformedMessage(ValueError):
+    """Input that is not a valid membership datagram or state; it was ignored."""
+
+
+def _meta_list(meta: NodeMeta) -> list[Any]:
+    return [meta.name, meta.address, meta.udp_port, meta.tcp_port, list(meta.tags), meta.version,
+            meta.cert_fingerprint, meta.config_version]
+
+
+def encode_message(msg: Message) -> bytes:
+    """Encode one message (to be framed with :func:`frame`)."""
+    item: list[Any]
+    if isinstance(msg, Ping):
+        item = [_PING, msg.seq, msg.target, msg.source]
+    elif isinstance(msg, Ack):
+        item = [_ACK, msg.seq]
+    elif isinstance(msg, Alive):
+        item = [_ALIVE, msg.incarnation, _meta_list(msg.meta)]
+    elif isinstance(msg, Suspect):
+        item = [_SUSPECT, msg.incarnation, msg.node, msg.source]
+    elif isinstance(msg, Dead):
+        item = [_DEAD, msg.incarnation, msg.node, msg.source]
+    elif isinstance(msg, IndirectPing):
+        item = [_INDIRECT, msg.seq, msg.target, list(msg.target_addr), msg.nack, msg.source]
+    elif isinstance(msg, Nack):
+        item = [_NACK, msg.seq]
+    elif isinstance(msg, UserData):
+        item = [_USER, msg.key, msg.version, msg.payload]
+    else:
+        item = [_NOTICE, msg.key, msg.version, msg.holder]
+    return bytes(cbor2.dumps(item))
+
+
+def frame(encoded: list[bytes]) -> bytes:
+    """Join encoded messages into one datagram."""
+    return _OPEN + b"".join(encoded) + _CLOSE
+
+
+def encode_datagram(msgs: list[Message]) -> bytes:
+    """Encode and frame messages (convenience for tests and one-off sends)."""
+    return frame([encode_message(m) for m in msgs])
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+
+def _int(value: Any, lo: int = 0, hi: int = _MAX_INT) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise MalformedMessage(f"expected an integer in {lo}..{hi}, got {value!r:.40}")
+    return value
+
+
+def _str(value: Any, max_len: int = _MAX_NAME, allow_empty: bool = False) -> str:
+    if type(value) is not str or len(value) > max_len or (not value and not allow_empty):
+        raise MalformedMessage(f"expected a string of 1..{max_len} characters, got {value!r:.40}")
+    return value
+
+
+def _name(value: Any) -> str:
+    if type(value) is not str or not _NAME_RE.fullmatch(value):
+        raise MalformedMessage(f"expected a node name (1-63 of A-Za-z0-9-_.), got {value!r:.40}")
+    return value
+
+
+def _list(value: Any, length: int | None = None) -> list[Any]:
+    if type(value) is not list or (length is not None and len(value) != length):
+        raise MalformedMessage(f"expected an array of {length} items, got {value!r:.40}")
+    return value
+
+
+@functools.lru_cache(maxsize=65536)
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _ip(value: Any) -> str:
+    if type(value) is not str or len(value) > 45 or not _is_ip(value):
+        raise MalformedMessage(f"{value!r:.50} is not an IP address")
+    return value
+
+
+def _addr(value: Any) -> Addr:
+    items = _list(value, 2)
+    return (_ip(items[0]), _int(items[1], 0, 65535))
+
+
+def _meta(value: Any) -> NodeMeta:
+    items = _list(value, 8)
+    tags = _list(items[4])
+    if len(tags) > _MAX_TAGS:
+        raise MalformedMessage("too many tags")
+    fingerprint = items[6]
+    if type(fingerprint) is not bytes or len(fingerprint) > 64:
+        raise MalformedMessage("certificate fingerprint must be at most 64 bytes")
+    return NodeMeta(
+        name=_name(items[0]),
+        address=_ip(items[1]),
+        udp_port=_int(items[2], 0, 65535),
+        tcp_port=_int(items[3], 0, 65535),
+        tags=tuple(_str(t) for t in tags),
+        version=_str(items[5], 64, allow_empty=True),
+        cert_fingerprint=fingerprint,
+        config_version=_int(items[7]),
+    )
+
+
+def _bytes(value: Any) -> bytes:
+    if type(value) is not bytes:
+        raise MalformedMessage("expected a byte string")
+    return value
+
+
+def _message(item: Any) -> Message:
+    items = _list(item)
+    if not items:
+        raise MalformedMessage("empty message")
+    kind = items[0]
+    n = len(items)
+    if kind == _PING and n == 4:
+        return Ping(_int(items[1]), _name(items[2]), _name(items[3]))
+    if kind == _ACK and n == 2:
+        return Ack(_int(items[1]))
+    if kind == _ALIVE and n == 3:
+        return Alive(_int(items[1]), _meta(items[2]))
+    if kind == _SUSPECT and n == 4:
+        return Suspect(_int(items[1]), _name(items[2]), _name(items[3]))
+    if kind == _DEAD and n == 4:
+        return Dead(_int(items[1]), _name(items[2]), _name(items[3]))
+    if kind == _INDIRECT and n == 6:
+        if type(items[4]) is not bool:
+            raise MalformedMessage("nack flag must be a boolean")
+        return IndirectPing(_int(items[1]), _name(items[2]), _addr(items[3]), items[4],
+                            _name(items[5]))
+    if kind == _NACK and n == 2:
+        return Nack(_int(items[1]))
+    if kind == _USER and n == 4:
+        return UserData(_str(items[1], _MAX_KEY), _int(items[2]), _bytes(items[3]))
+    if kind == _NOTICE and n == 4:
+        return UserNotice(_str(items[1], _MAX_KEY), _int(items[2]), _name(items[3]))
+    raise MalformedMessage(f"unknown message type {kind!r:.20} with {n} fields")
+
+
+def _loads(data: bytes) -> Any:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MalformedMessage("input is not bytes")
+    try:
+        return cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises many types on hostile input; all mean "malformed"
+        raise MalformedMessage(f"not valid CBOR: {exc}") from None
+
+
+def decode_datagram(data: bytes) -> list[Message]:
+    """Decode a datagram into its messages.
+
+    Raises:
+        MalformedMessage: the datagram is not a well-formed version-1 membership datagram.
+    """
+    top = _loads(data)
+    if type(top) is not list or len(top) < 2:
+        raise MalformedMessage("a datagram is an array of a version and at least one message")
+    if top[0] != VERSION or type(top[0]) is not int:
+        raise MalformedMessage(f"unsupported wire version {top[0]!r:.20}; upgrade this agent")
+    try:
+        return [_message(item) for item in top[1:]]
+    except MalformedMessage:
+        raise
+    except Exception as exc:  # e.g. RecursionError, TypeError from unhashable junk
+        raise MalformedMessage(f"bad message: {type(exc).__name__}") from None
+
+
+def encode_state(state: PushPullState) -> bytes:
+    """Encode a push-pull state."""
+    members = [[m.state.value, m.incarnation, _meta_list(m.meta)] for m in state.members]
+    user = [[u.key, u.version, u.payload] for u in state.user]
+    return bytes(cbor2.dumps([VERSION, state.join, members, user]))
+
+
+def decode_state(data: bytes) -> PushPullState:
+    """Decode a push-pull state.
+
+    Raises:
+        MalformedMessage: the input is not a well-formed version-1 state.
+    """
+    top = _loads(data)
+    try:
+        items = _list(top, 4)
+        if type(items[0]) is not int or items[0] != VERSION:
+            raise MalformedMessage(f"unsupported state version {items[0]!r:.20}")
+        if type(items[1]) is not bool:
+            raise MalformedMessage("join flag must be a boolean")
+        raw_members = _list(items[2])
+        if len(raw_members) > _MAX_STATE_MEMBERS:
+            raise MalformedMessage("too many members")
+        members = []
+        for raw in raw_members:
+            entry = _list(raw, 3)
+            members.append(MemberState(_meta(entry[2]), _int(entry[1]),
+                                       State(_int(entry[0], 0, 3))))
+        user = []
+        for raw in _list(items[3]):
+            entry = _list(raw, 3)
+            user.append(UserData(_str(entry[0], _MAX_KEY), _int(entry[1]), _bytes(entry[2])))
+        return PushPullState(items[1], tuple(members), tuple(user))
+    except MalformedMessage:
+        raise
+    except Exception as exc:
+        raise MalformedMessage(f"bad state: {type(exc).__name__}") from None

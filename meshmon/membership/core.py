@@ -1,0 +1,806 @@
+"""SWIM + Lifeguard membership as a sans-IO state machine (see the package docstring for the API).
+
+Theory of operation
+-------------------
+Every ``probe_interval`` (stretched by the Lifeguard awareness score) the node pings the next
+member of a shuffled list (randomized round-robin). No ack within ``probe_timeout``: it asks
+``indirect_checks`` members to ping the target for it (ping-req, with Lifeguard nacks) and asks
+the driver for a TCP ping. Still nothing by the end of the interval: the target is *suspected*.
+A suspicion becomes *dead* when its timer runs out; the timer starts long and shrinks as other
+members independently suspect the same node. A suspected node that hears of it *refutes* by
+raising its incarnation. News (alive/suspect/dead/left, user payloads) goes into a
+transmit-limited queue and rides on every ping and ack, and on gossip rounds to
+``gossip_nodes`` random members every ``gossip_interval``. Push-pull state exchanges over TCP
+(requested from the driver) repair whatever gossip missed, and periodic reconnect attempts to
+seeds and recently dead members heal partitions.
+
+Merge rules (memberlist's): ``Alive(i)`` is accepted if ``i`` is newer than what we hold;
+``Suspect(i)`` and ``Dead(i)`` if ``i`` is at least what we hold and the member is not already
+dead. A member may only raise its own incarnation. Remote *dead* from a push-pull only makes
+us *suspect* (the member gets a chance to refute).
+
+The core never reads a clock, never sleeps, and never raises on remote input other than
+:class:`~meshmon.membership.codec.MalformedMessage` from the two decoding entry points, before
+any state changed.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import heapq
+import random
+from collections.abc import Iterable, Mapping
+
+from meshmon.membership import codec, timing
+from meshmon.membership.config import MembershipConfig
+from meshmon.membership.events import (
+    Event,
+    EventKind,
+    Member,
+    MemberEvent,
+    StreamKind,
+    StreamRequest,
+    UserEvent,
+)
+from meshmon.membership.messages import (
+    Ack,
+    Addr,
+    Alive,
+    Dead,
+    IndirectPing,
+    MemberState,
+    Message,
+    Nack,
+    NodeMeta,
+    Ping,
+    PushPullState,
+    State,
+    Suspect,
+    UserData,
+    UserNotice,
+)
+from meshmon.membership.queue import BroadcastQueue
+from meshmon.membership.suspicion import Suspicion
+
+ALIVE, SUSPECT, DEAD, LEFT = State.ALIVE, State.SUSPECT, State.DEAD, State.LEFT
+_LIVE = (ALIVE, SUSPECT)
+_GONE = (DEAD, LEFT)
+_USER_PREFIX = "\x00"  # queue keys: a member's name, or this prefix + a user key (names can't)
+_MAX_USER_KEYS = 1024
+_T_SUSPECT, _T_RELAY, _T_STREAM = range(3)
+
+
+class _Probe:
+    __slots__ = ("end_at", "expected_nacks", "indirect", "nacks", "seq", "target", "tcp_ok",
+                 "tcp_token", "timeout_at")
+
+    def __init__(self, seq: int, target: Member, timeout_at: float, end_at: float) -> None:
+        self.seq = seq
+        self.target = target
+        self.timeout_at = timeout_at
+        self.end_at = end_at
+        self.indirect = False
+        self.expected_nacks = 0
+        self.nacks = 0
+        self.tcp_token = -1
+        self.tcp_ok = False
+
+
+class _Relay:
+    __slots__ = ("deadline", "nack", "requester", "seq")
+
+    def __init__(self, seq: int, requester: Addr, nack: bool, deadline: float) -> None:
+        self.seq = seq
+        self.requester = requester
+        self.nack = nack
+        self.deadline = deadline
+
+
+class Membership:
+    """One node's membership protocol state machine.
+
+    Args:
+        config: protocol timing (``meshmon.membership.config.lan()`` etc.).
+        local: this node's metadata.
+        rng: a seeded ``random.Random`` (or a seed); all randomness comes from it.
+        now: the current time in seconds on the driver's monotonic clock.
+        incarnation: starting incarnation (0 for a fresh start; refutation raises it as needed).
+    """
+
+    def __init__(self, config: MembershipConfig, local: NodeMeta, rng: random.Random | int,
+                 now: float, *, incarnation: int = 0) -> None:
+        self.config = config
+        self._rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+        self._name = local.name
+        self._members: dict[str, Member] = {}
+        self._probe_list: list[str] = []
+        self._probe_index = 0
+        self._live = 0
+        self._gone: dict[str, float] = {}  # dead/left members -> since
+        self._banned: set[str] = set()
+        self._queue = BroadcastQueue(config.max_queue)
+        self._awareness = 0
+        self._seq = 0
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._suspicions: dict[str, Suspicion] = {}
+        self._streams: dict[int, tuple[StreamRequest, str | None]] = {}
+        self._timers: list[tuple[float, int, int, object]] = []
+        self._seeds: tuple[Addr, ...] = ()
+        self._user: dict[str, tuple[int, bytes]] = {}
+        self._pulling: dict[str, int] = {}
+        self._leaving = False
+        self._state_cache: tuple[int, bool, bytes] | None = None
+        self._version = 0
+        self._datagrams: list[tuple[Addr, bytes]] = []
+        self._stream_out: list[StreamRequest] = []
+        self._events: collections.deque[Event] = collections.deque(maxlen=config.max_events)
+        self.stats: collections.Counter[str] = collections.Counter()
+        """Counters: datagrams/bytes sent, malformed input, suspicions, refutations..."""
+        rand = self._rng.random
+        self._next_probe = now + rand() * config.probe_interval
+        self._next_gossip = now + rand() * config.gossip_interval
+        self._next_push_pull = now + config.push_pull_interval * (1 + rand())
+        self._next_reconnect = now + config.reconnect_interval * (1 + rand())
+        self._set(Member(local, ALIVE, incarnation, now))
+        self._broadcast_alive(self._members[self._name])
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """This node's name."""
+        return self._name
+
+    @property
+    def local(self) -> Member:
+        """This node as the mesh should see it."""
+        return self._members[self._name]
+
+    @property
+    def awareness(self) -> int:
+        """Lifeguard's local health score: 0 is healthy, up to ``awareness_max_multiplier - 1``."""
+        return self._awareness
+
+    @property
+    def queue_length(self) -> int:
+        """Broadcasts waiting to be gossiped."""
+        return len(self._queue)
+
+    def members(self) -> list[Member]:
+        """Every member this node remembers, itself included (dead/left ones until reaped)."""
+        return list(self._members.values())
+
+    def member(self, name: str) -> Member | None:
+        """One member by name."""
+        return self._members.get(name)
+
+    def num_live(self) -> int:
+        """Alive plus suspect members, this node included."""
+        return self._live
+
+    def is_banned(self, name: str) -> bool:
+        """Whether ``name`` was expelled."""
+        return name in self._banned
+
+    def user_data(self, key: str) -> tuple[int, bytes] | None:
+        """The newest ``(version, payload)`` known for an application key."""
+        return self._user.get(key)
+
+    @property
+    def leave_done(self) -> bool:
+        """After :meth:`leave`: the departure was gossiped (or there is nobody to tell)."""
+        if not self._leaving:
+            return False
+        sent = self._queue.transmits(self._name)
+        return self._live <= 0 or sent is None or sent >= self.config.gossip_nodes
+
+    def join(self, now: float, seeds: Iterable[Addr]) -> None:
+        """Join through seeds (TCP addresses): asks the driver for a push-pull with each.
+
+        The seeds are remembered and retried every ``reconnect_interval`` while this node
+        knows no other live member.
+        """
+        self._seeds = tuple(s for s in seeds if s != self.local.meta.tcp_addr)
+        for seed in self._seeds:
+            self._request_stream(now, StreamKind.PUSH_PULL, seed, None, join=True)
+
+    def leave(self, now: float) -> None:
+        """Leave gracefully: gossip our departure and stop probing. Keep ticking until
+        :attr:`leave_done` (or a deadline of the driver's choosing)."""
+        if self._leaving:
+            return
+        self._leaving = True
+        me = self._members[self._name]
+        self._set(Member(me.meta, LEFT, me.incarnation, now))
+        self._enqueue(self._name, Dead(me.incarnation, self._name, self._name))
+        self._probe = None
+
+    def update_meta(self, now: float, meta: NodeMeta) -> None:
+        """Change this node's metadata (tags, config version...) and gossip it."""
+        if meta.name != self._name:
+            raise ValueError("update_meta cannot rename a node; start a new one instead")
+        me = self._members[self._name]
+        self._set(Member(meta, me.state, me.incarnation + 1, now))
+        self._broadcast_alive(self._members[self._name])
+
+    def publish(self, now: float, key: str, version: int, payload: bytes) -> bool:
+        """Disseminate an application payload; a higher ``version`` of ``key`` replaces a lower.
+
+        Payloads up to ``max_user_inline`` bytes ride in datagrams; larger ones are announced
+        and peers pull them with a push-pull. Returns False if ``version`` is not newer.
+        """
+        codec.encode_message(UserData(key, version, payload))  # validates types cheaply
+        if not key or len(key) > 64:
+            raise ValueError("user keys are 1-64 characters")
+        return self._on_user(now, key, version, payload, local=True)
+
+    def expel(self, now: float, name: str) -> None:
+        """Ban ``name`` (e.g. its certificate was revoked): mark it dead, never take it back."""
+        if name == self._name:
+            raise ValueError("a node cannot expel itself; call leave() instead")
+        self._banned.add(name)
+        m = self._members.get(name)
+        if m is not None and m.state in _LIVE:
+            self._suspicions.pop(name, None)
+            self._set(Member(m.meta, DEAD, m.incarnation, now))
+            self._enqueue(name, Dead(m.incarnation, name, self._name))
+            self._emit(EventKind.FAILED, name, now)
+
+    def handle_datagram(self, now: float, src: Addr, data: bytes) -> None:
+        """Feed one datagram's plaintext, received from UDP address ``src``.
+
+        Raises:
+            MalformedMessage: the datagram was not valid; nothing changed.
+        """
+        try:
+            msgs = codec.decode_datagram(data)
+        except codec.MalformedMessage:
+            self.stats["malformed"] += 1
+            raise
+        self.stats["datagrams_received"] += 1
+        for msg in msgs:
+            self._dispatch(now, src, msg)
+
+    def tick(self, now: float) -> None:
+        """Run everything due at ``now``; call it at :meth:`next_deadline` (early is harmless)."""
+        self._run_timers(now)
+        self._step_probe(now)
+        if self._queue and now >= self._next_gossip:
+            self._gossip(now)
+            self._next_gossip = now + self.config.gossip_interval
+        if now >= self._next_push_pull:
+            self._periodic_push_pull(now)
+        if now >= self._next_reconnect:
+            self._reconnect(now)
+
+    def next_deadline(self) -> float:
+        """When :meth:`tick` next has something to do."""
+        deadline = min(self._next_reconnect, self._next_push_pull)
+        probe = self._probe
+        if probe is not None:
+            deadline = min(deadline, probe.end_at if probe.indirect else probe.timeout_at)
+        elif not self._leaving:
+            deadline = min(deadline, self._next_probe)
+        if self._queue:
+            deadline = min(deadline, self._next_gossip)
+        timers = self._timers
+        while timers and not self._timer_valid(timers[0]):
+            heapq.heappop(timers)
+        if timers:
+            deadline = min(deadline, timers[0][0])
+        return deadline
+
+    def take_datagrams(self) -> list[tuple[Addr, bytes]]:
+        """Datagrams to send now: ``[(udp_addr, plaintext)]``; each is within the budget."""
+        out, self._datagrams = self._datagrams, []
+        return out
+
+    def take_stream_requests(self) -> list[StreamRequest]:
+        """TCP work for the driver; report each with :meth:`stream_result`."""
+        out, self._stream_out = self._stream_out, []
+        return out
+
+    def take_events(self) -> list[Event]:
+        """Membership and user-payload events since the last call, oldest first."""
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def stream_result(self, now: float, token: int, ok: bool, data: bytes | None = None) -> None:
+        """Report a stream request: ``ok`` and, for a push-pull, the peer's state bytes.
+
+        Late or unknown tokens are ignored; a malformed peer state is counted and ignored.
+        """
+        entry = self._streams.pop(token, None)
+        if entry is None:
+            self.stats["stream_late"] += 1
+            return
+        request, pull_key = entry
+        if request.kind is StreamKind.PING:
+            probe = self._probe
+            if probe is not None and probe.tcp_token == token:
+                probe.tcp_ok = ok
+            return
+        if pull_key is not None:
+            self._pulling.pop(pull_key, None)
+        if not ok or data is None:
+            self.stats["push_pull_failed"] += 1
+            return
+        with contextlib.suppress(codec.MalformedMessage):  # counted by merge_remote_state
+            self.merge_remote_state(now, data)
+
+    def local_state(self, join: bool = False) -> bytes:
+        """This node's full view, encoded for a push-pull exchange."""
+        cached = self._state_cache
+        if cached is not None and cached[0] == self._version and cached[1] == join:
+            return cached[2]
+        members = tuple(MemberState(m.meta, m.incarnation, m.state)
+                        for m in self._members.values())
+        user = tuple(UserData(k, v, p) for k, (v, p) in self._user.items())
+        data = codec.encode_state(PushPullState(join, members, user))
+        self._state_cache = (self._version, join, data)
+        return data
+
+    def merge_remote_state(self, now: float, data: bytes) -> None:
+        """Merge a peer's push-pull state (the server side calls this, then sends ours).
+
+        Raises:
+            MalformedMessage: the state was not valid; nothing changed.
+        """
+        try:
+            state = codec.decode_state(data)
+        except codec.MalformedMessage:
+            self.stats["malformed_state"] += 1
+            raise
+        self.stats["push_pull_merged"] += 1
+        for ms in state.members:
+            if ms.state is ALIVE:
+                self._on_alive(now, ms.incarnation, ms.meta)
+            elif ms.state is LEFT:
+                self._on_dead(now, ms.incarnation, ms.meta.name, ms.meta.name)
+            else:  # a remote "dead" only makes us suspect: the member may still refute
+                self._on_suspect(now, ms.incarnation, ms.meta.name, self._name)
+        for u in state.user:
+            self._on_user(now, u.key, u.version, u.payload)
+
+    def preload(self, members: Mapping[str, Member]) -> None:
+        """Adopt a snapshot of *alive* members without gossip or events.
+
+        The simulator's warm start for large meshes (each view shares the snapshot's immutable
+        ``Member`` records); an agent could equally restore a persisted view. This node's own
+        entry in the snapshot is ignored.
+        """
+        me = self._members[self._name]
+        self._members = dict(members)
+        self._members[self._name] = me
+        names = list(members)
+        if self._name in members:
+            names.remove(self._name)
+        self._probe_list = names
+        self._probe_index = self._rng.randrange(len(names)) if names else 0
+        self._live = len(self._members)
+        self._gone.clear()
+        self._version += 1
+
+    def answers_to(self, name: str) -> bool:
+        """Server side of a TCP ping: whether this node is ``name``."""
+        return name == self._name
+
+    # -- member table ------------------------------------------------------------------------
+
+    def _set(self, m: Member) -> None:
+        name = m.meta.name
+        old = self._members.get(name)
+        self._members[name] = m
+        self._version += 1
+        if old is None:
+            if name != self._name:
+                lst = self._probe_list
+                lst.append(name)
+                i = self._rng.randrange(len(lst))
+                lst[i], lst[-1] = lst[-1], lst[i]
+        else:
+            self._live -= old.state in _LIVE
+        self._live += m.state in _LIVE
+        if m.state in _GONE:
+            self._gone[name] = m.since
+        else:
+            self._gone.pop(name, None)
+
+    def _emit(self, kind: EventKind, name: str, now: float) -> None:
+        if name == self._name:
+            return
+        if len(self._events) == self._events.maxlen:
+            self.stats["events_dropped"] += 1
+        self._events.append(MemberEvent(kind, self._members[name], now))
+
+    def _enqueue(self, key: str, msg: Message) -> None:
+        self._queue.put(key, codec.encode_message(msg))
+
+    def _broadcast_alive(self, m: Member) -> None:
+        self._enqueue(m.meta.name, Alive(m.incarnation, m.meta))
+
+    def _refute(self, now: float, accused: int) -> None:
+        me = self._members[self._name]
+        self._set(Member(me.meta, ALIVE, max(me.incarnation, accused) + 1, now))
+        self._broadcast_alive(self._members[self._name])
+        self.stats["refutations"] += 1
+        self._change_awareness(1)
+
+    def _change_awareness(self, delta: int) -> None:
+        if self.config.lifeguard:
+            top = self.config.awareness_max_multiplier - 1
+            self._awareness = min(top, max(0, self._awareness + delta))
+
+    # -- message handlers ----------------------------------------------------------------------
+
+    def _dispatch(self, now: float, src: Addr, msg: Message) -> None:
+        if isinstance(msg, Ping):
+            self._on_ping(src, msg)
+        elif isinstance(msg, Ack):
+            self._on_ack(now, msg.seq)
+        elif isinstance(msg, Alive):
+            self._on_alive(now, msg.incarnation, msg.meta)
+        elif isinstance(msg, Suspect):
+            self._on_suspect(now, msg.incarnation, msg.node, msg.source)
+        elif isinstance(msg, Dead):
+            self._on_dead(now, msg.incarnation, msg.node, msg.source)
+        elif isinstance(msg, IndirectPing):
+            self._on_indirect(now, src, msg)
+        elif isinstance(msg, Nack):
+            probe = self._probe
+            if probe is not None and probe.seq == msg.seq:
+                probe.nacks += 1
+        elif isinstance(msg, UserData):
+            self._on_user(now, msg.key, msg.version, msg.payload)
+        else:
+            self._on_notice(now, src, msg)
+
+    def _on_ping(self, src: Addr, msg: Ping) -> None:
+        if msg.target != self._name:  # the address now belongs to someone else: stay silent
+            self.stats["misdirected_ping"] += 1
+            return
+        if msg.source in self._banned:
+            return
+        primary = [codec.encode_message(Ack(msg.seq))]
+        them = self._members.get(msg.source)
+        if them is not None and them.state in _GONE:
+            # It was declared dead (perhaps before a restart): tell it, so it refutes.
+            primary.append(codec.encode_message(Dead(them.incarnation, msg.source, self._name)))
+        self._send(src, primary)
+
+    def _on_ack(self, now: float, seq: int) -> None:
+        probe = self._probe
+        if probe is not None and probe.seq == seq:
+            if not probe.indirect:
+                self._change_awareness(-1)
+            self._probe = None
+            return
+        relay = self._relays.pop(seq, None)
+        if relay is not None:
+            self._send(relay.requester, [codec.encode_message(Ack(relay.seq))])
+
+    def _on_indirect(self, now: float, src: Addr, msg: IndirectPing) -> None:
+        if msg.source in self._banned or msg.target in self._banned:
+            return
+        self._seq += 1
+        deadline = now + self.config.probe_timeout
+        self._relays[self._seq] = _Relay(msg.seq, src, msg.nack, deadline)
+        heapq.heappush(self._timers, (deadline, self._seq, _T_RELAY, self._seq))
+        self._send(msg.target_addr, [codec.encode_message(Ping(self._seq, msg.target,
+                                                                self._name))])
+
+    def _on_alive(self, now: float, inc: int, meta: NodeMeta) -> None:
+        name = meta.name
+        if name in self._banned:
+            return
+        old = self._members.get(name)
+        if name == self._name:
+            assert old is not None
+            if self._leaving or inc < old.incarnation or (
+                    inc == old.incarnation and meta == old.meta):
+                return
+            self._refute(now, inc)  # someone spreads an older life of ours: outbid it
+            return
+        if old is None:
+            self._set(Member(meta, ALIVE, inc, now))
+            self._broadcast_alive(self._members[name])
+            self._emit(EventKind.JOINED, name, now)
+            return
+        reclaim = self.config.dead_node_reclaim_time
+        reclaimable = old.state in _GONE and reclaim > 0 and now - old.since >= reclaim
+        if inc <= old.incarnation and not reclaimable:
+            return
+        self._suspicions.pop(name, None)
+        self._set(Member(meta, ALIVE, inc, now if old.state is not ALIVE else old.since))
+        self._broadcast_alive(self._members[name])
+        if old.state in _GONE:
+            self._emit(EventKind.JOINED, name, now)
+        elif old.state is SUSPECT:
+            self._emit(EventKind.ALIVE, name, now)
+        if old.meta != meta and old.state is not DEAD and old.state is not LEFT:
+            self._emit(EventKind.UPDATED, name, now)
+
+    def _on_suspect(self, now: float, inc: int, name: str, source: str) -> None:
+        old = self._members.get(name)
+        if old is None or inc < old.incarnation or name in self._banned:
+            return
+        if name == self._name:
+            if not self._leaving:
+                self._refute(now, inc)
+            return
+        if old.state is SUSPECT:
+            suspicion = self._suspicions.get(name)
+            if suspicion is not None and self.config.lifeguard and suspicion.confirm(source):
+                heapq.heappush(self._timers, (suspicion.deadline, id(suspicion), _T_SUSPECT,
+                                              name))
+                self._enqueue(name, Suspect(inc, name, source))
+            return
+        if old.state is not ALIVE:
+            return
+        cfg = self.config
+        n = self._live
+        k = timing.expected_confirmations(cfg.suspicion_mult, n) if cfg.lifeguard else 0
+        low = timing.suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
+        suspicion = Suspicion(inc, source, now, k, low, cfg.suspicion_max_timeout_mult * low)
+        self._suspicions[name] = suspicion
+        heapq.heappush(self._timers, (suspicion.deadline, id(suspicion), _T_SUSPECT, name))
+        self._set(Member(old.meta, SUSPECT, inc, now))
+        self._enqueue(name, Suspect(inc, name, source))
+        self.stats["suspected"] += 1
+        self._emit(EventKind.SUSPECT, name, now)
+
+    def _on_dead(self, now: float, inc: int, name: str, source: str) -> None:
+        old = self._members.get(name)
+        if old is None or inc < old.incarnation or old.state in _GONE:
+            return
+        if name == self._name:
+            if not self._leaving:
+                self._refute(now, inc)
+            return
+        self._suspicions.pop(name, None)
+        left = source == name
+        self._set(Member(old.meta, LEFT if left else DEAD, inc, now))
+        self._enqueue(name, Dead(inc, name, source))
+        self.stats["left" if left else "declared_dead"] += 1
+        self._emit(EventKind.LEFT if left else EventKind.FAILED, name, now)
+
+    def _on_user(self, now: float, key: str, version: int, payload: bytes,
+                 local: bool = False) -> bool:
+        current = self._user.get(key)
+        if current is not None and version <= current[0]:
+            return False
+        if current is None and len(self._user) >= _MAX_USER_KEYS:
+            self.stats["user_keys_full"] += 1
+            return False
+        self._user[key] = (version, payload)
+        self._version += 1
+        if self._pulling.get(key, -1) <= version:
+            self._pulling.pop(key, None)
+        inline = len(payload) <= self.config.max_user_inline
+        msg = UserData(key, version, payload) if inline else UserNotice(key, version, self._name)
+        self._enqueue(_USER_PREFIX + key, msg)
+        if not local:
+            self._events.append(UserEvent(key, version, payload, now))
+        return True
+
+    def _on_notice(self, now: float, src: Addr, msg: UserNotice) -> None:
+        current = self._user.get(msg.key)
+        if (current is not None and msg.version <= current[0]) or (
+                self._pulling.get(msg.key, -1) >= msg.version):
+            return
+        sender = self._members.get(msg.holder)
+        if sender is None or sender.state not in _LIVE:
+            return
+        self._pulling[msg.key] = msg.version
+        self._request_stream(now, StreamKind.PUSH_PULL, sender.meta.tcp_addr, sender.meta.name,
+                             join=False, pull_key=msg.key)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _send(self, addr: Addr, primary: list[bytes]) -> None:
+        used = codec.FRAME_OVERHEAD + sum(len(p) for p in primary)
+        limit = timing.retransmit_limit(self.config.retransmit_mult, self._live)
+        extra = self._queue.take(self.config.max_datagram_plaintext - used, limit)
+        self._emit_datagram(addr, codec.frame(primary + extra if extra else primary))
+
+    def _emit_datagram(self, addr: Addr, data: bytes) -> None:
+        self._datagrams.append((addr, data))
+        self.stats["datagrams_sent"] += 1
+        self.stats["bytes_sent"] += len(data)
+
+    def _gossip(self, now: float) -> None:
+        cfg = self.config
+        limit = timing.retransmit_limit(cfg.retransmit_mult, self._live)
+        budget = cfg.max_datagram_plaintext - codec.FRAME_OVERHEAD
+        dead_cutoff = now - cfg.gossip_to_the_dead_time
+        for m in self._random_members(cfg.gossip_nodes, dead_after=dead_cutoff):
+            msgs = self._queue.take(budget, limit)
+            if not msgs:
+                break
+            self._emit_datagram(m.meta.udp_addr, codec.frame(msgs))
+
+    def _random_members(self, k: int, exclude: str = "", dead_after: float | None = None
+                        ) -> list[Member]:
+        """Up to ``k`` distinct random live members (and recently dead, if ``dead_after``)."""
+        lst = self._probe_list
+        chosen: dict[str, Member] = {}
+        if not lst:
+            return []
+        members = self._members
+        for _ in range(3 * k + 3 if len(lst) > 3 * k else len(lst) * 3):
+            name = lst[self._rng.randrange(len(lst))]
+            m = members.get(name)
+            if m is None or name in chosen or name == exclude or name in self._banned:
+                continue
+            if m.state in _LIVE or (dead_after is not None and m.state is DEAD
+                                    and m.since >= dead_after):
+                chosen[name] = m
+                if len(chosen) >= k:
+                    break
+        return list(chosen.values())
+
+    def _request_stream(self, now: float, kind: StreamKind, addr: Addr, node: str | None,
+                        join: bool, pull_key: str | None = None,
+                        deadline: float | None = None) -> int:
+        self._seq += 1
+        token = self._seq
+        if deadline is None:
+            deadline = now + self.config.tcp_timeout
+        payload = self.local_state(join) if kind is StreamKind.PUSH_PULL else b""
+        request = StreamRequest(token, kind, addr, node, payload, join, deadline)
+        self._streams[token] = (request, pull_key)
+        self._stream_out.append(request)
+        heapq.heappush(self._timers, (deadline, token, _T_STREAM, token))
+        return token
+
+    # -- probing -------------------------------------------------------------------------------
+
+    def _step_probe(self, now: float) -> None:
+        probe = self._probe
+        if probe is not None:
+            if not probe.indirect and now >= probe.timeout_at:
+                self._probe_indirect(now, probe)
+            if now >= probe.end_at:
+                self._probe_end(now, probe)
+        if self._probe is None and now >= self._next_probe and not self._leaving:
+            self._start_probe(now)
+
+    def _next_target(self) -> Member | None:
+        lst = self._probe_list
+        for _ in range(len(lst) + 1):
+            if self._probe_index >= len(lst):
+                self._rng.shuffle(lst)
+                self._probe_index = 0
+                if not lst:
+                    return None
+            name = lst[self._probe_index]
+            self._probe_index += 1
+            m = self._members.get(name)
+            if m is not None and m.state in _LIVE and name not in self._banned:
+                return m
+        return None
+
+    def _start_probe(self, now: float) -> None:
+        cfg = self.config
+        interval = timing.scale_by_awareness(cfg.probe_interval, self._awareness)
+        self._next_probe = now + interval
+        target = self._next_target()
+        if target is None:
+            return
+        self._seq += 1
+        timeout = timing.scale_by_awareness(cfg.probe_timeout, self._awareness)
+        self._probe = _Probe(self._seq, target, now + timeout, now + interval)
+        primary = [codec.encode_message(Ping(self._seq, target.meta.name, self._name))]
+        if target.state is SUSPECT and cfg.lifeguard:  # the buddy rule: tell it, so it refutes
+            primary.append(codec.encode_message(Suspect(target.incarnation, target.meta.name,
+                                                        self._name)))
+        self.stats["probes"] += 1
+        self._send(target.meta.udp_addr, primary)
+
+    def _probe_indirect(self, now: float, probe: _Probe) -> None:
+        cfg = self.config
+        probe.indirect = True
+        target = probe.target.meta
+        helpers = self._random_members(cfg.indirect_checks, exclude=target.name)
+        request = codec.encode_message(IndirectPing(probe.seq, target.name, target.udp_addr,
+                                                    cfg.lifeguard, self._name))
+        for helper in helpers:
+            self._send(helper.meta.udp_addr, [request])
+        probe.expected_nacks = len(helpers) if cfg.lifeguard else 0
+        if cfg.tcp_ping:
+            probe.tcp_token = self._request_stream(now, StreamKind.PING, target.tcp_addr,
+                                                   target.name, join=False,
+                                                   deadline=probe.end_at)
+
+    def _probe_end(self, now: float, probe: _Probe) -> None:
+        self._probe = None
+        if probe.tcp_ok:
+            self.stats["tcp_fallback_ok"] += 1  # UDP is broken on some path; don't flap
+            return
+        if probe.expected_nacks > 0:
+            self._change_awareness(max(0, probe.expected_nacks - probe.nacks))
+        else:
+            self._change_awareness(1)
+        current = self._members.get(probe.target.meta.name)
+        if current is not None:
+            self.stats["probe_failed"] += 1
+            self._on_suspect(now, current.incarnation, current.meta.name, self._name)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _timer_valid(self, entry: tuple[float, int, int, object]) -> bool:
+        deadline, _, kind, key = entry
+        if kind == _T_SUSPECT:
+            s = self._suspicions.get(key)  # type: ignore[call-overload]
+            return s is not None and s.deadline == deadline
+        if kind == _T_RELAY:
+            relay = self._relays.get(key)  # type: ignore[call-overload]
+            return relay is not None and relay.deadline == deadline
+        return key in self._streams
+
+    def _run_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            entry = heapq.heappop(timers)
+            if not self._timer_valid(entry):
+                continue
+            kind, key = entry[2], entry[3]
+            if kind == _T_SUSPECT:
+                assert isinstance(key, str)
+                suspicion = self._suspicions.pop(key)
+                m = self._members[key]
+                if m.state is SUSPECT and m.incarnation == suspicion.incarnation:
+                    self._on_dead(now, m.incarnation, key, self._name)
+            elif kind == _T_RELAY:
+                assert isinstance(key, int)
+                relay = self._relays.pop(key)
+                if relay.nack:
+                    self._send(relay.requester, [codec.encode_message(Nack(relay.seq))])
+            else:
+                assert isinstance(key, int)
+                self.stream_result(now, key, False)
+
+    def _periodic_push_pull(self, now: float) -> None:
+        cfg = self.config
+        self._next_push_pull = now + timing.push_pull_scale(cfg.push_pull_interval, self._live)
+        peers = self._random_members(1)
+        if peers:
+            m = peers[0]
+            self._request_stream(now, StreamKind.PUSH_PULL, m.meta.tcp_addr, m.meta.name,
+                                 join=False)
+
+    def _reconnect(self, now: float) -> None:
+        """Heal partitions (memberlist #222): retry seeds when alone, else a dead member."""
+        cfg = self.config
+        self._next_reconnect = now + cfg.reconnect_interval
+        expired = [n for n, since in self._gone.items() if now - since > cfg.reconnect_timeout]
+        if expired:
+            self._reap(now, expired)
+        if self._leaving:
+            return
+        if self._live <= 1 and self._seeds:
+            seed = self._seeds[self._rng.randrange(len(self._seeds))]
+            self._request_stream(now, StreamKind.PUSH_PULL, seed, None, join=True)
+            return
+        dead = [n for n in self._gone if self._members[n].state is DEAD
+                and n not in self._banned]
+        # serf's reconnect: try with probability failed/alive, so big meshes don't storm.
+        if dead and self._rng.random() < len(dead) / max(1, self._live):
+            m = self._members[dead[self._rng.randrange(len(dead))]]
+            self.stats["reconnect_attempts"] += 1
+            self._request_stream(now, StreamKind.PUSH_PULL, m.meta.tcp_addr, m.meta.name,
+                                 join=False)
+
+    def _reap(self, now: float, names: list[str]) -> None:
+        gone = set(names)
+        for name in names:
+            m = self._members.pop(name)
+            self._gone.pop(name, None)
+            self._queue.discard(name)
+            self._events.append(MemberEvent(EventKind.REAPED, m, now))
+        self._probe_list = [n for n in self._probe_list if n not in gone]
+        self._probe_index = min(self._probe_index, len(self._probe_list))
+        self._version += 1
