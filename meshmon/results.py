@@ -208,7 +208,8 @@ class UdpConnectResult:
 
     probe_successful: bool
     response_time_ms_: float | None
-    """Mean RTT of the replies (named with ``_`` so it does not shadow the method)."""
+    """Mean RTT of the replies (``response_time_ms`` when encoded; the ``_`` keeps the field
+    from shadowing the method)."""
     error: str | None
     resolved_ip: str | None
     port: int = 0
@@ -463,13 +464,21 @@ def to_dict(record: MonitoringResult) -> dict[str, Any]:
         raise TypeError(f"{type(record).__name__} is not a MonitoringResult variant")
     data: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": record.KIND}
     for f in dataclasses.fields(record):
-        data[f.name] = _plain(getattr(record, f.name))
+        data[_wire(f.name)] = _plain(getattr(record, f.name))
     return data
+
+
+def _wire(name: str) -> str:
+    """Encoded key of a field: ``response_time_ms_`` is ``response_time_ms`` on the wire.
+
+    (The trailing ``_`` only keeps the field from shadowing the method in Python.)
+    """
+    return name.removesuffix("_")
 
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {_wire(f.name): _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -529,20 +538,18 @@ def _build(cls: type, obj: Any, path: str) -> Any:
     if not isinstance(obj, dict):
         raise ResultDecodeError(f"{path}: expected a map, got {type(obj).__name__}")
     hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {_wire(f.name) for f in dataclasses.fields(cls)}
     unknown = set(obj) - names
     if unknown:
         raise ResultDecodeError(f"{path}: unknown field(s) {sorted(map(str, unknown))}")
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        if f.name not in obj:
+        key = _wire(f.name)
+        if key not in obj:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ResultDecodeError(f"{path}.{f.name}: missing")
+                raise ResultDecodeError(f"{path}.{key}: missing")
             continue
-        hint = hints[f.name]
-        if f.name == "result":  # the variant's own payload type
-            hint = hints["result"]
-        kwargs[f.name] = _check(hint, obj[f.name], f"{path}.{f.name}")
+        kwargs[f.name] = _check(hints[f.name], obj[key], f"{path}.{key}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:

@@ -111,3 +111,16 @@ def test_mutated_fields_raise_decode_error_or_decode(data: st.DataObject) -> Non
     except r.ResultDecodeError:
         return
     assert isinstance(out, r.MonitoringResult)
+
+
+def test_encoded_keys_match_the_specification() -> None:
+    udp = r.to_dict(samples()[3])["result"]
+    assert "response_time_ms" in udp and "response_time_ms_" not in udp
+    http = r.to_dict(samples()[4])["result"]
+    assert {"status_code", "response_time_ms", "response_size_bytes", "error",
+            "success"} <= set(http)
+    ping = r.to_dict(samples()[0])["result"]
+    assert {"successes", "failures", "success_latencies", "errors", "avg_response_time_ms",
+            "resolved_ip"} <= set(ping)
+    assert {"agent", "check", "target", "family", "started_at", "duration_ms",
+            "seq"} <= set(r.to_dict(samples()[0]))
