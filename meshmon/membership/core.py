@@ -431,6 +431,8 @@ class Membership:
 
     def _change_awareness(self, delta: int) -> None:
         if self.config.lifeguard:
+            if delta > 0:
+                self.stats["awareness_raised"] += delta
             top = self.config.awareness_max_multiplier - 1
             self._awareness = min(top, max(0, self._awareness + delta))
 

@@ -11,8 +11,9 @@ after a round trip, and events go to an optional observer. Each node has at most
 in the heap (a generation counter voids older ones), so an idle node costs nothing.
 
 Datagrams are the real encoded bytes from the codec: nothing is re-encoded, and every receive
-exercises the decoder. A CPU-starved node processes each of its events late by a random stall
-(in order), as a process descheduled by an overloaded host would.
+exercises the decoder. A CPU-starved node processes each incoming datagram and stream result
+late by a random stall (in order), and answers streams late, while its timers still fire: the
+receive path of an overloaded process falls behind, as the Lifeguard paper models a slow member.
 
 Everything random comes from one ``random.Random(seed)``, and ties in the heap break by
 insertion order, so a run is a pure function of its seed and its script.
@@ -108,6 +109,9 @@ class Simulation:
         self.dropped = 0
         self.malformed = 0
         self.events_processed = 0
+        self.max_datagram = 0
+        """Largest datagram plaintext any node sent (must stay within the budget)."""
+        self.bytes_sent = 0
 
     # -- building the mesh -------------------------------------------------------------------
 
@@ -197,8 +201,6 @@ class Simulation:
             if kind == _WAKE:
                 if item != node.gen:
                     continue
-                if not stalled and self._maybe_stall(node, when, kind, item):
-                    continue
                 node.wake_at = float("inf")
                 node.core.tick(when)
                 self._after(node)
@@ -231,11 +233,9 @@ class Simulation:
         stall = self.link.starved.get(node.meta.name)
         if not stall:
             return False
-        # Defer once by a random stall, keeping the node's events in order.
+        # Defer once by a random stall, keeping the node's datagrams in order.
         ready = max(when + self.rng.random() * stall, node.last_done)
         node.last_done = ready
-        if kind == _WAKE:
-            node.wake_at = ready
         self._push(ready, kind | _STALLED, node, item)
         return True
 
@@ -268,6 +268,10 @@ class Simulation:
         src = node.meta.udp_addr
         sender_blocked = node.meta.name in link.udp_blocked
         for addr, data in datagrams:
+            size = len(data)
+            self.bytes_sent += size
+            if size > self.max_datagram:
+                self.max_datagram = size
             dst = self._udp.get(addr)
             if (dst is None or sender_blocked or rand() < link.loss
                     or (link.blocked and (node.group, dst.group) in link.blocked)
@@ -291,6 +295,9 @@ class Simulation:
             when = max(self.now, min(request.deadline, self.now + 1.0))
             self._push(when, _STREAM, node, (request.token, False, None))
             return
+        stall = link.starved.get(peer.meta.name)
+        if stall:
+            rtt += self.rng.random() * stall  # a starved peer answers late
         if request.kind is StreamKind.PING:
             ok = request.node is None or peer.core.answers_to(request.node)
             self._push(self.now + 2 * rtt, _STREAM, node, (request.token, ok, None))
