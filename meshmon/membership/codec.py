@@ -146,15 +146,34 @@ def _addr(value: Any) -> Addr:
     return (_ip(items[0]), _int(items[1], 0, 65535))
 
 
+_META_CACHE: dict[tuple[Any, ...], NodeMeta] = {}
+_META_CACHE_MAX = 65536
+
+
 def _meta(value: Any) -> NodeMeta:
     items = _list(value, 8)
-    tags = _list(items[4])
+    # The same metadata arrives over and over (every Alive, every push-pull): remember the
+    # validated result, keyed on the raw items. Only exact types may hit the cache, since
+    # True == 1 and 1.0 == 1 in Python but not on our wire.
+    tags = items[4]
+    key: tuple[Any, ...] | None = None
+    if (type(tags) is list and type(items[2]) is int and type(items[3]) is int
+            and type(items[7]) is int and type(items[6]) is bytes
+            and all(type(t) is str for t in tags)):
+        key = (items[0], items[1], items[2], items[3], tuple(tags), items[5], items[6], items[7])
+        try:
+            hit = _META_CACHE.get(key)
+        except TypeError:  # an unhashable name/address/version: it will fail validation below
+            key, hit = None, None
+        if hit is not None:
+            return hit
+    tags = _list(tags)
     if len(tags) > _MAX_TAGS:
         raise MalformedMessage("too many tags")
     fingerprint = items[6]
     if type(fingerprint) is not bytes or len(fingerprint) > 64:
         raise MalformedMessage("certificate fingerprint must be at most 64 bytes")
-    return NodeMeta(
+    meta = NodeMeta(
         name=_name(items[0]),
         address=_ip(items[1]),
         udp_port=_int(items[2], 0, 65535),
@@ -164,6 +183,11 @@ def _meta(value: Any) -> NodeMeta:
         cert_fingerprint=fingerprint,
         config_version=_int(items[7]),
     )
+    if key is not None:
+        if len(_META_CACHE) >= _META_CACHE_MAX:
+            _META_CACHE.clear()
+        _META_CACHE[key] = meta
+    return meta
 
 
 def _bytes(value: Any) -> bytes:

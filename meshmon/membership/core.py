@@ -138,6 +138,8 @@ class Membership:
         self._events: collections.deque[Event] = collections.deque(maxlen=config.max_events)
         self.stats: collections.Counter[str] = collections.Counter()
         """Counters: datagrams/bytes sent, malformed input, suspicions, refutations..."""
+        self.declared: collections.Counter[str] = collections.Counter()
+        """Members this node itself declared dead (its suspicion timed out), by name."""
         rand = self._rng.random
         self._next_probe = now + rand() * config.probe_interval
         self._next_gossip = now + rand() * config.gossip_interval
@@ -755,6 +757,7 @@ class Membership:
                 suspicion = self._suspicions.pop(key)
                 m = self._members[key]
                 if m.state is SUSPECT and m.incarnation == suspicion.incarnation:
+                    self.declared[key] += 1
                     self._on_dead(now, m.incarnation, key, self._name)
             elif kind == _T_RELAY:
                 assert isinstance(key, int)

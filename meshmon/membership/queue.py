@@ -75,6 +75,8 @@ class BroadcastQueue:
         moved: list[tuple[str, bytes, int]] = []
         misses = 0  # stop scanning once many entries in a row did not fit the leftover bytes
         for count, bucket in enumerate(buckets):
+            if not bucket:
+                continue
             if budget < _SMALLEST or misses > _MAX_MISSES:
                 break
             for key in reversed(bucket):

@@ -1,0 +1,211 @@
+"""Gossip benchmark: failure detection, convergence, false positives and cost of membership.
+
+Everything runs in the deterministic simulator (``meshmon.sim``) with memberlist's LAN defaults.
+The baseline is memberlist's own expectation for the time until every member knows of a
+failure, computed in the same run: ``1.58 * probe_interval + probe_timeout
++ 4 * log10(N) * probe_interval``.
+
+* detection: kill several nodes (one every 2 s) in a warm mesh; for each, the time until every
+  live node has marked it dead. Median and p99 over the kills.
+* convergence: a new node joins through one seed; the time until 99 % and 100 % of the mesh
+  know it.
+* false positives: healthy members declared dead per simulated hour, at 5 % packet loss and with
+  one CPU-starved node, Lifeguard on vs off.
+* cost: datagrams and bytes sent per node per second in the steady state.
+
+``--quick`` runs N = 100 and 1000 (and shorter false-positive runs at N = 50);
+the full run does N = 100, 1000 and 10,000. The last line is the JSON result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+from meshmon.membership import (
+    Event,
+    EventKind,
+    MemberEvent,
+    MembershipConfig,
+    lan,
+)
+from meshmon.membership.timing import expected_detection_time
+from meshmon.sim import LinkModel, Simulation, make_meta, node_name, start_mesh
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class _Watch:
+    """Observer: first time each observer saw each (kind, subject)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[EventKind, str], dict[str, float]] = {}
+
+    def __call__(self, t: float, observer: str, event: Event) -> None:
+        if isinstance(event, MemberEvent) and event.kind in (EventKind.FAILED, EventKind.JOINED):
+            self.seen.setdefault((event.kind, event.member.name), {}).setdefault(observer, t)
+
+
+def detection_and_convergence(n: int, kills: int, joins: int, seed: int,
+                              log: Callable[[str], None]) -> dict[str, object]:
+    """Warm mesh of ``n``: steady-state cost, then kills (detection), then joins (convergence)."""
+    cfg = lan()
+    watch = _Watch()
+    sim = Simulation(seed, observer=watch)
+    wall = time.perf_counter()
+    names = start_mesh(sim, cfg, n, warm=True)
+    sim.run_for(3.0)  # let probes spread out
+    sent0, bytes0, t0 = _totals(sim)
+    quiet = 5.0
+    sim.run_for(quiet)
+    sent1, bytes1, t1 = _totals(sim)
+    msgs_per_node_s = (sent1 - sent0) / (n * (t1 - t0))
+    bytes_per_node_s = (bytes1 - bytes0) / (n * (t1 - t0))
+
+    victims = [names[(i * 7919 + 13) % n] for i in range(kills)]
+    killed_at: dict[str, float] = {}
+    for victim in victims:
+        sim.kill(victim)
+        killed_at[victim] = sim.now
+        sim.run_for(2.0)
+    live = n - kills
+    expectation = expected_detection_time(cfg.probe_interval, cfg.probe_timeout, n)
+
+    def all_detected() -> bool:
+        return all(len(watch.seen.get((EventKind.FAILED, v), {})) >= live for v in victims)
+
+    sim.run_until(max(killed_at.values()) + 4 * expectation, stop=all_detected)
+    detection = []
+    for victim in victims:
+        seen = watch.seen.get((EventKind.FAILED, victim), {})
+        if len(seen) >= live:
+            detection.append(max(seen.values()) - killed_at[victim])
+    log(f"N={n}: detected {len(detection)}/{kills} kills, median "
+        f"{statistics.median(detection) if detection else float('nan'):.2f}s vs expectation "
+        f"{expectation:.2f}s")
+
+    conv99: list[float] = []
+    conv100: list[float] = []
+    seed_addr = make_meta(0).tcp_addr
+    for j in range(joins):
+        newcomer = dataclasses.replace(make_meta(n + j), name=node_name(n + j))
+        start = sim.now
+        sim.add_node(cfg, newcomer, seeds=(seed_addr,))
+        key = (EventKind.JOINED, newcomer.name)
+        others = live + j
+
+        def everyone(key: tuple[EventKind, str] = key, others: int = others) -> bool:
+            return len(watch.seen.get(key, {})) >= others
+
+        sim.run_for(30.0, stop=everyone)
+        times = sorted(t - start for t in watch.seen.get(key, {}).values())
+        if len(times) >= others:
+            conv100.append(times[others - 1])
+        if len(times) >= 0.99 * others:
+            conv99.append(times[int(0.99 * others) - 1])
+        sim.run_for(1.0)
+    log(f"N={n}: join convergence 99% {conv99} 100% {conv100}; "
+        f"{msgs_per_node_s:.2f} datagrams and {bytes_per_node_s:.0f} B per node per s; "
+        f"wall {time.perf_counter() - wall:.1f}s, max datagram {sim.max_datagram} B")
+    return {
+        "n": n,
+        "expectation_s": round(expectation, 3),
+        "detection_median_s": round(statistics.median(detection), 3) if detection else None,
+        "detection_p99_s": round(_percentile(detection, 0.99), 3) if detection else None,
+        "detection_samples": [round(d, 3) for d in detection],
+        "kills": kills,
+        "undetected": kills - len(detection),
+        "convergence_99_s": round(statistics.median(conv99), 3) if conv99 else None,
+        "convergence_100_s": round(statistics.median(conv100), 3) if conv100 else None,
+        "datagrams_per_node_s": round(msgs_per_node_s, 3),
+        "bytes_per_node_s": round(bytes_per_node_s, 1),
+        "max_datagram_bytes": sim.max_datagram,
+        "wall_s": round(time.perf_counter() - wall, 2),
+    }
+
+
+def _totals(sim: Simulation) -> tuple[int, int, float]:
+    sent = sum(c.stats["datagrams_sent"] for c in sim.running())
+    return sent, sim.bytes_sent, sim.now
+
+
+def false_positives(n: int, seconds: float, seed: int, lifeguard: bool, loss: float,
+                    starved: bool) -> dict[str, object]:
+    """Healthy members declared dead (by a suspicion timing out) per simulated hour."""
+    cfg: MembershipConfig = dataclasses.replace(lan(), lifeguard=lifeguard)
+    slow = node_name(1)
+    link = LinkModel(loss=loss, starved={slow: 1.5} if starved else {})
+    sim = Simulation(seed, link=link)
+    start_mesh(sim, cfg, n, warm=True)
+    sim.run_for(seconds)
+    healthy = 0
+    starved_fp = 0
+    for name, node in sim.nodes.items():
+        for subject, count in node.core.declared.items():
+            if starved and subject == slow:
+                starved_fp += count
+            else:
+                healthy += count
+        del name
+    hours = seconds / 3600.0
+    return {"healthy_fp_per_hour": round(healthy / hours, 2),
+            "starved_node_fp_per_hour": round(starved_fp / hours, 2) if starved else None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N = 100 and 1000, under 60 s")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    wall = time.perf_counter()
+    sizes = [(100, 8, 3), (1000, 5, 2)] if args.quick else [(100, 12, 5), (1000, 12, 5),
+                                                            (10000, 5, 3)]
+    results = {}
+    for n, kills, joins in sizes:
+        results[n] = detection_and_convergence(n, kills, joins, args.seed, log)
+    fp_n, fp_seconds = (50, 600.0) if args.quick else (100, 3600.0)
+    fp: dict[str, object] = {}
+    for label, loss, starved in (("loss5", 0.05, False), ("starved", 0.0, True)):
+        for lifeguard in (True, False):
+            key = f"{label}_{'lifeguard' if lifeguard else 'no_lifeguard'}"
+            fp[key] = false_positives(fp_n, fp_seconds, args.seed, lifeguard, loss, starved)
+            log(f"false positives N={fp_n} {fp_seconds:.0f}s {key}: {fp[key]}")
+    r1000 = results[1000]
+    expectation = float(r1000["expectation_s"])  # type: ignore[arg-type]
+    median = r1000["detection_median_s"]
+    ratio = round(float(median) / expectation, 3) if median is not None else None  # type: ignore[arg-type]
+    out = {
+        "bench": "gossip",
+        "metric": "failure_detection_time_ratio_n1000",
+        "value": ratio,
+        "unit": "x memberlist expectation (median time until all live nodes mark a kill dead)",
+        "baseline": "memberlist expectation 1.58*probe_interval+probe_timeout"
+                    "+4*log10(N)*probe_interval",
+        "baseline_value": expectation,
+        "ratio": ratio,
+        "profile": "lan",
+        "quick": args.quick,
+        "sizes": {str(n): r for n, r in results.items()},
+        "false_positives": {"n": fp_n, "simulated_s": fp_seconds, **fp},
+        "wall_s": round(time.perf_counter() - wall, 1),
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
