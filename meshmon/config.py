@@ -9,6 +9,7 @@ can mount them where it likes without editing the file.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from meshmon.configload import ByteSize, ConfigError, FieldError, Seconds, decode
+from meshmon.membership.config import PROFILES, MembershipConfig
 
 DEFAULT_PORT = 7946
 """memberlist's port, so firewall rules written for Serf/Consul-style meshes carry over."""
@@ -130,6 +132,18 @@ class MeshConfig:
     """``host:port`` of agents to join through (DNS names allowed). Empty: start a new mesh."""
     profile: Literal["lan", "wan", "local"] = "lan"
     """Timing profile: memberlist's LAN defaults, or its WAN/local variants."""
+    probe_interval: Seconds | None = None
+    """Override the profile's time between failure probes (LAN: 1s)."""
+    probe_timeout: Seconds | None = None
+    """Override the profile's direct-ack wait (LAN: 500ms); must be below probe_interval."""
+    gossip_interval: Seconds | None = None
+    """Override the profile's time between gossip rounds (LAN: 200ms)."""
+    suspicion_mult: int | None = None
+    """Override the suspicion timeout multiplier (LAN: 4; timeout = mult * log10(N) * probe)."""
+    push_pull_interval: Seconds | None = None
+    """Override the profile's full-state sync interval over TCP (LAN: 30s)."""
+    lifeguard: bool = True
+    """Lifeguard's local-health and dynamic-suspicion rules; leave on outside experiments."""
 
     def __post_init__(self) -> None:
         for i, seed in enumerate(self.seeds):
@@ -137,6 +151,22 @@ class MeshConfig:
                 split_host_port(seed)
             except ValueError as exc:
                 raise FieldError(f"seeds[{i}]", str(exc)) from None
+        try:
+            self.membership()
+        except ValueError as exc:
+            raise FieldError(str(exc).split(" ")[0].removeprefix("membership."),
+                             str(exc)) from None
+
+    def membership(self) -> MembershipConfig:
+        """The membership protocol config: the profile plus this section's overrides."""
+        overrides: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in ("probe_interval", "probe_timeout", "gossip_interval", "suspicion_mult",
+                         "push_pull_interval")
+            if getattr(self, name) is not None
+        }
+        return dataclasses.replace(PROFILES[self.profile](), lifeguard=self.lifeguard,
+                                   **overrides)
 
 
 @dataclass(frozen=True)

@@ -110,3 +110,20 @@ def test_profiles_match_memberlist() -> None:
 def test_config_rejects_bad_values(override: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="membership"):
         dataclasses.replace(mconfig.lan(), **override)
+
+
+def test_agent_config_selects_profile_and_overrides() -> None:
+    from pathlib import Path
+
+    from meshmon.config import config_from_dict
+    from meshmon.configload import ConfigError
+
+    base = {"listen": {"advertise": "127.0.0.2"}}
+    cfg = config_from_dict({**base, "mesh": {"profile": "wan", "probe_timeout": "1s",
+                                             "lifeguard": False}}, Path("."))
+    membership = cfg.mesh.membership()
+    assert (membership.probe_interval, membership.probe_timeout) == (5.0, 1.0)
+    assert membership.lifeguard is False
+    assert config_from_dict(base, Path(".")).mesh.membership() == mconfig.lan()
+    with pytest.raises(ConfigError, match=r"mesh\.probe_timeout"):
+        config_from_dict({**base, "mesh": {"probe_timeout": "2s"}}, Path("."))
