@@ -69,6 +69,7 @@ _GONE = (DEAD, LEFT)
 _USER_PREFIX = "\x00"  # queue keys: a member's name, or this prefix + a user key (names can't)
 _MAX_USER_KEYS = 1024
 _T_SUSPECT, _T_RELAY, _T_STREAM = range(3)
+_RELAY_NACK_FRACTION = 0.8
 
 
 class _Probe:
@@ -490,7 +491,9 @@ class Membership:
         if msg.source in self._banned or msg.target in self._banned:
             return
         self._seq += 1
-        deadline = now + self.config.probe_timeout
+        # The requester asked us probe_timeout into its probe interval and gives up at the end
+        # of it; nack a little before then so that the nack still counts (Lifeguard).
+        deadline = now + _RELAY_NACK_FRACTION * self.config.probe_timeout
         self._relays[self._seq] = _Relay(msg.seq, src, msg.nack, deadline)
         heapq.heappush(self._timers, (deadline, self._seq, _T_RELAY, self._seq))
         self._send(msg.target_addr, [codec.encode_message(Ping(self._seq, msg.target,
