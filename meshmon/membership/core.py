@@ -14,10 +14,10 @@ transmit-limited queue and rides on every ping and ack, and on gossip rounds to
 (requested from the driver) repair whatever gossip missed, and periodic reconnect attempts to
 seeds and recently dead members heal partitions.
 
-Merge rules (memberlist's): ``Alive(i)`` is accepted if ``i`` is newer than what we hold;
-``Suspect(i)`` and ``Dead(i)`` if ``i`` is at least what we hold and the member is not already
-dead. A member may only raise its own incarnation. Remote *dead* from a push-pull only makes
-us *suspect* (the member gets a chance to refute).
+The view and its merge rules live in :mod:`meshmon.membership.state`. A remote *dead* from a
+push-pull only makes us *suspect* (the member gets a chance to refute). Gossip rounds run at
+most once per ``gossip_interval`` and only while there is news: a node with an empty queue
+sleeps, and news that arrives after a quiet spell goes out at once rather than on a fixed grid.
 
 The core never reads a clock, never sleeps, and never raises on remote input other than
 :class:`~meshmon.membership.codec.MalformedMessage` from the two decoding entry points, before
@@ -55,20 +55,25 @@ from meshmon.membership.messages import (
     NodeMeta,
     Ping,
     PushPullState,
-    State,
     Suspect,
     UserData,
     UserNotice,
 )
-from meshmon.membership.queue import BroadcastQueue
-from meshmon.membership.suspicion import Suspicion
+from meshmon.membership.state import (
+    ALIVE,
+    DEAD,
+    GONE,
+    LEFT,
+    LIVE,
+    SUSPECT,
+    T_RELAY,
+    T_STREAM,
+    T_SUSPECT,
+    MemberTable,
+)
 
-ALIVE, SUSPECT, DEAD, LEFT = State.ALIVE, State.SUSPECT, State.DEAD, State.LEFT
-_LIVE = (ALIVE, SUSPECT)
-_GONE = (DEAD, LEFT)
 _USER_PREFIX = "\x00"  # queue keys: a member's name, or this prefix + a user key (names can't)
 _MAX_USER_KEYS = 1024
-_T_SUSPECT, _T_RELAY, _T_STREAM = range(3)
 _RELAY_NACK_FRACTION = 0.8
 
 
@@ -98,8 +103,8 @@ class _Relay:
         self.deadline = deadline
 
 
-class Membership:
-    """One node's membership protocol state machine.
+class Membership(MemberTable):
+    """One node's membership protocol state machine (see the package docstring for its use).
 
     Args:
         config: protocol timing (``meshmon.membership.config.lan()`` etc.).
@@ -111,34 +116,17 @@ class Membership:
 
     def __init__(self, config: MembershipConfig, local: NodeMeta, rng: random.Random | int,
                  now: float, *, incarnation: int = 0) -> None:
-        self.config = config
-        self._rng = rng if isinstance(rng, random.Random) else random.Random(rng)
-        self._name = local.name
-        self._members: dict[str, Member] = {}
-        self._probe_list: list[str] = []
-        self._probe_index = 0
-        self._live = 0
-        self._gone: dict[str, float] = {}  # dead/left members -> since
-        self._banned: set[str] = set()
-        self._queue = BroadcastQueue(config.max_queue)
-        self._awareness = 0
+        super().__init__(config, local, rng, now, incarnation)
         self._seq = 0
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
-        self._suspicions: dict[str, Suspicion] = {}
         self._streams: dict[int, tuple[StreamRequest, str | None]] = {}
-        self._timers: list[tuple[float, int, int, object]] = []
         self._seeds: tuple[Addr, ...] = ()
         self._user: dict[str, tuple[int, bytes]] = {}
         self._pulling: dict[str, int] = {}
-        self._leaving = False
         self._state_cache: tuple[int, bool, bytes] | None = None
-        self._version = 0
         self._datagrams: list[tuple[Addr, bytes]] = []
         self._stream_out: list[StreamRequest] = []
-        self._events: collections.deque[Event] = collections.deque(maxlen=config.max_events)
-        self.stats: collections.Counter[str] = collections.Counter()
-        """Counters: datagrams/bytes sent, malformed input, suspicions, refutations..."""
         self.declared: collections.Counter[str] = collections.Counter()
         """Members this node itself declared dead (its suspicion timed out), by name."""
         rand = self._rng.random
@@ -146,46 +134,8 @@ class Membership:
         self._next_gossip = now + rand() * config.gossip_interval
         self._next_push_pull = now + config.push_pull_interval * (1 + rand())
         self._next_reconnect = now + config.reconnect_interval * (1 + rand())
-        self._set(Member(local, ALIVE, incarnation, now))
-        self._broadcast_alive(self._members[self._name])
 
     # -- public API --------------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        """This node's name."""
-        return self._name
-
-    @property
-    def local(self) -> Member:
-        """This node as the mesh should see it."""
-        return self._members[self._name]
-
-    @property
-    def awareness(self) -> int:
-        """Lifeguard's local health score: 0 is healthy, up to ``awareness_max_multiplier - 1``."""
-        return self._awareness
-
-    @property
-    def queue_length(self) -> int:
-        """Broadcasts waiting to be gossiped."""
-        return len(self._queue)
-
-    def members(self) -> list[Member]:
-        """Every member this node remembers, itself included (dead/left ones until reaped)."""
-        return list(self._members.values())
-
-    def member(self, name: str) -> Member | None:
-        """One member by name."""
-        return self._members.get(name)
-
-    def num_live(self) -> int:
-        """Alive plus suspect members, this node included."""
-        return self._live
-
-    def is_banned(self, name: str) -> bool:
-        """Whether ``name`` was expelled."""
-        return name in self._banned
 
     def user_data(self, key: str) -> tuple[int, bytes] | None:
         """The newest ``(version, payload)`` known for an application key."""
@@ -245,7 +195,7 @@ class Membership:
             raise ValueError("a node cannot expel itself; call leave() instead")
         self._banned.add(name)
         m = self._members.get(name)
-        if m is not None and m.state in _LIVE:
+        if m is not None and m.state in LIVE:
             self._suspicions.pop(name, None)
             self._set(Member(m.meta, DEAD, m.incarnation, now))
             self._enqueue(name, Dead(m.incarnation, name, self._name))
@@ -391,54 +341,6 @@ class Membership:
         """Server side of a TCP ping: whether this node is ``name``."""
         return name == self._name
 
-    # -- member table ------------------------------------------------------------------------
-
-    def _set(self, m: Member) -> None:
-        name = m.meta.name
-        old = self._members.get(name)
-        self._members[name] = m
-        self._version += 1
-        if old is None:
-            if name != self._name:
-                lst = self._probe_list
-                lst.append(name)
-                i = self._rng.randrange(len(lst))
-                lst[i], lst[-1] = lst[-1], lst[i]
-        else:
-            self._live -= old.state in _LIVE
-        self._live += m.state in _LIVE
-        if m.state in _GONE:
-            self._gone[name] = m.since
-        else:
-            self._gone.pop(name, None)
-
-    def _emit(self, kind: EventKind, name: str, now: float) -> None:
-        if name == self._name:
-            return
-        if len(self._events) == self._events.maxlen:
-            self.stats["events_dropped"] += 1
-        self._events.append(MemberEvent(kind, self._members[name], now))
-
-    def _enqueue(self, key: str, msg: Message) -> None:
-        self._queue.put(key, codec.encode_message(msg))
-
-    def _broadcast_alive(self, m: Member) -> None:
-        self._enqueue(m.meta.name, Alive(m.incarnation, m.meta))
-
-    def _refute(self, now: float, accused: int) -> None:
-        me = self._members[self._name]
-        self._set(Member(me.meta, ALIVE, max(me.incarnation, accused) + 1, now))
-        self._broadcast_alive(self._members[self._name])
-        self.stats["refutations"] += 1
-        self._change_awareness(1)
-
-    def _change_awareness(self, delta: int) -> None:
-        if self.config.lifeguard:
-            if delta > 0:
-                self.stats["awareness_raised"] += delta
-            top = self.config.awareness_max_multiplier - 1
-            self._awareness = min(top, max(0, self._awareness + delta))
-
     # -- message handlers ----------------------------------------------------------------------
 
     def _dispatch(self, now: float, src: Addr, msg: Message) -> None:
@@ -471,7 +373,7 @@ class Membership:
             return
         primary = [codec.encode_message(Ack(msg.seq))]
         them = self._members.get(msg.source)
-        if them is not None and them.state in _GONE:
+        if them is not None and them.state in GONE:
             # It was declared dead (perhaps before a restart): tell it, so it refutes.
             primary.append(codec.encode_message(Dead(them.incarnation, msg.source, self._name)))
         self._send(src, primary)
@@ -495,84 +397,9 @@ class Membership:
         # of it; nack a little before then so that the nack still counts (Lifeguard).
         deadline = now + _RELAY_NACK_FRACTION * self.config.probe_timeout
         self._relays[self._seq] = _Relay(msg.seq, src, msg.nack, deadline)
-        heapq.heappush(self._timers, (deadline, self._seq, _T_RELAY, self._seq))
+        heapq.heappush(self._timers, (deadline, self._seq, T_RELAY, self._seq))
         self._send(msg.target_addr, [codec.encode_message(Ping(self._seq, msg.target,
                                                                 self._name))])
-
-    def _on_alive(self, now: float, inc: int, meta: NodeMeta) -> None:
-        name = meta.name
-        if name in self._banned:
-            return
-        old = self._members.get(name)
-        if name == self._name:
-            assert old is not None
-            if self._leaving or inc < old.incarnation or (
-                    inc == old.incarnation and meta == old.meta):
-                return
-            self._refute(now, inc)  # someone spreads an older life of ours: outbid it
-            return
-        if old is None:
-            self._set(Member(meta, ALIVE, inc, now))
-            self._broadcast_alive(self._members[name])
-            self._emit(EventKind.JOINED, name, now)
-            return
-        reclaim = self.config.dead_node_reclaim_time
-        reclaimable = old.state in _GONE and reclaim > 0 and now - old.since >= reclaim
-        if inc <= old.incarnation and not reclaimable:
-            return
-        self._suspicions.pop(name, None)
-        self._set(Member(meta, ALIVE, inc, now if old.state is not ALIVE else old.since))
-        self._broadcast_alive(self._members[name])
-        if old.state in _GONE:
-            self._emit(EventKind.JOINED, name, now)
-        elif old.state is SUSPECT:
-            self._emit(EventKind.ALIVE, name, now)
-        if old.meta != meta and old.state is not DEAD and old.state is not LEFT:
-            self._emit(EventKind.UPDATED, name, now)
-
-    def _on_suspect(self, now: float, inc: int, name: str, source: str) -> None:
-        old = self._members.get(name)
-        if old is None or inc < old.incarnation or name in self._banned:
-            return
-        if name == self._name:
-            if not self._leaving:
-                self._refute(now, inc)
-            return
-        if old.state is SUSPECT:
-            suspicion = self._suspicions.get(name)
-            if suspicion is not None and self.config.lifeguard and suspicion.confirm(source):
-                heapq.heappush(self._timers, (suspicion.deadline, id(suspicion), _T_SUSPECT,
-                                              name))
-                self._enqueue(name, Suspect(inc, name, source))
-            return
-        if old.state is not ALIVE:
-            return
-        cfg = self.config
-        n = self._live
-        k = timing.expected_confirmations(cfg.suspicion_mult, n) if cfg.lifeguard else 0
-        low = timing.suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
-        suspicion = Suspicion(inc, source, now, k, low, cfg.suspicion_max_timeout_mult * low)
-        self._suspicions[name] = suspicion
-        heapq.heappush(self._timers, (suspicion.deadline, id(suspicion), _T_SUSPECT, name))
-        self._set(Member(old.meta, SUSPECT, inc, now))
-        self._enqueue(name, Suspect(inc, name, source))
-        self.stats["suspected"] += 1
-        self._emit(EventKind.SUSPECT, name, now)
-
-    def _on_dead(self, now: float, inc: int, name: str, source: str) -> None:
-        old = self._members.get(name)
-        if old is None or inc < old.incarnation or old.state in _GONE:
-            return
-        if name == self._name:
-            if not self._leaving:
-                self._refute(now, inc)
-            return
-        self._suspicions.pop(name, None)
-        left = source == name
-        self._set(Member(old.meta, LEFT if left else DEAD, inc, now))
-        self._enqueue(name, Dead(inc, name, source))
-        self.stats["left" if left else "declared_dead"] += 1
-        self._emit(EventKind.LEFT if left else EventKind.FAILED, name, now)
 
     def _on_user(self, now: float, key: str, version: int, payload: bytes,
                  local: bool = False) -> bool:
@@ -599,7 +426,7 @@ class Membership:
                 self._pulling.get(msg.key, -1) >= msg.version):
             return
         sender = self._members.get(msg.holder)
-        if sender is None or sender.state not in _LIVE:
+        if sender is None or sender.state not in LIVE:
             return
         self._pulling[msg.key] = msg.version
         self._request_stream(now, StreamKind.PUSH_PULL, sender.meta.tcp_addr, sender.meta.name,
@@ -629,26 +456,6 @@ class Membership:
                 break
             self._emit_datagram(m.meta.udp_addr, codec.frame(msgs))
 
-    def _random_members(self, k: int, exclude: str = "", dead_after: float | None = None
-                        ) -> list[Member]:
-        """Up to ``k`` distinct random live members (and recently dead, if ``dead_after``)."""
-        lst = self._probe_list
-        chosen: dict[str, Member] = {}
-        if not lst:
-            return []
-        members = self._members
-        for _ in range(3 * k + 3 if len(lst) > 3 * k else len(lst) * 3):
-            name = lst[self._rng.randrange(len(lst))]
-            m = members.get(name)
-            if m is None or name in chosen or name == exclude or name in self._banned:
-                continue
-            if m.state in _LIVE or (dead_after is not None and m.state is DEAD
-                                    and m.since >= dead_after):
-                chosen[name] = m
-                if len(chosen) >= k:
-                    break
-        return list(chosen.values())
-
     def _request_stream(self, now: float, kind: StreamKind, addr: Addr, node: str | None,
                         join: bool, pull_key: str | None = None,
                         deadline: float | None = None) -> int:
@@ -660,7 +467,7 @@ class Membership:
         request = StreamRequest(token, kind, addr, node, payload, join, deadline)
         self._streams[token] = (request, pull_key)
         self._stream_out.append(request)
-        heapq.heappush(self._timers, (deadline, token, _T_STREAM, token))
+        heapq.heappush(self._timers, (deadline, token, T_STREAM, token))
         return token
 
     # -- probing -------------------------------------------------------------------------------
@@ -686,7 +493,7 @@ class Membership:
             name = lst[self._probe_index]
             self._probe_index += 1
             m = self._members.get(name)
-            if m is not None and m.state in _LIVE and name not in self._banned:
+            if m is not None and m.state in LIVE and name not in self._banned:
                 return m
         return None
 
@@ -740,10 +547,10 @@ class Membership:
 
     def _timer_valid(self, entry: tuple[float, int, int, object]) -> bool:
         deadline, _, kind, key = entry
-        if kind == _T_SUSPECT:
+        if kind == T_SUSPECT:
             s = self._suspicions.get(key)  # type: ignore[call-overload]
             return s is not None and s.deadline == deadline
-        if kind == _T_RELAY:
+        if kind == T_RELAY:
             relay = self._relays.get(key)  # type: ignore[call-overload]
             return relay is not None and relay.deadline == deadline
         return key in self._streams
@@ -755,14 +562,14 @@ class Membership:
             if not self._timer_valid(entry):
                 continue
             kind, key = entry[2], entry[3]
-            if kind == _T_SUSPECT:
+            if kind == T_SUSPECT:
                 assert isinstance(key, str)
                 suspicion = self._suspicions.pop(key)
                 m = self._members[key]
                 if m.state is SUSPECT and m.incarnation == suspicion.incarnation:
                     self.declared[key] += 1
                     self._on_dead(now, m.incarnation, key, self._name)
-            elif kind == _T_RELAY:
+            elif kind == T_RELAY:
                 assert isinstance(key, int)
                 relay = self._relays.pop(key)
                 if relay.nack:

@@ -1,0 +1,249 @@
+"""The member table and memberlist's merge rules: what a node believes about every member.
+
+:class:`MemberTable` is the half of the membership core that needs no timers of its own: the
+view (alive/suspect/dead/left with incarnations), refutation, Lifeguard's awareness score, the
+broadcast queue that news goes into, and the events the agent sees. ``core.Membership`` adds
+probing, gossip, push-pull and the public driver API on top.
+
+Merge rules (memberlist's): ``Alive(i)`` is accepted if ``i`` is newer than what we hold (or the
+member has been gone longer than ``dead_node_reclaim_time``); ``Suspect(i)`` and ``Dead(i)`` if
+``i`` is at least what we hold and the member is not already dead or gone. Only a member raises
+its own incarnation: news that it is suspect or dead, or an older life of it with other
+metadata, makes it *refute* with a higher incarnation. Expelled (banned) names are never
+accepted back.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import random
+
+from meshmon.membership import codec, timing
+from meshmon.membership.config import MembershipConfig
+from meshmon.membership.events import Event, EventKind, Member, MemberEvent
+from meshmon.membership.messages import Alive, Dead, Message, NodeMeta, State, Suspect
+from meshmon.membership.queue import BroadcastQueue
+from meshmon.membership.suspicion import Suspicion
+
+ALIVE, SUSPECT, DEAD, LEFT = State.ALIVE, State.SUSPECT, State.DEAD, State.LEFT
+LIVE = (ALIVE, SUSPECT)
+GONE = (DEAD, LEFT)
+T_SUSPECT, T_RELAY, T_STREAM = range(3)
+"""Timer kinds in the shared heap of ``(deadline, tiebreak, kind, key)``."""
+
+
+class MemberTable:
+    """This node's view of the mesh and the rules that change it.
+
+    Args:
+        config: protocol timing.
+        local: this node's metadata.
+        rng: a seeded ``random.Random`` (or a seed).
+        now: the current time.
+        incarnation: this node's starting incarnation.
+    """
+
+    def __init__(self, config: MembershipConfig, local: NodeMeta, rng: random.Random | int,
+                 now: float, incarnation: int = 0) -> None:
+        self.config = config
+        self._rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+        self._name = local.name
+        self._members: dict[str, Member] = {}
+        self._probe_list: list[str] = []  # every known name but ours, in probing order
+        self._probe_index = 0
+        self._live = 0  # alive + suspect, ourselves included
+        self._gone: dict[str, float] = {}  # dead/left members -> since
+        self._banned: set[str] = set()
+        self._queue = BroadcastQueue(config.max_queue)
+        self._awareness = 0
+        self._suspicions: dict[str, Suspicion] = {}
+        self._timers: list[tuple[float, int, int, object]] = []
+        self._leaving = False
+        self._version = 0  # bumped on every change of the view (caches the push-pull state)
+        self._events: collections.deque[Event] = collections.deque(maxlen=config.max_events)
+        self.stats: collections.Counter[str] = collections.Counter()
+        """Counters: datagrams/bytes sent, malformed input, suspicions, refutations..."""
+        self._set(Member(local, ALIVE, incarnation, now))
+        self._broadcast_alive(self._members[self._name])
+
+    @property
+    def name(self) -> str:
+        """This node's name."""
+        return self._name
+
+    @property
+    def local(self) -> Member:
+        """This node as the mesh should see it."""
+        return self._members[self._name]
+
+    @property
+    def awareness(self) -> int:
+        """Lifeguard's local health score: 0 is healthy, up to ``awareness_max_multiplier - 1``."""
+        return self._awareness
+
+    @property
+    def queue_length(self) -> int:
+        """Broadcasts waiting to be gossiped."""
+        return len(self._queue)
+
+    def members(self) -> list[Member]:
+        """Every member this node remembers, itself included (dead/left ones until reaped)."""
+        return list(self._members.values())
+
+    def member(self, name: str) -> Member | None:
+        """One member by name."""
+        return self._members.get(name)
+
+    def num_live(self) -> int:
+        """Alive plus suspect members, this node included."""
+        return self._live
+
+    def is_banned(self, name: str) -> bool:
+        """Whether ``name`` was expelled."""
+        return name in self._banned
+
+    # -- member table ------------------------------------------------------------------------
+
+    def _set(self, m: Member) -> None:
+        name = m.meta.name
+        old = self._members.get(name)
+        self._members[name] = m
+        self._version += 1
+        if old is None:
+            if name != self._name:
+                lst = self._probe_list
+                lst.append(name)
+                i = self._rng.randrange(len(lst))
+                lst[i], lst[-1] = lst[-1], lst[i]
+        else:
+            self._live -= old.state in LIVE
+        self._live += m.state in LIVE
+        if m.state in GONE:
+            self._gone[name] = m.since
+        else:
+            self._gone.pop(name, None)
+
+    def _emit(self, kind: EventKind, name: str, now: float) -> None:
+        if name == self._name:
+            return
+        if len(self._events) == self._events.maxlen:
+            self.stats["events_dropped"] += 1
+        self._events.append(MemberEvent(kind, self._members[name], now))
+
+    def _enqueue(self, key: str, msg: Message) -> None:
+        self._queue.put(key, codec.encode_message(msg))
+
+    def _broadcast_alive(self, m: Member) -> None:
+        self._enqueue(m.meta.name, Alive(m.incarnation, m.meta))
+
+    def _refute(self, now: float, accused: int) -> None:
+        me = self._members[self._name]
+        self._set(Member(me.meta, ALIVE, max(me.incarnation, accused) + 1, now))
+        self._broadcast_alive(self._members[self._name])
+        self.stats["refutations"] += 1
+        self._change_awareness(1)
+
+    def _change_awareness(self, delta: int) -> None:
+        if self.config.lifeguard:
+            if delta > 0:
+                self.stats["awareness_raised"] += delta
+            top = self.config.awareness_max_multiplier - 1
+            self._awareness = min(top, max(0, self._awareness + delta))
+
+    # -- merge rules -------------------------------------------------------------------------
+
+    def _on_alive(self, now: float, inc: int, meta: NodeMeta) -> None:
+        name = meta.name
+        if name in self._banned:
+            return
+        old = self._members.get(name)
+        if name == self._name:
+            assert old is not None
+            if self._leaving or inc < old.incarnation or (
+                    inc == old.incarnation and meta == old.meta):
+                return
+            self._refute(now, inc)  # someone spreads an older life of ours: outbid it
+            return
+        if old is None:
+            self._set(Member(meta, ALIVE, inc, now))
+            self._broadcast_alive(self._members[name])
+            self._emit(EventKind.JOINED, name, now)
+            return
+        reclaim = self.config.dead_node_reclaim_time
+        reclaimable = old.state in GONE and reclaim > 0 and now - old.since >= reclaim
+        if inc <= old.incarnation and not reclaimable:
+            return
+        self._suspicions.pop(name, None)
+        self._set(Member(meta, ALIVE, inc, now if old.state is not ALIVE else old.since))
+        self._broadcast_alive(self._members[name])
+        if old.state in GONE:
+            self._emit(EventKind.JOINED, name, now)
+        elif old.state is SUSPECT:
+            self._emit(EventKind.ALIVE, name, now)
+        if old.meta != meta and old.state is not DEAD and old.state is not LEFT:
+            self._emit(EventKind.UPDATED, name, now)
+
+    def _on_suspect(self, now: float, inc: int, name: str, source: str) -> None:
+        old = self._members.get(name)
+        if old is None or inc < old.incarnation or name in self._banned:
+            return
+        if name == self._name:
+            if not self._leaving:
+                self._refute(now, inc)
+            return
+        if old.state is SUSPECT:
+            suspicion = self._suspicions.get(name)
+            if suspicion is not None and self.config.lifeguard and suspicion.confirm(source):
+                heapq.heappush(self._timers, (suspicion.deadline, id(suspicion), T_SUSPECT,
+                                              name))
+                self._enqueue(name, Suspect(inc, name, source))
+            return
+        if old.state is not ALIVE:
+            return
+        cfg = self.config
+        n = self._live
+        k = timing.expected_confirmations(cfg.suspicion_mult, n) if cfg.lifeguard else 0
+        low = timing.suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
+        suspicion = Suspicion(inc, source, now, k, low, cfg.suspicion_max_timeout_mult * low)
+        self._suspicions[name] = suspicion
+        heapq.heappush(self._timers, (suspicion.deadline, id(suspicion), T_SUSPECT, name))
+        self._set(Member(old.meta, SUSPECT, inc, now))
+        self._enqueue(name, Suspect(inc, name, source))
+        self.stats["suspected"] += 1
+        self._emit(EventKind.SUSPECT, name, now)
+
+    def _on_dead(self, now: float, inc: int, name: str, source: str) -> None:
+        old = self._members.get(name)
+        if old is None or inc < old.incarnation or old.state in GONE:
+            return
+        if name == self._name:
+            if not self._leaving:
+                self._refute(now, inc)
+            return
+        self._suspicions.pop(name, None)
+        left = source == name
+        self._set(Member(old.meta, LEFT if left else DEAD, inc, now))
+        self._enqueue(name, Dead(inc, name, source))
+        self.stats["left" if left else "declared_dead"] += 1
+        self._emit(EventKind.LEFT if left else EventKind.FAILED, name, now)
+
+    def _random_members(self, k: int, exclude: str = "", dead_after: float | None = None
+                        ) -> list[Member]:
+        """Up to ``k`` distinct random live members (and recently dead, if ``dead_after``)."""
+        lst = self._probe_list
+        chosen: dict[str, Member] = {}
+        if not lst:
+            return []
+        members = self._members
+        for _ in range(3 * k + 3 if len(lst) > 3 * k else len(lst) * 3):
+            name = lst[self._rng.randrange(len(lst))]
+            m = members.get(name)
+            if m is None or name in chosen or name == exclude or name in self._banned:
+                continue
+            if m.state in LIVE or (dead_after is not None and m.state is DEAD
+                                    and m.since >= dead_after):
+                chosen[name] = m
+                if len(chosen) >= k:
+                    break
+        return list(chosen.values())
