@@ -138,6 +138,7 @@ class Scheduler:
             self._nursery = nursery
             nursery.start_soon(self._monitor)
             for job in self._jobs.values():
+                self.started += 1
                 nursery.start_soon(self._loop, job)
             task_status.started()
 
@@ -162,6 +163,7 @@ class Scheduler:
                 job = _Job(check, assignment)
                 self._jobs[key] = job
                 if self._nursery is not None:
+                    self.started += 1
                     self._nursery.start_soon(self._loop, job)
 
     def _lag_since(self, since: float) -> float:
@@ -189,7 +191,6 @@ class Scheduler:
     async def _loop(self, job: _Job) -> None:
         a, check = job.assignment, job.check
         interval = float(check.interval)
-        self.started += 1
         with job.scope:
             offset = phase_offset(a.check, a.target, interval)
             due = first_due(trio.current_time(), interval, offset)

@@ -1,0 +1,171 @@
+"""Scheduler: pure planning maths (table tests) and the trio driver under MockClock."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+from meshmon.config import CheckConfig
+from meshmon.placement import AgentInfo, Assignment
+from meshmon.scheduler import (
+    Scheduler,
+    SchedulerConfig,
+    first_due,
+    jitter,
+    next_due,
+    phase_offset,
+)
+
+
+@pytest.mark.parametrize(
+    ("now", "interval", "offset", "expected"),
+    [(0.0, 10.0, 3.0, 3.0), (3.0, 10.0, 3.0, 3.0), (3.5, 10.0, 3.0, 13.0),
+     (25.0, 10.0, 0.0, 30.0), (100.0, 30.0, 29.0, 119.0)],
+)
+def test_first_due(now: float, interval: float, offset: float, expected: float) -> None:
+    assert first_due(now, interval, offset) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("prev", "interval", "now", "expected"),
+    [(10.0, 10.0, 10.5, 20.0), (10.0, 10.0, 35.0, 40.0), (10.0, 10.0, 40.0, 40.0)],
+)
+def test_next_due_skips_missed_slots(prev: float, interval: float, now: float,
+                                     expected: float) -> None:
+    assert next_due(prev, interval, now) == pytest.approx(expected)
+
+
+def test_offsets_spread_across_interval() -> None:
+    offsets = [phase_offset("c", f"t{i}", 30.0) for i in range(1000)]
+    assert all(0 <= o < 30.0 for o in offsets)
+    buckets = [0] * 10
+    for o in offsets:
+        buckets[int(o // 3.0)] += 1
+    assert min(buckets) > 60 and max(buckets) < 140  # ~100 each, no herd
+    js = [jitter("c", "t", r, 30.0, 0.05) for r in range(200)]
+    assert all(0 <= j < 1.5 for j in js) and len(set(js)) > 150
+
+
+def pairs(n: int, interval: float = 10.0) -> list[tuple[CheckConfig, Assignment]]:
+    check = CheckConfig(name="c", kind="ping", targets=tuple(f"t{i}" for i in range(n)),
+                        interval=interval, timeout=1.0)  # type: ignore[arg-type]
+    return [(check, Assignment("c", f"t{i}", f"t{i}")) for i in range(n)]
+
+
+class Recorder:
+    def __init__(self, duration: float = 0.0, block: float = 0.0) -> None:
+        self.calls: list[tuple[str, float]] = []
+        self.results: list[tuple[str, bool]] = []
+        self.duration = duration
+        self.block = block
+        self.running = 0
+        self.peak = 0
+        self.two_results = trio.Event()
+
+    async def run(self, assignment: Assignment, check: CheckConfig) -> Any:
+        self.calls.append((assignment.target, trio.current_time()))
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            if self.block:
+                time.sleep(self.block)  # noqa: ASYNC251 -- deliberately starve the loop
+            await trio.sleep(self.duration)
+        finally:
+            self.running -= 1
+        return {"ok": True}
+
+    async def sink(self, assignment: Assignment, result: Any, degraded: bool) -> None:
+        self.results.append((assignment.target, degraded))
+        if len(self.results) >= 2:
+            self.two_results.set()
+
+
+async def test_runs_on_interval_spread_and_capped(autojump_clock: trio.testing.MockClock) -> None:
+    rec = Recorder(duration=0.1)
+    sched = Scheduler("me", rec.run, rec.sink, SchedulerConfig(max_concurrent=4))
+    sched.set_assignments(pairs(200))
+    with trio.fail_after(1000):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sched.run)
+            await trio.sleep(35.0)
+            nursery.cancel_scope.cancel()
+    per_target: dict[str, list[float]] = {}
+    for t, at in rec.calls:
+        per_target.setdefault(t, []).append(at)
+    assert len(per_target) == 200
+    gaps = [b - a for ts in per_target.values() for a, b in itertools.pairwise(ts)]
+    # interval +- bounded jitter (and queuing behind the cap)
+    assert gaps and all(8.5 <= g <= 11.5 for g in gaps)
+    firsts = sorted(ts[0] for ts in per_target.values())
+    assert statistics.pstdev(firsts) > 2.0 and firsts[-1] - firsts[0] > 8.0
+    assert rec.peak <= 4
+    assert not any(d for _, d in rec.results)
+
+
+async def test_update_keeps_unchanged_tasks(autojump_clock: trio.testing.MockClock) -> None:
+    rec = Recorder()
+    sched = Scheduler("n0", rec.run, rec.sink)
+    check = CheckConfig(name="m", kind="ping", target_tags=("core",), replicas=0,
+                        interval=10.0, timeout=1.0)  # type: ignore[arg-type]
+    view = [AgentInfo(f"n{i}", frozenset({"core"}), f"127.0.0.{i + 1}") for i in range(4)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        sched.update([check], view)
+        assert {a.target for a in sched.assignments} == {"n1", "n2", "n3"}
+        await trio.sleep(25.0)
+        started = sched.started
+        assert started == 3
+        sched.update([check], [*view, AgentInfo("n4", frozenset({"core"}), "127.0.0.5")])
+        await trio.lowlevel.checkpoint()
+        assert sched.started == started + 1  # only the new target started
+        sched.update([check], [v for v in view if v.name != "n2"])
+        assert {a.target for a in sched.assignments} == {"n1", "n3"}
+        assert sched.started == started + 1
+        calls_before = len(rec.calls)
+        await trio.sleep(30.0)
+        later = [t for t, _ in rec.calls[calls_before:]]
+        assert "n2" not in later and "n4" not in later and {"n1", "n3"} <= set(later)
+        # a changed address restarts that one assignment only
+        moved = [view[0], AgentInfo("n1", frozenset({"core"}), "127.0.0.99"), view[3]]
+        sched.update([check], moved)
+        await trio.lowlevel.checkpoint()
+        assert sched.started == started + 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_degraded_when_loop_blocked() -> None:
+    # Real clock on purpose: a runner that blocks the event loop with time.sleep.
+    rec = Recorder(block=0.3)
+    sched = Scheduler("me", rec.run, rec.sink,
+                      SchedulerConfig(degraded_lag=0.1, lag_tick=0.02))
+    check = CheckConfig(name="c", kind="ping", targets=("x",), interval=0.5,
+                        timeout=0.2)  # type: ignore[arg-type]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sched.run)
+            sched.set_assignments([(check, Assignment("c", "x", "x"))])
+            await rec.two_results.wait()
+            nursery.cancel_scope.cancel()
+    assert all(d for _, d in rec.results)
+    assert sched.max_lag >= 0.2
+
+
+async def test_not_degraded_when_idle() -> None:
+    rec = Recorder()
+    sched = Scheduler("me", rec.run, rec.sink, SchedulerConfig(degraded_lag=0.1, lag_tick=0.02))
+    check = CheckConfig(name="c", kind="ping", targets=("x",), interval=0.2,
+                        timeout=0.1)  # type: ignore[arg-type]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sched.run)
+            sched.set_assignments([(check, Assignment("c", "x", "x"))])
+            await rec.two_results.wait()
+            nursery.cancel_scope.cancel()
+    assert not any(d for _, d in rec.results)
