@@ -1,0 +1,101 @@
+"""Placement: assignments moved on one join/leave vs the ideal K/N, load balance, compute time.
+
+N = 1000 agents, 10,000 targets, k = 3. Baseline: naive modulo placement (owners are agents
+``hash(target) mod N`` .. ``+k-1`` in the sorted member list), measured in the same run.
+Medians over several seeds. Run: ``python -m benchmarks.placement [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+
+from meshmon.config import CheckConfig
+from meshmon.placement import AgentInfo, Placement, stable_hash
+
+
+def modulo_pairs(names: list[str], targets: list[str], k: int) -> set[tuple[str, str]]:
+    """The naive scheme: position = hash mod N in the sorted member list."""
+    order = sorted(names)
+    n = len(order)
+    return {(t, order[(stable_hash(t) + j) % n]) for t in targets for j in range(min(k, n))}
+
+
+def one_seed(seed: int, n: int, n_targets: int, k: int, load_factor: float | None,
+             vnodes: int) -> dict[str, float]:
+    rng = random.Random(seed)
+    names = [f"agent-{seed}-{i}" for i in range(n)]
+    view = [AgentInfo(x) for x in names]
+    targets = [f"10.{rng.randrange(256)}.{i // 256 % 256}.{i % 256}" for i in range(n_targets)]
+    check = CheckConfig(name="ping-all", kind="ping", targets=tuple(targets), replicas=k)
+    t0 = time.perf_counter()
+    base = Placement(view, [check], vnodes=vnodes, load_factor=load_factor)
+    compute = time.perf_counter() - t0
+    pairs = base.pairs()
+    loads = [base.load().get(x, 0) for x in names]
+    gone = rng.choice(names)
+    leave = Placement([a for a in view if a.name != gone], [check], vnodes=vnodes,
+                      load_factor=load_factor).pairs()
+    join = Placement([*view, AgentInfo(f"joiner-{seed}")], [check], vnodes=vnodes,
+                     load_factor=load_factor).pairs()
+    total = n_targets * k
+    m_base = modulo_pairs(names, targets, k)
+    m_leave = modulo_pairs([x for x in names if x != gone], targets, k)
+    m_join = modulo_pairs([*names, f"joiner-{seed}"], targets, k)
+    return {
+        "leave_ratio": len(pairs - leave) / (total / n),
+        "join_ratio": len(join - pairs) / (total / (n + 1)),
+        "max_mean": max(loads) / statistics.mean(loads),
+        "compute_s": compute,
+        "mod_leave_ratio": len(m_base - m_leave) / (total / n),
+        "mod_join_ratio": len(m_join - m_base) / (total / (n + 1)),
+        "mod_moved_fraction": len(m_base - m_leave) / total,
+    }
+
+
+def medians(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {key: round(statistics.median(r[key] for r in rows), 4) for key in rows[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer seeds (< 60 s)")
+    args = parser.parse_args()
+    n, n_targets, k = 1000, 10_000, 3
+    seeds = range(3 if args.quick else 9)
+    bounded = medians([one_seed(s, n, n_targets, k, 1.25, 64) for s in seeds])
+    print("bounded loads (c=1.25, 64 vnodes):", bounded, flush=True)
+    plain = medians([one_seed(s, n, n_targets, k, None, 64) for s in seeds])
+    print("plain ring (64 vnodes):", plain, flush=True)
+    sweep = {}
+    for vn in (16, 64) if args.quick else (16, 64, 256):
+        sweep[vn] = medians([one_seed(100 + s, n, n_targets, k, None, vn)
+                             for s in range(1 if args.quick else 3)])["max_mean"]
+    print("plain ring max/mean load by vnodes:", sweep, flush=True)
+    value = max(bounded["leave_ratio"], bounded["join_ratio"])
+    base_value = max(bounded["mod_leave_ratio"], bounded["mod_join_ratio"])
+    print(json.dumps({
+        "bench": "placement",
+        "metric": "moved assignments on one join/leave / ideal K/N (worse of the two, median)",
+        "value": value,
+        "unit": "x ideal",
+        "baseline": "naive modulo hashing (hash(target) mod N)",
+        "baseline_value": base_value,
+        "ratio": round(value / base_value, 5),
+        "goal": "<= 1.2 moved/ideal, <= 1.25 max/mean load",
+        "n_agents": n, "n_targets": n_targets, "k": k, "seeds": len(seeds),
+        "leave_ratio": bounded["leave_ratio"], "join_ratio": bounded["join_ratio"],
+        "max_mean_load": bounded["max_mean"],
+        "compute_all_s": bounded["compute_s"],
+        "modulo_moved_fraction": bounded["mod_moved_fraction"],
+        "plain_ring": {"leave_ratio": plain["leave_ratio"], "join_ratio": plain["join_ratio"],
+                       "max_mean_load": plain["max_mean"], "compute_all_s": plain["compute_s"]},
+        "plain_ring_load_by_vnodes": sweep,
+    }))
+
+
+if __name__ == "__main__":
+    main()
