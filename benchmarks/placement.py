@@ -14,7 +14,7 @@ import statistics
 import time
 
 from meshmon.config import CheckConfig
-from meshmon.placement import AgentInfo, Placement, stable_hash
+from meshmon.placement import DEFAULT_VNODES, AgentInfo, Placement, stable_hash
 
 
 def modulo_pairs(names: list[str], targets: list[str], k: int) -> set[tuple[str, str]]:
@@ -66,13 +66,14 @@ def main() -> None:
     args = parser.parse_args()
     n, n_targets, k = 1000, 10_000, 3
     seeds = range(3 if args.quick else 9)
-    bounded = medians([one_seed(s, n, n_targets, k, 1.25, 64) for s in seeds])
-    print("bounded loads (c=1.25, 64 vnodes):", bounded, flush=True)
-    plain = medians([one_seed(s, n, n_targets, k, None, 64) for s in seeds])
-    print("plain ring (64 vnodes):", plain, flush=True)
+    vn = DEFAULT_VNODES
+    bounded = medians([one_seed(s, n, n_targets, k, 1.25, vn) for s in seeds])
+    print(f"bounded loads (c=1.25, {vn} vnodes):", bounded, flush=True)
+    plain = medians([one_seed(s, n, n_targets, k, None, vn) for s in seeds])
+    print(f"plain ring ({vn} vnodes):", plain, flush=True)
     sweep = {}
-    for vn in (16, 64) if args.quick else (16, 64, 256):
-        sweep[vn] = medians([one_seed(100 + s, n, n_targets, k, None, vn)
+    for v in (16, 64) if args.quick else (16, 64, 256):
+        sweep[v] = medians([one_seed(100 + s, n, n_targets, k, None, v)
                              for s in range(1 if args.quick else 3)])["max_mean"]
     print("plain ring max/mean load by vnodes:", sweep, flush=True)
     value = max(bounded["leave_ratio"], bounded["join_ratio"])
@@ -81,6 +82,7 @@ def main() -> None:
         "bench": "placement",
         "metric": "moved assignments on one join/leave / ideal K/N (worse of the two, median)",
         "value": value,
+        "vnodes": vn,
         "unit": "x ideal",
         "baseline": "naive modulo hashing (hash(target) mod N)",
         "baseline_value": base_value,

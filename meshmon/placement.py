@@ -31,8 +31,10 @@ from dataclasses import dataclass
 
 from meshmon.config import CheckConfig
 
-DEFAULT_VNODES = 64
-"""Points per agent; 64 keeps ring build for 1000 agents ~50 ms while spreading arcs evenly."""
+DEFAULT_VNODES = 160
+"""Points per agent. Measured (benchmarks/placement.py, N=1000, 10k targets, k=3, c=1.25):
+64 vnodes moved ~1.27x ideal on join/leave (bounded-load cascades), 160 ~1.13-1.17x, at ~0.6 s
+to place all 30k assignments; 256 gave no further gain."""
 
 DEFAULT_LOAD_FACTOR: float | None = 1.25
 """Cap on max/mean owned targets per check (the issue's balance goal); None disables it."""
