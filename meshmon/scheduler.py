@@ -34,7 +34,11 @@ log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
-    """Runs one probe for an assignment and returns its result."""
+    """Runs one probe for an assignment and returns its result.
+
+    The check is passed along because the runner needs its kind, params and timeout; the
+    scheduler cancels a run that overruns twice the check's timeout (no result is sunk then).
+    """
 
     async def __call__(self, assignment: Assignment, check: CheckConfig) -> Any: ...
 
@@ -183,10 +187,11 @@ class Scheduler:
             lag = max(0.0, now - expected)
             self.last_lag = lag
             self.max_lag = max(self.max_lag, lag)
-            self._lag_events.append((now, lag))
-            horizon = now - 600.0
-            while self._lag_events and self._lag_events[0][0] < horizon:
-                self._lag_events.pop(0)
+            if lag > self.config.degraded_lag:  # only starved wakeups matter; keeps this tiny
+                self._lag_events.append((now, lag))
+                horizon = now - 600.0  # no probe stays due or in flight for 10 minutes
+                while self._lag_events and self._lag_events[0][0] < horizon:
+                    self._lag_events.pop(0)
 
     async def _loop(self, job: _Job) -> None:
         a, check = job.assignment, job.check
