@@ -212,6 +212,10 @@ class Scheduler:
                     except trio.TooSlowError:
                         log.warning("probe %s -> %s overran twice its timeout", a.check, a.target)
                         result = None
+                    except Exception:  # a broken probe must not stop the others
+                        log.exception("probe %s -> %s raised; fix the probe or its params",
+                                      a.check, a.target)
+                        result = None
                 lag = max(job.last_lag, self._lag_since(wake))
                 degraded = lag > self.config.degraded_lag
                 if result is not None:

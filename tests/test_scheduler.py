@@ -169,3 +169,21 @@ async def test_not_degraded_when_idle() -> None:
             await rec.two_results.wait()
             nursery.cancel_scope.cancel()
     assert not any(d for _, d in rec.results)
+
+
+async def test_failing_runner_does_not_stop_others(autojump_clock: trio.testing.MockClock) -> None:
+    rec = Recorder()
+
+    async def flaky(assignment: Assignment, check: CheckConfig) -> Any:
+        if assignment.target == "t0":
+            raise RuntimeError("broken probe")
+        return await rec.run(assignment, check)
+
+    sched = Scheduler("me", flaky, rec.sink)
+    sched.set_assignments(pairs(3))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        await trio.sleep(25.0)
+        nursery.cancel_scope.cancel()
+    assert {t for t, _ in rec.results} == {"t1", "t2"}
+    assert len(rec.results) >= 4
