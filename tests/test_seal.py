@@ -70,11 +70,26 @@ def test_replay_and_window(trio_rings: dict[str, Keyring]) -> None:
         with pytest.raises(SealError) as err:
             c.open(d, NOW)
         assert err.value.reason == "replay"
-    late = [a.seal("c", b"x", NOW) for _ in range(100)]
-    c.open(late[-1], NOW)
+    slow = a.seal("c", b"slow", NOW + 1)
+    c.open(a.seal("c", b"fast", NOW + 3.5), NOW)
     with pytest.raises(SealError) as err:
-        c.open(late[0], NOW)  # fell out of the 64-slot window
+        c.open(slow, NOW)  # lags a newer datagram by more than `reorder` (2 s)
     assert err.value.reason == "replay"
+
+
+def test_window_cap_raises_the_floor(mesh: Mesh) -> None:
+    rings = _rings(mesh, "w1", "w2")
+    w1 = rings["w1"]
+    w2 = Keyring(rings["w2"].identity, rings["w2"].trust, SealConfig(window=8))
+    w2.add_peer(w1.identity.certificate, NOW)
+    burst = [w1.seal("w2", b"%d" % i, NOW) for i in range(20)]
+    for d in burst[10:]:
+        w2.open(d, NOW)
+    with pytest.raises(SealError):
+        w2.open(burst[0], NOW)  # older than everything remembered
+    for d in burst[10:]:
+        with pytest.raises(SealError):
+            w2.open(d, NOW)
 
 
 def test_stale_and_future_datagrams(trio_rings: dict[str, Keyring]) -> None:

@@ -184,6 +184,7 @@ class MeshTransport:
         self._tcp_of: dict[Address, Address] = {}
         self._pending: dict[Address, collections.deque[tuple[bytes, int]]] = {}
         self._failed_at: dict[Address, float] = {}
+        self._exchanging: dict[Address, trio.Event] = {}
         self._sock: trio.socket.SocketType | None = None
         self._nursery: trio.Nursery | None = None
         self._client_ctx: tuple[int, ssl.SSLContext] | None = None
@@ -234,6 +235,7 @@ class MeshTransport:
         if queue is None:
             queue = self._pending[addr] = collections.deque(maxlen=self.config.pending_per_peer)
             assert self._nursery is not None, "start the transport with nursery.start(t.run)"
+            self._exchanging[addr] = trio.Event()
             self._nursery.start_soon(self._exchange_then_flush, addr)
         if len(queue) == queue.maxlen:
             self.drops["queue_overflow"] += 1
@@ -358,7 +360,21 @@ class MeshTransport:
             self.drops["send_error"] += 1
             self._bad.warning("send_error", "UDP send to %s:%s failed: %s", addr[0], addr[1], exc)
 
+    async def wait_exchange(self, addr: Address) -> None:
+        """Wait until a background key exchange with UDP ``addr`` (if one runs) has finished."""
+        event = self._exchanging.get(addr)
+        if event is None:
+            await trio.lowlevel.checkpoint()
+        else:
+            await event.wait()
+
     async def _exchange_then_flush(self, addr: Address) -> None:
+        try:
+            await self._exchange_and_flush(addr)
+        finally:
+            self._exchanging.pop(addr).set()
+
+    async def _exchange_and_flush(self, addr: Address) -> None:
         try:
             name = await self.exchange_keys(addr)
         except TransportError as exc:

@@ -28,10 +28,14 @@ Threat model
   modify datagrams. Every failure is a :class:`SealError` with a reason; no state changes.
 * A member C cannot forge A's datagrams to B: it does not know ``Z(A, B)``. The only party other
   than A that can make ``K(A->B)`` is B itself, which can only fool itself.
-* Replay: the receiver keeps, per sender, the highest counter seen and a 64-slot bitmap below it;
-  a repeated or too old counter is refused, and counters more than ``max_age`` seconds away from
-  the receiver's clock are refused (this bounds replays to a receiver that lost its state by a
-  restart). Hosts' clocks must therefore agree within ``max_age`` (default 120 s).
+* Replay: the receiver keeps, per sender, the highest counter seen, a floor ``reorder`` seconds
+  (default 2 s) below it, and the set of counters accepted above the floor (at most
+  ``window`` of them; when full the floor rises). A counter at or below the floor, or already in
+  the set, is refused: datagrams may arrive reordered by up to ``reorder`` seconds, never twice.
+  Counters more than ``max_age`` seconds away from the receiver's clock are refused too, which
+  bounds replays to a receiver that lost its state by a restart. Hosts' clocks must therefore
+  agree within ``max_age`` (default 120 s); a sender whose clock was stepped back across a restart
+  is refused until its clock passes its last counter (at most ``max_age``).
 * Revocation: at open and seal time the peer's serial is checked against the current
   :class:`meshmon.pki.Trust` CRL, and :meth:`Keyring.prune` drops revoked or expired peers and
   their cached keys; a CRL update takes effect at the next datagram.
@@ -71,7 +75,6 @@ MAX_DATAGRAM = 1399
 """Largest datagram sent or accepted: strictly under 1400 bytes."""
 MAX_PLAINTEXT = MAX_DATAGRAM - OVERHEAD
 """Largest plaintext :meth:`Keyring.seal` accepts (1361)."""
-_WINDOW = 64
 _SALT = b"meshmon-seal-v1"
 
 REASONS = (
@@ -100,6 +103,12 @@ class SealConfig:
     """Seconds per key epoch: keys roll hourly, so a key is used for at most ~3 hours."""
     max_age: float = 120.0
     """Seconds a datagram's counter may lie from our clock (NTP-synced hosts agree far better)."""
+    reorder: float = 2.0
+    """Seconds a datagram may lag a newer one from the same sender and still be accepted; SWIM
+    messages older than a couple of probe intervals are useless anyway."""
+    window: int = 1024
+    """Counters remembered per sender within ``reorder``: 500 datagrams/s from one peer, far
+    above a gossip node's rate; beyond it the floor rises and late datagrams count as replays."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,8 @@ class _Peer:
     shared: bytes | None = None
     keys: dict[tuple[int, bool], AESGCM] = field(default_factory=dict)
     highest: int = -1
-    bitmap: int = 0
+    floor: int = -1
+    seen: set[int] = field(default_factory=set)
 
 
 class Keyring:
@@ -212,6 +222,20 @@ class Keyring:
         peer.keys[(epoch, outgoing)] = aead
         return aead
 
+    def _remember(self, peer: _Peer, counter: int) -> None:
+        peer.seen.add(counter)
+        if counter > peer.highest:
+            peer.highest = counter
+            floor = counter - int(self.config.reorder * 1_000_000)
+            if floor > peer.floor:
+                peer.floor = floor
+                peer.seen = {c for c in peer.seen if c > floor}
+        if len(peer.seen) > self.config.window:  # keep the newest half: amortised sorting
+            ordered = sorted(peer.seen)
+            keep = max(1, self.config.window // 2)
+            peer.floor = ordered[-keep - 1]
+            peer.seen = set(ordered[-keep:])
+
     def _epoch(self, now: float) -> int:
         return int(now // self.config.rotation) & 0xFFFFFFFF
 
@@ -263,9 +287,7 @@ class Keyring:
             raise SealError("epoch", f"datagram from {name!r} has key epoch {epoch}, far from ours")
         if abs(counter / 1_000_000 - now) > self.config.max_age:
             raise SealError("stale", f"datagram from {name!r} is timestamped too far from now")
-        if counter <= peer.highest - _WINDOW or (
-            counter <= peer.highest and peer.bitmap >> (peer.highest - counter) & 1
-        ):
+        if counter <= peer.floor or counter in peer.seen:
             raise SealError("replay", f"replayed or too old datagram from {name!r}")
         header = datagram[:HEADER_LEN]
         try:
@@ -276,11 +298,5 @@ class Keyring:
             raise SealError(
                 "auth", f"datagram claiming to be from {name!r} failed authentication"
             ) from None
-        if counter > peer.highest:
-            shift = counter - peer.highest
-            kept = (peer.bitmap << shift) & ((1 << _WINDOW) - 1) if shift < _WINDOW else 0
-            peer.bitmap = kept | 1
-            peer.highest = counter
-        else:
-            peer.bitmap |= 1 << (peer.highest - counter)
+        self._remember(peer, counter)
         return Opened(peer.identity, purpose, plaintext)
