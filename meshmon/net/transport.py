@@ -402,7 +402,10 @@ class MeshTransport:
     def _learn_cert(self, conn: MtlsStream) -> None:
         der = conn.stream.getpeercert(binary_form=True)
         if der:
-            self.keyring.add_peer(der, time.time())
+            try:
+                self.keyring.add_peer(der, time.time())
+            except pki.CertificateError as exc:  # TLS accepted it, but e.g. it has no P-256 key
+                self._bad.warning("cert", "cannot seal datagrams for %s: %s", conn.peer.name, exc)
 
     async def _serve(self, conn: MtlsStream) -> None:
         self._learn_cert(conn)
