@@ -65,7 +65,7 @@ interval = "5s"
 timeout = "2s"
 target_tags = ["demo"]
 replicas = 0
-params = {{ count = 3, interval = "20ms" }}
+params = {{ count = 3, interval = 0.02 }}
 
 # two agents watch the local web service
 [[checks]]
@@ -183,6 +183,12 @@ def render(view: dict[str, dict[str, Any]], started: float) -> Any:
     return Group(agents, results)
 
 
+def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def run_demo(directory: Path, count: int) -> None:
     """Start the demo mesh, show it live, stop everything on Ctrl-C."""
     from rich.console import Console
@@ -196,13 +202,15 @@ def run_demo(directory: Path, count: int) -> None:
     started = time.time()
     try:
         with web_service():
-            for config in configs:
+            sockets = {c.parent.name: c.parent / "data" / "control.sock" for c in configs}
+            for i, config in enumerate(configs):
                 with (config.parent / "agent.log").open("wb") as log:
                     procs.append(subprocess.Popen(
                         [sys.executable, "-m", "meshmon", "agent", "run", "--config", str(config)],
                         stdout=log, stderr=subprocess.STDOUT,
                     ))  # fmt: skip
-            sockets = {c.parent.name: c.parent / "data" / "control.sock" for c in configs}
+                if i == 0:  # the seed first, so the others join at once
+                    _wait_for_socket(sockets[config.parent.name], procs[0])
             with Live(console=console, refresh_per_second=2) as live:
                 while True:
                     dead = [c.parent.name for c, p in zip(configs, procs, strict=True)

@@ -38,6 +38,8 @@ def setup_logging(level: str = "info", fmt: Literal["text", "json"] = "text") ->
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS.get(level, logging.INFO))
+    # one line per HTTP probe is noise at info level
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
 
 
 class RateLimitedLog:

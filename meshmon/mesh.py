@@ -1,0 +1,231 @@
+"""The membership driver: runs the sans-IO :class:`~meshmon.membership.Membership` core over the
+real :class:`~meshmon.net.MeshTransport` (sealed UDP + mTLS TCP), and spreads the CRL.
+
+Theory of operation
+-------------------
+One task sleeps until the core's next deadline (or until woken by new input), ticks it and
+carries out what it asks: datagrams are sealed and sent, stream requests (push-pull, TCP ping)
+run as their own tasks over mTLS and report back with ``stream_result``. The receive task feeds
+authenticated membership datagrams to the core; malformed ones are counted and dropped (the
+core changes nothing on bad input). The transport serves the other side of push-pull and TCP
+ping. Member events teach the transport where members' TCP ports are and are handed to the
+agent's listener (placement follows the view).
+
+CRL distribution rides on the core's user broadcasts under key ``"crl"`` with the CRL number as
+version: any node that learns a newer CA-signed CRL (from its file or from a peer) adopts it,
+re-publishes it, drops keys of revoked peers and expels them from membership.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cbor2
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from meshmon import pki
+from meshmon.logs import RateLimitedLog
+from meshmon.membership import (
+    Addr,
+    MalformedMessage,
+    MemberEvent,
+    Membership,
+    MembershipConfig,
+    NodeMeta,
+    StreamKind,
+    StreamRequest,
+    UserEvent,
+)
+from meshmon.net import PURPOSE_MEMBERSHIP, MeshTransport, PeerUnreachableError, RemoteError
+
+log = logging.getLogger(__name__)
+
+CRL_KEY = "crl"
+PUSH_PULL, TCP_PING = "mm-push-pull", "mm-ping"
+
+
+class MeshService:
+    """Drives one node's membership over a transport."""
+
+    def __init__(
+        self,
+        config: MembershipConfig,
+        local: NodeMeta,
+        transport: MeshTransport,
+        trust: pki.Trust,
+        seeds: Sequence[Addr],
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.trust = trust
+        self.seeds = list(seeds)
+        self.on_change = on_change
+        self.core = Membership(config, local, rng=random.Random(), now=trio.current_time())
+        self.bad_input = RateLimitedLog(log)
+        self.counters: dict[str, int] = {"malformed": 0, "stream_failures": 0}
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[MeshService] = trio.TASK_STATUS_IGNORED
+                  ) -> None:  # fmt: skip
+        """Join through the seeds and keep membership going until cancelled."""
+        self.transport.on_request(PUSH_PULL, self._serve_push_pull)
+        self.transport.on_request(TCP_PING, self._serve_ping)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.publish_crl()
+            self.core.join(trio.current_time(), self.seeds)
+            nursery.start_soon(self._receive)
+            task_status.started(self)
+            while True:
+                now = trio.current_time()
+                self.core.tick(now)
+                await self._flush()
+                self._wake = trio.Event()
+                with trio.move_on_at(self.core.next_deadline()):
+                    await self._wake.wait()
+
+    async def leave(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109 - a bounded goodbye
+        """Announce a graceful leave and give it up to ``timeout`` to spread."""
+        self.core.leave(trio.current_time())
+        with trio.move_on_after(timeout):
+            while not self.core.leave_done:
+                await self._flush()
+                self.core.tick(trio.current_time())
+                with trio.move_on_at(min(self.core.next_deadline(), trio.current_time() + 0.05)):
+                    await trio.sleep_forever()
+        await self._flush()
+
+    async def _receive(self) -> None:
+        channel = self.transport.channel(PURPOSE_MEMBERSHIP)
+        async for datagram in channel:
+            try:
+                self.core.handle_datagram(trio.current_time(), datagram.addr, datagram.plaintext)
+            except MalformedMessage as exc:
+                self.counters["malformed"] += 1
+                self.bad_input.warning(
+                    "malformed", "dropped malformed membership datagram from %s (%s): %s",
+                    datagram.sender, datagram.addr, exc,
+                )
+                continue
+            await self._flush()
+            self._wake.set()
+
+    async def _flush(self) -> None:
+        for event in self.core.take_events():
+            self._on_event(event)
+        for addr, data in self.core.take_datagrams():
+            await self.transport.send_datagram(addr, data, PURPOSE_MEMBERSHIP)
+        if self._nursery is not None:
+            for request in self.core.take_stream_requests():
+                self._nursery.start_soon(self._stream, request)
+
+    async def _stream(self, request: StreamRequest) -> None:
+        timeout = max(0.1, request.deadline - trio.current_time())
+        try:
+            if request.kind is StreamKind.PUSH_PULL:
+                reply = await self.transport.request(request.addr, PUSH_PULL,
+                                                     cbor2.dumps([request.join, request.payload]),
+                                                     timeout=timeout)  # fmt: skip
+                self.core.stream_result(trio.current_time(), request.token, True, reply)
+            else:
+                reply = await self.transport.request(request.addr, TCP_PING,
+                                                     (request.node or "").encode(), timeout=timeout)
+                self.core.stream_result(trio.current_time(), request.token, reply == b"1")
+        except (PeerUnreachableError, RemoteError) as exc:
+            self.counters["stream_failures"] += 1
+            log.debug("%s to %s failed: %s", request.kind.name, request.addr, exc)
+            self.core.stream_result(trio.current_time(), request.token, False)
+        except MalformedMessage as exc:
+            self.counters["malformed"] += 1
+            self.bad_input.warning("pp", "malformed push-pull answer from %s: %s",
+                                   request.addr, exc)  # fmt: skip
+            self.core.stream_result(trio.current_time(), request.token, False)
+        await self._flush()
+        self._wake.set()
+
+    # --- the server side ------------------------------------------------------------------------
+
+    async def _serve_push_pull(self, peer: pki.PeerIdentity, payload: bytes) -> bytes:
+        try:
+            join, state = cbor2.loads(payload)
+            if not isinstance(state, bytes):
+                raise MalformedMessage("push-pull state is not bytes")
+        except (ValueError, TypeError, cbor2.CBORDecodeError) as exc:
+            raise MalformedMessage(f"bad push-pull request from {peer.name}: {exc}") from None
+        self.core.merge_remote_state(trio.current_time(), state)
+        await self._flush()
+        self._wake.set()
+        return self.core.local_state(join=bool(join))
+
+    async def _serve_ping(self, peer: pki.PeerIdentity, payload: bytes) -> bytes:
+        return b"1" if self.core.answers_to(payload.decode(errors="replace")) else b"0"
+
+    # --- events and the CRL -----------------------------------------------------------------------
+
+    def _on_event(self, event: MemberEvent | UserEvent) -> None:
+        if isinstance(event, MemberEvent):
+            meta = event.member.meta
+            if meta.name != self.core.name:
+                self.transport.learn_peer(meta.udp_addr, meta.tcp_addr)
+            log.info("member %s: %s (%s:%s)", meta.name, event.kind.name.lower(), meta.address,
+                     meta.udp_port)  # fmt: skip
+            self.on_change()
+        elif event.key == CRL_KEY:
+            try:
+                crl = x509.load_der_x509_crl(event.payload)
+            except ValueError as exc:
+                self.bad_input.warning("crl", "ignored an unreadable CRL from gossip: %s", exc)
+                return
+            self.adopt_crl(crl, source="gossip")
+
+    def adopt_crl(self, crl: x509.CertificateRevocationList, source: str) -> bool:
+        """Adopt ``crl`` if the CA signed it and it is newer; spread it and expel the revoked."""
+        try:
+            newer = self.trust.update_crl(crl)
+        except pki.PkiError as exc:
+            self.bad_input.warning("crl-sig", "ignored a CRL from %s: %s", source, exc)
+            return False
+        if not newer:
+            return False
+        log.warning("adopted CRL #%d from %s", self.trust.crl_number, source)
+        revoked = set(self.transport.refresh_trust())
+        now = trio.current_time()
+        for name in sorted(revoked - {self.core.name}):
+            log.warning("expelling %s: its certificate is revoked", name)
+            self.core.expel(now, name)
+        self.publish_crl()
+        self.on_change()
+        self._wake.set()
+        return True
+
+    def publish_crl(self) -> None:
+        """Offer our CRL to the mesh (a no-op if peers already have this version)."""
+        der = self.trust.crl.public_bytes(serialization.Encoding.DER)
+        self.core.publish(trio.current_time(), CRL_KEY, self.trust.crl_number, der)
+
+    # --- views --------------------------------------------------------------------------------
+
+    def members_json(self) -> list[dict[str, Any]]:
+        """The view for the control API."""
+        now = trio.current_time()
+        wall = time.time()
+        out = []
+        for m in self.core.members():
+            out.append({
+                "name": m.meta.name, "address": m.meta.address, "udp_port": m.meta.udp_port,
+                "tcp_port": m.meta.tcp_port, "state": m.state.name.lower(),
+                "incarnation": m.incarnation, "tags": list(m.meta.tags),
+                "version": m.meta.version, "since": wall - max(0.0, now - m.since),
+            })  # fmt: skip
+        return out
+
