@@ -31,11 +31,13 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0,
     last: Any = None
     while time.monotonic() < deadline:
         try:
-            last = probe()
-        except ControlError as exc:
+            value = probe()
+        except ControlError as exc:  # not answering yet: keep waiting, remember why
             last = exc
-        if last:
-            return last  # type: ignore[return-value]
+        else:
+            if value:
+                return value
+            last = value
         time.sleep(interval)  # polling an external process: there is no event to wait on
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
