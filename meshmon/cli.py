@@ -190,7 +190,7 @@ def agent_run(
         fail(f"--log-format must be text or json, not {fmt!r}")
     setup_logging(level, fmt)  # type: ignore[arg-type]
     try:
-        run_agent(cfg)
+        run_agent(cfg, config)
     except (pki.PkiError, AgentError) as exc:
         fail(str(exc))
     except OSError as exc:

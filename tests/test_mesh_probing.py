@@ -123,3 +123,28 @@ def test_each_target_has_k_probers_and_results_survive_a_kill(mesh: LocalMesh,
     mesh.wait_up(victim)
     after = victim.api("results", check="svc-tcp", target=service_target, limit=100000)
     assert {r["seq"] for r in before} <= {r["seq"] for r in after}
+
+
+def test_sighup_reload_applies_new_checks_and_refuses_bad_ones(mesh: LocalMesh,
+                                                                service: int) -> None:
+    import signal
+
+    agent = mesh.add("solo", 40, tags=["mesh"])
+    agent.start()
+    mesh.wait_up(agent)
+    assert agent.api("assignments")["mine"] == []
+    agent.extra_config = CHECKS.format(port=service)
+    agent.write_config()
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGHUP)
+    mine = wait_for("the new checks to be assigned",
+                    lambda: agent.api("assignments")["mine"], timeout=20)
+    assert {a["check"] for a in mine} == {"svc-tcp"}  # a lone agent never pings itself
+    wait_for("results of the new check", lambda: agent.api("results", check="svc-tcp"),
+             timeout=20)
+    agent.config_path.write_text(agent.config_path.read_text() + "\nbogus = 1\n")
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_for("the bad reload to be logged",
+             lambda: "config reload refused" in agent.log_text(), timeout=20)
+    assert agent.running()
+    assert {a["check"] for a in agent.api("assignments")["mine"]} == {"svc-tcp"}
