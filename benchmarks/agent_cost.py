@@ -105,9 +105,10 @@ def fping_loaded(windows: int, seconds: float) -> dict[str, float]:
     finally:
         proc.terminate()
         proc.wait()
-    probes = [N_TARGETS * r["wall_s"] for r in rows]  # fping -l -p 1000 pings each once a second
+    # fping -l -p 1000 pings each target once a second: N_TARGETS probes per wall second
     return {
-        "cpu_us_per_probe": statistics.median(r["cpu_s"] / p * 1e6 for r, p in zip(rows, probes)),
+        "cpu_us_per_probe": statistics.median(r["cpu_s"] / (N_TARGETS * r["wall_s"]) * 1e6
+                                              for r in rows),
         "cpu_percent": statistics.median(100 * r["cpu_s"] / r["wall_s"] for r in rows),
         "rss_mib": statistics.median(r["rss"] for r in rows) / MIB,
     }
