@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from meshmon.membership import NodeMeta, State
 from meshmon.mesh import MeshService
 from meshmon.net import MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
-from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe
+from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_probe_batch
 from meshmon.probes.services import run_probe_services
 from meshmon.results import MonitoringResult, ResultDecodeError, decode_result, encode_result
 from meshmon.scheduler import Scheduler
@@ -67,8 +68,10 @@ class Agent:
         self.mesh: MeshService | None = None
         self.transport: MeshTransport | None = None
         self.probe_context: ProbeContext | None = None
-        self.scheduler = Scheduler(self.name, self._run_check, self._store_result)
+        self.scheduler = Scheduler(self.name, self._run_check, self._store_results,
+                                   batch_runner=self._run_batch)
         self.results_written = 0
+        self._contexts: dict[str, ProbeContext] = {}
         self.sink_errors = 0
         self._crl_mtime = 0.0
 
@@ -200,32 +203,54 @@ class Agent:
     def _view_changed(self) -> None:
         self.scheduler.update(self.config.checks, self.view())
 
+    def _context(self, check: str) -> ProbeContext:
+        assert self.probe_context is not None
+        ctx = self._contexts.get(check)
+        if ctx is None or ctx.icmp is not self.probe_context.icmp:
+            ctx = self._contexts[check] = dataclasses.replace(self.probe_context, check=check)
+        return ctx
+
+    @staticmethod
+    def _probe_target(assignment: Assignment, check: CheckConfig, tcp_port: int) -> str:
+        """What the probe is aimed at: a mesh target's address (and our TCP port for tcp/tls)."""
+        if not assignment.mesh:
+            return assignment.target
+        if check.params.get("port") is None and check.kind in ("tcp", "tls"):
+            return f"{assignment.address}:{tcp_port}"
+        return assignment.address
+
     async def _run_check(
         self, assignment: Assignment, check: CheckConfig
     ) -> list[MonitoringResult]:
-        assert self.probe_context is not None
-        ctx = dataclasses.replace(self.probe_context, check=check.name)
-        target = assignment.target
-        if assignment.mesh:
-            target = assignment.address
-            if check.params.get("port") is None and check.kind in ("tcp", "tls"):
-                target = f"{assignment.address}:{self.tcp_port}"
-        results = await run_probe(check.kind, target, check.params, check.timeout, ctx)
+        target = self._probe_target(assignment, check, self.tcp_port)
+        results = await run_probe(check.kind, target, check.params, check.timeout,
+                                  self._context(check.name))  # fmt: skip
         if assignment.mesh:  # record the agent's name, not its address, as the target
             results = [dataclasses.replace(r, target=assignment.target) for r in results]
         return results
 
-    async def _store_result(self, assignment: Assignment, result: Any, degraded: bool) -> None:
+    async def _run_batch(
+        self, check: CheckConfig, assignments: Sequence[Assignment]
+    ) -> list[list[MonitoringResult]]:
+        targets = [self._probe_target(a, check, self.tcp_port) for a in assignments]
+        rows = await run_probe_batch(check.kind, targets, check.params, check.timeout,
+                                     self._context(check.name))  # fmt: skip
+        for i, a in enumerate(assignments):
+            if a.mesh:
+                rows[i] = [dataclasses.replace(r, target=a.target) for r in rows[i]]
+        return rows
+
+    async def _store_results(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
         assert self.store is not None
-        for one in result:  # the runner returns a list (one result per address family)
-            try:
-                await self.store.append(one.started_at, assignment.check, assignment.target,
-                                        [encode_result(one), degraded])  # fmt: skip
-                self.results_written += 1
-            except Exception as exc:  # a full or failed disk must not stop probing
-                self.sink_errors += 1
-                log.error("cannot store a result of %s/%s: %s", assignment.check,
-                          assignment.target, exc)  # fmt: skip
+        records = [(one.started_at, a.check, a.target, [encode_result(one), degraded])
+                   for a, results, degraded in items for one in results]  # fmt: skip
+        try:
+            await self.store.append_batch(records)
+            self.results_written += len(records)
+        except Exception as exc:  # a full or failed disk must not stop probing
+            self.sink_errors += len(records)
+            log.error("cannot store %d result(s) of %s: %s", len(records), items[0][0].check,
+                      exc)  # fmt: skip
 
     # --- the control API's view of the agent (meshmon.control.AgentApi) ---
 
