@@ -120,11 +120,23 @@ level = "warning"
 {extra}
 """
 
-    def start(self, name: str, host: int, seeds: Sequence[str] = (), extra: str = "") -> Proc:
+    def prepare(self, name: str, host: int, seeds: Sequence[str] = (), extra: str = "") -> Path:
+        """Certificate and config of one agent; returns its folder."""
         address = f"127.0.0.{host}"
         folder = self.root / name
         pki.issue_cert(self.root / "ca", name, folder / "certs", ips=[address])
         (folder / "agent.toml").write_text(self.config(name, address, seeds, extra))
+        return folder
+
+    def start(self, name: str, host: int, seeds: Sequence[str] = (), extra: str = "") -> Proc:
+        """Prepare and launch one agent."""
+        self.prepare(name, host, seeds, extra)
+        return self.launch(name, host)
+
+    def launch(self, name: str, host: int) -> Proc:
+        """Start a prepared agent's process."""
+        address = f"127.0.0.{host}"
+        folder = self.root / name
         with (folder / "agent.log").open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "meshmon", "agent", "run", "-c",
