@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import trio
@@ -43,15 +43,30 @@ def backoff(attempt: int, base: float = 1.0, cap: float = 30.0, jitter: float = 
 def describe_failure(addr: Addr, exc: BaseException) -> str:
     """Why a seed attempt failed, for an operator: resolution, connection or TLS."""
     host, port = addr
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, socket.gaierror):
-            return f"cannot resolve {host!r} ({cause.strerror or cause}); check the name and DNS"
-        if isinstance(cause, ConnectionRefusedError):
-            return (f"nothing listens on {host}:{port} (connection refused); is the agent "
-                    "there running, and is the port right?")  # fmt: skip
-        cause = cause.__cause__ or cause.__context__
-    return str(exc)
+    causes = list(_causes(exc))
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        gai = next(c for c in causes if isinstance(c, socket.gaierror))
+        return f"cannot resolve {host!r} ({gai.strerror or gai}); check the name and DNS"
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return (f"nothing listens on {host}:{port} (connection refused); is the agent there "
+                "running, and is the port right?")  # fmt: skip
+    text = str(exc)
+    for prefix in (f"{host}:{port}: ", f"[{host}]:{port}: "):
+        text = text.removeprefix(prefix)
+    return text
+
+
+def _causes(exc: BaseException, depth: int = 0) -> Iterator[BaseException]:
+    """``exc``, what it was raised from, and the members of exception groups among them."""
+    if depth > 20:
+        return
+    yield exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _causes(inner, depth + 1)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        yield from _causes(cause, depth + 1)
 
 
 class Joiner(Protocol):
