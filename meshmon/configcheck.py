@@ -86,8 +86,11 @@ def load_checked(path: str | os.PathLike[str], environ: dict[str, str] | None = 
     return config
 
 
+Tags = tuple[str, ...]
+
+
 def check_files(sections: dict[str, Any],
-                now: dt.datetime | None = None) -> tuple[list[Issue], tuple[str, ...] | None]:  # fmt: skip
+                now: dt.datetime | None = None) -> tuple[list[Issue], Tags | None]:  # fmt: skip
     """Problems with the files named by the decoded ``sections`` of a config.
 
     Returns:
@@ -131,7 +134,7 @@ def _read(path: Path, key: str, what: str) -> tuple[bytes | None, Issue | None]:
 
 
 def check_tls(tls: TlsConfig, node: NodeConfig | None,
-              now: dt.datetime | None = None) -> tuple[list[Issue], tuple[str, ...] | None]:  # fmt: skip
+              now: dt.datetime | None = None) -> tuple[list[Issue], Tags | None]:  # fmt: skip
     """Problems with the node's TLS files; and the certificate's tags when it is readable."""
     now = now or dt.datetime.now(dt.UTC)
     issues: list[Issue] = []

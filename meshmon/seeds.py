@@ -31,7 +31,7 @@ Addr = tuple[str, int]
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 30.0, jitter: float = 0.0) -> float:
-    """Seconds before retry number ``attempt`` (0-based): ``base × 2^attempt``, at most ``cap``.
+    """Seconds before retry number ``attempt`` (0-based): ``base * 2**attempt``, at most ``cap``.
 
     ``jitter`` in [0, 1) spreads the delay by ± that fraction (pass ``rng.uniform(-j, j)``-style
     randomness in through it; 0 gives the exact schedule). Pure.
@@ -105,9 +105,10 @@ class SeedWatch:
         self.failures[addr] = self.failures.get(addr, 0) + 1
         host, port = addr
         seed = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        next_in = backoff(self.attempt, self.base, self.max_delay)
         log.warning("seed %s: %s; retrying with backoff while this agent has no peers "
                     "(attempt %d, next within %.0fs)", seed, describe_failure(addr, exc),
-                    self.failures[addr], backoff(self.attempt, self.base, self.max_delay))  # fmt: skip
+                    self.failures[addr], next_in)  # fmt: skip
 
     async def run(self, joiner: Joiner) -> None:
         """Re-join through the seeds with backoff while alone; reset once joined."""

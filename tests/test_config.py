@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -282,8 +283,10 @@ params = { count = "lots", cuont = 1 }
 class DeclaringPlugin:
     name = "dns"
     version = "1.0"
-    params = {"record": Param((str,), "record type", choices=("A", "AAAA")),
-              "retries": Param((int,), "tries", low=0, high=5)}
+    params: ClassVar[dict[str, Param]] = {
+        "record": Param((str,), "record type", choices=("A", "AAAA")),
+        "retries": Param((int,), "tries", low=0, high=5),
+    }
 
     def check_target(self, target: str, params: dict[str, object]) -> str | None:
         return None if target.endswith(".") else f"{target!r} must be a fully qualified name"

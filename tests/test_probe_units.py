@@ -114,7 +114,7 @@ def test_params_validation() -> None:
     assert UdpParams.from_params({"mode": "echo"}).count == 5
     with pytest.raises(ParamError, match="not hex"):
         UdpParams.from_params({"payload_hex": "zz"})
-    with pytest.raises(ParamError, match="unknown param for a ping check; did you mean .count"):
+    with pytest.raises(ParamError, match=r"unknown param for a ping check; did you mean .count"):
         check_params("ping", {"cout": 3})
     check_params("myplugin", {"anything": 1})  # plugins take any params
     assert base.family_choice({"family": "IPv6"}) == "6"

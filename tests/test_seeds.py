@@ -1,4 +1,4 @@
-"""Seed retries: the backoff schedule (pure), failure reasons, and the retry loop on a mock clock."""
+"""Seed retries: the backoff schedule (pure), failure reasons, the retry loop on a mock clock."""
 
 from __future__ import annotations
 

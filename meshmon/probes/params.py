@@ -74,11 +74,10 @@ class Param:
             return f"expected {self.allowed()}, got {value!r}"
         if self.choices and value not in self.choices:
             return f"{value!r} is not allowed; expected {self.allowed()}"
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if (self.low is not None and value < self.low) or (
-                self.high is not None and value > self.high
-            ):
-                return f"{value!r} is out of range; expected {self.allowed()}"
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and ((self.low is not None and value < self.low) or
+                       (self.high is not None and value > self.high)):  # fmt: skip
+            return f"{value!r} is out of range; expected {self.allowed()}"
         return self.rule(value) if self.rule is not None else None
 
 
@@ -172,7 +171,7 @@ def regex_rule(value: Any) -> str | None:
 
 def fits_timeout(count_key: str, default_count: int, interval_key: str,
                  default_interval: float) -> Rule:  # fmt: skip
-    """A rule: ``(count - 1) × interval`` must end before the check's timeout."""
+    """A rule: ``(count - 1) * interval`` must end before the check's timeout."""
 
     def rule(params: Mapping[str, Any], timeout: float) -> Iterable[Issue]:
         count = params.get(count_key, default_count)

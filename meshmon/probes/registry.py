@@ -32,8 +32,8 @@ from meshmon.probes import traceroute as trace_mod
 from meshmon.probes import udp as udp_mod
 from meshmon.probes.base import ParamError, ProbeContext, ProbeError, ResolveError, Stopwatch
 from meshmon.probes.http import HttpParams, http_get
-from meshmon.probes.ping import PingParams, ping, summarize
 from meshmon.probes.params import Issue, Param, ParamSchema, any_target, validate_params
+from meshmon.probes.ping import PingParams, ping, summarize
 from meshmon.probes.plugin import PluginRequest, ProbePlugin
 from meshmon.probes.tcp import tcp_connect
 from meshmon.probes.tls import TlsParams, tls_check
@@ -151,8 +151,9 @@ class ProbeRegistry:
             close = difflib.get_close_matches(kind, self.kinds, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             plugins = f" (plugins: {', '.join(sorted(self.plugins))})" if self.plugins else ""
-            return [("kind", f"{kind!r} is not a probe kind; {hint}choose one of "
-                             f"{', '.join(BUILTIN_KINDS)}, or install a plugin{plugins}")]  # fmt: skip
+            choices = ", ".join(BUILTIN_KINDS)
+            return [("kind", f"{kind!r} is not a probe kind; {hint}choose one of {choices}, "
+                             f"or install a plugin{plugins}")]  # fmt: skip
         issues = validate_params(kind, schema, params, timeout)
         for i, target in enumerate(targets):
             try:

@@ -27,7 +27,6 @@ from typing import Any
 import trio
 
 from meshmon.probes import icmp_packet as pk
-from meshmon.probes.params import FAMILY, PORT, Issue, Param, ParamSchema, host_target
 from meshmon.probes.icmp import (
     _ANC_BUF,
     IP_RECVERR,
@@ -37,6 +36,7 @@ from meshmon.probes.icmp import (
     Echo,
     IcmpEngine,
 )
+from meshmon.probes.params import FAMILY, PORT, Issue, Param, ParamSchema, host_target
 from meshmon.results import TracerouteHop, TracerouteResult
 
 

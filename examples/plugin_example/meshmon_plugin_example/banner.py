@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import ClassVar
 
 import trio
 
@@ -26,7 +27,7 @@ class BannerProbe:
 
     # Declared params and target syntax: `meshmon config check` (and agent start) refuse a
     # check with an unknown param, a wrong type or range, or a target without a port.
-    params = {
+    params: ClassVar[dict[str, Param]] = {
         "port": PORT,
         "expect": Param((str,), "regex the banner must match", rule=regex_rule),
         "send": Param((str,), "text to send first, e.g. \"PING\\r\\n\""),
