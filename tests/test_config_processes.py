@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -127,3 +128,22 @@ def test_seed_that_cannot_be_resolved_or_reached_is_a_warning_retried_with_backo
              timeout=30)  # fmt: skip
     assert agent.running()
     assert agent.api("status")["node"] == "lonely"
+
+
+def test_a_reload_is_checked_like_a_start_and_refused_keeping_the_running_config(
+        mesh: LocalMesh) -> None:  # fmt: skip
+    agent = mesh.add("reloader", 62, extra_config='[[checks]]\nname = "p"\nkind = "tcp"\n'
+                     'targets = ["127.0.0.1:1"]\n')  # fmt: skip
+    agent.start()
+    mesh.wait_up(agent)
+    assert agent.proc is not None
+    agent.extra_config = '[[checks]]\nname = "p"\nkind = "tcp"\ntargets = ["127.0.0.1"]\n' \
+                         'params = { port = "http" }\n'  # fmt: skip
+    agent.write_config()
+    agent.proc.send_signal(signal.SIGHUP)
+    refused = (f"config reload refused, keeping the running config: {agent.config_path}: "
+               "checks[0].params.port: expected an integer 1-65535, got 'http'")
+    wait_for("the reload to be refused", lambda: refused in agent.log_text(), timeout=20)
+    assert agent.running()
+    assert [a["target"] for a in agent.api("assignments")["mine"]] == ["127.0.0.1:1"]
+    assert "Traceback" not in agent.log_text()
