@@ -78,6 +78,7 @@ class MeshService:
         self.counters: dict[str, int] = {"malformed": 0, "stream_failures": 0}
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._leaving = False
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -106,11 +107,14 @@ class MeshService:
 
     def rejoin(self) -> None:
         """Ask every seed for a join again (:class:`meshmon.seeds.SeedWatch` decides when)."""
+        if self._leaving:
+            return
         self.core.join(trio.current_time(), self.seeds)
         self._wake.set()
 
     async def leave(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109 - a bounded goodbye
         """Announce a graceful leave and give it up to ``timeout`` to spread."""
+        self._leaving = True
         self.core.leave(trio.current_time())
         with trio.move_on_after(timeout):
             while not self.core.leave_done:
