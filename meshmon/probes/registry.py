@@ -281,6 +281,9 @@ async def _run_builtin(kind: str, target: str, params: Mapping[str, Any],
         check_params(kind, params, timeout)
         choice = base.family_choice(params)
         if kind == "http":
+            problem = http_mod.PARAMS.check_target(target, params)  # urlsplit raises on some
+            if problem:
+                raise ParamError(f"target {problem}")
             return await _run_http(target, params, timeout, ctx, choice, sw)
         host, target_port = base.split_host_port(target, None)
         port = _port(kind, params, target_port) if kind in ("tcp", "udp", "tls") else 0
