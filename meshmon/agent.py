@@ -34,6 +34,7 @@ from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_pro
 from meshmon.probes.services import run_probe_services
 from meshmon.results import MonitoringResult, ResultDecodeError, decode_result, encode_result
 from meshmon.scheduler import Scheduler
+from meshmon.seeds import SeedWatch
 from meshmon.store import AsyncRingStore, open_store
 from meshmon.version import __version__
 
@@ -128,7 +129,10 @@ class Agent:
                 self.probe_context = await self._start_probes(nursery)
                 self.mesh = MeshService(cfg.mesh.membership(), self._meta(), transport,
                                         self.trust, seeds, on_change=self._view_changed)
+                seed_watch = SeedWatch(seeds, max_delay=cfg.mesh.membership().reconnect_interval)
+                self.mesh.on_seed_failure = seed_watch.failed
                 await nursery.start(self.mesh.run)
+                nursery.start_soon(seed_watch.run, self.mesh)
                 await nursery.start(self.scheduler.run)
                 self._view_changed()
                 nursery.start_soon(self._watch_crl_file)

@@ -146,8 +146,8 @@ async def test_degraded_when_loop_blocked() -> None:
     rec = Recorder(block=0.3)
     sched = Scheduler("me", rec.run, rec.sink,
                       SchedulerConfig(degraded_lag=0.1, lag_tick=0.02))
-    check = CheckConfig(name="c", kind="ping", targets=("x",), interval=0.5,
-                        timeout=0.2)  # type: ignore[arg-type]
+    check = CheckConfig(name="c", kind="ping", targets=("x",), interval=0.5, timeout=0.2,
+                        params={"count": 1})  # type: ignore[arg-type]
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(sched.run)
@@ -161,8 +161,8 @@ async def test_degraded_when_loop_blocked() -> None:
 async def test_not_degraded_when_idle() -> None:
     rec = Recorder()
     sched = Scheduler("me", rec.run, rec.sink, SchedulerConfig(degraded_lag=0.1, lag_tick=0.02))
-    check = CheckConfig(name="c", kind="ping", targets=("x",), interval=0.2,
-                        timeout=0.1)  # type: ignore[arg-type]
+    check = CheckConfig(name="c", kind="ping", targets=("x",), interval=0.2, timeout=0.1,
+                        params={"count": 1})  # type: ignore[arg-type]
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(sched.run)
