@@ -56,21 +56,25 @@ class AsyncRingStore:
         self.fsync_rounds = 0
 
     async def append(self, ts: float, check: str, target: str, payload: Any) -> int:
-        """Append one record; return its seq once it is durable per the fsync policy.
+        """Append one record; return its seq once it is durable per the fsync policy, or at
+        once if the disk refuses writes and the record went to the outage buffer (see
+        :mod:`meshmon.store.outage`; ``core.is_buffered(seq)`` tells).
 
         Raises:
             InvalidRecord: the record is malformed; nothing was written.
-            StoreFailed: a write or fsync failed.
+            RecordDropped: the disk refuses writes and the buffer is full (counted as lost).
+            StoreFailed: an fsync failed.
         """
         seq = self.core.append(ts, check, target, payload)
-        await self.wait_durable(seq)
+        await self.wait_durable(min(seq, self.core.written_seq))
         return seq
 
     async def append_batch(self, records: Sequence[RecordIn]) -> range:
-        """Append records; return their seqs once they are durable per the fsync policy."""
+        """Append records; return their seqs once those written to disk are durable per the
+        fsync policy (buffered ones, as in :meth:`append`, at once)."""
         seqs = self.core.append_batch(records)
         if seqs:
-            await self.wait_durable(seqs[-1])
+            await self.wait_durable(min(seqs[-1], self.core.written_seq))
         return seqs
 
     async def wait_durable(self, seq: int) -> None:

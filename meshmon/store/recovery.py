@@ -22,7 +22,7 @@ from meshmon.store.segment import Segment, load_segment, parse_segment_name
 
 log = logging.getLogger("meshmon.store")
 
-KNOWN = ("LOCK", "cursors")
+KNOWN = ("LOCK", "cursors", "HEALTH")
 
 
 def load_directory(

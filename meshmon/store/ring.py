@@ -33,6 +33,7 @@ owner keeps appending.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import math
@@ -40,7 +41,7 @@ import os
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate, repeat
 from operator import add
 from pathlib import Path
@@ -53,6 +54,7 @@ from meshmon.config import StoreConfig
 from meshmon.store import cursors as cur
 from meshmon.store.errors import (
     InvalidRecord,
+    RecordDropped,
     StoreClosed,
     StoreError,
     StoreFailed,
@@ -65,7 +67,9 @@ from meshmon.store.format import (
     encode_frame,
     encode_frames,
 )
+from meshmon.store.health import recovery_report
 from meshmon.store.index import SeriesTable, TimeIndex
+from meshmon.store.outage import Buffered, Outages
 from meshmon.store.query import Reader, match
 from meshmon.store.records import CursorInfo, Record, RecoveryInfo, StoreStats
 from meshmon.store.recovery import load_directory
@@ -86,6 +90,7 @@ class RingStore:
         auto_sync: sync without being asked: inline under ``always``, from a flusher thread
             every ``fsync_interval`` under ``batch``. The trio wrapper turns this off and runs
             its own group commit.
+        clock: monotonic seconds, for the retries of a failing disk (tests inject one).
 
     Raises:
         StoreLocked: another process has the directory open.
@@ -98,6 +103,7 @@ class RingStore:
         config: StoreConfig | None = None,
         *,
         auto_sync: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or StoreConfig()
         self.directory = Path(directory)
@@ -134,6 +140,7 @@ class RingStore:
         self.recovery = RecoveryInfo()
         self.cursors = cur.CursorBook(self.cursor_dir)
         try:
+            self.outages = Outages(self.directory, self.config.buffer_bytes, clock)
             self._recover()
         except BaseException:
             self.close()
@@ -147,6 +154,8 @@ class RingStore:
 
     def _flush_loop(self) -> None:
         while not self._stop_flusher.wait(self.config.fsync_interval):
+            if self.outages.active:
+                self.retry(force=False)
             if self._next_seq - 1 > self._durable_seq or self._dir_dirty or self._pending_fds:
                 try:
                     self.sync()
@@ -171,9 +180,10 @@ class RingStore:
     def _recover(self) -> None:
         started = time.perf_counter()
         info = self.recovery
-        segments, self._next_seq = load_directory(
+        segments, next_seq = load_directory(
             self.directory, self.config.segment_bytes, self.series, info
         )
+        self._next_seq = self.outages.reconcile(next_seq)
         for seg in segments:
             self._add_segment(seg)
         self._dir_dirty = bool(info.bad_files)
@@ -191,12 +201,18 @@ class RingStore:
                 and active.size + FRAME_OVERHEAD < self.config.segment_bytes):
             self._wfd = os.open(active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         else:
-            self._roll()
+            try:
+                self._roll()
+            except OSError as exc:  # a full disk at start: buffer until it takes writes
+                self.outages.begin(exc, self._next_seq)
         self._drop_empty_sealed()
         self.cursors.reconcile(self.oldest_seq or self._next_seq)
         self._fsync_quietly()
         info.seconds = time.perf_counter() - started
         if info.problems:
+            self.outages.note_recovery(recovery_report(
+                time.time(), info.truncated_bytes, info.skipped_records, info.bad_files,
+                info.problems))  # fmt: skip
             log.warning("store %s recovered %d records in %.2fs; %d problems (see above)",
                         self.directory, info.records, info.seconds, len(info.problems))  # fmt: skip
         else:
@@ -242,18 +258,23 @@ class RingStore:
             sid = self.series.by_pair.get((check, target))
             if sid is None:
                 sid = self._intern(check, target)
-            seq = self._next_seq
-            frame = encode_frame(seq, ts, self.series.keys[sid], self.series.key_crcs[sid],
-                                 payload)  # fmt: skip
-            size = len(frame)
+            size = FRAME_OVERHEAD + len(self.series.keys[sid]) + len(payload)
             if size > self.config.segment_bytes - FILE_HEADER_SIZE:
                 raise InvalidRecord(f"a record of {size} bytes does not fit in a segment; "
                                     "raise store.segment_bytes")  # fmt: skip
+            if self.outages.active and not self._resume():
+                return self._buffer([(ts, check, target, payload)], self.next_seq)[0]
+            seq = self._next_seq
+            frame = encode_frame(seq, ts, self.series.keys[sid], self.series.key_crcs[sid],
+                                 payload)  # fmt: skip
+            try:
+                if self._wfd is None or self.segments[-1].size + size > self.config.segment_bytes:
+                    self._roll()
+                self._write(memoryview(frame))
+            except OSError as exc:
+                self.outages.begin(exc, seq)
+                return self._buffer([(ts, check, target, payload)], seq)[0]
             seg = self.segments[-1]
-            if seg.size + size > self.config.segment_bytes:
-                self._roll()
-                seg = self.segments[-1]
-            self._write(memoryview(frame))
             seg.offs.append(seg.size)
             seg.tss.append(ts)
             seg.sids.append(sid)
@@ -270,6 +291,10 @@ class RingStore:
     def append_batch(self, records: Sequence[RecordIn]) -> range:
         """Append records in order and return their seqs.
 
+        While the disk refuses writes, records are kept in memory (up to
+        ``store.buffer_bytes``) and written, with the seqs returned here, once it accepts them
+        again; see :mod:`meshmon.store.outage`.
+
         Args:
             records: ``(ts, check, target, payload)`` tuples. ``ts`` is wall-clock seconds
                 (float), ``check`` and ``target`` index the record, ``payload`` is bytes
@@ -277,19 +302,20 @@ class RingStore:
 
         Returns:
             The seqs given to the records, in order. Durable on return under ``always``;
-            otherwise once :attr:`durable_seq` reaches them.
+            otherwise once :attr:`durable_seq` reaches them (buffered records: once written).
 
         Raises:
             InvalidRecord: a record is malformed or too large; nothing was written.
-            StoreFailed: a write or fsync failed earlier or now.
+            RecordDropped: the disk fails and the buffer is full: records past ``kept`` were
+                not stored (and are counted as lost).
+            StoreFailed: an fsync failed earlier or now.
             StoreClosed: the store was closed.
         """
         n = len(records)
         with self._mutex:
             self._check_writable()
-            seq0 = self._next_seq
             if not n:
-                return range(seq0, seq0)
+                return range(self.next_seq, self.next_seq)
             try:
                 tss, checks, targets, payloads = zip(*records, strict=True)
             except (TypeError, ValueError):
@@ -304,19 +330,20 @@ class RingStore:
             sids: list[int] = (
                 list(map(self._intern, checks, targets)) if None in found else found  # type: ignore[assignment]
             )
-            keys = list(map(self.series.keys.__getitem__, sids))
-            key_crcs = list(map(self.series.key_crcs.__getitem__, sids))
-            try:
-                buf, blens = encode_frames(seq0, tss, keys, key_crcs, payloads)
-            except struct_error as exc:
-                raise InvalidRecord(f"a record cannot be framed: {exc}") from None
-            sizes = list(map(add, blens, repeat(FRAME_OVERHEAD, n)))
-            limit = self.config.segment_bytes - FILE_HEADER_SIZE
-            if max(sizes) > limit:
-                raise InvalidRecord(f"a record of {max(sizes)} bytes does not fit in a segment "
-                                    f"({limit} bytes); raise store.segment_bytes")  # fmt: skip
-            self._write_chunks(memoryview(buf), seq0, sizes, tss, sids)
-            self._next_seq = seq0 + n
+            blens = list(map(add, map(len, map(self.series.keys.__getitem__, sids)),
+                             map(len, payloads)))  # fmt: skip
+            limit = self.config.segment_bytes - FILE_HEADER_SIZE - FRAME_OVERHEAD
+            if max(blens) > limit:
+                raise InvalidRecord(f"a record of {max(blens) + FRAME_OVERHEAD} bytes does not "
+                                    f"fit in a segment ({limit + FRAME_OVERHEAD} bytes); raise "
+                                    "store.segment_bytes")  # fmt: skip
+            if self.outages.active and not self._resume():
+                return self._buffer(list(zip(tss, checks, targets, payloads)), self.next_seq)
+            seq0 = self._next_seq
+            written = self._write_records(tss, sids, payloads)
+            if written < n:
+                return self._buffer(list(zip(tss[written:], checks[written:],
+                                             targets[written:], payloads[written:])), seq0)
             if self.config.fsync == "never":
                 self._durable_seq = self._next_seq - 1
             sync_now = self.config.fsync == "always" and self.auto_sync
@@ -338,17 +365,94 @@ class RingStore:
         except ValueError as exc:
             raise InvalidRecord(str(exc)) from None
 
+    # ----------------------------------------------------------------------------- outages
+
+    def _buffer(self, records: list[Buffered], first: int) -> range:
+        """Keep records in the outage buffer; return seqs ``first`` up to the last kept one."""
+        taken = self.outages.offer(records)
+        kept = range(first, self._next_seq + self.outages.pending)
+        if taken < len(records):
+            raise RecordDropped(f"store {self.directory}: the disk refuses writes and the "
+                                f"outage buffer is full; {len(records) - taken} record(s) "
+                                "dropped and counted as lost", kept)  # fmt: skip
+        return kept
+
+    def _resume(self, force: bool = False) -> bool:
+        """Write the outage buffer if a retry is due (or ``force``); ``True`` once it is all
+        on disk and the outage is over."""
+        if not (force or self.outages.due()):
+            return False
+        o = self.outages.current
+        assert o is not None
+        while o.buffer:
+            chunk = o.buffer[:10_000]  # bounds the framing buffer of a long outage
+            tss, checks, targets, payloads = zip(*chunk, strict=True)
+            written = self._write_records(tss, list(map(self._intern, checks, targets)),
+                                          payloads)  # fmt: skip
+            self.outages.written(written)
+            if written < len(chunk):
+                return False
+        if self.config.fsync == "never":
+            self._durable_seq = self._next_seq - 1
+        self.outages.end()
+        return True
+
+    def retry(self, force: bool = True) -> bool:
+        """Try to write the outage buffer now (or only if the backoff says so, without
+        ``force``); ``True`` if the store is writing normally (no outage, or it just ended)."""
+        with self._mutex:
+            self._check_writable()
+            ok = not self.outages.active or self._resume(force)
+        if ok and self.config.fsync == "always" and self.auto_sync:
+            self.sync()
+        return ok
+
+    def is_buffered(self, seq: int) -> bool:
+        """Record ``seq`` is in the outage buffer (in memory, not yet written)."""
+        return self._next_seq <= seq < self._next_seq + self.outages.pending
+
+    @property
+    def written_seq(self) -> int:
+        """Every record up to this seq is in a segment file (durable or not yet)."""
+        return self._next_seq - 1
+
+    # ----------------------------------------------------------------------------- disk
+
+    def _write_records(
+        self, tss: Sequence[float], sids: list[int], payloads: Sequence[bytes]
+    ) -> int:
+        """Frame and write validated records from ``next_seq`` on; return how many reached
+        the file. A refused write starts (or continues) an outage and stops there."""
+        seq0 = self._next_seq
+        keys = list(map(self.series.keys.__getitem__, sids))
+        key_crcs = list(map(self.series.key_crcs.__getitem__, sids))
+        try:
+            buf, blens = encode_frames(seq0, tss, keys, key_crcs, payloads)
+        except struct_error as exc:
+            raise InvalidRecord(f"a record cannot be framed: {exc}") from None
+        sizes = list(map(add, blens, repeat(FRAME_OVERHEAD, len(blens))))
+        try:
+            self._write_chunks(memoryview(buf), seq0, sizes, tss, sids)
+        except OSError as exc:
+            if self.outages.active:
+                self.outages.retry_failed(exc)
+            else:
+                self.outages.begin(exc, self._next_seq)
+        return self._next_seq - seq0
+
     def _write_chunks(
         self,
         buf: memoryview,
         seq0: int,
         sizes: list[int],
-        tss: tuple[float, ...],
+        tss: Sequence[float],
         sids: list[int],
     ) -> None:
         n = len(sizes)
         i = pos = 0
         while i < n:
+            if self._wfd is None:
+                self._roll()
             seg = self.segments[-1]
             room = self.config.segment_bytes - seg.size
             cum = list(accumulate(sizes[i:])) if i else list(accumulate(sizes))
@@ -371,20 +475,35 @@ class RingStore:
             self._next_seq = seq0 + i
 
     def _write(self, data: memoryview) -> None:
+        """Write all of ``data`` to the active segment, or none of it: a refused or partial
+        write is cut off again, so the file always ends at a whole record.
+
+        Raises:
+            OSError: the write failed; the file is as it was (or, if even cutting it failed,
+                it is set aside and the next write starts a new segment).
+        """
         assert self._wfd is not None
+        seg = self.segments[-1]
         try:
             while data:
                 written = os.write(self._wfd, data)
                 data = data[written:]
-        except OSError as exc:
-            self._failed = exc
-            raise StoreFailed(
-                f"writing to {self.segments[-1].path} failed: {exc}; the store refuses appends "
-                "until the agent restarts (recovery truncates the partial record)"
-            ) from exc
+        except OSError:
+            try:
+                os.ftruncate(self._wfd, seg.size)
+            except OSError as exc:
+                log.error("store segment %s: cannot cut a partial write (%s); starting a new "
+                          "segment (recovery will cut it)", seg.path, exc)  # fmt: skip
+                self._pending_fds.append(self._wfd)
+                self._wfd = None
+            raise
 
     def _roll(self) -> None:
-        """Start a new segment for the next seq, dropping the oldest ones to make room."""
+        """Start a new segment for the next seq, dropping the oldest ones to make room.
+
+        Raises:
+            OSError: the new segment cannot be created; no file is left behind.
+        """
         if self._wfd is not None:
             if self.config.fsync == "never":
                 os.close(self._wfd)
@@ -401,13 +520,17 @@ class RingStore:
         except FileExistsError:
             raise StoreError(f"segment {path} already exists; the store directory was changed "
                              "behind the agent's back; restart the agent") from None
-        self._wfd = fd
         header = encode_file_header(self._next_seq)
-        seg = Segment(path, self._next_seq, 0)
+        try:
+            if os.write(fd, header) != len(header):
+                raise OSError(errno.ENOSPC, "short write of a segment header")
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._wfd = fd
+        seg = Segment(path, self._next_seq, len(header))
         self._add_segment(seg)
-        self._write(memoryview(header))
-        seg.size = len(header)
-        self._bytes += len(header)
         self._dir_dirty = True
 
     def _catch_up(self) -> None:
@@ -505,11 +628,18 @@ class RingStore:
         self._stop_flusher.set()
         if self._flusher is not None:
             self._flusher.join()
+        outages: Outages | None = getattr(self, "outages", None)  # None: opening failed early
         try:
             if self._failed is None:
+                if outages is not None and outages.active:
+                    with self._mutex:
+                        self._resume(force=True)
                 self.sync()
         except StoreError as exc:
             log.error("store %s: final sync failed: %s", self.directory, exc)
+        if outages is not None:
+            outages.abandon()
+            outages.health.close()
         with self._sync_mutex, self._mutex:
             self._closed = True
             for fd in [*self._pending_fds, *([self._wfd] if self._wfd is not None else [])]:
@@ -531,7 +661,7 @@ class RingStore:
     @property
     def next_seq(self) -> int:
         """The seq the next record will get."""
-        return self._next_seq
+        return self._next_seq + self.outages.pending
 
     @property
     def durable_seq(self) -> int:
@@ -705,5 +835,6 @@ class RingStore:
                 },
                 lost_records=sum(i.lost for i in infos),
                 recovery=self.recovery,
+                health=self.outages.state(),
             )
 
