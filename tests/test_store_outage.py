@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from meshmon.config import StoreConfig
-from meshmon.store import RecordDropped, RingStore
+from meshmon.store import AsyncRingStore, RecordDropped, RingStore
 from meshmon.store.outage import RETRY_MAX, advice, retry_delay
 
 CFG = StoreConfig(max_bytes=128 * 1024, segment_bytes=32 * 1024, fsync="always",
@@ -95,7 +97,7 @@ def test_full_disk_buffers_and_resumes_by_itself_in_order(
         assert health["state"] == "failing" and "No space left" in health["reason"]
         assert "free space" in health["advice"] and health["buffered"] == 1
         written = store.written_seq
-        for k in range(30):  # the retries that come due fail: the disk is still full
+        for _ in range(30):  # the retries that come due fail: the disk is still full
             clock.now += RETRY_MAX
             store.append(float(i), "ping", f"t{i % 3}", payload(i))
             i += 1
@@ -242,3 +244,25 @@ def test_retry_backoff(attempt: int, delay: float) -> None:
                                              (errno.EACCES, "permissions")])  # fmt: skip
 def test_advice_names_the_fix(code: int, words: str) -> None:
     assert words in advice(str(OSError(code, os.strerror(code))), Path("/data"))
+
+
+async def test_the_trio_wrapper_ends_an_outage_with_no_append(
+    tiny_fs: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    core = RingStore(tiny_fs / "store", CFG, auto_sync=False, clock=autojump_clock.current_time)
+    store = AsyncRingStore(core)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.retry_outages)
+        junk = fill_disk(tiny_fs)
+        i = 0
+        while True:  # returns at once for a buffered record: no wait for an fsync
+            seq = await store.append(float(i), "ping", f"t{i % 3}", payload(i))
+            i += 1
+            if core.is_buffered(seq):
+                break
+        junk.unlink()
+        with trio.fail_after(2 * RETRY_MAX):  # virtual time: the retry task wakes by itself
+            await store.wait_writing()
+        nursery.cancel_scope.cancel()
+    assert_all_present(core, i)
+    core.close()

@@ -79,7 +79,10 @@ class HealthFile:
 
 
 def recovery_report(
-    when: float, truncated_bytes: int, skipped_records: int, bad_files: list[str],
+    when: float,
+    truncated_bytes: int,
+    skipped_records: int,
+    bad_files: list[str],
     problems: list[str],
 ) -> dict[str, Any]:
     """The part of a recovery worth keeping after the log has rotated away."""

@@ -264,11 +264,25 @@ class Outages:
                               "first_seq": o.first_seq, "pending": len(o.buffer)}  # fmt: skip
         self.health.save(data)
 
-    def state(self) -> dict[str, Any]:
-        """For stats: ``state`` (ok/failing), since, reason, buffered, lost, last outage."""
+    def state(self, failed: BaseException | None = None) -> dict[str, Any]:
+        """For stats: ``state`` (ok, failing, or failed after an fsync error), since, reason,
+        advice, buffered, lost, last outage, last recovery report."""
         o = self.current
-        out: dict[str, Any] = {"state": "failing" if o else "ok", "lost": self.lost,
-                               "last_outage": self.last, "recovery_report": self.recovery}
+        out: dict[str, Any] = {
+            "state": "failing" if o else "ok",
+            "lost": self.lost,
+            "last_outage": self.last,
+            "recovery_report": self.recovery,
+        }
+        if failed is not None:
+            return out | {
+                "state": "failed",
+                "reason": str(failed),
+                "buffered": 0,
+                "buffered_bytes": 0,
+                "advice": "fix the disk, then restart the "
+                "agent (after a failed fsync no write can be vouched for)",
+            }
         if o is not None:
             out.update(since=o.since, reason=o.reason, buffered=len(o.buffer),
                        buffered_bytes=o.buffered_bytes,

@@ -338,12 +338,13 @@ class RingStore:
                                     f"fit in a segment ({limit + FRAME_OVERHEAD} bytes); raise "
                                     "store.segment_bytes")  # fmt: skip
             if self.outages.active and not self._resume():
-                return self._buffer(list(zip(tss, checks, targets, payloads)), self.next_seq)
+                rest = list(zip(tss, checks, targets, payloads, strict=True))
+                return self._buffer(rest, self.next_seq)
             seq0 = self._next_seq
             written = self._write_records(tss, sids, payloads)
             if written < n:
-                return self._buffer(list(zip(tss[written:], checks[written:],
-                                             targets[written:], payloads[written:])), seq0)
+                rest = list(zip(tss, checks, targets, payloads, strict=True))[written:]
+                return self._buffer(rest, seq0)
             if self.config.fsync == "never":
                 self._durable_seq = self._next_seq - 1
             sync_now = self.config.fsync == "always" and self.auto_sync
@@ -419,7 +420,7 @@ class RingStore:
     # ----------------------------------------------------------------------------- disk
 
     def _write_records(
-        self, tss: Sequence[float], sids: list[int], payloads: Sequence[bytes]
+        self, tss: tuple[float, ...], sids: list[int], payloads: tuple[bytes, ...]
     ) -> int:
         """Frame and write validated records from ``next_seq`` on; return how many reached
         the file. A refused write starts (or continues) an outage and stops there."""
@@ -445,7 +446,7 @@ class RingStore:
         buf: memoryview,
         seq0: int,
         sizes: list[int],
-        tss: Sequence[float],
+        tss: tuple[float, ...],
         sids: list[int],
     ) -> None:
         n = len(sizes)
@@ -835,6 +836,6 @@ class RingStore:
                 },
                 lost_records=sum(i.lost for i in infos),
                 recovery=self.recovery,
-                health=self.outages.state(),
+                health=self.outages.state(self._failed),
             )
 
