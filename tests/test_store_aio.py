@@ -66,7 +66,7 @@ async def test_cursor_commit_through_the_wrapper_and_clean_close(tmp_path: Path)
 async def test_fsync_failure_fails_waiters_and_later_appends(tmp_path: Path) -> None:
     async with open_store(tmp_path, cfg("always")) as store:
         await store.append(1.0, "c", "t", 1)
-        wfd = store.core._wfd
+        wfd = store.core.files.wfd
         assert wfd is not None
         r, w = os.pipe()
         os.dup2(w, wfd)  # writes still succeed, but fdatasync now fails (EINVAL on a pipe)

@@ -21,6 +21,12 @@ seq, so seqs are the agent's append order and never go back, across restarts too
 Cursors and ``read`` only ever return durable records, so a consumer never ships a record that
 a crash could still take back (and whose seq would then be reused).
 
+The files (rolling, dropping the oldest, cutting back a refused write) are
+:mod:`meshmon.store.files`. A write the disk refuses (full, read-only, I/O error) does not fail
+the store: appends go to a bounded in-memory buffer, keeping their seqs, until a retry writes
+it (:mod:`meshmon.store.outage`). Only a failed fsync makes the store refuse appends until a
+restart (:class:`~meshmon.store.errors.StoreFailed` says why).
+
 Opening the store is recovery: every segment is scanned, torn tails are truncated, corrupt
 stretches are skipped and counted, files without a single valid record are renamed ``*.bad``,
 and the indexes are rebuilt. Nothing in that path raises for bad content; it logs, naming the
@@ -33,16 +39,13 @@ owner keeps appending.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import math
 import os
 import threading
 import time
-from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from itertools import accumulate, repeat
+from itertools import repeat
 from operator import add
 from pathlib import Path
 from struct import error as struct_error
@@ -58,12 +61,11 @@ from meshmon.store.errors import (
     StoreClosed,
     StoreError,
     StoreFailed,
-    StoreLocked,
 )
+from meshmon.store.files import SegmentFiles
 from meshmon.store.format import (
     FILE_HEADER_SIZE,
     FRAME_OVERHEAD,
-    encode_file_header,
     encode_frame,
     encode_frames,
 )
@@ -72,8 +74,8 @@ from meshmon.store.index import SeriesTable, TimeIndex
 from meshmon.store.outage import Buffered, Outages
 from meshmon.store.query import Reader, match
 from meshmon.store.records import CursorInfo, Record, RecoveryInfo, StoreStats
-from meshmon.store.recovery import load_directory
-from meshmon.store.segment import Segment, segment_name
+from meshmon.store.recovery import load_directory, take_lock
+from meshmon.store.segment import Segment
 
 log = logging.getLogger("meshmon.store")
 
@@ -109,7 +111,7 @@ class RingStore:
         self.directory = Path(directory)
         self.cursor_dir = self.directory / "cursors"
         self.cursor_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = self._take_lock()
+        self._lock_fd = take_lock(self.directory)
         self.auto_sync = auto_sync
         self._mutex = threading.RLock()
         self._durable_changed = threading.Condition(self._mutex)
@@ -120,23 +122,15 @@ class RingStore:
         """Held from snapshotting a cursor to its file being written: files never go back."""
         self.series = SeriesTable()
         self.times = TimeIndex()
-        self.segments: list[Segment] = []
-        self._bases: list[int] = []
-        """First seq of each segment, for bisecting a seq to its segment."""
-        self._reader = Reader(self.segments, self._bases, self.series)
-        self._bytes = 0
+        self.files = SegmentFiles(self.directory, self.config, self.times, self._forget)
+        self.segments = self.files.segments
+        self._reader = Reader(self.segments, self.files.bases, self.series)
         self._indexed_seq = 0
         """Records below this seq are in the series index (it is filled lazily)."""
         self._next_seq = 1
         self._durable_seq = 0
-        self._wfd: int | None = None
-        self._pending_fds: list[int] = []
-        """Write handles of segments rolled away from but not yet fsynced."""
-        self._dir_dirty = False
         self._closed = False
         self._failed: BaseException | None = None
-        self.dropped_segments = 0
-        self.dropped_records = 0
         self.recovery = RecoveryInfo()
         self.cursors = cur.CursorBook(self.cursor_dir)
         try:
@@ -156,7 +150,8 @@ class RingStore:
         while not self._stop_flusher.wait(self.config.fsync_interval):
             if self.outages.active:
                 self.retry(force=False)
-            if self._next_seq - 1 > self._durable_seq or self._dir_dirty or self._pending_fds:
+            files = self.files
+            if self._next_seq - 1 > self._durable_seq or files.dir_dirty or files.pending_fds:
                 try:
                     self.sync()
                 except StoreError as exc:
@@ -164,18 +159,6 @@ class RingStore:
                     return
 
     # ----------------------------------------------------------------------------- opening
-
-    def _take_lock(self) -> int:
-        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreLocked(
-                f"{self.directory} is in use by another process (an agent already running on "
-                "this data_dir?); stop it or give this agent its own data_dir"
-            ) from None
-        return fd
 
     def _recover(self) -> None:
         started = time.perf_counter()
@@ -185,8 +168,8 @@ class RingStore:
         )
         self._next_seq = self.outages.reconcile(next_seq)
         for seg in segments:
-            self._add_segment(seg)
-        self._dir_dirty = bool(info.bad_files)
+            self.files.add(seg)
+        self.files.dir_dirty = bool(info.bad_files)
         for seg in self.segments:
             self.times.add(
                 seg.seqs if seg.seqs is not None else range(seg.base_seq, seg.last_seq + 1),
@@ -194,18 +177,11 @@ class RingStore:
             )
             self.times.seal()
         self._durable_seq = self._next_seq - 1
-        active = self.segments[-1] if self.segments else None
-        if (active is not None and active.header_ok
-                and active.last_seq == self._next_seq - 1
-                and (active.count or active.first_seq == self._next_seq)
-                and active.size + FRAME_OVERHEAD < self.config.segment_bytes):
-            self._wfd = os.open(active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        else:
-            try:
-                self._roll()
-            except OSError as exc:  # a full disk at start: buffer until it takes writes
-                self.outages.begin(exc, self._next_seq)
-        self._drop_empty_sealed()
+        try:
+            self.files.open_active(self._next_seq)
+        except OSError as exc:  # a full disk at start: buffer until it takes writes
+            self.outages.begin(exc, self._next_seq)
+        self.files.drop_empty_sealed()
         self.cursors.reconcile(self.oldest_seq or self._next_seq)
         self._fsync_quietly()
         info.seconds = time.perf_counter() - started
@@ -224,22 +200,6 @@ class RingStore:
             self.sync()
         except StoreError as exc:
             log.error("store %s: sync after recovery failed: %s", self.directory, exc)
-
-    def _add_segment(self, seg: Segment) -> None:
-        self.segments.append(seg)
-        self._bases.append(seg.seq_at(0) if seg.count else seg.first_seq)
-        self._bytes += seg.size
-
-    def _drop_empty_sealed(self) -> None:
-        """Remove empty segments other than the active one (left by a crash right after a roll)."""
-        for seg in self.segments[:-1]:
-            if not seg.count:
-                i = self.segments.index(seg)
-                del self.segments[i], self._bases[i]
-                self._bytes -= seg.size
-                seg.close()
-                seg.path.unlink(missing_ok=True)
-                self._dir_dirty = True
 
     # ----------------------------------------------------------------------------- writing
 
@@ -268,19 +228,10 @@ class RingStore:
             frame = encode_frame(seq, ts, self.series.keys[sid], self.series.key_crcs[sid],
                                  payload)  # fmt: skip
             try:
-                if self._wfd is None or self.segments[-1].size + size > self.config.segment_bytes:
-                    self._roll()
-                self._write(memoryview(frame))
+                self.files.append_frame(frame, seq, ts, sid)
             except OSError as exc:
                 self.outages.begin(exc, seq)
                 return self._buffer([(ts, check, target, payload)], seq)[0]
-            seg = self.segments[-1]
-            seg.offs.append(seg.size)
-            seg.tss.append(ts)
-            seg.sids.append(sid)
-            seg.size += size
-            self._bytes += size
-            self.times.add_one(seq, ts)
             self._next_seq = seq + 1
             if self.config.fsync == "never":
                 self._durable_seq = seq
@@ -432,133 +383,34 @@ class RingStore:
         except struct_error as exc:
             raise InvalidRecord(f"a record cannot be framed: {exc}") from None
         sizes = list(map(add, blens, repeat(FRAME_OVERHEAD, len(blens))))
-        try:
-            self._write_chunks(memoryview(buf), seq0, sizes, tss, sids)
-        except OSError as exc:
+        written, error = self.files.write_frames(memoryview(buf), seq0, sizes, tss, sids)
+        self._next_seq = seq0 + written
+        if error is not None:
             if self.outages.active:
-                self.outages.retry_failed(exc)
+                self.outages.retry_failed(error)
             else:
-                self.outages.begin(exc, self._next_seq)
-        return self._next_seq - seq0
-
-    def _write_chunks(
-        self,
-        buf: memoryview,
-        seq0: int,
-        sizes: list[int],
-        tss: tuple[float, ...],
-        sids: list[int],
-    ) -> None:
-        n = len(sizes)
-        i = pos = 0
-        while i < n:
-            if self._wfd is None:
-                self._roll()
-            seg = self.segments[-1]
-            room = self.config.segment_bytes - seg.size
-            cum = list(accumulate(sizes[i:])) if i else list(accumulate(sizes))
-            k = bisect_right(cum, room)
-            if k == 0:
-                self._roll()
-                continue
-            nbytes = cum[k - 1]
-            self._write(buf[pos : pos + nbytes])
-            seg.offs.extend(accumulate(sizes[i : i + k - 1], initial=seg.size))
-            chunk_ts = tss[i : i + k]
-            seg.tss.extend(chunk_ts)
-            chunk_sids = sids[i : i + k]
-            seg.sids.extend(chunk_sids)
-            seg.size += nbytes
-            self._bytes += nbytes
-            self.times.add(range(seq0 + i, seq0 + i + k), chunk_ts)
-            i += k
-            pos += nbytes
-            self._next_seq = seq0 + i
-
-    def _write(self, data: memoryview) -> None:
-        """Write all of ``data`` to the active segment, or none of it: a refused or partial
-        write is cut off again, so the file always ends at a whole record.
-
-        Raises:
-            OSError: the write failed; the file is as it was (or, if even cutting it failed,
-                it is set aside and the next write starts a new segment).
-        """
-        assert self._wfd is not None
-        seg = self.segments[-1]
-        try:
-            while data:
-                written = os.write(self._wfd, data)
-                data = data[written:]
-        except OSError:
-            try:
-                os.ftruncate(self._wfd, seg.size)
-            except OSError as exc:
-                log.error("store segment %s: cannot cut a partial write (%s); starting a new "
-                          "segment (recovery will cut it)", seg.path, exc)  # fmt: skip
-                self._pending_fds.append(self._wfd)
-                self._wfd = None
-            raise
-
-    def _roll(self) -> None:
-        """Start a new segment for the next seq, dropping the oldest ones to make room.
-
-        Raises:
-            OSError: the new segment cannot be created; no file is left behind.
-        """
-        if self._wfd is not None:
-            if self.config.fsync == "never":
-                os.close(self._wfd)
-            else:
-                self._pending_fds.append(self._wfd)
-            self._wfd = None
-        self.times.seal()
-        while self.segments and self._bytes + self.config.segment_bytes > self.config.max_bytes:
-            self._drop_oldest()
-        path = self.directory / segment_name(self._next_seq)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
-                         0o600)  # fmt: skip
-        except FileExistsError:
-            raise StoreError(f"segment {path} already exists; the store directory was changed "
-                             "behind the agent's back; restart the agent") from None
-        header = encode_file_header(self._next_seq)
-        try:
-            if os.write(fd, header) != len(header):
-                raise OSError(errno.ENOSPC, "short write of a segment header")
-        except OSError:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise
-        self._wfd = fd
-        seg = Segment(path, self._next_seq, len(header))
-        self._add_segment(seg)
-        self._dir_dirty = True
+                self.outages.begin(error, self._next_seq)
+        return written
 
     def _catch_up(self) -> None:
         """Add records appended since the last query to the series index, in bulk."""
-        if self._indexed_seq >= self._next_seq or not self.segments:
+        end = self.segments[-1].last_seq + 1 if self.segments else 0
+        if self._indexed_seq >= end:
             return
         for seg in self.segments[self._reader.segment_for(self._indexed_seq) :]:
             i = seg.index_ge(self._indexed_seq)
             if i < seg.count:
                 self.series.add_records(seg.seq_range(i, seg.count), seg.sids[i:])
-        self._indexed_seq = self._next_seq
+        self._indexed_seq = end
 
-    def _drop_oldest(self) -> None:
+    def _forget(self, seg: Segment) -> None:
+        """The ring is about to delete ``seg``: charge the cursors, trim the indexes."""
         self._catch_up()
-        seg = self.segments.pop(0)
-        del self._bases[0]
-        self._bytes -= seg.size
         if seg.count:
             last = seg.last_seq
             self.cursors.charge_drop(last, lambda pos: seg.count - seg.index_ge(pos))
             self.series.drop_before(last + 1)
             self.times.drop_before(last + 1)
-        self.dropped_segments += 1
-        self.dropped_records += seg.count
-        seg.close()
-        seg.path.unlink(missing_ok=True)
-        self._dir_dirty = True
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -581,9 +433,9 @@ class RingStore:
                 if self._closed:
                     return self._durable_seq
                 target = self._next_seq - 1
-                fds = list(self._pending_fds)
-                wfd = self._wfd
-                dir_dirty, self._dir_dirty = self._dir_dirty, False
+                fds = list(self.files.pending_fds)
+                wfd = self.files.wfd
+                dir_dirty, self.files.dir_dirty = self.files.dir_dirty, False
             try:
                 for fd in fds:
                     os.fdatasync(fd)
@@ -605,7 +457,7 @@ class RingStore:
             with self._mutex:
                 for fd in fds:
                     os.close(fd)
-                    self._pending_fds.remove(fd)
+                    self.files.pending_fds.remove(fd)
                 self._durable_seq = max(self._durable_seq, target)
                 self._durable_changed.notify_all()
                 return self._durable_seq
@@ -643,12 +495,7 @@ class RingStore:
             outages.health.close()
         with self._sync_mutex, self._mutex:
             self._closed = True
-            for fd in [*self._pending_fds, *([self._wfd] if self._wfd is not None else [])]:
-                os.close(fd)
-            self._pending_fds.clear()
-            self._wfd = None
-            for seg in self.segments:
-                seg.close()
+            self.files.close()
             os.close(self._lock_fd)
 
     def __enter__(self) -> RingStore:
@@ -818,7 +665,7 @@ class RingStore:
             newest = next((s.last_seq for s in reversed(self.segments) if s.count), None)
             return StoreStats(
                 records=len(self),
-                bytes=self._bytes,
+                bytes=self.files.bytes,
                 capacity_bytes=self.config.max_bytes,
                 segments=len(self.segments),
                 series=len(self.series.by_pair),
@@ -826,8 +673,8 @@ class RingStore:
                 newest_seq=newest,
                 durable_seq=self._durable_seq,
                 fsync=self.config.fsync,
-                dropped_segments=self.dropped_segments,
-                dropped_records=self.dropped_records,
+                dropped_segments=self.files.dropped_segments,
+                dropped_records=self.files.dropped_records,
                 read_errors=self._reader.read_errors,
                 index_bytes=index,
                 cursors={
