@@ -22,10 +22,14 @@ log = logging.getLogger("meshmon.store")
 NAME = "HEALTH"
 SLOT = 8192
 """Bytes per slot: room for the counters and a recovery report cut to ``MAX_PROBLEMS`` lines."""
-HEAD = struct.Struct("<4sQII")  # magic, generation, body length, crc32 of body
+HEAD = struct.Struct("<4sQII")  # magic, generation, body length, crc32 of generation + body
 MAGIC = b"MMHF"
 MAX_PROBLEMS = 10
 """Recovery problem lines kept in the file (the log has them all)."""
+
+
+def _crc(gen: int, body: bytes) -> int:
+    return crc32(body, crc32(gen.to_bytes(8, "little")))
 
 
 def _slot(raw: bytes) -> tuple[int, dict[str, Any]] | None:
@@ -33,7 +37,7 @@ def _slot(raw: bytes) -> tuple[int, dict[str, Any]] | None:
         return None
     magic, gen, length, crc = HEAD.unpack_from(raw)
     body = raw[HEAD.size : HEAD.size + length]
-    if magic != MAGIC or len(body) != length or crc32(body) != crc:
+    if magic != MAGIC or len(body) != length or _crc(gen, body) != crc:
         return None
     try:
         data = json.loads(body)
@@ -53,9 +57,13 @@ class HealthFile:
         except OSError as exc:  # a full disk at start: saving may fail until space returns
             log.warning("store health file %s cannot be allocated (%s); loss counters are "
                         "persisted once space returns", self.path, exc)  # fmt: skip
-        slots = [_slot(os.pread(self._fd, SLOT, i * SLOT)) for i in (0, 1)]
+        raw = [os.pread(self._fd, SLOT, i * SLOT) for i in (0, 1)]
+        slots = [_slot(r) for r in raw]
         best = max((s for s in slots if s is not None), key=lambda s: s[0], default=None)
         self.generation, self.data = best if best is not None else (0, {})
+        if best is None and any(r.strip(b"\0") for r in raw):
+            log.error("store health file %s is damaged: the counts of results lost to disk "
+                      "failures restart from 0 (the segments are not affected)", self.path)
 
     def save(self, data: dict[str, Any]) -> bool:
         """Persist ``data`` (durable on ``True``); ``False`` if the disk refused it."""
@@ -64,7 +72,7 @@ class HealthFile:
             raise ValueError(f"health state of {len(body)} bytes does not fit a slot")
         gen = self.generation + 1
         try:
-            os.pwrite(self._fd, HEAD.pack(MAGIC, gen, len(body), crc32(body)) + body,
+            os.pwrite(self._fd, HEAD.pack(MAGIC, gen, len(body), _crc(gen, body)) + body,
                       (gen % 2) * SLOT)  # fmt: skip
             os.fdatasync(self._fd)
         except OSError as exc:

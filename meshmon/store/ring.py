@@ -148,11 +148,12 @@ class RingStore:
 
     def _flush_loop(self) -> None:
         while not self._stop_flusher.wait(self.config.fsync_interval):
-            if self.outages.active:
-                self.retry(force=False)
             files = self.files
-            if self._next_seq - 1 > self._durable_seq or files.dir_dirty or files.pending_fds:
+            if (self.outages.active or self._next_seq - 1 > self._durable_seq
+                    or files.dir_dirty or files.pending_fds):  # fmt: skip
                 try:
+                    if self.outages.active:
+                        self.retry(force=False)
                     self.sync()
                 except StoreError as exc:
                     log.error("store %s: background fsync failed: %s", self.directory, exc)
