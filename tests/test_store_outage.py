@@ -286,3 +286,21 @@ def test_a_damaged_health_file_is_said_and_survived(
         assert store.stats().health["lost"] == 0
     assert any("health file" in r.getMessage() and "damaged" in r.getMessage()
                for r in caplog.records)  # fmt: skip
+
+
+def test_a_cursor_the_full_disk_refuses_is_saved_later_and_fails_nothing(tiny_fs: Path) -> None:
+    d = tiny_fs / "store"
+    with RingStore(d, CFG) as store:
+        store.cursor("sync")
+        store.append(1.0, "c", "t", payload(0))
+        junk = fill_disk(tiny_fs)
+        store.cursors.states["sync"].lost = 5  # as a ring wrap would charge it
+        store.cursors.states["sync"].dirty = True
+        store.sync()  # the cursor file cannot be replaced: not a reason to fail the store
+        assert store.stats().health["state"] == "ok"
+        assert store.cursors.states["sync"].dirty
+        junk.unlink()
+        store.sync()
+        assert not store.cursors.states["sync"].dirty
+    with RingStore(d, CFG) as store:
+        assert store.cursor("sync").lost == 5

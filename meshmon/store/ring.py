@@ -444,17 +444,16 @@ class RingStore:
                     os.fdatasync(wfd)
                 if dir_dirty:
                     cur.fsync_dir(self.directory)
-                with self._cursor_io:
-                    with self._mutex:
-                        dirty = self.cursors.take_dirty()
-                    for state in dirty:
-                        cur.save_cursor(self.cursor_dir, state)
             except OSError as exc:
                 with self._mutex:
                     self._failed = exc
                 raise StoreFailed(f"fsync in {self.directory} failed: {exc}; records since seq "
                                   f"{self._durable_seq} may not be on disk; restart the agent "
                                   "once the disk is fixed") from exc  # fmt: skip
+            with self._cursor_io:
+                with self._mutex:
+                    dirty = self.cursors.take_dirty()
+                self.cursors.save(dirty)  # a refusing disk keeps them dirty, for the next sync
             with self._mutex:
                 for fd in fds:
                     os.close(fd)
