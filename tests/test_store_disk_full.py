@@ -142,3 +142,48 @@ def test_a_full_data_dir_is_survived_and_nothing_is_lost(mesh: LocalMesh, agent:
     assert log.count("writes recovered") == 1
     assert f"{last['buffered']} results buffered, {last['written']} written, 0 lost" in log
     assert "cannot store a result" not in log
+
+
+def test_overflow_is_counted_persisted_and_shown_after_a_restart(
+    mesh: LocalMesh, agent: AgentProc
+) -> None:
+    agent.extra_config = CONFIG.replace("[store]", '[store]\nbuffer_bytes = "2KiB"')
+    agent.start()
+    mesh.wait_up(agent)
+    wait_for(
+        "results written before the outage",
+        lambda: store_status(agent)["durable_seq"] >= 5,
+        timeout=30,
+    )
+    junk = fill(agent.folder / "data")
+    overflowing = wait_for("results to be dropped once the buffer is full",
+                           lambda: (s := store_status(agent))["lost_disk"] >= 3 and s,
+                           timeout=30)  # fmt: skip
+    assert overflowing["state"] == "failing" and overflowing["degraded"]
+    assert 0 < overflowing["buffered"] < 20 and overflowing["lost"] >= 3
+    written = overflowing["newest_seq"]
+
+    agent.stop()  # with the disk still full: the buffer cannot be saved and is lost too
+    log = agent.log_text()
+    assert log.count("outage buffer is full") == 1
+    closing = [line for line in log.splitlines() if "closing while writes still fail" in line]
+    assert len(closing) == 1
+    total = int(closing[0].split("(total lost ")[1].split(")")[0])
+    abandoned = int(closing[0].split("): ")[1].split(" buffered")[0])
+    assert total > abandoned > 0
+
+    junk.unlink()
+    agent.start()
+    mesh.wait_up(agent)
+    after = wait_for("results written after the restart",
+                     lambda: (s := store_status(agent))["durable_seq"] >= written + abandoned + 3
+                     and s, timeout=30)  # fmt: skip
+    assert after["state"] == "ok" and not after["degraded"]
+    assert after["lost_disk"] == after["lost"] == total  # persisted across the restart
+    assert after["last_outage"]["lost"] == total and after["last_outage"]["recovered_at"] is None
+    assert "store: ok" in status_text(agent) and f"{total} results lost" in status_text(agent)
+    seqs = sorted(r["seq"] for r in agent.api("results", check="local-ping", limit=100000))
+    # one gap: the seqs of the abandoned buffer, skipped, never given to another result
+    gaps = [(a, b) for a, b in zip(seqs, seqs[1:], strict=False) if b != a + 1]
+    assert seqs[0] == 1 and len(gaps) == 1 and gaps[0][1] - gaps[0][0] - 1 == abandoned
+    assert gaps[0][0] >= written

@@ -172,7 +172,8 @@ def test_overflow_is_counted_and_persisted_across_reopen(
         health = store.stats().health
         assert health["lost"] == dropped + buffered
         assert health["last_outage"]["lost"] == dropped + buffered
-        assert store.next_seq == i + 1 - buffered  # the buffered seqs were never stored
+        assert store.stats().newest_seq == i - buffered  # the buffered never reached disk,
+        assert store.next_seq == i + 1  # and their seqs are not given out again
     junk.unlink()
     with RingStore(d, cfg) as store:
         assert store.stats().health["lost"] == dropped + buffered

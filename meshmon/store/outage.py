@@ -17,7 +17,8 @@ buffered record instead would break a seq already returned to its appender.
 Buffered records live in memory only. The outage (its first seq and how many records are
 pending) is saved to the health file (:mod:`meshmon.store.health`) when it starts and at most
 once a second while records are buffered. If the agent dies during an outage, the next open
-counts the pending records as lost and skips their seqs, so no seq is given out twice.
+counts the pending records as lost and skips their seqs, so no seq is given out twice; so does a clean stop that finds the
+disk still refusing (:meth:`Outages.abandon`).
 
 The log says it once when an outage starts (with the reason and what to do), once when the
 buffer first overflows, every ``REMINDER`` seconds while it lasts, and once when it ends.
@@ -117,6 +118,8 @@ class Outages:
         """Records ever dropped because the disk failed (persisted)."""
         self.last: dict[str, Any] | None = data.get("last_outage")
         self.recovery: dict[str, Any] | None = data.get("recovery")
+        self.seq_floor = int(data.get("seq_floor", 0))
+        """Seqs below this were given to buffered records that never reached disk."""
         self.current: Outage | None = None
         self._crashed: dict[str, Any] | None = data.get("outage")
 
@@ -126,18 +129,18 @@ class Outages:
         """After recovery: count what a crash during an outage lost; return the next seq,
         moved past every seq given to a buffered record that never reached disk."""
         crashed, self._crashed = self._crashed, None
-        if crashed is None:
-            return next_seq
-        end = int(crashed["first_seq"]) + int(crashed["pending"])
-        missing = max(0, end - next_seq)
-        self.lost += missing
-        self.last = {**crashed, "recovered_at": None, "lost_in_crash": missing}
-        log.error("store %s: the agent stopped during a disk outage (since %s, %s); %d buffered "
-                  "results were lost (at least; seqs %d..%d skipped); total lost %d",
-                  self.directory, _clock(crashed["since"]), crashed["reason"], missing,
-                  next_seq, end - 1, self.lost)  # fmt: skip
-        self.save()
-        return max(next_seq, end)
+        if crashed is not None:
+            end = int(crashed["first_seq"]) + int(crashed["pending"])
+            missing = max(0, end - next_seq)
+            self.lost += missing
+            self.seq_floor = max(self.seq_floor, end)
+            self.last = {**crashed, "recovered_at": None, "lost_in_crash": missing}
+            log.error("store %s: the agent stopped during a disk outage (since %s, %s); %d "
+                      "buffered results were lost (at least; seqs %d..%d skipped); total lost %d",
+                      self.directory, _clock(crashed["since"]), crashed["reason"], missing,
+                      next_seq, end - 1, self.lost)  # fmt: skip
+            self.save()
+        return max(next_seq, self.seq_floor)
 
     def note_recovery(self, report: dict[str, Any]) -> None:
         """Keep the report of a recovery that found damage."""
@@ -243,6 +246,7 @@ class Outages:
         n = len(o.buffer)
         o.lost += n
         self.lost += n
+        self.seq_floor = max(self.seq_floor, o.first_seq + n)
         log.error("store %s: closing while writes still fail (%s): %d buffered results are "
                   "lost (total lost %d); %s", self.directory, o.reason, n, self.lost,
                   advice(o.reason, self.directory))  # fmt: skip
@@ -255,8 +259,8 @@ class Outages:
 
     def save(self) -> None:
         """Persist counters and reports (best effort: a refusing disk is retried next time)."""
-        data: dict[str, Any] = {"version": 1, "lost": self.lost, "last_outage": self.last,
-                                "recovery": self.recovery}  # fmt: skip
+        data: dict[str, Any] = {"version": 1, "lost": self.lost, "seq_floor": self.seq_floor,
+                                "last_outage": self.last, "recovery": self.recovery}  # fmt: skip
         o = self.current
         if o is not None:
             o.saved_at = self.clock()
