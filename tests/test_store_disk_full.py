@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,6 @@ def test_overflow_is_counted_persisted_and_shown_after_a_restart(
     assert "store: ok" in status_text(agent) and f"{total} results lost" in status_text(agent)
     seqs = sorted(r["seq"] for r in agent.api("results", check="local-ping", limit=100000))
     # one gap: the seqs of the abandoned buffer, skipped, never given to another result
-    gaps = [(a, b) for a, b in zip(seqs, seqs[1:], strict=False) if b != a + 1]
+    gaps = [(a, b) for a, b in pairwise(seqs) if b != a + 1]
     assert seqs[0] == 1 and len(gaps) == 1 and gaps[0][1] - gaps[0][0] - 1 == abandoned
     assert gaps[0][0] >= written

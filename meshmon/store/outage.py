@@ -17,8 +17,8 @@ buffered record instead would break a seq already returned to its appender.
 Buffered records live in memory only. The outage (its first seq and how many records are
 pending) is saved to the health file (:mod:`meshmon.store.health`) when it starts and at most
 once a second while records are buffered. If the agent dies during an outage, the next open
-counts the pending records as lost and skips their seqs, so no seq is given out twice; so does a clean stop that finds the
-disk still refusing (:meth:`Outages.abandon`).
+counts the pending records as lost and skips their seqs, so no seq is given out twice. A clean
+stop that finds the disk still refusing does the same (:meth:`Outages.abandon`).
 
 The log says it once when an outage starts (with the reason and what to do), once when the
 buffer first overflows, every ``REMINDER`` seconds while it lasts, and once when it ends.
