@@ -305,3 +305,24 @@ def test_a_cursor_the_full_disk_refuses_is_saved_later_and_fails_nothing(tiny_fs
         assert not store.cursors.states["sync"].dirty
     with RingStore(d, CFG) as store:
         assert store.cursor("sync").lost == 5
+
+
+def test_a_long_buffer_is_written_in_chunks_in_order(
+    tiny_fs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshmon.store import ring
+
+    monkeypatch.setattr(ring, "RESUME_CHUNK", 7)
+    d = tiny_fs / "store"
+    with RingStore(d, CFG, auto_sync=False) as store:  # the owner retries, as the agent does
+        store.append(0.0, "ping", "t0", payload(0))
+        junk = fill_disk(tiny_fs)
+        i = append_until_buffered(store, 1)
+        for _ in range(40):
+            store.append(float(i), "ping", f"t{i % 3}", payload(i))
+            i += 1
+        pending = store.stats().health["buffered"]
+        assert pending > 3 * 7 and not store.retry()  # still full: nothing written, kept
+        junk.unlink()
+        assert store.retry() and store.stats().health["last_outage"]["written"] == pending
+        assert_all_present(store, i)

@@ -79,6 +79,9 @@ from meshmon.store.segment import Segment
 
 log = logging.getLogger("meshmon.store")
 
+RESUME_CHUNK = 1000
+"""Buffered records written per step when an outage ends (~0.3 MB, a few ms)."""
+
 RecordIn = tuple[float, str, str, Any]
 """What ``append_batch`` takes: (timestamp, check, target, payload bytes or a CBOR-able value)."""
 
@@ -330,35 +333,54 @@ class RingStore:
                                 "dropped and counted as lost", kept)  # fmt: skip
         return kept
 
-    def _resume(self, force: bool = False) -> bool:
-        """Write the outage buffer if a retry is due (or ``force``); ``True`` once it is all
-        on disk and the outage is over."""
-        if not (force or self.outages.due()):
+    def _resume(self) -> bool:
+        """Inline retry, when due and ``auto_sync`` is on (else the owner runs :meth:`retry`):
+        write the whole outage buffer; ``True`` once the outage is over."""
+        if not (self.auto_sync and self.outages.due()):
             return False
+        while (step := self._resume_step()) is None:
+            pass
+        return step
+
+    def _resume_step(self) -> bool | None:
+        """Write up to ``RESUME_CHUNK`` buffered records: ``True`` if that ended the outage,
+        ``False`` if the disk refused, ``None`` if more remain."""
         o = self.outages.current
         assert o is not None
-        while o.buffer:
-            chunk = o.buffer[:10_000]  # bounds the framing buffer of a long outage
+        chunk = o.buffer[:RESUME_CHUNK]
+        if chunk:
             tss, checks, targets, payloads = zip(*chunk, strict=True)
             written = self._write_records(tss, list(map(self._intern, checks, targets)),
                                           payloads)  # fmt: skip
             self.outages.written(written)
             if written < len(chunk):
                 return False
-        if self.config.fsync == "never":
-            self._durable_seq = self._next_seq - 1
+            if self.config.fsync == "never":
+                self._durable_seq = self._next_seq - 1
+            if o.buffer:
+                return None
         self.outages.end()
         return True
 
     def retry(self, force: bool = True) -> bool:
         """Try to write the outage buffer now (or only if the backoff says so, without
-        ``force``); ``True`` if the store is writing normally (no outage, or it just ended)."""
+        ``force``); ``True`` if the store is writing normally (no outage, or it just ended).
+
+        The mutex is released between chunks of ``RESUME_CHUNK`` records, so appends (which
+        go to the end of the buffer meanwhile) never wait for a whole long buffer.
+        """
         with self._mutex:
             self._check_writable()
-            ok = not self.outages.active or self._resume(force)
-        if ok and self.config.fsync == "always" and self.auto_sync:
+            if self.outages.active and not (force or self.outages.due()):
+                return False
+        step: bool | None = None
+        while step is None:
+            with self._mutex:
+                self._check_writable()
+                step = self._resume_step() if self.outages.active else True
+        if step and self.config.fsync == "always" and self.auto_sync:
             self.sync()
-        return ok
+        return step
 
     def is_buffered(self, seq: int) -> bool:
         """Record ``seq`` is in the outage buffer (in memory, not yet written)."""
@@ -485,8 +507,7 @@ class RingStore:
         try:
             if self._failed is None:
                 if outages is not None and outages.active:
-                    with self._mutex:
-                        self._resume(force=True)
+                    self.retry()
                 self.sync()
         except StoreError as exc:
             log.error("store %s: final sync failed: %s", self.directory, exc)
