@@ -175,10 +175,7 @@ class RingStore:
             self.files.add(seg)
         self.files.dir_dirty = bool(info.bad_files)
         for seg in self.segments:
-            self.times.add(
-                seg.seqs if seg.seqs is not None else range(seg.base_seq, seg.last_seq + 1),
-                seg.tss,
-            )
+            self.times.add(seg.seq_range(0, seg.count), seg.tss)
             self.times.seal()
         self._durable_seq = self._next_seq - 1
         try:
@@ -187,7 +184,10 @@ class RingStore:
             self.outages.begin(exc, self._next_seq)
         self.files.drop_empty_sealed()
         self.cursors.reconcile(self.oldest_seq or self._next_seq)
-        self._fsync_quietly()
+        try:
+            self.sync()
+        except StoreError as exc:
+            log.error("store %s: sync after recovery failed: %s", self.directory, exc)
         info.seconds = time.perf_counter() - started
         if info.problems:
             self.outages.note_recovery(recovery_report(
@@ -198,12 +198,6 @@ class RingStore:
         else:
             log.info("store %s opened: %d records in %d segments (%.2fs)",
                      self.directory, info.records, info.segments, info.seconds)  # fmt: skip
-
-    def _fsync_quietly(self) -> None:
-        try:
-            self.sync()
-        except StoreError as exc:
-            log.error("store %s: sync after recovery failed: %s", self.directory, exc)
 
     # ----------------------------------------------------------------------------- writing
 
@@ -292,16 +286,14 @@ class RingStore:
                 raise InvalidRecord(f"a record of {max(blens) + FRAME_OVERHEAD} bytes does not "
                                     f"fit in a segment ({limit + FRAME_OVERHEAD} bytes); raise "
                                     "store.segment_bytes")  # fmt: skip
-            if self.outages.active and not self._resume():
-                rest = list(zip(tss, checks, targets, payloads, strict=True))
-                return self._buffer(rest, self.next_seq)
-            seq0 = self._next_seq
-            written = self._write_records(tss, sids, payloads)
+            seq0 = self.next_seq
+            written = 0
+            if not self.outages.active or self._resume():
+                seq0 = self._next_seq
+                written = self._write_records(tss, sids, payloads)
             if written < n:
                 rest = list(zip(tss, checks, targets, payloads, strict=True))[written:]
                 return self._buffer(rest, seq0)
-            if self.config.fsync == "never":
-                self._durable_seq = self._next_seq - 1
             sync_now = self.config.fsync == "always" and self.auto_sync
         if sync_now:
             self.sync()
@@ -355,8 +347,6 @@ class RingStore:
             self.outages.written(written)
             if written < len(chunk):
                 return False
-            if self.config.fsync == "never":
-                self._durable_seq = self._next_seq - 1
             if o.buffer:
                 return None
         self.outages.end()
@@ -408,6 +398,8 @@ class RingStore:
         sizes = list(map(add, blens, repeat(FRAME_OVERHEAD, len(blens))))
         written, error = self.files.write_frames(memoryview(buf), seq0, sizes, tss, sids)
         self._next_seq = seq0 + written
+        if self.config.fsync == "never":
+            self._durable_seq = self._next_seq - 1
         if error is not None:
             if self.outages.active:
                 self.outages.retry_failed(error)
@@ -684,26 +676,17 @@ class RingStore:
             index = sum(seg.index_bytes() for seg in self.segments)
             index += self.series.memory_entries() * 8
             newest = next((s.last_seq for s in reversed(self.segments) if s.count), None)
+            files = self.files
             return StoreStats(
-                records=len(self),
-                bytes=self.files.bytes,
-                capacity_bytes=self.config.max_bytes,
-                segments=len(self.segments),
-                series=len(self.series.by_pair),
-                oldest_seq=self.oldest_seq,
-                newest_seq=newest,
-                durable_seq=self._durable_seq,
-                fsync=self.config.fsync,
-                dropped_segments=self.files.dropped_segments,
-                dropped_records=self.files.dropped_records,
-                read_errors=self._reader.read_errors,
+                records=len(self), bytes=files.bytes, capacity_bytes=self.config.max_bytes,
+                segments=len(self.segments), series=len(self.series.by_pair),
+                oldest_seq=self.oldest_seq, newest_seq=newest, durable_seq=self._durable_seq,
+                fsync=self.config.fsync, dropped_segments=files.dropped_segments,
+                dropped_records=files.dropped_records, read_errors=self._reader.read_errors,
                 index_bytes=index,
-                cursors={
-                    i.name: {"position": i.position, "lost": i.lost, "behind": i.behind}
-                    for i in infos
-                },
-                lost_records=sum(i.lost for i in infos),
-                recovery=self.recovery,
+                cursors={i.name: {"position": i.position, "lost": i.lost, "behind": i.behind}
+                         for i in infos},
+                lost_records=sum(i.lost for i in infos), recovery=self.recovery,
                 health=self.outages.state(self._failed),
-            )
+            )  # fmt: skip
 
