@@ -111,8 +111,9 @@ def store_lines(store: dict[str, Any]) -> list[str]:
                  f"disk accepts them), {lost}"]  # fmt: skip
     last = store.get("last_outage")
     if last:
-        lines.append(f"  last outage: since {clock(last.get('since'))}, "
-                     f"recovered {clock(last.get('recovered_at'))}: "
+        end = (f"recovered {clock(last['recovered_at'])}" if last.get("recovered_at")
+               else "the agent stopped during it")  # fmt: skip
+        lines.append(f"  last outage: since {clock(last.get('since'))}, {end}: "
                      f"{last.get('buffered', 0)} buffered, {last.get('written', 0)} written, "
                      f"{last.get('lost', 0)} lost ({last.get('reason')})")  # fmt: skip
     report = store.get("recovery_report")
