@@ -35,7 +35,7 @@ from meshmon.probes.services import run_probe_services
 from meshmon.results import MonitoringResult, ResultDecodeError, decode_result, encode_result
 from meshmon.scheduler import Scheduler
 from meshmon.seeds import SeedWatch
-from meshmon.store import AsyncRingStore, open_store
+from meshmon.store import AsyncRingStore, RecordDropped, open_store
 from meshmon.version import __version__
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ ECHO_PORT_OFFSET = 1
 """The UDP echo responder listens on the gossip port + 1 (7947 by default)."""
 CRL_POLL = 2.0
 """Seconds between checks of the CRL file for a newer list dropped in by the operator."""
+STORE_ERROR_LOG_EVERY = 60.0
+"""Seconds between log lines about results the store refused (the first is logged at once)."""
 
 
 class AgentError(Exception):
@@ -73,7 +75,11 @@ class Agent:
                                    batch_runner=self._run_batch)
         self.results_written = 0
         self._contexts: dict[str, ProbeContext] = {}
+        self.results_dropped = 0
+        """Refused by a failing store whose buffer was full (the store counts and logs them)."""
         self.sink_errors = 0
+        self._sink_error_logged = -STORE_ERROR_LOG_EVERY
+        self._sink_errors_logged = 0
         self._crl_mtime = 0.0
 
     @property
@@ -251,10 +257,17 @@ class Agent:
         try:
             await self.store.append_batch(records)
             self.results_written += len(records)
-        except Exception as exc:  # a full or failed disk must not stop probing
+        except RecordDropped as exc:  # the store logs and counts these itself, rate-limited
+            self.results_written += len(exc.kept)
+            self.results_dropped += len(records) - len(exc.kept)
+        except Exception as exc:  # a failed disk must not stop probing
             self.sink_errors += len(records)
-            log.error("cannot store %d result(s) of %s: %s", len(records), items[0][0].check,
-                      exc)  # fmt: skip
+            now = time.monotonic()
+            if now - self._sink_error_logged >= STORE_ERROR_LOG_EVERY:
+                log.error("cannot store %d result(s) of %s: %s (%d results refused since the "
+                          "last such line)", len(records), items[0][0].check, exc,
+                          self.sink_errors - self._sink_errors_logged)  # fmt: skip
+                self._sink_error_logged, self._sink_errors_logged = now, self.sink_errors
 
     # --- the control API's view of the agent (meshmon.control.AgentApi) ---
 
@@ -280,12 +293,27 @@ class Agent:
         }
         if self.store is not None:
             stats = self.store.stats()
+            health = stats.health
             status["store"] = {
-                "records": stats.records, "bytes": stats.bytes,
+                "state": health["state"], "records": stats.records, "bytes": stats.bytes,
                 "capacity_bytes": stats.capacity_bytes, "segments": stats.segments,
-                "dropped_records": stats.dropped_records, "lost": stats.lost_records,
-                "durable_seq": stats.durable_seq, "write_errors": self.sink_errors,
+                "newest_seq": stats.newest_seq, "durable_seq": stats.durable_seq,
+                "dropped_records": stats.dropped_records, "buffered": health["buffered"],
+                "lost": stats.lost_records + health["lost"],
+                "lost_unsynced": stats.lost_records, "lost_disk": health["lost"],
+                "write_errors": self.sink_errors,
             }  # fmt: skip
+            for key in ("since", "reason", "advice"):
+                if key in health:
+                    status["store"][key] = health[key]
+            if health["last_outage"]:
+                status["store"]["last_outage"] = health["last_outage"]
+            if health["recovery_report"]:
+                status["store"]["recovery_report"] = health["recovery_report"]
+            if health["state"] != "ok":
+                status["degraded"] = True
+                status["degraded_reason"] = (f"store {health['state']}: "
+                                             f"{health.get('reason', 'writes refused')}")
         if self.transport is not None:
             status["dropped_datagrams"] = dict(self.transport.drops)
         if self.mesh is not None:

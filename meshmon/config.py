@@ -228,8 +228,15 @@ class StoreConfig:
     fsync: Literal["always", "batch", "never"] = "batch"
     """``batch``: group appends and fsync at most every ``fsync_interval``."""
     fsync_interval: Seconds = Seconds(0.2)
+    buffer_bytes: ByteSize = ByteSize(16 * 2**20)
+    """Memory for results while the disk refuses writes (full, read-only, I/O errors); they
+    are written, in order, once it accepts them again. 16MiB holds ~50,000 ping results
+    (~300 bytes each, Python objects included), 10 minutes at 80 results/s. Beyond it new
+    results are dropped and counted as lost."""
 
     def __post_init__(self) -> None:
+        if self.buffer_bytes < 0:
+            raise FieldError("buffer_bytes", "must be 0 (no buffer) or more")
         if self.segment_bytes < 4096:
             raise FieldError("segment_bytes", "must be at least 4KiB")
         if self.max_bytes < 2 * self.segment_bytes:
