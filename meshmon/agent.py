@@ -273,6 +273,7 @@ class Agent:
             }  # fmt: skip
         if self.transport is not None:
             status["dropped_datagrams"] = dict(self.transport.drops)
+            status["refused_connections"] = dict(self.transport.admission.counts)
         if self.mesh is not None:
             status["membership"] = {"live": self.mesh.core.num_live(),
                                     "awareness": self.mesh.core.awareness,
