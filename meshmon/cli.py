@@ -226,12 +226,14 @@ def demo(
                                             "configs and data go.")] = Path("demo-data"),
 ) -> None:  # fmt: skip
     """Start a local mesh on this machine with a fresh CA; Ctrl-C stops everything."""
-    from meshmon.demo import run_demo
+    from meshmon.demo import DemoError, run_demo
 
     try:
         run_demo(directory, agents)
     except pki.PkiError as exc:
         fail(str(exc))
+    except DemoError as exc:
+        fail(str(exc), exc.exit_code)
 
 
 def main() -> None:
