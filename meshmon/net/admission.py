@@ -91,5 +91,5 @@ class Admission:
                       remote[0], remote[1])  # fmt: skip
             return
         reason = _HINTS[kind].format(timeout=timeout, detail=detail)
-        self._log.warning(kind, "refused TCP connection from %s:%s: %s", remote[0], remote[1],
-                          reason)  # fmt: skip
+        what = "rejected TLS peer" if kind in (CERTIFICATE, HANDSHAKE) else "refused TCP client"
+        self._log.warning(kind, "%s %s:%s: %s", what, remote[0], remote[1], reason)
