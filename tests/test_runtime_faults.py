@@ -10,6 +10,8 @@ import contextlib
 import json
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,3 +163,12 @@ def test_reload_names_restart_only_keys_and_still_applies_checks(tmp_path: Path)
         assert json.dumps(status)  # and the agent answers as before
     finally:
         mesh.close()
+
+
+def test_cli_turns_a_refused_parameter_into_a_usage_error(agent: AgentProc) -> None:
+    proc = subprocess.run([sys.executable, "-m", "meshmon", "results", "--socket",
+                           str(agent.socket), "--since", "nan"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: since: ") and "finite" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -7,6 +7,8 @@ starts with ``error:`` and names the config key to change, and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import socket
@@ -174,3 +176,34 @@ def test_control_socket_path_too_long(tmp_path: Path, certs: Path) -> None:
     proc = run_agent(write_config(tmp_path, certs, extra=f'[control]\nsocket = "{long_path}"\n'))
     line = assert_one_line_error(proc, "control.socket")
     assert "longer than a unix socket path may be" in line
+
+
+def run_demo(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "meshmon", "demo", "--agents", "1", "--dir",
+                           str(tmp_path / "demo")], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env=ENV)  # fmt: skip
+
+
+def test_demo_with_its_web_port_busy(tmp_path: Path) -> None:
+    from meshmon.demo import SERVICE_PORT
+
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):  # already busy (another demo): just as good
+            busy.bind(("127.0.0.1", SERVICE_PORT))
+            busy.listen()
+        proc = run_demo(tmp_path)
+    line = assert_one_line_error(proc, f"127.0.0.1:{SERVICE_PORT}")
+    assert "another meshmon demo" in line
+
+
+def test_demo_refuses_the_folder_of_a_running_demo(tmp_path: Path) -> None:
+    lock = tmp_path / "demo" / "agent-1" / "data" / "store" / "LOCK"
+    lock.parent.mkdir(parents=True)
+    (tmp_path / "demo" / "agent-1" / "agent.log").write_text("precious\n")
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the running demo's agent does
+        proc = run_demo(tmp_path)
+    line = assert_one_line_error(proc, str(tmp_path / "demo"), "--dir")
+    assert "still running" in line
+    assert (tmp_path / "demo" / "agent-1" / "agent.log").read_text() == "precious\n"
