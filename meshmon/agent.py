@@ -28,14 +28,21 @@ from meshmon.config import AgentConfig, CheckConfig, split_host_port
 from meshmon.control import ResultQuery, serve_control
 from meshmon.membership import NodeMeta, State
 from meshmon.mesh import MeshService
-from meshmon.net import MeshTransport, TransportConfig
+from meshmon.net import ListenError, MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
 from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_probe_batch
 from meshmon.probes.services import run_probe_services
 from meshmon.results import MonitoringResult, ResultDecodeError, decode_result, encode_result
 from meshmon.scheduler import Scheduler
 from meshmon.seeds import SeedWatch
-from meshmon.store import AsyncRingStore, RecordDropped, open_store
+from meshmon.startup import (
+    AgentError,
+    control_socket_error,
+    echo_error,
+    listen_error,
+    open_data_store,
+)
+from meshmon.store import AsyncRingStore, RecordDropped
 from meshmon.version import __version__
 
 log = logging.getLogger(__name__)
@@ -46,10 +53,6 @@ CRL_POLL = 2.0
 """Seconds between checks of the CRL file for a newer list dropped in by the operator."""
 STORE_ERROR_LOG_EVERY = 60.0
 """Seconds between log lines about results the store refused (the first is logged at once)."""
-
-
-class AgentError(Exception):
-    """The agent cannot start; the message says what to fix."""
 
 
 class Agent:
@@ -124,12 +127,15 @@ class Agent:
         cfg = self.config
         listen = cfg.listen
         seeds = [split_host_port(s) for s in cfg.mesh.seeds]
-        async with open_store(cfg.node.data_dir / "store", cfg.store) as store:
+        async with open_data_store(cfg.node.data_dir, cfg.store) as store:
             self.store = store
             async with trio.open_nursery() as nursery:
                 transport = MeshTransport(self.identity, self.trust, TransportConfig(
                     host=listen.address, udp_port=listen.udp_port, tcp_port=listen.tcp_port))
-                await nursery.start(transport.run)
+                try:
+                    await nursery.start(transport.run)
+                except* ListenError as group:
+                    raise listen_error(group, listen) from group
                 self.transport = transport
                 self.tcp_port = transport.tcp_address[1]
                 self.probe_context = await self._start_probes(nursery)
@@ -142,20 +148,28 @@ class Agent:
                 await nursery.start(self.scheduler.run)
                 self._view_changed()
                 nursery.start_soon(self._watch_crl_file)
-                await nursery.start(serve_control, self, cfg.control_socket)
+                try:
+                    await nursery.start(serve_control, self, cfg.control_socket)
+                except* OSError as group:
+                    raise control_socket_error(group, cfg.control_socket,
+                                               configured=cfg.control.socket is not None) from group
                 log.info("%s", self.describe())
                 task_status.started(self)
 
     async def _start_probes(self, nursery: trio.Nursery) -> ProbeContext:
         listen = self.config.listen
+        echo_port = listen.udp_port + ECHO_PORT_OFFSET if listen.udp_port else 0
         start = functools.partial(run_probe_services, self.name, echo_address=listen.address,
-                                  echo_port=listen.udp_port + ECHO_PORT_OFFSET if listen.udp_port
-                                  else 0)  # fmt: skip
+                                  echo_port=echo_port)  # fmt: skip
         try:
-            ctx: ProbeContext = await nursery.start(start)
-        except IcmpPermissionError as exc:
-            log.error("ICMP is unavailable, ping and ICMP traces will report errors: %s", exc)
-            ctx = await nursery.start(functools.partial(start, enable_icmp=False))
+            try:
+                ctx: ProbeContext = await nursery.start(start)
+            except* IcmpPermissionError as group:
+                log.error("ICMP is unavailable, ping and ICMP traces will report errors: %s",
+                          group.exceptions[0])  # fmt: skip
+                ctx = await nursery.start(functools.partial(start, enable_icmp=False))
+        except* OSError as group:
+            raise echo_error(group, listen.address, echo_port) from group
         return ctx
 
     async def stop(self) -> None:
@@ -316,6 +330,7 @@ class Agent:
                                              f"{health.get('reason', 'writes refused')}")
         if self.transport is not None:
             status["dropped_datagrams"] = dict(self.transport.drops)
+            status["refused_connections"] = dict(self.transport.admission.counts)
         if self.mesh is not None:
             status["membership"] = {"live": self.mesh.core.num_live(),
                                     "awareness": self.mesh.core.awareness,

@@ -40,7 +40,14 @@ LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning
 LogFormat = Annotated[str, typer.Option("--log-format", help="text or json (one object a line).")]
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
+EXIT_FAILURE = 1
+"""A runtime failure: the agent stopped on an unexpected error, or no agent answered."""
+EXIT_USAGE = 2
+"""Usage or configuration error, including an agent that cannot start as configured on this
+host (address not here, port in use, data_dir unusable or in use): fix, then run again."""
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``error: message`` to stderr and exit."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -192,7 +199,6 @@ def agent_run(
     log_format: LogFormat = "",
 ) -> None:
     """Run an agent in the foreground until SIGINT/SIGTERM (then leave the mesh gracefully)."""
-    from meshmon.agent import AgentError
     from meshmon.configcheck import load_checked
     from meshmon.runner import run_agent
 
@@ -207,10 +213,26 @@ def agent_run(
     setup_logging(level, fmt)  # type: ignore[arg-type]
     try:
         run_agent(cfg, config)
-    except (pki.PkiError, AgentError) as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot start: {exc}; is another agent using the same address and port?")
+    except Exception as exc:  # trio wraps the agent's errors in ExceptionGroups
+        _agent_failed(exc)
+
+
+def _agent_failed(exc: Exception) -> NoReturn:
+    """Exit with the one line an :class:`AgentError` or :class:`PkiError` inside ``exc`` gives;
+    anything else is a bug: its traceback goes to the log, then one line says so."""
+    import logging
+
+    from meshmon.startup import AgentError, find
+
+    fault = find(exc, AgentError) or find(exc, pki.PkiError)
+    if fault is not None:
+        fail(str(fault), EXIT_USAGE)
+    logging.getLogger("meshmon").error("the agent stopped on an unexpected error", exc_info=exc)
+    leaf: BaseException = exc
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    fail(f"the agent stopped on an unexpected error ({type(leaf).__name__}: {leaf}); this is "
+         "a bug: please report it with the traceback logged above", EXIT_FAILURE)  # fmt: skip
 
 
 @app.command("demo")
@@ -220,12 +242,14 @@ def demo(
                                             "configs and data go.")] = Path("demo-data"),
 ) -> None:  # fmt: skip
     """Start a local mesh on this machine with a fresh CA; Ctrl-C stops everything."""
-    from meshmon.demo import run_demo
+    from meshmon.demo import DemoError, run_demo
 
     try:
         run_demo(directory, agents)
     except pki.PkiError as exc:
         fail(str(exc))
+    except DemoError as exc:
+        fail(str(exc), exc.exit_code)
 
 
 def main() -> None:

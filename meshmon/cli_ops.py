@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from meshmon.configload import ConfigError
-from meshmon.control import ControlClient, ControlError
+from meshmon.control import BadParameter, ControlClient, ControlError
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="The agent's config file "
                                                 "(to find its control socket).")]  # fmt: skip
@@ -53,6 +53,9 @@ def fetch(config: Path | None, socket: Path | None, endpoint: str, **params: Any
     client = ControlClient(socket_path(config, socket))
     try:
         return client.get(endpoint, **params)
+    except BadParameter as exc:  # a usage error, as a bad option is
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except ControlError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

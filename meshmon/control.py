@@ -18,13 +18,16 @@ Endpoints (all ``GET``, all JSON):
 ``/v1/results``       stored results; query ``check``, ``target``, ``since`` (seconds, or a
                       duration like ``10m``), ``until``, ``limit``, ``latest=1``
 
-A bad query parameter answers 400 with ``{"error": ..., "parameter": ...}``.
+A bad query parameter (unknown, repeated, empty, or not a finite non-negative time: ``nan``,
+``inf`` and negative values included) answers 400 with ``{"error": ..., "parameter": ...}``; an
+endpoint without parameters refuses any. A WebSocket upgrade answers 400 (JSON reason).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -80,18 +83,45 @@ class AgentApi(Protocol):
     def api_results(self, query: ResultQuery) -> list[dict[str, Any]]: ...
 
 
+_TIME_HELP = 'give seconds ago, a duration such as "10m", or a Unix timestamp'
+
+
 def _time_param(name: str, text: str, now: float) -> float:
     """``since``/``until``: an epoch timestamp, or a duration meaning "that long ago"."""
     try:
         value = float(text)
     except ValueError:
         try:
-            return now - parse_duration(text)
+            ago = parse_duration(text)
         except ValueError as exc:
-            raise BadParameter(name, str(exc)) from None
+            raise BadParameter(name, f"{exc}; {_TIME_HELP}") from None
+        if not math.isfinite(ago):
+            raise BadParameter(name, f"{text!r} is too long ago; {_TIME_HELP}") from None
+        return now - ago
+    if not math.isfinite(value) or value < 0:
+        raise BadParameter(name, f"{text!r} is not a finite, non-negative time; {_TIME_HELP}")
     if value > 10**8:  # an epoch timestamp
         return value
     return now - value
+
+
+def single_values(params: Mapping[str, list[str]], allowed: frozenset[str]) -> dict[str, str]:
+    """One value per parameter, each allowed for the endpoint.
+
+    Raises:
+        BadParameter: an unknown parameter, or one given more than once.
+    """
+    for name, values in params.items():
+        if name not in allowed:
+            what = f"allowed: {', '.join(sorted(allowed))}" if allowed else "this endpoint has none"
+            raise BadParameter(name, f"unknown parameter; {what}")
+        if len(values) > 1:
+            raise BadParameter(name, f"given {len(values)} times; give it once")
+    return {name: values[0] for name, values in params.items()}
+
+
+RESULT_PARAMS = frozenset({"check", "target", "since", "until", "limit", "latest"})
+MAX_LIMIT = 100_000
 
 
 def parse_result_query(params: Mapping[str, list[str]], now: float) -> ResultQuery:
@@ -100,33 +130,41 @@ def parse_result_query(params: Mapping[str, list[str]], now: float) -> ResultQue
     Raises:
         BadParameter: naming the parameter and what is allowed.
     """
-    allowed = {"check", "target", "since", "until", "limit", "latest"}
-    for name in params:
-        if name not in allowed:
-            raise BadParameter(name, f"unknown parameter; allowed: {', '.join(sorted(allowed))}")
-
-    def one(name: str) -> str | None:
-        values = params.get(name)
-        return values[-1] if values else None
-
-    limit_text = one("limit")
+    given = single_values(params, RESULT_PARAMS)
+    for name in ("check", "target"):
+        if given.get(name) == "":
+            raise BadParameter(name, f"empty; give a {name} name or leave {name} out")
     limit = 1000
-    if limit_text is not None:
-        if not limit_text.isdigit() or not 0 < int(limit_text) <= 100_000:
-            raise BadParameter("limit", f"{limit_text!r} is not a number in 1..100000")
-        limit = int(limit_text)
-    since, until = one("since"), one("until")
-    latest = one("latest")
+    if "limit" in given:
+        text = given["limit"]
+        if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_LIMIT:
+            raise BadParameter("limit", f"{text!r} is not a whole number in 1..{MAX_LIMIT}")
+        limit = int(text)
+    latest = given.get("latest")
     if latest not in (None, "0", "1", "true", "false"):
         raise BadParameter("latest", f"{latest!r}: use 1 or 0")
+    since = _time_param("since", given["since"], now) if given.get("since") else None
+    until = _time_param("until", given["until"], now) if given.get("until") else None
+    if since is not None and until is not None and since > until:
+        raise BadParameter("since", "is later than until; swap them")
     return ResultQuery(
-        check=one("check"),
-        target=one("target"),
-        since=_time_param("since", since, now) if since else None,
-        until=_time_param("until", until, now) if until else None,
+        check=given.get("check"),
+        target=given.get("target"),
+        since=since,
+        until=until,
         limit=limit,
         latest=latest in ("1", "true"),
     )
+
+
+def _no_params(answer: Callable[[], Any]) -> Callable[[Mapping[str, list[str]]], Any]:
+    """A handler for an endpoint that takes no parameters (any given is a 400)."""
+
+    def handler(params: Mapping[str, list[str]]) -> Any:
+        single_values(params, frozenset())
+        return answer()
+
+    return handler
 
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -139,9 +177,9 @@ class ControlApp:
     def __init__(self, agent: AgentApi) -> None:
         self.agent = agent
         self.routes: dict[str, Callable[[Mapping[str, list[str]]], Any]] = {
-            f"{API_PREFIX}/status": lambda _: self.agent.api_status(),
-            f"{API_PREFIX}/members": lambda _: self.agent.api_members(),
-            f"{API_PREFIX}/assignments": lambda _: self.agent.api_assignments(),
+            f"{API_PREFIX}/status": _no_params(self.agent.api_status),
+            f"{API_PREFIX}/members": _no_params(self.agent.api_members),
+            f"{API_PREFIX}/assignments": _no_params(self.agent.api_assignments),
             f"{API_PREFIX}/results": lambda q: self.agent.api_results(
                 parse_result_query(q, time.time())
             ),
@@ -156,17 +194,25 @@ class ControlApp:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["type"] == "websocket":
+            await self._refuse_websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         status, body = self.dispatch(scope["method"], scope["path"],
                                      scope.get("query_string", b""))  # fmt: skip
-        payload = json.dumps(body, default=str).encode()
-        await send({
-            "type": "http.response.start", "status": status,
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(payload)).encode())],
-        })  # fmt: skip
-        await send({"type": "http.response.body", "body": payload})
+        await _send_json(send, "http.response", status, body)
+
+    async def _refuse_websocket(self, scope: dict[str, Any], receive: Receive,
+                                send: Send) -> None:  # fmt: skip
+        """Answer a WebSocket upgrade with 400 and a JSON reason (403 if the server cannot)."""
+        await receive()  # websocket.connect
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await _send_json(send, "websocket.http.response", 400, {
+                "error": "the control API does not speak WebSocket; send plain HTTP GET "
+                         f"requests to {', '.join(sorted(self.routes))}"})  # fmt: skip
+        else:  # closing before accepting makes the server answer 403
+            await send({"type": "websocket.close", "code": 1008})
 
     def dispatch(self, method: str, path: str, query_string: bytes) -> tuple[int, Any]:
         """Answer one request: (HTTP status, JSON body)."""
@@ -183,6 +229,17 @@ class ControlApp:
         except Exception as exc:  # an API bug must not take the agent down
             log.exception("control API error on %s", path)
             return 500, {"error": f"internal error: {exc}"}
+
+
+async def _send_json(send: Send, kind: str, status: int, body: Any) -> None:
+    """Send one JSON response; ``kind`` is ``http.response`` or ``websocket.http.response``."""
+    payload = json.dumps(body, default=str).encode()
+    await send({
+        "type": f"{kind}.start", "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode())],
+    })  # fmt: skip
+    await send({"type": f"{kind}.body", "body": payload})
 
 
 async def serve_control(
@@ -239,7 +296,12 @@ class ControlClient:
         )
 
     def get(self, endpoint: str, **params: Any) -> Any:
-        """GET ``/v1/<endpoint>``; raises :class:`ControlError` with a next step on failure."""
+        """GET ``/v1/<endpoint>``; raises :class:`ControlError` with a next step on failure.
+
+        Raises:
+            BadParameter: the agent refused a parameter (a usage error).
+            ControlError: no agent answers, or it failed.
+        """
         import httpx
 
         query = {k: v for k, v in params.items() if v is not None}
@@ -259,6 +321,9 @@ class ControlClient:
             raise ControlError(
                 f"control API sent a non-JSON answer ({response.status_code})"
             ) from None
+        if response.status_code == 400 and isinstance(body, dict) and "parameter" in body:
+            parameter = str(body["parameter"])
+            raise BadParameter(parameter, str(body.get("error", "")).removeprefix(f"{parameter}: "))
         if response.status_code != 200:
             raise ControlError(str(body.get("error", body)))
         return body

@@ -9,7 +9,9 @@ from the agents' control APIs until Ctrl-C, which stops everything cleanly.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.server
+import os
 import shutil
 import signal
 import subprocess
@@ -25,6 +27,15 @@ from meshmon.control import ControlClient, ControlError
 
 BASE_PORT = 7946
 SERVICE_PORT = 18080
+
+
+class DemoError(Exception):
+    """The demo cannot start (``exit_code`` 2) or an agent of it stopped (1); the message says
+    what to do."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def agent_config(name: str, address: str, seeds: list[str], tags: list[str]) -> str:
@@ -88,9 +99,23 @@ replicas = 2
 
 
 def prepare(directory: Path, count: int) -> list[Path]:
-    """Make a fresh CA and ``count`` agent folders; returns their config paths."""
-    if directory.exists():
-        shutil.rmtree(directory)
+    """Make a fresh CA and ``count`` agent folders; returns their config paths.
+
+    Raises:
+        DemoError: ``directory`` belongs to a demo that is still running, or cannot be made.
+    """
+    for lock in directory.glob("agent-*/data/store/LOCK"):
+        if _locked(lock):
+            raise DemoError(f"{directory} belongs to a meshmon demo that is still running "
+                            f"({lock.parent.parent.parent.name} holds its store); stop it with "
+                            "Ctrl-C, or pass another --dir")  # fmt: skip
+    try:
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+    except OSError as exc:
+        raise DemoError(f"--dir {directory}: cannot make a fresh folder there "
+                        f"({exc.strerror or exc}); pass another --dir") from exc
     pki.init_ca(directory / "ca")
     configs = []
     seed = f"127.0.0.2:{BASE_PORT}"
@@ -104,6 +129,31 @@ def prepare(directory: Path, count: int) -> list[Path]:
         path.write_text(agent_config(name, address, [] if i == 0 else [seed], tags))
         configs.append(path)
     return configs
+
+
+def _locked(lock: Path) -> bool:
+    """True if a running agent holds the store lock file ``lock``."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing also releases a lock we took
+    return False
+
+
+def last_error(log: Path) -> str:
+    """The ``error:`` line an agent printed before exiting, or its log's last line."""
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    errors = [line for line in lines if line.startswith("error: ")]
+    return (errors or lines or [""])[-1]
 
 
 class _QuietHandler(http.server.BaseHTTPRequestHandler):
@@ -121,7 +171,12 @@ class _QuietHandler(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def web_service() -> Iterator[None]:
     """A tiny HTTP service on 127.0.0.1 for the agents to probe."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", SERVICE_PORT), _QuietHandler)
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", SERVICE_PORT), _QuietHandler)
+    except OSError as exc:
+        raise DemoError(f"cannot serve the demo's web service on 127.0.0.1:{SERVICE_PORT} "
+                        f"({exc.strerror or exc}); is another meshmon demo running? stop it "
+                        "first") from exc
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -189,6 +244,10 @@ def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float =
         time.sleep(0.1)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(directory: Path, count: int) -> None:
     """Start the demo mesh, show it live, stop everything on Ctrl-C."""
     from rich.console import Console
@@ -200,6 +259,7 @@ def run_demo(directory: Path, count: int) -> None:
     console.print(f"meshmon demo: {count} agents; CA, configs and logs in {directory}/")
     procs: list[subprocess.Popen[bytes]] = []
     started = time.time()
+    signal.signal(signal.SIGTERM, _interrupt)  # a plain kill stops the agents too
     try:
         with web_service():
             sockets = {c.parent.name: c.parent / "data" / "control.sock" for c in configs}
@@ -216,9 +276,10 @@ def run_demo(directory: Path, count: int) -> None:
                     dead = [c.parent.name for c, p in zip(configs, procs, strict=True)
                             if p.poll() is not None]  # fmt: skip
                     if dead:
-                        console.print(f"[red]agent(s) exited: {', '.join(dead)}; see "
-                                      f"{directory}/<agent>/agent.log[/red]")  # fmt: skip
-                        break
+                        why = "; ".join(f"{name}: {last_error(directory / name / 'agent.log')}"
+                                        for name in dead)  # fmt: skip
+                        raise DemoError(f"agent(s) exited, so the demo stops. {why} (full logs: "
+                                        f"{directory}/<agent>/agent.log)", exit_code=1)  # fmt: skip
                     live.update(render(snapshot(sockets), started))
                     time.sleep(1.0)
     except KeyboardInterrupt:

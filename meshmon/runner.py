@@ -2,7 +2,9 @@
 
 SIGINT/SIGTERM: leave the mesh gracefully, then stop. SIGHUP, or a change of the config file's
 modification time: reload the checks (a config that fails validation is logged and ignored, the
-running one stays).
+running one stays). Only ``checks`` can change in a running agent; a reload that changes any
+other key (profile, listen address and ports, TLS files, node name, data_dir, store...) says so
+in one WARNING naming those keys, and they take effect at the next restart.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from meshmon.agent import Agent
 from meshmon.config import AgentConfig
 from meshmon.configcheck import load_checked
-from meshmon.configload import ConfigError
+from meshmon.configload import ConfigError, encode
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +34,33 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+RELOADABLE = frozenset({"checks"})
+"""Top-level config keys a running agent applies on reload; every other key needs a restart."""
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+        return out
+    return {prefix: data}
+
+
+def restart_only_changes(running: AgentConfig, new: AgentConfig) -> list[str]:
+    """Dotted keys (``mesh.profile``, ``listen.udp_port``) that differ, outside RELOADABLE."""
+    old_keys, new_keys = _flatten(encode(running)), _flatten(encode(new))
+    return sorted(key for key in old_keys.keys() | new_keys.keys()
+                  if key.split(".")[0] not in RELOADABLE
+                  and old_keys.get(key) != new_keys.get(key))  # fmt: skip
+
+
 def reload_from(agent: Agent, path: Path) -> bool:
     """Re-read ``path`` and apply its checks; returns False (and logs why) if it is invalid.
 
     The new config passes exactly the checks of ``meshmon config check`` and agent start.
+    Keys that only a restart applies are named in one WARNING when they differ from the running
+    config; the checks are applied all the same.
     """
     try:
         config = load_checked(path)
@@ -42,7 +68,12 @@ def reload_from(agent: Agent, path: Path) -> bool:
         for error in getattr(exc, "errors", [exc]):
             log.error("config reload refused, keeping the running config: %s", error)
         return False
+    pending = restart_only_changes(agent.config, config)
     agent.reload(config)
+    if pending:
+        log.warning("config reload: %s changed in %s, which a running agent cannot apply; "
+                    "restart the agent for it to take effect (the checks were reloaded)",
+                    ", ".join(pending), path)  # fmt: skip
     return True
 
 

@@ -1,8 +1,10 @@
 """The only code that touches sockets: mTLS TCP streams, sealed UDP, the mesh transport."""
 
+from meshmon.net.admission import Admission
 from meshmon.net.frames import FrameError
 from meshmon.net.memory import MemoryNetwork, MemoryTransport
 from meshmon.net.tls import (
+    ListenError,
     MeshConnectionError,
     MtlsStream,
     PeerRejectedError,
@@ -26,8 +28,10 @@ from meshmon.net.transport import (
 __all__ = [
     "PURPOSE_ECHO",
     "PURPOSE_MEMBERSHIP",
+    "Admission",
     "Datagram",
     "FrameError",
+    "ListenError",
     "MemoryNetwork",
     "MemoryTransport",
     "MeshConnectionError",

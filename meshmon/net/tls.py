@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from meshmon.net.admission import CERTIFICATE, CONNECT_ONLY, HANDSHAKE, IDLE, SLOW, Admission
 from meshmon.pki import CertificateError, PeerIdentity, Trust
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,23 @@ class MeshConnectionError(Exception):
 
 class PeerRejectedError(MeshConnectionError):
     """The TLS handshake failed on certificate grounds; the message says which side and why."""
+
+
+class ListenError(Exception):
+    """A listening socket could not be bound; ``proto``, ``host``, ``port`` say which.
+
+    The cause (an :class:`OSError`) is chained and its ``errno`` copied, so the caller can tell
+    an address that is not on this host from a port in use and name its own setting.
+    """
+
+    def __init__(self, proto: str, host: str, port: int, cause: OSError) -> None:
+        self.proto = proto
+        self.host = host
+        self.port = port
+        self.errno = cause.errno
+        self.strerror = cause.strerror or str(cause)
+        super().__init__(f"cannot listen on {proto.upper()} {host}:{port}: {self.strerror}")
+        self.__cause__ = cause
 
 
 @dataclass
@@ -173,24 +191,45 @@ async def serve_mtls(
     trust: Trust,
     handshake_timeout: float = 5.0,
     *,
+    admission: Admission | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept mTLS streams on ``host:port`` and run ``handler`` for each authenticated peer.
 
     ``context_factory`` is called per connection so a new CRL takes effect without a restart.
-    Rejected peers are logged (with the reason) and dropped; the handler never sees them.
+    Connections that do not become authenticated peers are counted and logged rate-limited by
+    ``admission`` (see :mod:`meshmon.net.admission`); the handler never sees them.
+
+    Raises:
+        ListenError: the TCP port cannot be bound (address not on this host, port in use...).
     """
+    admit = admission if admission is not None else Admission()
 
     async def on_connect(tcp: trio.SocketStream) -> None:
-        remote = tcp.socket.getpeername()
+        try:
+            remote = tcp.socket.getpeername()
+        except OSError:  # gone before we looked: a connect-and-abort check
+            admit.turn_away(CONNECT_ONLY, ("?", 0))
+            return
         stream = trio.SSLStream(tcp, context_factory(), server_side=True)
+        kind, detail = IDLE, ""
         try:
             with trio.fail_after(handshake_timeout):
+                refused = await admit.first_contact(tcp)
+                if refused is not None:
+                    kind, detail = refused
+                    raise _TurnAway
+                kind = SLOW
                 await stream.do_handshake()
                 await stream.send_all(GREETING)
             peer = _peer_identity(stream, trust)
-        except (trio.BrokenResourceError, trio.TooSlowError, PeerRejectedError) as exc:
-            log.warning("rejected TLS peer %s:%s: %s", remote[0], remote[1], _reason(exc))
+        except (_TurnAway, trio.TooSlowError):
+            admit.turn_away(kind, remote, timeout=handshake_timeout, detail=detail)
+            await trio.aclose_forcefully(stream)
+            return
+        except (trio.BrokenResourceError, PeerRejectedError) as exc:
+            cert = _we_refused(exc) or isinstance(exc, PeerRejectedError)
+            admit.turn_away(CERTIFICATE if cert else HANDSHAKE, remote, detail=_reason(exc))
             await _send_pending_alert(stream)
             await trio.aclose_forcefully(stream)
             return
@@ -202,7 +241,14 @@ async def serve_mtls(
         finally:
             await trio.aclose_forcefully(stream)
 
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise ListenError("tcp", host, port, exc) from exc
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, on_connect, listeners)
         task_status.started(listeners)
+
+
+class _TurnAway(Exception):
+    """Internal: the first byte already showed this is no TLS client."""

@@ -38,6 +38,7 @@ import trio
 
 from meshmon import pki
 from meshmon.logs import RateLimitedLog
+from meshmon.net.admission import Admission
 from meshmon.net.frames import (
     MAX_FRAME,
     FrameError,
@@ -49,7 +50,7 @@ from meshmon.net.frames import (
     encode_response,
     read_frame,
 )
-from meshmon.net.tls import MeshConnectionError, MtlsStream, connect_mtls, serve_mtls
+from meshmon.net.tls import ListenError, MeshConnectionError, MtlsStream, connect_mtls, serve_mtls
 from meshmon.wire import MAX_DATAGRAM, MAX_PLAINTEXT, Keyring, SealConfig, SealError
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,8 @@ class MeshTransport:
         self.drops: collections.Counter[str] = collections.Counter()
         """Dropped datagrams by reason (seal reasons, plus backlog, no_listener, queue_overflow,
         exchange_failed, send_refused, send_error)."""
+        self.admission = Admission()
+        """TCP connections turned away before becoming peers, counted by kind."""
         self._bad = RateLimitedLog(log)
         self._handlers: dict[str, RequestHandler] = {"hello": self._on_hello, "ping": self._on_ping}
         self._handlers.update(handlers or {})
@@ -300,11 +303,18 @@ class MeshTransport:
 
     async def run(self, *, task_status: trio.TaskStatus[MeshTransport] = trio.TASK_STATUS_IGNORED
                   ) -> None:  # fmt: skip
-        """Bind UDP and TCP, then receive and serve until cancelled."""
+        """Bind UDP and TCP, then receive and serve until cancelled.
+
+        Raises:
+            ListenError: the UDP or TCP socket cannot be bound (``proto`` says which).
+        """
         host = self.config.host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
-            await sock.bind((host, self.config.udp_port))
+            try:
+                await sock.bind((host, self.config.udp_port))
+            except OSError as exc:
+                raise ListenError("udp", host, self.config.udp_port, exc) from exc
             self._sock = sock
             self.udp_address = sock.getsockname()[:2]
             tcp_port = self.udp_address[1] if self.config.tcp_port is None else self.config.tcp_port
@@ -312,7 +322,7 @@ class MeshTransport:
                 self._nursery = nursery
                 listeners = await nursery.start(partial(
                     serve_mtls, self._serve, host, tcp_port, self._server_context, self.trust,
-                    self.config.connect_timeout))  # fmt: skip
+                    self.config.connect_timeout, admission=self.admission))  # fmt: skip
                 self.tcp_address = listeners[0].socket.getsockname()[:2]
                 nursery.start_soon(self._receive_loop, sock)
                 task_status.started(self)
