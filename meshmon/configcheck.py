@@ -292,6 +292,9 @@ def _check_data_dir(path: Path) -> list[Issue]:
         existing = existing.parent
     if not existing.is_dir():
         return [("node.data_dir", f"{existing} is not a folder; point node.data_dir at one")]
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return [("node.data_dir", f"{existing} is on a read-only file system; remount it "
+                                  "read-write or choose another folder")]  # fmt: skip
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "is not writable" if existing == path else f"cannot be created ({existing} is " \
                "not writable)"  # fmt: skip
