@@ -11,8 +11,9 @@ trip (a certificate is ~540 bytes, a proof ~610; an Alive with its proof still f
 
 :meth:`CertAuthenticator.verify` accepts a statement only if
 
-* the certificate chains to the mesh CA and is within its validity (:meth:`meshmon.pki.Trust.verify`),
-  and is not revoked: the CRL is consulted on every call, even for cached results;
+* the certificate chains to the mesh CA and is within its validity
+  (:meth:`meshmon.pki.Trust.verify`), and is not revoked: the CRL is consulted on every
+  call, even for cached results;
 * the metadata matches the certificate: ``name`` is the certificate's node name, ``tags`` are
   its tags (the CA grants group membership), ``cert_fingerprint`` is its SHA-256, and
   ``address`` is one of its IP SANs when it has any;
