@@ -103,7 +103,7 @@ class Agent:
         listen = self.config.listen
         return NodeMeta(
             name=self.name, address=listen.advertise_address, udp_port=listen.udp_port,
-            tcp_port=self.tcp_port, tags=tuple(self.config.node.tags), version=__version__,
+            tcp_port=self.tcp_port, tags=self.identity.peer.tags, version=__version__,
             cert_fingerprint=bytes.fromhex(self.identity.peer.fingerprint),
         )  # fmt: skip
 
@@ -189,7 +189,7 @@ class Agent:
     def view(self) -> list[AgentInfo]:
         """The membership view as placement sees it (suspects still count as members)."""
         if self.mesh is None:
-            return [AgentInfo(self.name, frozenset(self.config.node.tags),
+            return [AgentInfo(self.name, frozenset(self.identity.peer.tags),
                               self.config.listen.advertise_address)]  # fmt: skip
         return [
             AgentInfo(m.meta.name, frozenset(m.meta.tags), m.meta.address,
@@ -260,9 +260,11 @@ class Agent:
         if self.transport is not None:
             status["dropped_datagrams"] = dict(self.transport.drops)
         if self.mesh is not None:
-            status["membership"] = {"live": self.mesh.core.num_live(),
-                                    "awareness": self.mesh.core.awareness,
-                                    **self.mesh.counters}  # fmt: skip
+            core = self.mesh.core
+            status["membership"] = {"live": core.num_live(), "awareness": core.awareness,
+                                    **self.mesh.counters,
+                                    # self-statements not proven by their certificate, by reason
+                                    "refused": dict(sorted(core.refused.items()))}  # fmt: skip
         return status
 
     def api_members(self) -> list[dict[str, Any]]:
