@@ -151,3 +151,26 @@ def test_core_refuses_a_replayed_older_life_and_the_owner_refutes_only_proven_ne
     assert owner.local.incarnation == 8
     assert owner.refused["name-mismatch"] == 1
     assert [r.reason for r in owner.take_refusals()] == ["name-mismatch"]
+
+
+def test_a_repeated_lie_is_answered_from_the_cache(pair: tuple) -> None:  # type: ignore[type-arg]
+    me, verifier, ident = pair
+    lie = _meta(ident, name="n2")
+    proof = me.prove(ALIVE, 1, lie)
+    assert verifier.verify(ALIVE, 1, lie, proof) == "name-mismatch"
+    verifier._certs.clear()  # were it re-verified, the certificate would be parsed again
+    assert verifier.verify(ALIVE, 1, lie, proof) == "name-mismatch"
+    assert len(verifier._certs) == 0
+
+
+def test_an_announcement_too_large_for_a_datagram_is_a_local_error(pair: tuple) -> None:  # type: ignore[type-arg]
+    class Bulky:
+        def prove(self, kind: State, incarnation: int, meta: NodeMeta) -> bytes:
+            return b"\x00" * 1300
+
+        def verify(self, kind: State, incarnation: int, meta: NodeMeta,
+                   proof: bytes) -> str | None:
+            return None
+
+    with pytest.raises(ValueError, match="fewer addresses, names or tags"):
+        Membership(lan(), _meta(pair[2]), random.Random(1), 0.0, auth=Bulky())

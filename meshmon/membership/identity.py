@@ -19,9 +19,9 @@ trip (a certificate is ~540 bytes, a proof ~610; an Alive with its proof still f
   ``address`` is one of its IP SANs when it has any;
 * the signature over the statement verifies under the certificate's key.
 
-Certificates that passed the CA check are cached by fingerprint, and statements already
-verified by a digest of (statement, proof), both in bounded LRUs, so a statement relayed by
-many peers costs one signature check.
+Certificates that passed the CA check are cached by fingerprint, and the outcome for each
+(statement, proof) digest, both in bounded LRUs, so a statement relayed by many peers, or a lie
+repeated, costs one signature check. Revocation and validity are re-checked on every call.
 """
 
 from __future__ import annotations
@@ -131,7 +131,9 @@ class CertAuthenticator:
         statement = encode_statement(kind, incarnation, meta)
         digest = hashlib.blake2b(statement + proof, digest_size=20).digest()
         now = self.clock()
-        cached: _Cert | None = self._verified.hit(digest)
+        cached: _Cert | str | None = self._verified.hit(digest)
+        if isinstance(cached, str):
+            return cached  # refused before, for a reason that time cannot change
         if cached is not None:
             return self._still_valid(cached, now)
         try:
@@ -143,17 +145,20 @@ class CertAuthenticator:
         cert = self._cert(der, now)
         if isinstance(cert, str):
             return cert
-        reason = self._still_valid(cert, now) or self._matches(cert, meta)
+        reason = self._still_valid(cert, now)
         if reason is not None:
             return reason
-        signature = encode_dss_signature(int.from_bytes(sig[:32], "big"),
-                                         int.from_bytes(sig[32:], "big"))
-        try:
-            cert.key.verify(signature, statement, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature:
-            return "bad-signature"
-        self._verified.put(digest, cert)
-        return None
+        reason = self._matches(cert, meta)
+        if reason is None:
+            signature = encode_dss_signature(int.from_bytes(sig[:32], "big"),
+                                             int.from_bytes(sig[32:], "big"))
+            try:
+                cert.key.verify(signature, statement, ec.ECDSA(hashes.SHA256()))
+            except InvalidSignature:
+                reason = "bad-signature"
+        # a lie repeated costs a lookup: mismatches and bad signatures stay what they are
+        self._verified.put(digest, reason or cert)
+        return reason
 
     def _cert(self, der: bytes, now: float) -> _Cert | str:
         fp = hashlib.sha256(der).digest()

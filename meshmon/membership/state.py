@@ -80,6 +80,12 @@ class MemberTable:
         """Counters: datagrams/bytes sent, malformed input, suspicions, refutations..."""
         self._set(Member(local, ALIVE, incarnation, now))
         self._broadcast_alive(self._members[self._name])
+        size = len(self._queue.peek(self._name) or b"")
+        if size > config.max_datagram_plaintext - codec.FRAME_OVERHEAD:
+            raise ValueError(
+                f"this node's announcement is {size} bytes with its proof, more than a datagram "
+                f"carries ({config.max_datagram_plaintext}); issue a certificate with fewer "
+                "addresses, names or tags")
 
     @property
     def name(self) -> str:
