@@ -28,5 +28,5 @@ def _lying_meta(self: agent.Agent) -> NodeMeta:
 if __name__ == "__main__":
     agent.Agent._meta = _lying_meta  # type: ignore[method-assign]
     incarnation = int(os.environ.get("MESHMON_TEST_INCARNATION", "1000"))
-    mesh.Membership = functools.partial(Membership, incarnation=incarnation)  # type: ignore[misc]
+    mesh.Membership = functools.partial(Membership, incarnation=incarnation)  # type: ignore[attr-defined,assignment]
     main()

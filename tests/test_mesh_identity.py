@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ def mesh(tmp_path: Path) -> Iterator[LocalMesh]:
     local.close()
 
 
-def _views(mesh: LocalMesh) -> dict[str, dict[str, dict[str, object]]]:
+def _views(mesh: LocalMesh) -> dict[str, dict[str, dict[str, Any]]]:
     return {n: {m["name"]: m for m in mesh.agents[n].api("members")} for n in HONEST}
 
 
