@@ -26,6 +26,7 @@ from meshmon import pki
 from meshmon.config import AgentConfig, CheckConfig, split_host_port
 from meshmon.control import ResultQuery, serve_control
 from meshmon.membership import NodeMeta, State
+from meshmon.membership.identity import address_allowed
 from meshmon.mesh import MeshService
 from meshmon.net import MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
@@ -60,6 +61,13 @@ class Agent:
             raise AgentError(
                 f"node.name is {config.node.name!r} but the certificate {tls.cert} is for "
                 f"{self.identity.name!r}; set node.name to match or issue a certificate for it"
+            )
+        advertised = config.listen.advertise_address
+        if not address_allowed(self.identity.certificate, advertised):
+            raise AgentError(
+                f"the agent would announce address {advertised}, which is not among the IP "
+                f"addresses of its certificate {tls.cert}, so every peer would refuse it; set "
+                "listen.advertise to one of them or issue a certificate that includes it"
             )
         self._load_cached_crl()
         self.tcp_port = config.listen.tcp_port

@@ -6,6 +6,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -174,3 +175,29 @@ def test_an_announcement_too_large_for_a_datagram_is_a_local_error(pair: tuple) 
 
     with pytest.raises(ValueError, match="fewer addresses, names or tags"):
         Membership(lan(), _meta(pair[2]), random.Random(1), 0.0, auth=Bulky())
+
+
+def test_agent_refuses_to_announce_an_address_its_certificate_does_not_hold(
+        mesh: Mesh, tmp_path: Path) -> None:
+    from meshmon.agent import Agent, AgentError
+    from meshmon.config import load_config
+
+    node = mesh.node("n9", ips=("127.0.0.9",))
+    config = tmp_path / "agent.toml"
+    config.write_text(f"""\
+[node]
+name = "n9"
+data_dir = "{tmp_path / 'data'}"
+[listen]
+address = "127.0.0.9"
+advertise = "127.0.0.10"
+[tls]
+ca_cert = "{mesh.ca_cert}"
+cert = "{node.cert}"
+key = "{node.key}"
+crl = "{mesh.crl}"
+""")
+    with pytest.raises(AgentError, match=r"127\.0\.0\.10, which is not among the IP addresses"):
+        Agent(load_config(config))
+    config.write_text(config.read_text().replace('advertise = "127.0.0.10"', ""))
+    assert Agent(load_config(config)).name == "n9"

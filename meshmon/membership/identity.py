@@ -175,12 +175,7 @@ class CertAuthenticator:
         key = parsed.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):
             return "untrusted-cert"
-        try:
-            san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            ips = frozenset(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
-        except x509.ExtensionNotFound:
-            ips = frozenset()
-        cert = _Cert(identity, fp, key, ips, parsed.not_valid_before_utc)
+        cert = _Cert(identity, fp, key, certificate_ips(parsed), parsed.not_valid_before_utc)
         self._certs.put(fp, cert)
         return cert
 
@@ -203,6 +198,21 @@ class CertAuthenticator:
         if cert.ips and _canonical_ip(meta.address) not in cert.ips:
             return "address-mismatch"
         return None
+
+
+def certificate_ips(cert: x509.Certificate) -> frozenset[str]:
+    """The IP addresses in a certificate's SANs (an announced address must be one of them)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return frozenset()
+    return frozenset(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
+
+
+def address_allowed(cert: x509.Certificate, address: str) -> bool:
+    """Whether peers accept ``address`` in announcements signed with ``cert``."""
+    ips = certificate_ips(cert)
+    return not ips or _canonical_ip(address) in ips
 
 
 def _canonical_ip(text: str) -> str:
