@@ -138,7 +138,7 @@ def fill_until_killed(directory: str, max_bytes: int) -> None:
     while True:
         store.append_batch(batches[b % 20])
         b += 1
-        if not said and store.dropped_segments:
+        if not said and store.files.dropped_segments:
             print("full", flush=True)
             said = True
 

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,12 @@ from meshmon.membership.identity import address_allowed
 from meshmon.mesh import MeshService
 from meshmon.net import MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
-from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe
+from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_probe_batch
 from meshmon.probes.services import run_probe_services
 from meshmon.results import MonitoringResult, ResultDecodeError, decode_result, encode_result
 from meshmon.scheduler import Scheduler
-from meshmon.store import AsyncRingStore, open_store
+from meshmon.seeds import SeedWatch
+from meshmon.store import AsyncRingStore, RecordDropped, open_store
 from meshmon.version import __version__
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ ECHO_PORT_OFFSET = 1
 """The UDP echo responder listens on the gossip port + 1 (7947 by default)."""
 CRL_POLL = 2.0
 """Seconds between checks of the CRL file for a newer list dropped in by the operator."""
+STORE_ERROR_LOG_EVERY = 60.0
+"""Seconds between log lines about results the store refused (the first is logged at once)."""
 
 
 class AgentError(Exception):
@@ -75,9 +79,15 @@ class Agent:
         self.mesh: MeshService | None = None
         self.transport: MeshTransport | None = None
         self.probe_context: ProbeContext | None = None
-        self.scheduler = Scheduler(self.name, self._run_check, self._store_result)
+        self.scheduler = Scheduler(self.name, self._run_check, self._store_results,
+                                   batch_runner=self._run_batch)
         self.results_written = 0
+        self._contexts: dict[str, ProbeContext] = {}
+        self.results_dropped = 0
+        """Refused by a failing store whose buffer was full (the store counts and logs them)."""
         self.sink_errors = 0
+        self._sink_error_logged = -STORE_ERROR_LOG_EVERY
+        self._sink_errors_logged = 0
         self._crl_mtime = 0.0
 
     @property
@@ -133,7 +143,10 @@ class Agent:
                 self.probe_context = await self._start_probes(nursery)
                 self.mesh = MeshService(cfg.mesh.membership(), self._meta(), transport,
                                         self.trust, seeds, on_change=self._view_changed)
+                seed_watch = SeedWatch(seeds, max_delay=cfg.mesh.membership().reconnect_interval)
+                self.mesh.on_seed_failure = seed_watch.failed
                 await nursery.start(self.mesh.run)
+                nursery.start_soon(seed_watch.run, self.mesh)
                 await nursery.start(self.scheduler.run)
                 self._view_changed()
                 nursery.start_soon(self._watch_crl_file)
@@ -208,32 +221,61 @@ class Agent:
     def _view_changed(self) -> None:
         self.scheduler.update(self.config.checks, self.view())
 
+    def _context(self, check: str) -> ProbeContext:
+        assert self.probe_context is not None
+        ctx = self._contexts.get(check)
+        if ctx is None or ctx.icmp is not self.probe_context.icmp:
+            ctx = self._contexts[check] = dataclasses.replace(self.probe_context, check=check)
+        return ctx
+
+    @staticmethod
+    def _probe_target(assignment: Assignment, check: CheckConfig, tcp_port: int) -> str:
+        """What the probe is aimed at: a mesh target's address (and our TCP port for tcp/tls)."""
+        if not assignment.mesh:
+            return assignment.target
+        if check.params.get("port") is None and check.kind in ("tcp", "tls"):
+            return f"{assignment.address}:{tcp_port}"
+        return assignment.address
+
     async def _run_check(
         self, assignment: Assignment, check: CheckConfig
     ) -> list[MonitoringResult]:
-        assert self.probe_context is not None
-        ctx = dataclasses.replace(self.probe_context, check=check.name)
-        target = assignment.target
-        if assignment.mesh:
-            target = assignment.address
-            if check.params.get("port") is None and check.kind in ("tcp", "tls"):
-                target = f"{assignment.address}:{self.tcp_port}"
-        results = await run_probe(check.kind, target, check.params, check.timeout, ctx)
+        target = self._probe_target(assignment, check, self.tcp_port)
+        results = await run_probe(check.kind, target, check.params, check.timeout,
+                                  self._context(check.name))  # fmt: skip
         if assignment.mesh:  # record the agent's name, not its address, as the target
             results = [dataclasses.replace(r, target=assignment.target) for r in results]
         return results
 
-    async def _store_result(self, assignment: Assignment, result: Any, degraded: bool) -> None:
+    async def _run_batch(
+        self, check: CheckConfig, assignments: Sequence[Assignment]
+    ) -> list[list[MonitoringResult]]:
+        targets = [self._probe_target(a, check, self.tcp_port) for a in assignments]
+        rows = await run_probe_batch(check.kind, targets, check.params, check.timeout,
+                                     self._context(check.name))  # fmt: skip
+        for i, a in enumerate(assignments):
+            if a.mesh:
+                rows[i] = [dataclasses.replace(r, target=a.target) for r in rows[i]]
+        return rows
+
+    async def _store_results(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
         assert self.store is not None
-        for one in result:  # the runner returns a list (one result per address family)
-            try:
-                await self.store.append(one.started_at, assignment.check, assignment.target,
-                                        [encode_result(one), degraded])  # fmt: skip
-                self.results_written += 1
-            except Exception as exc:  # a full or failed disk must not stop probing
-                self.sink_errors += 1
-                log.error("cannot store a result of %s/%s: %s", assignment.check,
-                          assignment.target, exc)  # fmt: skip
+        records = [(one.started_at, a.check, a.target, [encode_result(one), degraded])
+                   for a, results, degraded in items for one in results]  # fmt: skip
+        try:
+            await self.store.append_batch(records)
+            self.results_written += len(records)
+        except RecordDropped as exc:  # the store logs and counts these itself, rate-limited
+            self.results_written += len(exc.kept)
+            self.results_dropped += len(records) - len(exc.kept)
+        except Exception as exc:  # a failed disk must not stop probing
+            self.sink_errors += len(records)
+            now = time.monotonic()
+            if now - self._sink_error_logged >= STORE_ERROR_LOG_EVERY:
+                log.error("cannot store %d result(s) of %s: %s (%d results refused since the "
+                          "last such line)", len(records), items[0][0].check, exc,
+                          self.sink_errors - self._sink_errors_logged)  # fmt: skip
+                self._sink_error_logged, self._sink_errors_logged = now, self.sink_errors
 
     # --- the control API's view of the agent (meshmon.control.AgentApi) ---
 
@@ -259,12 +301,27 @@ class Agent:
         }
         if self.store is not None:
             stats = self.store.stats()
+            health = stats.health
             status["store"] = {
-                "records": stats.records, "bytes": stats.bytes,
+                "state": health["state"], "records": stats.records, "bytes": stats.bytes,
                 "capacity_bytes": stats.capacity_bytes, "segments": stats.segments,
-                "dropped_records": stats.dropped_records, "lost": stats.lost_records,
-                "durable_seq": stats.durable_seq, "write_errors": self.sink_errors,
+                "newest_seq": stats.newest_seq, "durable_seq": stats.durable_seq,
+                "dropped_records": stats.dropped_records, "buffered": health["buffered"],
+                "lost": stats.lost_records + health["lost"],
+                "lost_unsynced": stats.lost_records, "lost_disk": health["lost"],
+                "write_errors": self.sink_errors,
             }  # fmt: skip
+            for key in ("since", "reason", "advice"):
+                if key in health:
+                    status["store"][key] = health[key]
+            if health["last_outage"]:
+                status["store"]["last_outage"] = health["last_outage"]
+            if health["recovery_report"]:
+                status["store"]["recovery_report"] = health["recovery_report"]
+            if health["state"] != "ok":
+                status["degraded"] = True
+                status["degraded_reason"] = (f"store {health['state']}: "
+                                             f"{health.get('reason', 'writes refused')}")
         if self.transport is not None:
             status["dropped_datagrams"] = dict(self.transport.drops)
         if self.mesh is not None:

@@ -89,6 +89,42 @@ def members_table(members: list[dict[str, Any]]) -> str:
     return table(("NAME", "ADDRESS", "STATE", "INC", "TAGS", "VERSION", "SINCE"), rows)
 
 
+def clock(ts: float | None) -> str:
+    """``HH:MM:SS`` (local time) and how long ago."""
+    if not ts:
+        return "-"
+    return f"{dt.datetime.fromtimestamp(ts).strftime('%H:%M:%S')} ({ago(ts)} ago)"
+
+
+def store_lines(store: dict[str, Any]) -> list[str]:
+    """The store's health in words: state, buffered and lost results, the last outage and
+    the last recovery that found damage."""
+    state = store.get("state", "ok")
+    lost = f"{store.get('lost', 0)} results lost"
+    if state == "ok":
+        lines = [f"store: ok, {store.get('records', 0)} records, {lost}"]
+    else:
+        lines = [f"store: {state.upper()} since {clock(store.get('since'))}: "
+                 f"{store.get('reason')}",
+                 f"  to fix: {store.get('advice')}",
+                 f"  {store.get('buffered', 0)} results buffered in memory (written once the "
+                 f"disk accepts them), {lost}"]  # fmt: skip
+    last = store.get("last_outage")
+    if last:
+        end = (f"recovered {clock(last['recovered_at'])}" if last.get("recovered_at")
+               else "the agent stopped during it")  # fmt: skip
+        lines.append(f"  last outage: since {clock(last.get('since'))}, {end}: "
+                     f"{last.get('buffered', 0)} buffered, {last.get('written', 0)} written, "
+                     f"{last.get('lost', 0)} lost ({last.get('reason')})")  # fmt: skip
+    report = store.get("recovery_report")
+    if report:
+        lines.append(f"  last damaged recovery {clock(report.get('at'))}: "
+                     f"{report.get('problems')} problem(s), {report.get('truncated_bytes')} "
+                     f"bytes cut, {report.get('skipped_records')} records skipped")  # fmt: skip
+        lines += [f"    {p}" for p in report.get("first_problems", [])]
+    return lines
+
+
 def register(app: typer.Typer) -> None:
     """Add the operator commands to the root ``meshmon`` app."""
 
@@ -101,6 +137,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(data, indent=2))
             return
+        if "store" in data:
+            typer.echo("\n".join(store_lines(data["store"])))
         for key, value in data.items():
             if isinstance(value, dict):
                 typer.echo(f"{key}:")

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from meshmon.configload import ByteSize, ConfigError, FieldError, Seconds, decode
+from meshmon.configload import ByteSize, ConfigError, FieldError, FieldErrors, Seconds, decode
 from meshmon.membership.config import PROFILES, MembershipConfig
+from meshmon.probes.params import host_problem, split_target
+from meshmon.probes.registry import default_registry
 
 DEFAULT_PORT = 7946
 """memberlist's port, so firewall rules written for Serf/Consul-style meshes carry over."""
@@ -47,28 +49,45 @@ def split_host_port(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, i
     """Split ``host:port``, ``[v6]:port``, ``host`` or a bare IPv6 address.
 
     Raises:
-        ValueError: the port is not a number in 1..65535 or the host is empty.
+        ValueError: the host is not a host name or an IP address, or the port is not 1..65535.
     """
     text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.removeprefix(":") if rest else ""
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host, port_text = text, ""  # a hostname, an IPv4 address or a bare IPv6 address
-    if not host:
-        raise ValueError(f"{text!r} has no host; write host:port, e.g. \"10.0.0.1:7946\"")
+    host, port_text = split_target(text)
+    problem = host_problem(host)
+    if problem:
+        example = "write host:port, e.g. \"10.0.0.1:7946\" or \"[fd00::1]:7946\""
+        raise ValueError(f"{text!r} {problem}; {example}" if problem == "has no host"
+                         else f"{problem}; {example}")  # fmt: skip
     if not port_text:
+        if port_text == "":
+            raise ValueError(f"{text!r} has an empty port; use 1-65535 or leave out the ':'")
         return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"{text!r} has a bad port {port_text!r}; use 1-65535")
     return host, int(port_text)
 
 
+def _raise_all(errors: list[FieldError]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise FieldErrors(errors)
+
+
 def _check_port(value: int, name: str) -> None:
     if not 0 <= value < 65536:
         raise FieldError(name, f"{value} is not a port; use 1-65535 (0 picks a free one)")
+
+
+def _name_errors(key: str, names: tuple[str, ...], what: str,
+                 single: bool = False) -> list[FieldError]:  # fmt: skip
+    errors = []
+    for i, name in enumerate(names):
+        try:
+            check_name(name, what)
+        except ValueError as exc:
+            errors.append(FieldError(key if single else f"{key}[{i}]", str(exc)))
+    return errors
 
 
 @dataclass(frozen=True)
@@ -78,20 +97,14 @@ class NodeConfig:
     name: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     """Unique within the mesh; defaults to the short hostname. Must match the certificate."""
     tags: tuple[str, ...] = ()
-    """Labels that check policies select on (``dc1``, ``web``)."""
+    """Optional. The certificate's tags are what placement uses (the CA grants them); if given,
+    they must equal the certificate's, so a config never silently disagrees with it."""
     data_dir: Path = Path("/var/lib/meshmon")
     """Where the ring store and runtime files live."""
 
     def __post_init__(self) -> None:
-        try:
-            check_name(self.name, "node name")
-        except ValueError as exc:
-            raise FieldError("name", str(exc)) from None
-        for i, tag in enumerate(self.tags):
-            try:
-                check_name(tag, "tag")
-            except ValueError as exc:
-                raise FieldError(f"tags[{i}]", str(exc)) from None
+        errors = _name_errors("name", (self.name,), "node name", single=True)
+        _raise_all(errors + _name_errors("tags", self.tags, "tag"))
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,9 @@ class MeshConfig:
     """How the agent joins and keeps up with the mesh."""
 
     seeds: tuple[str, ...] = ()
-    """``host:port`` of agents to join through (DNS names allowed). Empty: start a new mesh."""
+    """``host:port`` of agents to join through (DNS names allowed). Empty: start a new mesh.
+    A seed that cannot be resolved or reached is logged as a warning and retried with backoff
+    while this agent knows no other member."""
     profile: Literal["lan", "wan", "local"] = "lan"
     """Timing profile: memberlist's LAN defaults, or its WAN/local variants."""
     probe_interval: Seconds | None = None
@@ -146,16 +161,18 @@ class MeshConfig:
     """Lifeguard's local-health and dynamic-suspicion rules; leave on outside experiments."""
 
     def __post_init__(self) -> None:
+        errors = []
         for i, seed in enumerate(self.seeds):
             try:
                 split_host_port(seed)
             except ValueError as exc:
-                raise FieldError(f"seeds[{i}]", str(exc)) from None
+                errors.append(FieldError(f"seeds[{i}]", str(exc)))
         try:
             self.membership()
         except ValueError as exc:
-            raise FieldError(str(exc).split(" ")[0].removeprefix("membership."),
-                             str(exc)) from None
+            errors.append(FieldError(str(exc).split(" ")[0].removeprefix("membership."),
+                                     str(exc)))  # fmt: skip
+        _raise_all(errors)
 
     def membership(self) -> MembershipConfig:
         """The membership protocol config: the profile plus this section's overrides."""
@@ -211,8 +228,15 @@ class StoreConfig:
     fsync: Literal["always", "batch", "never"] = "batch"
     """``batch``: group appends and fsync at most every ``fsync_interval``."""
     fsync_interval: Seconds = Seconds(0.2)
+    buffer_bytes: ByteSize = ByteSize(16 * 2**20)
+    """Memory for results while the disk refuses writes (full, read-only, I/O errors); they
+    are written, in order, once it accepts them again. 16MiB holds ~50,000 ping results
+    (~300 bytes each, Python objects included), 10 minutes at 80 results/s. Beyond it new
+    results are dropped and counted as lost."""
 
     def __post_init__(self) -> None:
+        if self.buffer_bytes < 0:
+            raise FieldError("buffer_bytes", "must be 0 (no buffer) or more")
         if self.segment_bytes < 4096:
             raise FieldError("segment_bytes", "must be at least 4KiB")
         if self.max_bytes < 2 * self.segment_bytes:
@@ -235,7 +259,9 @@ class CheckConfig:
 
     name: str
     kind: str
-    """A probe kind (``ping``, ``trace``, ``tcp``, ``udp``, ``http``, ``tls``) or a plugin name."""
+    """A probe kind (``ping``, ``trace``, ``tcp``, ``udp``, ``http``, ``tls``) or an installed
+    plugin's kind; its params and target syntax are declared beside the probe
+    (:mod:`meshmon.probes.params`) and checked here."""
     interval: Seconds = Seconds(30.0)
     timeout: Seconds = Seconds(5.0)
     targets: tuple[str, ...] = ()
@@ -250,18 +276,26 @@ class CheckConfig:
     """Probe-specific parameters (``count``, ``port``, ``expect_status``...)."""
 
     def __post_init__(self) -> None:
-        try:
-            check_name(self.name, "check name")
-        except ValueError as exc:
-            raise FieldError("name", str(exc)) from None
+        errors = _name_errors("name", (self.name,), "check name", single=True)
+        errors += _name_errors("target_tags", self.target_tags, "tag")
+        errors += _name_errors("agent_tags", self.agent_tags, "tag")
+        timing_ok = True
         if self.interval <= 0:
-            raise FieldError("interval", "must be greater than zero")
-        if self.timeout <= 0 or self.timeout > self.interval:
-            raise FieldError("timeout", "must be greater than zero and at most the interval")
+            errors.append(FieldError("interval", "must be greater than zero"))
+            timing_ok = False
+        elif self.timeout <= 0 or self.timeout > self.interval:
+            errors.append(FieldError("timeout", "must be greater than zero and at most the "
+                                     f"interval ({self.interval:g}s)"))  # fmt: skip
+            timing_ok = False
         if self.replicas < 0:
-            raise FieldError("replicas", "must be 0 (all) or a positive number")
+            errors.append(FieldError("replicas", "must be 0 (all) or a positive number"))
         if not self.targets and not self.target_tags:
-            raise FieldError("targets", "a check needs targets or target_tags (or both)")
+            errors.append(FieldError("targets", "a check needs targets or target_tags (or both)"))
+        # the probe kind, its params and the syntax of each target, as the probe will see them
+        issues = default_registry().check(self.kind, self.targets, self.params,
+                                          self.timeout if timing_ok else float("inf"))
+        errors += [FieldError(key, problem) for key, problem in issues]
+        _raise_all(errors)
 
 
 @dataclass(frozen=True)
@@ -287,20 +321,22 @@ class AgentConfig:
     checks: tuple[CheckConfig, ...] = ()
 
     def __post_init__(self) -> None:
+        errors = []
         if self.listen.advertise_address in ("0.0.0.0", "::"):
-            raise FieldError(
+            errors.append(FieldError(
                 "listen.advertise",
                 "listen.address is a wildcard, so set listen.advertise to the address "
                 "peers should use",
-            )
+            ))  # fmt: skip
         seen: dict[str, int] = {}
         for i, check in enumerate(self.checks):
             if check.name in seen:
-                raise FieldError(
+                errors.append(FieldError(
                     f"checks[{i}].name",
                     f"{check.name!r} is already used by checks[{seen[check.name]}]",
-                )
-            seen[check.name] = i
+                ))  # fmt: skip
+            seen.setdefault(check.name, i)
+        _raise_all(errors)
 
     @property
     def control_socket(self) -> Path:

@@ -12,11 +12,15 @@ code. The rules it keeps:
   ``Seconds`` (``"500ms"``, ``"10s"``, ``"2m"``, or a plain number of seconds), ``ByteSize``
   (``"64MiB"``, ``"1GB"``, or a plain integer), ``Path`` (relative paths are taken from the
   config file's folder), ``Literal[...]`` choices, ``tuple[X, ...]`` and ``dict[str, X]``.
-* A dataclass may validate itself in ``__post_init__`` by raising :class:`FieldError`; the
-  loader adds the key path and the file.
+* A dataclass may validate itself in ``__post_init__`` by raising :class:`FieldError` (or
+  :class:`FieldErrors` for several at once); the loader adds the key path and the file.
+* Every problem is collected, not just the first: a field that fails is recorded and decoding
+  goes on with its siblings; a table with a failed field is not built (its own checks would
+  only repeat the problem), and neither is anything that contains it.
 
 Every error is a :class:`ConfigError` naming the file, the key path (``checks[2].interval``),
-what was wrong and what is allowed.
+what was wrong and what is allowed, in one line. Decoding raises :class:`ConfigErrors` holding
+them all, in file order.
 """
 
 from __future__ import annotations
@@ -48,6 +52,21 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {problem}")
 
 
+class ConfigErrors(ConfigError):
+    """Several configuration errors, one line each; the attributes are the first one's."""
+
+    def __init__(self, errors: list[ConfigError], partial: dict[str, Any] | None = None) -> None:
+        first = errors[0]
+        super().__init__(first.source, first.key, first.problem)
+        self.errors = errors
+        self.partial: dict[str, Any] = partial or {}
+        """Top-level sections that decoded fine (so later checks can still look at them)."""
+        self.args = ("\n".join(str(e) for e in errors),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class FieldError(ValueError):
     """Raised by a dataclass's ``__post_init__`` to reject one of its own fields."""
 
@@ -55,6 +74,18 @@ class FieldError(ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
+
+
+class FieldErrors(ValueError):
+    """Raised by a dataclass's ``__post_init__`` to reject several of its fields at once."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+class _Invalid(Exception):
+    """A part failed to decode; its errors are already recorded."""
 
 
 _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -134,6 +165,18 @@ class _Decoder:
     def __init__(self, source: str, base_dir: Path) -> None:
         self.source = source
         self.base_dir = base_dir
+        self.errors: list[ConfigError] = []
+        self.partial: dict[str, Any] = {}
+
+    def collect(self, tp: Any, value: Any, key: str) -> tuple[bool, Any]:
+        """Decode one part; on failure record why and return ``(False, None)``."""
+        try:
+            return True, self.decode(tp, value, key)
+        except ConfigError as exc:
+            self.errors.append(exc)
+        except _Invalid:
+            pass
+        return False, None
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(self.source, key, problem)
@@ -146,13 +189,13 @@ class _Decoder:
             options = [a for a in get_args(tp) if a is not type(None)]
             if value is None and len(options) < len(get_args(tp)):
                 return None
-            errors = []
+            problems = []
             for option in options:
                 try:
                     return self.decode(option, value, key)
                 except ConfigError as exc:
-                    errors.append(exc.problem)
-            raise self.fail(key, "; or ".join(errors))
+                    problems.append(exc.problem)
+            raise self.fail(key, "; or ".join(problems))
         if origin is Literal:
             allowed = get_args(tp)
             if value not in allowed:
@@ -194,12 +237,18 @@ class _Decoder:
             item_type = get_args(tp)[0]
             if not isinstance(value, list):
                 raise self.fail(key, f"expected {_type_name(tp)}, got {value!r}")
-            return tuple(self.decode(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
+            items = [self.collect(item_type, v, f"{key}[{i}]") for i, v in enumerate(value)]
+            if not all(ok for ok, _ in items):
+                raise _Invalid
+            return tuple(item for _, item in items)
         if origin is dict:
             _, value_type = get_args(tp)
             if not isinstance(value, dict):
                 raise self.fail(key, f"expected a table, got {value!r}")
-            return {k: self.decode(value_type, v, f"{key}.{k}") for k, v in value.items()}
+            pairs = {k: self.collect(value_type, v, f"{key}.{k}") for k, v in value.items()}
+            if not all(ok for ok, _ in pairs.values()):
+                raise _Invalid
+            return {k: item for k, (_, item) in pairs.items()}
         if dataclasses.is_dataclass(tp) and isinstance(tp, type):
             return self.decode_dataclass(tp, value, key)
         raise TypeError(f"configload cannot decode {tp!r} (at {key})")
@@ -210,35 +259,59 @@ class _Decoder:
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
         prefix = f"{key}." if key else ""
-        unknown = sorted(set(value) - set(fields))
-        if unknown:
-            allowed = ", ".join(sorted(fields))
-            raise self.fail(
-                f"{prefix}{unknown[0]}", f"unknown key (allowed here: {allowed})"
-            )
+        failed = False
+        allowed = ", ".join(sorted(fields))
+        for name in value:
+            if name not in fields:
+                self.errors.append(self.fail(f"{prefix}{name}",
+                                             f"unknown key (allowed here: {allowed})"))
+                failed = True
         kwargs = {}
         for name, field in fields.items():
+            ok, item = True, None
             if name in value:
-                kwargs[name] = self.decode(hints[name], value[name], f"{prefix}{name}")
+                ok, item = self.collect(hints[name], value[name], f"{prefix}{name}")
             elif dataclasses.is_dataclass(hints[name]):
-                kwargs[name] = self.decode(hints[name], {}, f"{prefix}{name}")
+                ok, item = self.collect(hints[name], {}, f"{prefix}{name}")
             elif hints[name] is Path and isinstance(field.default, Path):
                 # relative default paths, like explicit ones, are taken from the file's folder
-                kwargs[name] = self.decode(Path, str(field.default), f"{prefix}{name}")
+                ok, item = self.collect(Path, str(field.default), f"{prefix}{name}")
             elif (
                 field.default is dataclasses.MISSING
                 and field.default_factory is dataclasses.MISSING
             ):
-                raise self.fail(f"{prefix}{name}", "is required but missing")
+                self.errors.append(self.fail(f"{prefix}{name}", "is required but missing"))
+                ok = False
+            else:
+                continue
+            failed = failed or not ok
+            if ok:
+                kwargs[name] = item
+                if not key:
+                    self.partial[name] = item
+        if failed:
+            raise _Invalid
         try:
             return cls(**kwargs)
         except FieldError as exc:
             raise self.fail(f"{prefix}{exc.field}", exc.problem) from None
+        except FieldErrors as exc:
+            self.errors.extend(self.fail(f"{prefix}{e.field}", e.problem) for e in exc.errors)
+            raise _Invalid from None
 
 
 def decode(cls: type[T], data: dict[str, Any], source: str, base_dir: Path) -> T:
-    """Decode ``data`` (parsed TOML) into ``cls``; errors name ``source`` and the key path."""
-    return _Decoder(source, base_dir).decode_dataclass(cls, data, "")
+    """Decode ``data`` (parsed TOML) into ``cls``; errors name ``source`` and the key path.
+
+    Raises:
+        ConfigErrors: every problem found, one line each (``.partial`` holds the top-level
+            fields that decoded).
+    """
+    decoder = _Decoder(source, base_dir)
+    ok, result = decoder.collect(cls, data, "")
+    if not ok:
+        raise ConfigErrors(decoder.errors or [decoder.fail("", "invalid")], decoder.partial)
+    return typing.cast(T, result)
 
 
 def encode(value: Any) -> Any:

@@ -9,8 +9,10 @@ and answers from the agent's in-memory state, so a slow client cannot stall prob
 
 Endpoints (all ``GET``, all JSON):
 
-``/v1/status``        identity, uptime, version, config version, store stats, loss counters,
-                      degraded flag
+``/v1/status``        identity, uptime, version, config version, store stats and health
+                      (``state`` ok/failing/failed, ``since``, ``reason``, ``advice``,
+                      ``buffered``, ``lost``, ``last_outage``, ``recovery_report``), loss
+                      counters, degraded flag (and ``degraded_reason`` when the store fails)
 ``/v1/members``       the membership view
 ``/v1/assignments``   what this agent probes, who probes what, coverage per target
 ``/v1/results``       stored results; query ``check``, ``target``, ``since`` (seconds, or a

@@ -69,6 +69,10 @@ _REFUSAL_HINTS = {
 PUSH_PULL, TCP_PING = "mm-push-pull", "mm-ping"
 
 
+def _warn_seed(addr: Addr, exc: Exception) -> None:
+    log.warning("seed %s:%s: join failed: %s", addr[0], addr[1], exc)
+
+
 class MeshService:
     """Drives one node's membership over a transport."""
 
@@ -86,6 +90,8 @@ class MeshService:
         self.trust = trust
         self.seeds = list(seeds)
         self.on_change = on_change
+        self.on_seed_failure: Callable[[Addr, Exception], None] = _warn_seed
+        """Called when a join through a seed fails (the agent wires :mod:`meshmon.seeds`)."""
         self.auth = CertAuthenticator(transport.identity, trust)
         self.core = Membership(config, local, rng=random.Random(), now=trio.current_time(),
                                auth=self.auth)
@@ -93,6 +99,7 @@ class MeshService:
         self.counters: dict[str, int] = {"malformed": 0, "stream_failures": 0}
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._leaving = False
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -115,8 +122,20 @@ class MeshService:
                 with trio.move_on_at(self.core.next_deadline()):
                     await self._wake.wait()
 
+    def alone(self) -> bool:
+        """True while this node knows no other live member."""
+        return self.core.num_live() <= 1
+
+    def rejoin(self) -> None:
+        """Ask every seed for a join again (:class:`meshmon.seeds.SeedWatch` decides when)."""
+        if self._leaving:
+            return
+        self.core.join(trio.current_time(), self.seeds)
+        self._wake.set()
+
     async def leave(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109 - a bounded goodbye
         """Announce a graceful leave and give it up to ``timeout`` to spread."""
+        self._leaving = True
         self.core.leave(trio.current_time())
         with trio.move_on_after(timeout):
             while not self.core.leave_done:
@@ -166,7 +185,10 @@ class MeshService:
                 self.core.stream_result(trio.current_time(), request.token, reply == b"1")
         except (PeerUnreachableError, RemoteError) as exc:
             self.counters["stream_failures"] += 1
-            log.debug("%s to %s failed: %s", request.kind.name, request.addr, exc)
+            if request.join and request.node is None:  # a seed: the operator must hear of it
+                self.on_seed_failure(request.addr, exc)
+            else:
+                log.debug("%s to %s failed: %s", request.kind.name, request.addr, exc)
             self.core.stream_result(trio.current_time(), request.token, False)
         except MalformedMessage as exc:
             self.counters["malformed"] += 1

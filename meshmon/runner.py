@@ -14,7 +14,8 @@ from pathlib import Path
 import trio
 
 from meshmon.agent import Agent
-from meshmon.config import AgentConfig, load_config
+from meshmon.config import AgentConfig
+from meshmon.configcheck import load_checked
 from meshmon.configload import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,15 @@ def _mtime(path: Path) -> float:
 
 
 def reload_from(agent: Agent, path: Path) -> bool:
-    """Re-read ``path`` and apply its checks; returns False (and logs why) if it is invalid."""
+    """Re-read ``path`` and apply its checks; returns False (and logs why) if it is invalid.
+
+    The new config passes exactly the checks of ``meshmon config check`` and agent start.
+    """
     try:
-        config = load_config(path)
+        config = load_checked(path)
     except ConfigError as exc:
-        log.error("config reload refused, keeping the running config: %s", exc)
+        for error in getattr(exc, "errors", [exc]):
+            log.error("config reload refused, keeping the running config: %s", error)
         return False
     agent.reload(config)
     return True

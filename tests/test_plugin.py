@@ -82,6 +82,25 @@ async def test_installed_example_runs_through_the_registry(installed_example: No
         silent_res.error_message() or "")
 
 
+def test_config_check_applies_an_installed_plugins_declared_params(installed_example: None,
+                                                                   tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    base = ('[node]\nname = "n1"\n[listen]\naddress = "127.0.0.2"\n[[checks]]\nname = "b"\n'
+            'kind = "banner"\n')
+    config.write_text(base + 'targets = ["127.0.0.1:22"]\nparams = { expect = "^SSH-" }\n')
+    command = [sys.executable, "-m", "meshmon", "config", "check", "--skip-files", str(config)]
+    ok = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    config.write_text(base + 'targets = ["127.0.0.1"]\nparams = { expect = "(", maxbytes = 9 }\n')
+    bad = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert [line.split(": ")[2] for line in lines] == [
+        "checks[0].params.maxbytes", "checks[0].params.expect", "checks[0].targets[0]"]
+    assert "did you mean 'max_bytes'?" in lines[0] and "not a valid regex" in lines[1]
+    assert "has no port" in lines[2]
+
+
 class Good:
     name, version = "good", "1.2"
 

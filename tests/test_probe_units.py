@@ -114,7 +114,7 @@ def test_params_validation() -> None:
     assert UdpParams.from_params({"mode": "echo"}).count == 5
     with pytest.raises(ParamError, match="not hex"):
         UdpParams.from_params({"payload_hex": "zz"})
-    with pytest.raises(ParamError, match="unknown params for a ping check: cout"):
+    with pytest.raises(ParamError, match=r"unknown param for a ping check; did you mean .count"):
         check_params("ping", {"cout": 3})
     check_params("myplugin", {"anything": 1})  # plugins take any params
     assert base.family_choice({"family": "IPv6"}) == "6"
@@ -126,3 +126,11 @@ def test_error_payloads_fail_with_the_message() -> None:
         payload = error_payload(kind, "it broke", None)
         assert not payload.is_successful()
         assert "it broke" in (payload.error_message() or ""), kind
+
+
+async def test_a_malformed_url_is_an_error_result_not_an_exception() -> None:
+    from meshmon.probes import ProbeContext, run_probe
+
+    (result,) = await run_probe("http", "http://[::1", {}, 1.0, ProbeContext())
+    assert not result.is_successful()
+    assert result.error_message() == "target 'http://[::1' is not a valid URL (Invalid IPv6 URL)"

@@ -81,8 +81,9 @@ class Recorder:
             self.running -= 1
         return {"ok": True}
 
-    async def sink(self, assignment: Assignment, result: Any, degraded: bool) -> None:
-        self.results.append((assignment.target, degraded))
+    async def sink(self, items: Any) -> None:
+        for assignment, _, degraded in items:
+            self.results.append((assignment.target, degraded))
         if len(self.results) >= 2:
             self.two_results.set()
 
@@ -145,8 +146,8 @@ async def test_degraded_when_loop_blocked() -> None:
     rec = Recorder(block=0.3)
     sched = Scheduler("me", rec.run, rec.sink,
                       SchedulerConfig(degraded_lag=0.1, lag_tick=0.02))
-    check = CheckConfig(name="c", kind="ping", targets=("x",), interval=0.5,
-                        timeout=0.2)  # type: ignore[arg-type]
+    check = CheckConfig(name="c", kind="ping", targets=("x",), interval=0.5, timeout=0.2,
+                        params={"count": 1})  # type: ignore[arg-type]
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(sched.run)
@@ -160,8 +161,8 @@ async def test_degraded_when_loop_blocked() -> None:
 async def test_not_degraded_when_idle() -> None:
     rec = Recorder()
     sched = Scheduler("me", rec.run, rec.sink, SchedulerConfig(degraded_lag=0.1, lag_tick=0.02))
-    check = CheckConfig(name="c", kind="ping", targets=("x",), interval=0.2,
-                        timeout=0.1)  # type: ignore[arg-type]
+    check = CheckConfig(name="c", kind="ping", targets=("x",), interval=0.2, timeout=0.1,
+                        params={"count": 1})  # type: ignore[arg-type]
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(sched.run)
@@ -187,3 +188,90 @@ async def test_failing_runner_does_not_stop_others(autojump_clock: trio.testing.
         nursery.cancel_scope.cancel()
     assert {t for t, _ in rec.results} == {"t1", "t2"}
     assert len(rec.results) >= 4
+
+
+class BatchRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[float, list[str]]] = []
+
+    async def batch(self, check: CheckConfig, assignments: Any) -> list[Any]:
+        self.batches.append((trio.current_time(), [a.target for a in assignments]))
+        for a in assignments:
+            self.calls.append((a.target, trio.current_time()))
+        await trio.sleep(0.01)
+        return [{"ok": True} for _ in assignments]
+
+
+async def test_due_pings_go_out_in_batches_per_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rec = BatchRecorder()
+    sched = Scheduler("me", rec.run, rec.sink, SchedulerConfig(tick=0.05),
+                      batch_runner=rec.batch)
+    sched.set_assignments(pairs(1000, interval=1.0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        await trio.sleep(10.0)
+        nursery.cancel_scope.cancel()
+    per_target: dict[str, list[float]] = {}
+    for t, at in rec.calls:
+        per_target.setdefault(t, []).append(at)
+    assert len(per_target) == 1000 and len(rec.results) >= 9000
+    # every target on its interval, within jitter (5 %) plus one tick of batching
+    gaps = [b - a for ts in per_target.values() for a, b in itertools.pairwise(ts)]
+    assert all(0.85 <= g <= 1.15 for g in gaps)
+    # one call per tick at most, each carrying many targets: ~20 calls/s, not 1000
+    assert len(rec.batches) <= 10.0 / 0.05 + 2
+    assert statistics.mean(len(ts) for _, ts in rec.batches) > 30
+    starts = [at for at, _ in rec.batches]
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.05 - 1e-9
+    assert not rec.running  # no per-target runner was used for a batchable kind
+
+
+async def test_other_kinds_still_run_one_task_each(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rec = BatchRecorder()
+    sched = Scheduler("me", rec.run, rec.sink, batch_runner=rec.batch)
+    check = CheckConfig(name="web", kind="http", targets=("a", "b"), interval=5.0,
+                        timeout=1.0)  # type: ignore[arg-type]
+    sched.set_assignments([(check, Assignment("web", t, t)) for t in ("a", "b")])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        await trio.sleep(12.0)
+        nursery.cancel_scope.cancel()
+    assert not rec.batches
+    assert {t for t, _ in rec.calls} == {"a", "b"} and len(rec.results) >= 4
+
+
+async def test_dropping_an_assignment_mid_batch(autojump_clock: trio.testing.MockClock) -> None:
+    started = trio.Event()
+    release = trio.Event()
+    seen: list[list[str]] = []
+
+    async def slow_batch(check: CheckConfig, assignments: Any) -> list[Any]:
+        seen.append([a.target for a in assignments])
+        if "t0" in seen[-1]:
+            started.set()
+            await release.wait()
+        return [{"ok": True} for _ in assignments]
+
+    rec = Recorder()
+    sched = Scheduler("me", rec.run, rec.sink, batch_runner=slow_batch)
+    check = CheckConfig(name="c", kind="ping", targets=("t0", "t1"), interval=1.0,
+                        timeout=1.0)  # type: ignore[arg-type]
+    same_slot = [(check, Assignment("c", t, t)) for t in ("t0", "t1")]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        sched.set_assignments(same_slot)
+        with trio.fail_after(5):
+            await started.wait()
+        sched.set_assignments(same_slot[1:])  # t0 is dropped while its batch runs
+        release.set()
+        await trio.sleep(5.0)
+        nursery.cancel_scope.cancel()
+    first = next(i for i, batch in enumerate(seen) if "t0" in batch)
+    assert all("t0" not in batch for batch in seen[first + 1:])
+    assert "t0" not in {t for t, _ in rec.results}
+    assert any(t == "t1" for t, _ in rec.results)

@@ -24,6 +24,7 @@ import httpx
 import trio
 
 from meshmon.probes.base import ParamError, param
+from meshmon.probes.params import FAMILY, Param, ParamSchema, regex_rule, url_target
 from meshmon.probes.tcp import connect_error_text
 from meshmon.results import HttpGetResult
 
@@ -74,6 +75,37 @@ class HttpParams:
             {str(k): str(v) for k, v in headers.items()},
             param(params, "max_body_bytes", int, cls.max_body_bytes),
         )  # fmt: skip
+
+
+def _status_rule(value: Any) -> str | None:
+    codes = value if isinstance(value, list) else [value]
+    if all(isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in codes):
+        return None
+    return f"{value!r} is not a status code 100-599 or a list of them"
+
+
+def _headers_rule(value: dict[str, Any]) -> str | None:
+    bad = [k for k, v in value.items() if not isinstance(v, str)]
+    return f"header {bad[0]!r} must be a string" if bad else None
+
+
+PARAMS = ParamSchema(
+    params={
+        "expect_status": Param((int, list), "accepted status code(s) (any 2xx or 3xx)",
+                               rule=_status_rule),
+        "body_regex": Param((str,), "regex the body must contain", rule=regex_rule),
+        "follow_redirects": Param((bool,), "follow redirects (false)"),
+        "max_redirects": Param((int,), "redirects followed at most (5)", low=0, high=100),
+        "verify_tls": Param((bool,), "verify the server certificate (true)"),
+        "ca_file": Param((str,), "extra CA bundle (PEM) to trust"),
+        "headers": Param((dict,), "extra request headers", rule=_headers_rule),
+        "max_body_bytes": Param((int,), "body bytes kept for body_regex (1 MiB)", low=0),
+        "family": FAMILY,
+    },
+    target=url_target,
+    parse=lambda params, timeout: HttpParams.from_params(params),
+)
+"""What an ``http`` check accepts: ``http(s)://`` URLs, or ``host[:port]`` (fetched over http)."""
 
 
 def _verify(p: HttpParams) -> ssl.SSLContext | bool:

@@ -13,6 +13,7 @@ from typing import Any
 
 from meshmon.probes.base import ParamError, ProbeError, param
 from meshmon.probes.icmp import Echo, IcmpEngine
+from meshmon.probes.params import FAMILY, Param, ParamSchema, fits_timeout, host_target
 from meshmon.results import PingResult
 
 
@@ -42,6 +43,20 @@ class PingParams:
             raise ParamError(f"count={count} × interval={interval}s does not fit the check's "
                              f"timeout of {timeout}s; lower count or interval or raise timeout")
         return cls(count, interval, min(reply, budget))
+
+
+PARAMS = ParamSchema(
+    params={
+        "count": Param((int,), "echo requests per run (5)", low=1, high=1000),
+        "interval": Param((float,), "seconds between requests (0.2)", low=0),
+        "reply_timeout": Param((float,), "seconds to wait for each reply (1.0)", low=0.001),
+        "family": FAMILY,
+    },
+    target=host_target,
+    rules=(fits_timeout("count", PingParams.count, "interval", PingParams.interval),),
+    parse=PingParams.from_params,
+)
+"""What a ``ping`` check accepts (checked by ``meshmon config check`` and before each run)."""
 
 
 def summarize(address: str, echoes: list[Echo]) -> PingResult:

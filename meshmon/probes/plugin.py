@@ -13,6 +13,17 @@ once, without arguments) or an object with:
   trio loop (it must not block: use trio for I/O), or a plain ``def``, which the engine runs in a
   worker thread so blocking code cannot stall the agent.
 
+Optionally, so that ``meshmon config check`` and agent start refuse a bad check up front:
+
+* ``params: Mapping[str, Param]`` (or a whole :class:`~meshmon.probes.params.ParamSchema`) —
+  the params the plugin understands, each with its TOML type(s), range or choices and a rule;
+  then an unknown param, a wrong type or an out-of-range value is a config error naming the
+  key (``checks[2].params.count``). A plugin that declares nothing gets its params unchecked.
+* ``check_target(target: str, params: Mapping[str, Any]) -> str | None`` — the problem with a
+  target's syntax, or ``None`` (``meshmon.probes.params`` has ready ones: ``host_target``,
+  ``host_port_target(...)``, ``url_target``). Without it a target must be non-empty text
+  without spaces. It must be pure: no resolving, no traffic.
+
 Build results with :meth:`PluginRequest.result`, which fills in the plugin's name and version.
 The engine enforces the check's timeout: a plugin that hangs, raises, or returns anything but a
 :class:`PluginResult` yields an error result, and the agent carries on. (A sync plugin that

@@ -9,8 +9,11 @@ each family separately (one result each); otherwise the list has one result.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import inspect
 import logging
+import math
 import time
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -21,8 +24,15 @@ import trio
 
 from meshmon import results as r
 from meshmon.probes import base
+from meshmon.probes import http as http_mod
+from meshmon.probes import ping as ping_mod
+from meshmon.probes import tcp as tcp_mod
+from meshmon.probes import tls as tls_mod
+from meshmon.probes import traceroute as trace_mod
+from meshmon.probes import udp as udp_mod
 from meshmon.probes.base import ParamError, ProbeContext, ProbeError, ResolveError, Stopwatch
 from meshmon.probes.http import HttpParams, http_get
+from meshmon.probes.params import Issue, Param, ParamSchema, any_target, validate_params
 from meshmon.probes.ping import PingParams, ping, summarize
 from meshmon.probes.plugin import PluginRequest, ProbePlugin
 from meshmon.probes.tcp import tcp_connect
@@ -115,6 +125,45 @@ class ProbeRegistry:
                 self.plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
                 log.warning("probe plugin %s (%s) failed to load: %s", ep.name, ep.value, exc)
 
+    def schema(self, kind: str) -> ParamSchema | None:
+        """The params and target syntax ``kind`` accepts; ``None`` if no such kind is loaded."""
+        if kind in SCHEMAS:
+            return SCHEMAS[kind]
+        plugin = self.plugins.get(kind)
+        return None if plugin is None else plugin_schema(plugin)
+
+    def check(self, kind: str, targets: Sequence[str], params: Mapping[str, Any],
+              timeout: float) -> list[Issue]:  # fmt: skip
+        """Every problem with a check's kind, params and static targets. Pure: no traffic.
+
+        Returns:
+            ``(key, problem)`` pairs, keys relative to the check (``kind``, ``params.count``,
+            ``targets[1]``); empty when the check can run as written.
+        """
+        try:
+            schema = self.schema(kind)
+        except ValueError as exc:
+            return [("kind", str(exc))]
+        if schema is None:
+            if kind in self.plugin_errors:
+                return [("kind", f"the {kind!r} probe plugin is installed but failed to load "
+                                 f"({self.plugin_errors[kind]}); fix or reinstall it")]  # fmt: skip
+            close = difflib.get_close_matches(kind, self.kinds, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            plugins = f" (plugins: {', '.join(sorted(self.plugins))})" if self.plugins else ""
+            choices = ", ".join(BUILTIN_KINDS)
+            return [("kind", f"{kind!r} is not a probe kind; {hint}choose one of {choices}, "
+                             f"or install a plugin{plugins}")]  # fmt: skip
+        issues = validate_params(kind, schema, params, timeout)
+        for i, target in enumerate(targets):
+            try:
+                problem = schema.check_target(target, params)
+            except Exception as exc:  # a plugin's rule must not break config loading
+                problem = f"the {kind} plugin's target check raised {type(exc).__name__}: {exc}"
+            if problem:
+                issues.append((f"targets[{i}]", problem))
+        return issues
+
     async def run(self, kind: str, target: str, params: Mapping[str, Any],
                   timeout: float,  # noqa: ASYNC109 - a check's timeout gives an error result
                   context: ProbeContext) -> list[r.MonitoringResult]:  # fmt: skip
@@ -130,6 +179,28 @@ class ProbeRegistry:
             return [_record(kind, context, target, None, sw, error_payload(kind, msg, None))]
         payload = await _run_plugin(kind, plugin, target, params, timeout, context)
         return [_record(kind, context, target, None, sw, payload)]
+
+
+def plugin_schema(plugin: ProbePlugin) -> ParamSchema:
+    """What a plugin declares it accepts (see :mod:`meshmon.probes.plugin`).
+
+    Raises:
+        ValueError: the plugin's ``params`` declaration is not a mapping of
+            :class:`~meshmon.probes.params.Param`.
+    """
+    declared = getattr(plugin, "params", None)
+    if isinstance(declared, ParamSchema):
+        return declared
+    check_target = getattr(plugin, "check_target", None)
+    target = check_target if callable(check_target) else any_target
+    if declared is None:
+        return ParamSchema(target=target, strict=False)
+    if not isinstance(declared, Mapping) or not all(
+        isinstance(v, Param) for v in declared.values()
+    ):
+        raise ValueError(f"the {getattr(plugin, 'name', '?')} plugin declares params that are "
+                         "not a table of meshmon.probes.params.Param; fix the plugin")
+    return ParamSchema(params=dict(declared), target=target)
 
 
 async def _run_plugin(kind: str, plugin: ProbePlugin, target: str, params: Mapping[str, Any],
@@ -166,31 +237,30 @@ async def _run_plugin(kind: str, plugin: ProbePlugin, target: str, params: Mappi
     return out
 
 
-KNOWN_PARAMS: dict[str, frozenset[str]] = {
-    "ping": frozenset({"family", "count", "interval", "reply_timeout"}),
-    "trace": frozenset({"family", "protocol", "max_hops", "rounds", "interval", "port",
-                        "reply_timeout"}),
-    "tcp": frozenset({"family", "port"}),
-    "udp": frozenset({"family", "port", "mode", "count", "interval", "payload", "payload_hex",
-                      "expect", "size"}),
-    "http": frozenset({"family", "expect_status", "body_regex", "follow_redirects",
-                       "max_redirects", "verify_tls", "ca_file", "headers", "max_body_bytes"}),
-    "tls": frozenset({"family", "port", "server_name", "min_days", "ca_file"}),
-}  # fmt: skip
+SCHEMAS: dict[str, ParamSchema] = {"ping": ping_mod.PARAMS, "trace": trace_mod.PARAMS,
+                                   "tcp": tcp_mod.PARAMS, "udp": udp_mod.PARAMS,
+                                   "http": http_mod.PARAMS, "tls": tls_mod.PARAMS}  # fmt: skip
+"""The declared params and target syntax of each built-in kind (beside each probe's code)."""
+
+KNOWN_PARAMS: dict[str, frozenset[str]] = {k: frozenset(s.params) for k, s in SCHEMAS.items()}
 """Params each built-in kind understands; any other key is an error (usually a typo)."""
 
 
-def check_params(kind: str, params: Mapping[str, Any]) -> None:
-    """Reject params a built-in kind does not know.
+def check_params(kind: str, params: Mapping[str, Any], timeout: float = math.inf) -> None:
+    """Reject params a built-in kind does not accept (unknown keys, types, ranges, timing).
+
+    Plugins' params are left to the plugin here; ``config check`` applies what they declare.
 
     Raises:
-        ParamError: naming the unknown key(s) and the known ones.
+        ParamError: naming the first wrong key and what is allowed.
     """
-    unknown = sorted(set(params) - KNOWN_PARAMS.get(kind, frozenset(params)))
-    if unknown:
-        known = ", ".join(sorted(KNOWN_PARAMS[kind]))
-        raise ParamError(f"unknown params for a {kind} check: {', '.join(unknown)} "
-                         f"(known: {known})")  # fmt: skip
+    schema = SCHEMAS.get(kind)
+    if schema is None:
+        return
+    issues = validate_params(kind, dataclasses.replace(schema, parse=None), params, timeout)
+    if issues:
+        key, problem = issues[0]
+        raise ParamError(f"{key}: {problem}")
 
 
 def _port(kind: str, params: Mapping[str, Any], target_port: int | None) -> int:
@@ -208,9 +278,12 @@ async def _run_builtin(kind: str, target: str, params: Mapping[str, Any],
                        ctx: ProbeContext) -> list[r.MonitoringResult]:  # fmt: skip
     sw = Stopwatch()
     try:
-        check_params(kind, params)
+        check_params(kind, params, timeout)
         choice = base.family_choice(params)
         if kind == "http":
+            problem = http_mod.PARAMS.check_target(target, params)  # urlsplit raises on some
+            if problem:
+                raise ParamError(f"target {problem}")
             return await _run_http(target, params, timeout, ctx, choice, sw)
         host, target_port = base.split_host_port(target, None)
         port = _port(kind, params, target_port) if kind in ("tcp", "udp", "tls") else 0
@@ -376,7 +449,7 @@ async def run_probe_batch(kind: str, targets: Sequence[str], params: Mapping[str
     sw = Stopwatch()
     results: list[list[r.MonitoringResult]] = [[] for _ in targets]
     try:
-        check_params(kind, params)
+        check_params(kind, params, timeout)
         choice = base.family_choice(params)
         pp = PingParams.from_params(params, timeout)
     except ProbeError as exc:

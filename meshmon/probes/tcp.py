@@ -11,7 +11,12 @@ import time
 
 import trio
 
+from meshmon.probes.params import FAMILY, PORT, ParamSchema, host_port_target
 from meshmon.results import TcpConnectResult
+
+PARAMS = ParamSchema(params={"port": PORT, "family": FAMILY},
+                     target=host_port_target(lambda params: None))
+"""What a ``tcp`` check accepts: ``host:port`` targets, or hosts and ``params.port``."""
 
 _ERRORS = {
     errno.ECONNREFUSED: "connection refused (nothing listens on that port, or a firewall "

@@ -22,6 +22,14 @@ import trio
 from cryptography import x509
 
 from meshmon.probes.base import ParamError, param
+from meshmon.probes.params import (
+    FAMILY,
+    PORT,
+    Param,
+    ParamSchema,
+    host_port_target,
+    host_problem,
+)
 from meshmon.probes.tcp import connect_error_text
 from meshmon.results import TlsCertResult
 
@@ -45,6 +53,21 @@ class TlsParams:
             raise ParamError("params.min_days must be >= 0")
         return cls(param(params, "server_name", str, None), min_days,
                    param(params, "ca_file", str, None))  # fmt: skip
+
+
+PARAMS = ParamSchema(
+    params={
+        "port": PORT,
+        "family": FAMILY,
+        "server_name": Param((str,), "SNI and the name verified (the target's host)",
+                             rule=host_problem),
+        "min_days": Param((float,), "days to expiry below which the check fails (14)", low=0),
+        "ca_file": Param((str,), "extra CA bundle (PEM) to trust"),
+    },
+    target=host_port_target(lambda params: 443),
+    parse=lambda params, timeout: TlsParams.from_params(params),
+)
+"""What a ``tls`` check accepts: ``host`` or ``host:port`` (default port 443)."""
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ import errno
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -35,6 +36,7 @@ from meshmon.probes.icmp import (
     Echo,
     IcmpEngine,
 )
+from meshmon.probes.params import FAMILY, PORT, Issue, Param, ParamSchema, host_target
 from meshmon.results import TracerouteHop, TracerouteResult
 
 
@@ -52,6 +54,31 @@ class TraceParams:
     """Seconds between the starts of rounds."""
     port: int = 33434
     """UDP: base destination port (+TTL-1 per probe, as traceroute). TCP: destination port."""
+
+
+def _rounds_fit(params: Mapping[str, Any], timeout: float) -> Iterable[Issue]:
+    rounds = params.get("rounds", TraceParams.rounds)
+    interval = params.get("interval", TraceParams.interval)
+    if (rounds - 1) * interval >= timeout:
+        yield ("params.rounds", f"rounds={rounds} × interval={interval}s does not fit the check's "
+               f"timeout of {timeout:g}s; lower rounds or interval, or raise timeout")
+
+
+PARAMS = ParamSchema(
+    params={
+        "protocol": Param((str,), "icmp (needs ICMP), udp or tcp", choices=("icmp", "udp", "tcp")),
+        "max_hops": Param((int,), "highest TTL tried (30)", low=1, high=64),
+        "rounds": Param((int,), "probes per hop (3)", low=1, high=100),
+        "interval": Param((float,), "seconds between rounds (0.2)", low=0),
+        "port": PORT,
+        "reply_timeout": Param((float,), "seconds to wait for a round's answers (1.0)",
+                               low=0.001),
+        "family": FAMILY,
+    },
+    target=host_target,
+    rules=(_rounds_fit,),
+)
+"""What a ``trace`` check accepts (checked by ``meshmon config check`` and before each run)."""
 
 
 def fold_rounds(target: str, rounds: Sequence[Sequence[Echo]], protocol: str,

@@ -26,7 +26,7 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,15 @@ import trio
 
 from meshmon.logs import RateLimitedLog
 from meshmon.probes.base import PLAIN, ParamError, UdpCodec, param
+from meshmon.probes.params import (
+    FAMILY,
+    PORT,
+    Issue,
+    Param,
+    ParamSchema,
+    host_port_target,
+    regex_rule,
+)
 from meshmon.results import UdpConnectResult
 
 log = logging.getLogger(__name__)
@@ -86,6 +95,44 @@ class UdpParams:
         if not 1 <= count <= 1000 or interval < 0 or not 21 <= size <= 1400:
             raise ParamError("params: count 1-1000, interval >= 0, size 21-1400 bytes")
         return cls(mode, count, interval, payload, expect, size)
+
+
+def _hex_rule(value: str) -> str | None:
+    try:
+        bytes.fromhex(value)
+    except ValueError as exc:
+        return f"{value!r} is not hex ({exc})"
+    return None
+
+
+def _udp_rules(params: Mapping[str, Any], timeout: float) -> Iterable[Issue]:
+    if "payload" in params and "payload_hex" in params:
+        yield ("params.payload_hex", "give payload or payload_hex, not both")
+    count = params.get("count", 5 if params.get("mode") == "echo" else 1)
+    interval = params.get("interval", UdpParams.interval)
+    if (count - 1) * interval >= timeout:
+        yield ("params.count", f"count={count} × interval={interval}s does not fit the check's "
+               f"timeout of {timeout:g}s; lower count or interval, or raise timeout")
+
+
+PARAMS = ParamSchema(
+    params={
+        "port": PORT,
+        "family": FAMILY,
+        "mode": Param((str,), "payload (any UDP service) or echo (another agent)",
+                      choices=("payload", "echo")),
+        "count": Param((int,), "datagrams per run (1; echo: 5)", low=1, high=1000),
+        "interval": Param((float,), "seconds between datagrams (0.2)", low=0),
+        "payload": Param((str,), "text to send (payload mode)"),
+        "payload_hex": Param((str,), "bytes to send, as hex (payload mode)", rule=_hex_rule),
+        "expect": Param((str,), "regex a reply must match", rule=regex_rule),
+        "size": Param((int,), "echo request size in bytes (64)", low=21, high=1400),
+    },
+    target=host_port_target(lambda p: DEFAULT_ECHO_PORT if p.get("mode") == "echo" else None),
+    rules=(_udp_rules,),
+    parse=lambda params, timeout: UdpParams.from_params(params),
+)
+"""What a ``udp`` check accepts: ``host:port`` (or ``params.port``; echo mode defaults to 7947)."""
 
 
 def _jitter(latencies: list[float]) -> float | None:

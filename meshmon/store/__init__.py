@@ -7,6 +7,7 @@ Synchronous core: :class:`RingStore`. Trio wrapper for the agent: :func:`open_st
 from meshmon.store.aio import AsyncRingStore, open_store
 from meshmon.store.errors import (
     InvalidRecord,
+    RecordDropped,
     StoreClosed,
     StoreError,
     StoreFailed,
@@ -21,6 +22,7 @@ __all__ = [
     "CursorInfo",
     "InvalidRecord",
     "Record",
+    "RecordDropped",
     "RecordIn",
     "RecoveryInfo",
     "RingStore",

@@ -17,6 +17,12 @@ If the leader is cancelled while it sleeps, it wakes the others and one of them 
 keeping the round's deadline. A failed fsync fails every waiter with
 :class:`~meshmon.store.errors.StoreFailed`, and the store refuses further appends (see that
 class for why).
+
+A failed *write* is survived (:mod:`meshmon.store.outage`): the record is buffered in memory and
+``append`` returns its seq at once. Appends retry the disk when a retry is due; so that the
+outage also ends when no append comes, :func:`open_store` runs one background task that
+sleeps until the next retry is due and runs it in a worker thread. It sleeps on an event
+while the disk is fine.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any, Literal
 import trio
 
 from meshmon.config import StoreConfig
-from meshmon.store.errors import StoreFailed
+from meshmon.store.errors import StoreError, StoreFailed
 from meshmon.store.records import CursorInfo, Record, StoreStats
 from meshmon.store.ring import RecordIn, RingStore
 
@@ -54,23 +60,34 @@ class AsyncRingStore:
         """Replaced after every round; waiters re-check ``durable_seq`` when it fires."""
         self._error: BaseException | None = None
         self.fsync_rounds = 0
+        self._outage_began = trio.Event()
+        self._writing = trio.Event()
+        """Set (and replaced) whenever the retry task finds no outage."""
 
     async def append(self, ts: float, check: str, target: str, payload: Any) -> int:
-        """Append one record; return its seq once it is durable per the fsync policy.
+        """Append one record; return its seq once it is durable per the fsync policy, or at
+        once if the disk refuses writes and the record went to the outage buffer (see
+        :mod:`meshmon.store.outage`; ``core.is_buffered(seq)`` tells).
 
         Raises:
             InvalidRecord: the record is malformed; nothing was written.
-            StoreFailed: a write or fsync failed.
+            RecordDropped: the disk refuses writes and the buffer is full (counted as lost).
+            StoreFailed: an fsync failed.
         """
         seq = self.core.append(ts, check, target, payload)
-        await self.wait_durable(seq)
+        if self.core.outages.active:
+            self._outage_began.set()
+        await self.wait_durable(min(seq, self.core.written_seq))
         return seq
 
     async def append_batch(self, records: Sequence[RecordIn]) -> range:
-        """Append records; return their seqs once they are durable per the fsync policy."""
+        """Append records; return their seqs once those written to disk are durable per the
+        fsync policy (buffered ones, as in :meth:`append`, at once)."""
         seqs = self.core.append_batch(records)
+        if self.core.outages.active:
+            self._outage_began.set()
         if seqs:
-            await self.wait_durable(seqs[-1])
+            await self.wait_durable(min(seqs[-1], self.core.written_seq))
         return seqs
 
     async def wait_durable(self, seq: int) -> None:
@@ -104,6 +121,29 @@ class AsyncRingStore:
                 self._leading = False
                 synced, self._synced = self._synced, trio.Event()
                 synced.set()
+
+    async def retry_outages(self) -> None:
+        """Run forever: retry a refusing disk when due, even if no append comes."""
+        outages = self.core.outages
+        while True:
+            current = outages.current
+            if current is None:
+                self._writing.set()
+                self._writing = trio.Event()
+                await self._outage_began.wait()
+                self._outage_began = trio.Event()
+                continue
+            await trio.sleep(max(0.0, current.next_retry - outages.clock()))
+            if outages.due():
+                try:
+                    await trio.to_thread.run_sync(self.core.retry)
+                except StoreError:  # failed for good (fsync) or closed: status says so
+                    return
+
+    async def wait_writing(self) -> None:
+        """Return once no disk outage is in progress (needs :meth:`retry_outages` running)."""
+        while self.core.outages.active:
+            await self._writing.wait()
 
     async def commit_cursor(self, name: str, last_seq: int) -> CursorInfo:
         """Commit a cursor durably (the fsync runs in a worker thread)."""
@@ -156,7 +196,13 @@ async def open_store(
     """
     core = await trio.to_thread.run_sync(lambda: RingStore(directory, config, auto_sync=False))
     try:
-        yield AsyncRingStore(core)
+        store = AsyncRingStore(core)
+        if core.outages.active:  # the disk was full already at open
+            store._outage_began.set()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.retry_outages)
+            yield store
+            nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(core.close)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,7 @@ class CursorBook:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.states = load_cursors(directory)
+        self._refused_at = -60.0
 
     def get(self, name: str) -> CursorState:
         """A cursor's state.
@@ -169,6 +171,23 @@ class CursorBook:
                                 c.name, c.position, oldest, lost)  # fmt: skip
                 c.position = oldest
                 c.dirty = True
+
+    def save(self, states: list[CursorState]) -> None:
+        """Write cursor snapshots (from :meth:`take_dirty`). One the disk refuses (full,
+        read-only) is marked dirty again and retried at the next sync; that is logged at most
+        once a minute. The caller holds the store's cursor-I/O lock."""
+        for state in states:
+            try:
+                save_cursor(self.directory, state)
+            except OSError as exc:
+                live = self.states.get(state.name)
+                if live is not None:
+                    live.dirty = True
+                now = time.monotonic()
+                if now - self._refused_at >= 60.0:
+                    self._refused_at = now
+                    log.warning("cursor %r not saved (%s); its last saved position and loss "
+                                "count stand, retrying at each sync", state.name, exc)  # fmt: skip
 
     def take_dirty(self) -> list[CursorState]:
         """Snapshots of cursors changed since last saved; marks them clean."""

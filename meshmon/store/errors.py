@@ -16,12 +16,25 @@ class StoreClosed(StoreError):
 
 
 class StoreFailed(StoreError):
-    """A write or fsync failed; nothing appended since is known to be durable.
+    """An fsync failed; nothing appended since the last good one is known to be durable.
 
     After a failed fsync the kernel may have dropped dirty pages, so the store refuses further
     appends instead of acknowledging data it cannot vouch for. Restart the agent once the disk
     problem (full, read-only, I/O errors) is fixed; recovery keeps every record that reached disk.
+    (A failed *write* is survived instead: see :mod:`meshmon.store.outage`.)
     """
+
+
+class RecordDropped(StoreError):
+    """The disk refuses writes and the outage buffer is full: the record was not stored.
+
+    It got no seq and is counted in the store's ``lost`` counter (persisted). Records of the
+    same batch that were kept have the seqs in :attr:`kept`.
+    """
+
+    def __init__(self, message: str, kept: range) -> None:
+        super().__init__(message)
+        self.kept = kept
 
 
 class InvalidRecord(StoreError, ValueError):

@@ -78,3 +78,8 @@ class StoreStats:
     lost_records: int
     """Sum of ``lost`` over the cursors."""
     recovery: RecoveryInfo
+    health: dict[str, Any] = field(default_factory=dict)
+    """Disk health (:meth:`meshmon.store.outage.Outages.state`): ``state`` ok/failing, and
+    while failing ``since``, ``reason``, ``advice``, ``buffered``; always ``lost`` (results
+    dropped because the disk refused them, persisted), ``last_outage`` and
+    ``recovery_report`` (the last recovery that found damage, persisted)."""

@@ -12,17 +12,37 @@ Nothing here raises for bad content. Every problem is logged naming the file and
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from pathlib import Path
 
+from meshmon.store.errors import StoreLocked
 from meshmon.store.index import SeriesTable
 from meshmon.store.records import RecoveryInfo
 from meshmon.store.segment import Segment, load_segment, parse_segment_name
 
 log = logging.getLogger("meshmon.store")
 
-KNOWN = ("LOCK", "cursors")
+KNOWN = ("LOCK", "cursors", "HEALTH")
+
+
+def take_lock(directory: Path) -> int:
+    """Lock the store directory for this process; return the lock's file descriptor.
+
+    Raises:
+        StoreLocked: another process holds it.
+    """
+    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLocked(
+            f"{directory} is in use by another process (an agent already running on this "
+            "data_dir?); stop it or give this agent its own data_dir"
+        ) from None
+    return fd
 
 
 def load_directory(

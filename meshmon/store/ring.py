@@ -21,6 +21,12 @@ seq, so seqs are the agent's append order and never go back, across restarts too
 Cursors and ``read`` only ever return durable records, so a consumer never ships a record that
 a crash could still take back (and whose seq would then be reused).
 
+The files (rolling, dropping the oldest, cutting back a refused write) are
+:mod:`meshmon.store.files`. A write the disk refuses (full, read-only, I/O error) does not fail
+the store: appends go to a bounded in-memory buffer, keeping their seqs, until a retry writes
+it (:mod:`meshmon.store.outage`). Only a failed fsync makes the store refuse appends until a
+restart (:class:`~meshmon.store.errors.StoreFailed` says why).
+
 Opening the store is recovery: every segment is scanned, torn tails are truncated, corrupt
 stretches are skipped and counted, files without a single valid record are renamed ``*.bad``,
 and the indexes are rebuilt. Nothing in that path raises for bad content; it logs, naming the
@@ -33,15 +39,13 @@ owner keeps appending.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
 import os
 import threading
 import time
-from bisect import bisect_right
-from collections.abc import Sequence
-from itertools import accumulate, repeat
+from collections.abc import Callable, Sequence
+from itertools import repeat
 from operator import add
 from pathlib import Path
 from struct import error as struct_error
@@ -53,25 +57,30 @@ from meshmon.config import StoreConfig
 from meshmon.store import cursors as cur
 from meshmon.store.errors import (
     InvalidRecord,
+    RecordDropped,
     StoreClosed,
     StoreError,
     StoreFailed,
-    StoreLocked,
 )
+from meshmon.store.files import SegmentFiles
 from meshmon.store.format import (
     FILE_HEADER_SIZE,
     FRAME_OVERHEAD,
-    encode_file_header,
     encode_frame,
     encode_frames,
 )
+from meshmon.store.health import recovery_report
 from meshmon.store.index import SeriesTable, TimeIndex
+from meshmon.store.outage import Buffered, Outages
 from meshmon.store.query import Reader, match
 from meshmon.store.records import CursorInfo, Record, RecoveryInfo, StoreStats
-from meshmon.store.recovery import load_directory
-from meshmon.store.segment import Segment, segment_name
+from meshmon.store.recovery import load_directory, take_lock
+from meshmon.store.segment import Segment
 
 log = logging.getLogger("meshmon.store")
+
+RESUME_CHUNK = 1000
+"""Buffered records written per step when an outage ends (~0.3 MB, a few ms)."""
 
 RecordIn = tuple[float, str, str, Any]
 """What ``append_batch`` takes: (timestamp, check, target, payload bytes or a CBOR-able value)."""
@@ -86,6 +95,7 @@ class RingStore:
         auto_sync: sync without being asked: inline under ``always``, from a flusher thread
             every ``fsync_interval`` under ``batch``. The trio wrapper turns this off and runs
             its own group commit.
+        clock: monotonic seconds, for the retries of a failing disk (tests inject one).
 
     Raises:
         StoreLocked: another process has the directory open.
@@ -98,12 +108,13 @@ class RingStore:
         config: StoreConfig | None = None,
         *,
         auto_sync: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or StoreConfig()
         self.directory = Path(directory)
         self.cursor_dir = self.directory / "cursors"
         self.cursor_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = self._take_lock()
+        self._lock_fd = take_lock(self.directory)
         self.auto_sync = auto_sync
         self._mutex = threading.RLock()
         self._durable_changed = threading.Condition(self._mutex)
@@ -114,26 +125,19 @@ class RingStore:
         """Held from snapshotting a cursor to its file being written: files never go back."""
         self.series = SeriesTable()
         self.times = TimeIndex()
-        self.segments: list[Segment] = []
-        self._bases: list[int] = []
-        """First seq of each segment, for bisecting a seq to its segment."""
-        self._reader = Reader(self.segments, self._bases, self.series)
-        self._bytes = 0
+        self.files = SegmentFiles(self.directory, self.config, self.times, self._forget)
+        self.segments = self.files.segments
+        self._reader = Reader(self.segments, self.files.bases, self.series)
         self._indexed_seq = 0
         """Records below this seq are in the series index (it is filled lazily)."""
         self._next_seq = 1
         self._durable_seq = 0
-        self._wfd: int | None = None
-        self._pending_fds: list[int] = []
-        """Write handles of segments rolled away from but not yet fsynced."""
-        self._dir_dirty = False
         self._closed = False
         self._failed: BaseException | None = None
-        self.dropped_segments = 0
-        self.dropped_records = 0
         self.recovery = RecoveryInfo()
         self.cursors = cur.CursorBook(self.cursor_dir)
         try:
+            self.outages = Outages(self.directory, self.config.buffer_bytes, clock)
             self._recover()
         except BaseException:
             self.close()
@@ -147,8 +151,12 @@ class RingStore:
 
     def _flush_loop(self) -> None:
         while not self._stop_flusher.wait(self.config.fsync_interval):
-            if self._next_seq - 1 > self._durable_seq or self._dir_dirty or self._pending_fds:
+            files = self.files
+            if (self.outages.active or self._next_seq - 1 > self._durable_seq
+                    or files.dir_dirty or files.pending_fds):  # fmt: skip
                 try:
+                    if self.outages.active:
+                        self.retry(force=False)
                     self.sync()
                 except StoreError as exc:
                     log.error("store %s: background fsync failed: %s", self.directory, exc)
@@ -156,74 +164,40 @@ class RingStore:
 
     # ----------------------------------------------------------------------------- opening
 
-    def _take_lock(self) -> int:
-        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreLocked(
-                f"{self.directory} is in use by another process (an agent already running on "
-                "this data_dir?); stop it or give this agent its own data_dir"
-            ) from None
-        return fd
-
     def _recover(self) -> None:
         started = time.perf_counter()
         info = self.recovery
-        segments, self._next_seq = load_directory(
+        segments, next_seq = load_directory(
             self.directory, self.config.segment_bytes, self.series, info
         )
+        self._next_seq = self.outages.reconcile(next_seq)
         for seg in segments:
-            self._add_segment(seg)
-        self._dir_dirty = bool(info.bad_files)
+            self.files.add(seg)
+        self.files.dir_dirty = bool(info.bad_files)
         for seg in self.segments:
-            self.times.add(
-                seg.seqs if seg.seqs is not None else range(seg.base_seq, seg.last_seq + 1),
-                seg.tss,
-            )
+            self.times.add(seg.seq_range(0, seg.count), seg.tss)
             self.times.seal()
         self._durable_seq = self._next_seq - 1
-        active = self.segments[-1] if self.segments else None
-        if (active is not None and active.header_ok
-                and active.last_seq == self._next_seq - 1
-                and (active.count or active.first_seq == self._next_seq)
-                and active.size + FRAME_OVERHEAD < self.config.segment_bytes):
-            self._wfd = os.open(active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        else:
-            self._roll()
-        self._drop_empty_sealed()
+        try:
+            self.files.open_active(self._next_seq)
+        except OSError as exc:  # a full disk at start: buffer until it takes writes
+            self.outages.begin(exc, self._next_seq)
+        self.files.drop_empty_sealed()
         self.cursors.reconcile(self.oldest_seq or self._next_seq)
-        self._fsync_quietly()
+        try:
+            self.sync()
+        except StoreError as exc:
+            log.error("store %s: sync after recovery failed: %s", self.directory, exc)
         info.seconds = time.perf_counter() - started
         if info.problems:
+            self.outages.note_recovery(recovery_report(
+                time.time(), info.truncated_bytes, info.skipped_records, info.bad_files,
+                info.problems))  # fmt: skip
             log.warning("store %s recovered %d records in %.2fs; %d problems (see above)",
                         self.directory, info.records, info.seconds, len(info.problems))  # fmt: skip
         else:
             log.info("store %s opened: %d records in %d segments (%.2fs)",
                      self.directory, info.records, info.segments, info.seconds)  # fmt: skip
-
-    def _fsync_quietly(self) -> None:
-        try:
-            self.sync()
-        except StoreError as exc:
-            log.error("store %s: sync after recovery failed: %s", self.directory, exc)
-
-    def _add_segment(self, seg: Segment) -> None:
-        self.segments.append(seg)
-        self._bases.append(seg.seq_at(0) if seg.count else seg.first_seq)
-        self._bytes += seg.size
-
-    def _drop_empty_sealed(self) -> None:
-        """Remove empty segments other than the active one (left by a crash right after a roll)."""
-        for seg in self.segments[:-1]:
-            if not seg.count:
-                i = self.segments.index(seg)
-                del self.segments[i], self._bases[i]
-                self._bytes -= seg.size
-                seg.close()
-                seg.path.unlink(missing_ok=True)
-                self._dir_dirty = True
 
     # ----------------------------------------------------------------------------- writing
 
@@ -242,24 +216,20 @@ class RingStore:
             sid = self.series.by_pair.get((check, target))
             if sid is None:
                 sid = self._intern(check, target)
-            seq = self._next_seq
-            frame = encode_frame(seq, ts, self.series.keys[sid], self.series.key_crcs[sid],
-                                 payload)  # fmt: skip
-            size = len(frame)
+            size = FRAME_OVERHEAD + len(self.series.keys[sid]) + len(payload)
             if size > self.config.segment_bytes - FILE_HEADER_SIZE:
                 raise InvalidRecord(f"a record of {size} bytes does not fit in a segment; "
                                     "raise store.segment_bytes")  # fmt: skip
-            seg = self.segments[-1]
-            if seg.size + size > self.config.segment_bytes:
-                self._roll()
-                seg = self.segments[-1]
-            self._write(memoryview(frame))
-            seg.offs.append(seg.size)
-            seg.tss.append(ts)
-            seg.sids.append(sid)
-            seg.size += size
-            self._bytes += size
-            self.times.add_one(seq, ts)
+            if self.outages.active and not self._resume():
+                return self._buffer([(ts, check, target, payload)], self.next_seq)[0]
+            seq = self._next_seq
+            frame = encode_frame(seq, ts, self.series.keys[sid], self.series.key_crcs[sid],
+                                 payload)  # fmt: skip
+            try:
+                self.files.append_frame(frame, seq, ts, sid)
+            except OSError as exc:
+                self.outages.begin(exc, seq)
+                return self._buffer([(ts, check, target, payload)], seq)[0]
             self._next_seq = seq + 1
             if self.config.fsync == "never":
                 self._durable_seq = seq
@@ -270,6 +240,10 @@ class RingStore:
     def append_batch(self, records: Sequence[RecordIn]) -> range:
         """Append records in order and return their seqs.
 
+        While the disk refuses writes, records are kept in memory (up to
+        ``store.buffer_bytes``) and written, with the seqs returned here, once it accepts them
+        again; see :mod:`meshmon.store.outage`.
+
         Args:
             records: ``(ts, check, target, payload)`` tuples. ``ts`` is wall-clock seconds
                 (float), ``check`` and ``target`` index the record, ``payload`` is bytes
@@ -277,19 +251,20 @@ class RingStore:
 
         Returns:
             The seqs given to the records, in order. Durable on return under ``always``;
-            otherwise once :attr:`durable_seq` reaches them.
+            otherwise once :attr:`durable_seq` reaches them (buffered records: once written).
 
         Raises:
             InvalidRecord: a record is malformed or too large; nothing was written.
-            StoreFailed: a write or fsync failed earlier or now.
+            RecordDropped: the disk fails and the buffer is full: records past ``kept`` were
+                not stored (and are counted as lost).
+            StoreFailed: an fsync failed earlier or now.
             StoreClosed: the store was closed.
         """
         n = len(records)
         with self._mutex:
             self._check_writable()
-            seq0 = self._next_seq
             if not n:
-                return range(seq0, seq0)
+                return range(self.next_seq, self.next_seq)
             try:
                 tss, checks, targets, payloads = zip(*records, strict=True)
             except (TypeError, ValueError):
@@ -304,21 +279,21 @@ class RingStore:
             sids: list[int] = (
                 list(map(self._intern, checks, targets)) if None in found else found  # type: ignore[assignment]
             )
-            keys = list(map(self.series.keys.__getitem__, sids))
-            key_crcs = list(map(self.series.key_crcs.__getitem__, sids))
-            try:
-                buf, blens = encode_frames(seq0, tss, keys, key_crcs, payloads)
-            except struct_error as exc:
-                raise InvalidRecord(f"a record cannot be framed: {exc}") from None
-            sizes = list(map(add, blens, repeat(FRAME_OVERHEAD, n)))
-            limit = self.config.segment_bytes - FILE_HEADER_SIZE
-            if max(sizes) > limit:
-                raise InvalidRecord(f"a record of {max(sizes)} bytes does not fit in a segment "
-                                    f"({limit} bytes); raise store.segment_bytes")  # fmt: skip
-            self._write_chunks(memoryview(buf), seq0, sizes, tss, sids)
-            self._next_seq = seq0 + n
-            if self.config.fsync == "never":
-                self._durable_seq = self._next_seq - 1
+            blens = list(map(add, map(len, map(self.series.keys.__getitem__, sids)),
+                             map(len, payloads)))  # fmt: skip
+            limit = self.config.segment_bytes - FILE_HEADER_SIZE - FRAME_OVERHEAD
+            if max(blens) > limit:
+                raise InvalidRecord(f"a record of {max(blens) + FRAME_OVERHEAD} bytes does not "
+                                    f"fit in a segment ({limit + FRAME_OVERHEAD} bytes); raise "
+                                    "store.segment_bytes")  # fmt: skip
+            seq0 = self.next_seq
+            written = 0
+            if not self.outages.active or self._resume():
+                seq0 = self._next_seq
+                written = self._write_records(tss, sids, payloads)
+            if written < n:
+                rest = list(zip(tss, checks, targets, payloads, strict=True))[written:]
+                return self._buffer(rest, seq0)
             sync_now = self.config.fsync == "always" and self.auto_sync
         if sync_now:
             self.sync()
@@ -338,103 +313,119 @@ class RingStore:
         except ValueError as exc:
             raise InvalidRecord(str(exc)) from None
 
-    def _write_chunks(
-        self,
-        buf: memoryview,
-        seq0: int,
-        sizes: list[int],
-        tss: tuple[float, ...],
-        sids: list[int],
-    ) -> None:
-        n = len(sizes)
-        i = pos = 0
-        while i < n:
-            seg = self.segments[-1]
-            room = self.config.segment_bytes - seg.size
-            cum = list(accumulate(sizes[i:])) if i else list(accumulate(sizes))
-            k = bisect_right(cum, room)
-            if k == 0:
-                self._roll()
-                continue
-            nbytes = cum[k - 1]
-            self._write(buf[pos : pos + nbytes])
-            seg.offs.extend(accumulate(sizes[i : i + k - 1], initial=seg.size))
-            chunk_ts = tss[i : i + k]
-            seg.tss.extend(chunk_ts)
-            chunk_sids = sids[i : i + k]
-            seg.sids.extend(chunk_sids)
-            seg.size += nbytes
-            self._bytes += nbytes
-            self.times.add(range(seq0 + i, seq0 + i + k), chunk_ts)
-            i += k
-            pos += nbytes
-            self._next_seq = seq0 + i
+    # ----------------------------------------------------------------------------- outages
 
-    def _write(self, data: memoryview) -> None:
-        assert self._wfd is not None
+    def _buffer(self, records: list[Buffered], first: int) -> range:
+        """Keep records in the outage buffer; return seqs ``first`` up to the last kept one."""
+        taken = self.outages.offer(records)
+        kept = range(first, self._next_seq + self.outages.pending)
+        if taken < len(records):
+            raise RecordDropped(f"store {self.directory}: the disk refuses writes and the "
+                                f"outage buffer is full; {len(records) - taken} record(s) "
+                                "dropped and counted as lost", kept)  # fmt: skip
+        return kept
+
+    def _resume(self) -> bool:
+        """Inline retry, when due and ``auto_sync`` is on (else the owner runs :meth:`retry`):
+        write the whole outage buffer; ``True`` once the outage is over."""
+        if not (self.auto_sync and self.outages.due()):
+            return False
+        while (step := self._resume_step()) is None:
+            pass
+        return step
+
+    def _resume_step(self) -> bool | None:
+        """Write up to ``RESUME_CHUNK`` buffered records: ``True`` if that ended the outage,
+        ``False`` if the disk refused, ``None`` if more remain."""
+        o = self.outages.current
+        assert o is not None
+        chunk = o.buffer[:RESUME_CHUNK]
+        if chunk:
+            tss, checks, targets, payloads = zip(*chunk, strict=True)
+            written = self._write_records(tss, list(map(self._intern, checks, targets)),
+                                          payloads)  # fmt: skip
+            self.outages.written(written)
+            if written < len(chunk):
+                return False
+            if o.buffer:
+                return None
+        self.outages.end()
+        return True
+
+    def retry(self, force: bool = True) -> bool:
+        """Try to write the outage buffer now (or only if the backoff says so, without
+        ``force``); ``True`` if the store is writing normally (no outage, or it just ended).
+
+        The mutex is released between chunks of ``RESUME_CHUNK`` records, so appends (which
+        go to the end of the buffer meanwhile) never wait for a whole long buffer.
+        """
+        with self._mutex:
+            self._check_writable()
+            if self.outages.active and not (force or self.outages.due()):
+                return False
+        step: bool | None = None
+        while step is None:
+            with self._mutex:
+                self._check_writable()
+                step = self._resume_step() if self.outages.active else True
+        if step and self.config.fsync == "always" and self.auto_sync:
+            self.sync()
+        return step
+
+    def is_buffered(self, seq: int) -> bool:
+        """Record ``seq`` is in the outage buffer (in memory, not yet written)."""
+        return self._next_seq <= seq < self._next_seq + self.outages.pending
+
+    @property
+    def written_seq(self) -> int:
+        """Every record up to this seq is in a segment file (durable or not yet)."""
+        return self._next_seq - 1
+
+    # ----------------------------------------------------------------------------- disk
+
+    def _write_records(
+        self, tss: tuple[float, ...], sids: list[int], payloads: tuple[bytes, ...]
+    ) -> int:
+        """Frame and write validated records from ``next_seq`` on; return how many reached
+        the file. A refused write starts (or continues) an outage and stops there."""
+        seq0 = self._next_seq
+        keys = list(map(self.series.keys.__getitem__, sids))
+        key_crcs = list(map(self.series.key_crcs.__getitem__, sids))
         try:
-            while data:
-                written = os.write(self._wfd, data)
-                data = data[written:]
-        except OSError as exc:
-            self._failed = exc
-            raise StoreFailed(
-                f"writing to {self.segments[-1].path} failed: {exc}; the store refuses appends "
-                "until the agent restarts (recovery truncates the partial record)"
-            ) from exc
-
-    def _roll(self) -> None:
-        """Start a new segment for the next seq, dropping the oldest ones to make room."""
-        if self._wfd is not None:
-            if self.config.fsync == "never":
-                os.close(self._wfd)
+            buf, blens = encode_frames(seq0, tss, keys, key_crcs, payloads)
+        except struct_error as exc:
+            raise InvalidRecord(f"a record cannot be framed: {exc}") from None
+        sizes = list(map(add, blens, repeat(FRAME_OVERHEAD, len(blens))))
+        written, error = self.files.write_frames(memoryview(buf), seq0, sizes, tss, sids)
+        self._next_seq = seq0 + written
+        if self.config.fsync == "never":
+            self._durable_seq = self._next_seq - 1
+        if error is not None:
+            if self.outages.active:
+                self.outages.retry_failed(error)
             else:
-                self._pending_fds.append(self._wfd)
-            self._wfd = None
-        self.times.seal()
-        while self.segments and self._bytes + self.config.segment_bytes > self.config.max_bytes:
-            self._drop_oldest()
-        path = self.directory / segment_name(self._next_seq)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
-                         0o600)  # fmt: skip
-        except FileExistsError:
-            raise StoreError(f"segment {path} already exists; the store directory was changed "
-                             "behind the agent's back; restart the agent") from None
-        self._wfd = fd
-        header = encode_file_header(self._next_seq)
-        seg = Segment(path, self._next_seq, 0)
-        self._add_segment(seg)
-        self._write(memoryview(header))
-        seg.size = len(header)
-        self._bytes += len(header)
-        self._dir_dirty = True
+                self.outages.begin(error, self._next_seq)
+        return written
 
     def _catch_up(self) -> None:
         """Add records appended since the last query to the series index, in bulk."""
-        if self._indexed_seq >= self._next_seq or not self.segments:
+        end = self.segments[-1].last_seq + 1 if self.segments else 0
+        if self._indexed_seq >= end:
             return
         for seg in self.segments[self._reader.segment_for(self._indexed_seq) :]:
             i = seg.index_ge(self._indexed_seq)
             if i < seg.count:
                 self.series.add_records(seg.seq_range(i, seg.count), seg.sids[i:])
-        self._indexed_seq = self._next_seq
+        self._indexed_seq = end
 
-    def _drop_oldest(self) -> None:
+    def _forget(self, seg: Segment) -> None:
+        """The ring is about to delete ``seg``: charge the cursors, trim the indexes."""
         self._catch_up()
-        seg = self.segments.pop(0)
-        del self._bases[0]
-        self._bytes -= seg.size
         if seg.count:
             last = seg.last_seq
             self.cursors.charge_drop(last, lambda pos: seg.count - seg.index_ge(pos))
             self.series.drop_before(last + 1)
             self.times.drop_before(last + 1)
-        self.dropped_segments += 1
-        self.dropped_records += seg.count
-        seg.close()
-        seg.path.unlink(missing_ok=True)
-        self._dir_dirty = True
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -457,9 +448,9 @@ class RingStore:
                 if self._closed:
                     return self._durable_seq
                 target = self._next_seq - 1
-                fds = list(self._pending_fds)
-                wfd = self._wfd
-                dir_dirty, self._dir_dirty = self._dir_dirty, False
+                fds = list(self.files.pending_fds)
+                wfd = self.files.wfd
+                dir_dirty, self.files.dir_dirty = self.files.dir_dirty, False
             try:
                 for fd in fds:
                     os.fdatasync(fd)
@@ -467,21 +458,20 @@ class RingStore:
                     os.fdatasync(wfd)
                 if dir_dirty:
                     cur.fsync_dir(self.directory)
-                with self._cursor_io:
-                    with self._mutex:
-                        dirty = self.cursors.take_dirty()
-                    for state in dirty:
-                        cur.save_cursor(self.cursor_dir, state)
             except OSError as exc:
                 with self._mutex:
                     self._failed = exc
                 raise StoreFailed(f"fsync in {self.directory} failed: {exc}; records since seq "
                                   f"{self._durable_seq} may not be on disk; restart the agent "
                                   "once the disk is fixed") from exc  # fmt: skip
+            with self._cursor_io:
+                with self._mutex:
+                    dirty = self.cursors.take_dirty()
+                self.cursors.save(dirty)  # a refusing disk keeps them dirty, for the next sync
             with self._mutex:
                 for fd in fds:
                     os.close(fd)
-                    self._pending_fds.remove(fd)
+                    self.files.pending_fds.remove(fd)
                 self._durable_seq = max(self._durable_seq, target)
                 self._durable_changed.notify_all()
                 return self._durable_seq
@@ -505,19 +495,20 @@ class RingStore:
         self._stop_flusher.set()
         if self._flusher is not None:
             self._flusher.join()
+        outages: Outages | None = getattr(self, "outages", None)  # None: opening failed early
         try:
             if self._failed is None:
+                if outages is not None and outages.active:
+                    self.retry()
                 self.sync()
         except StoreError as exc:
             log.error("store %s: final sync failed: %s", self.directory, exc)
+        if outages is not None:
+            outages.abandon()
+            outages.health.close()
         with self._sync_mutex, self._mutex:
             self._closed = True
-            for fd in [*self._pending_fds, *([self._wfd] if self._wfd is not None else [])]:
-                os.close(fd)
-            self._pending_fds.clear()
-            self._wfd = None
-            for seg in self.segments:
-                seg.close()
+            self.files.close()
             os.close(self._lock_fd)
 
     def __enter__(self) -> RingStore:
@@ -531,7 +522,7 @@ class RingStore:
     @property
     def next_seq(self) -> int:
         """The seq the next record will get."""
-        return self._next_seq
+        return self._next_seq + self.outages.pending
 
     @property
     def durable_seq(self) -> int:
@@ -685,25 +676,17 @@ class RingStore:
             index = sum(seg.index_bytes() for seg in self.segments)
             index += self.series.memory_entries() * 8
             newest = next((s.last_seq for s in reversed(self.segments) if s.count), None)
+            files = self.files
             return StoreStats(
-                records=len(self),
-                bytes=self._bytes,
-                capacity_bytes=self.config.max_bytes,
-                segments=len(self.segments),
-                series=len(self.series.by_pair),
-                oldest_seq=self.oldest_seq,
-                newest_seq=newest,
-                durable_seq=self._durable_seq,
-                fsync=self.config.fsync,
-                dropped_segments=self.dropped_segments,
-                dropped_records=self.dropped_records,
-                read_errors=self._reader.read_errors,
+                records=len(self), bytes=files.bytes, capacity_bytes=self.config.max_bytes,
+                segments=len(self.segments), series=len(self.series.by_pair),
+                oldest_seq=self.oldest_seq, newest_seq=newest, durable_seq=self._durable_seq,
+                fsync=self.config.fsync, dropped_segments=files.dropped_segments,
+                dropped_records=files.dropped_records, read_errors=self._reader.read_errors,
                 index_bytes=index,
-                cursors={
-                    i.name: {"position": i.position, "lost": i.lost, "behind": i.behind}
-                    for i in infos
-                },
-                lost_records=sum(i.lost for i in infos),
-                recovery=self.recovery,
-            )
+                cursors={i.name: {"position": i.position, "lost": i.lost, "behind": i.behind}
+                         for i in infos},
+                lost_records=sum(i.lost for i in infos), recovery=self.recovery,
+                health=self.outages.state(self._failed),
+            )  # fmt: skip
 

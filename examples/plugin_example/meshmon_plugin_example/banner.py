@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 import time
+from typing import ClassVar
 
 import trio
 
+from meshmon.probes.params import PORT, Param, host_port_target, regex_rule
 from meshmon.probes.plugin import PluginRequest, PluginResult
 
 
@@ -22,6 +24,16 @@ class BannerProbe:
 
     name = "banner"
     version = "0.1.0"
+
+    # Declared params and target syntax: `meshmon config check` (and agent start) refuse a
+    # check with an unknown param, a wrong type or range, or a target without a port.
+    params: ClassVar[dict[str, Param]] = {
+        "port": PORT,
+        "expect": Param((str,), "regex the banner must match", rule=regex_rule),
+        "send": Param((str,), "text to send first, e.g. \"PING\\r\\n\""),
+        "max_bytes": Param((int,), "bytes read at most (512)", low=1, high=65536),
+    }
+    check_target = staticmethod(host_port_target(lambda params: None))
 
     async def probe(self, request: PluginRequest) -> PluginResult:
         """Read the banner at ``request.target``; never raises for network trouble."""

@@ -1,0 +1,108 @@
+"""Startup under load: N real agents started together on one machine until all see N alive.
+
+Run::
+
+    .venv/bin/python -m benchmarks.startup [--quick] [--agents N]
+
+Starts ``N`` (50; 20 with ``--quick``) ``meshmon agent run`` processes at once on 127.0.0.2 ..,
+every one with the first as its seed, and measures the wall time until every agent lists ``N``
+alive members, plus the key exchanges and joins that failed on the way (log lines). Baseline in
+the same run: the same N processes running ``meshmon config check`` on their configs at once,
+the floor any agent pays before it can say a word (interpreter start, imports, config and
+certificate loading on a machine with 2 cores shared by N processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.realproc import Mesh
+
+FAILURE = re.compile(r"TooSlowError|no answer to hello|key exchange .*fail|handshake .*fail|"
+                     r"push-pull .*fail|Traceback", re.IGNORECASE)  # fmt: skip
+
+
+def config_check_floor(mesh: Mesh) -> float:
+    """Wall time for every agent's ``config check`` run at once."""
+    t0 = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-m", "meshmon", "config", "check",
+                               str(p.folder / "agent.toml")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for p in mesh.procs]  # fmt: skip
+    for proc in procs:
+        proc.wait()
+    return time.monotonic() - t0
+
+
+def start_all(root: Path, n: int, timeout: float) -> dict[str, float]:
+    mesh = Mesh(root, port=29946)
+    try:
+        seed = f"127.0.0.2:{mesh.port}"
+        for i in range(1, n + 1):
+            mesh.prepare(f"s{i}", i + 1, [] if i == 1 else [seed])
+        t0 = time.monotonic()
+        procs = [mesh.launch(f"s{i}", i + 1) for i in range(1, n + 1)]
+        seen: dict[str, float] = {}
+        deadline = t0 + timeout
+        while len(seen) < n and time.monotonic() < deadline:
+            for p in procs:
+                if p.name in seen:
+                    continue
+                if p.proc.poll() is not None:
+                    raise RuntimeError(f"{p.name} exited:\n{p.log_text()[-2000:]}")
+                try:
+                    members = p.api("members")
+                except Exception:  # not answering yet (starting up)
+                    continue
+                if sum(m["state"] == "alive" for m in members) >= n:
+                    seen[p.name] = time.monotonic() - t0
+            time.sleep(0.2)
+        converged = max(seen.values()) if len(seen) == n else float("nan")
+        failures = sum(len(FAILURE.findall(p.log_text())) for p in procs)
+        floor_s = config_check_floor(mesh)
+        return {"converged_s": converged, "agents_converged": len(seen),
+                "failed_exchanges": failures, "floor_s": floor_s,
+                "median_agent_s": sorted(seen.values())[len(seen) // 2] if seen else float("nan")}
+    finally:
+        mesh.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="20 agents (< 60 s)")
+    parser.add_argument("--agents", type=int, default=0, help="how many agents (default 50)")
+    args = parser.parse_args()
+    n = args.agents or (20 if args.quick else 50)
+    root = Path(tempfile.mkdtemp(prefix="meshmon-startup-"))
+    try:
+        row = start_all(root, n, timeout=180.0)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{n} agents:", row, flush=True)
+    print(json.dumps({
+        "bench": "startup",
+        "metric": f"seconds from starting {n} agents at once until all see {n} alive",
+        "value": round(row["converged_s"], 2),
+        "unit": "s",
+        "baseline": f"{n} concurrent 'meshmon config check' runs (process start, imports, "
+                    "config and certificates): the floor before an agent can speak",
+        "baseline_value": round(row["floor_s"], 2),
+        "ratio": round(row["converged_s"] / row["floor_s"], 2),
+        "goal": "50 agents <= 15 s, no failed exchange",
+        "agents": n,
+        "agents_converged": row["agents_converged"],
+        "failed_exchanges": row["failed_exchanges"],
+        "median_agent_s": round(row["median_agent_s"], 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()
