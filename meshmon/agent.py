@@ -27,6 +27,7 @@ from meshmon import pki
 from meshmon.config import AgentConfig, CheckConfig, split_host_port
 from meshmon.control import ResultQuery, serve_control
 from meshmon.membership import NodeMeta, State
+from meshmon.membership.identity import address_allowed
 from meshmon.mesh import MeshService
 from meshmon.net import ListenError, MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
@@ -67,6 +68,13 @@ class Agent:
             raise AgentError(
                 f"node.name is {config.node.name!r} but the certificate {tls.cert} is for "
                 f"{self.identity.name!r}; set node.name to match or issue a certificate for it"
+            )
+        advertised = config.listen.advertise_address
+        if not address_allowed(self.identity.certificate, advertised):
+            raise AgentError(
+                f"the agent would announce address {advertised}, which is not among the IP "
+                f"addresses of its certificate {tls.cert}, so every peer would refuse it; set "
+                "listen.advertise to one of them or issue a certificate that includes it"
             )
         self._load_cached_crl()
         self.tcp_port = config.listen.tcp_port
@@ -116,7 +124,7 @@ class Agent:
         listen = self.config.listen
         return NodeMeta(
             name=self.name, address=listen.advertise_address, udp_port=listen.udp_port,
-            tcp_port=self.tcp_port, tags=tuple(self.config.node.tags), version=__version__,
+            tcp_port=self.tcp_port, tags=self.identity.peer.tags, version=__version__,
             cert_fingerprint=bytes.fromhex(self.identity.peer.fingerprint),
         )  # fmt: skip
 
@@ -216,7 +224,7 @@ class Agent:
     def view(self) -> list[AgentInfo]:
         """The membership view as placement sees it (suspects still count as members)."""
         if self.mesh is None:
-            return [AgentInfo(self.name, frozenset(self.config.node.tags),
+            return [AgentInfo(self.name, frozenset(self.identity.peer.tags),
                               self.config.listen.advertise_address)]  # fmt: skip
         return [
             AgentInfo(m.meta.name, frozenset(m.meta.tags), m.meta.address,
@@ -332,9 +340,11 @@ class Agent:
             status["dropped_datagrams"] = dict(self.transport.drops)
             status["refused_connections"] = dict(self.transport.admission.counts)
         if self.mesh is not None:
-            status["membership"] = {"live": self.mesh.core.num_live(),
-                                    "awareness": self.mesh.core.awareness,
-                                    **self.mesh.counters}  # fmt: skip
+            core = self.mesh.core
+            status["membership"] = {"live": core.num_live(), "awareness": core.awareness,
+                                    **self.mesh.counters,
+                                    # self-statements not proven by their certificate, by reason
+                                    "refused": dict(sorted(core.refused.items()))}  # fmt: skip
         return status
 
     def api_members(self) -> list[dict[str, Any]]:

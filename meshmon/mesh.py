@@ -11,6 +11,12 @@ core changes nothing on bad input). The transport serves the other side of push-
 ping. Member events teach the transport where members' TCP ports are and are handed to the
 agent's listener (placement follows the view).
 
+A member's statements about itself (alive, leave) count only with its signature by its
+certified key (:class:`~meshmon.membership.identity.CertAuthenticator`); the core refuses the
+rest without changing the view, counts them by reason (``core.refused``, shown by ``meshmon
+status``) and this driver logs them at most once per reason every 10 s, naming the peer that
+passed them on.
+
 CRL distribution rides on the core's user broadcasts under key ``"crl"`` with the CRL number as
 version: any node that learns a newer CA-signed CRL (from its file or from a peer) adopts it,
 re-publishes it, drops keys of revoked peers and expels them from membership.
@@ -42,11 +48,24 @@ from meshmon.membership import (
     StreamRequest,
     UserEvent,
 )
+from meshmon.membership.identity import CertAuthenticator
 from meshmon.net import PURPOSE_MEMBERSHIP, MeshTransport, PeerUnreachableError, RemoteError
 
 log = logging.getLogger(__name__)
 
 CRL_KEY = "crl"
+_REFUSAL_HINTS = {
+    "name-mismatch": "signed by a certificate issued to another name",
+    "tags-mismatch": "tags differ from the certificate's; the CA grants tags",
+    "address-mismatch": "address is not among the certificate's IPs",
+    "fingerprint-mismatch": "fingerprint is not the signing certificate's",
+    "bad-signature": "signature does not match the statement",
+    "untrusted-cert": "certificate not issued by this mesh's CA",
+    "revoked": "certificate is revoked",
+    "expired": "certificate is outside its validity",
+    "missing-proof": "no signature: only the member itself may say this",
+    "malformed-proof": "unreadable signature",
+}
 PUSH_PULL, TCP_PING = "mm-push-pull", "mm-ping"
 
 
@@ -73,7 +92,9 @@ class MeshService:
         self.on_change = on_change
         self.on_seed_failure: Callable[[Addr, Exception], None] = _warn_seed
         """Called when a join through a seed fails (the agent wires :mod:`meshmon.seeds`)."""
-        self.core = Membership(config, local, rng=random.Random(), now=trio.current_time())
+        self.auth = CertAuthenticator(transport.identity, trust)
+        self.core = Membership(config, local, rng=random.Random(), now=trio.current_time(),
+                               auth=self.auth)
         self.bad_input = RateLimitedLog(log)
         self.counters: dict[str, int] = {"malformed": 0, "stream_failures": 0}
         self._wake = trio.Event()
@@ -136,6 +157,7 @@ class MeshService:
                     datagram.sender, datagram.addr, exc,
                 )
                 continue
+            self._log_refusals(f"{datagram.sender} ({datagram.addr[0]})")
             await self._flush()
             self._wake.set()
 
@@ -156,6 +178,7 @@ class MeshService:
                                                      cbor2.dumps([request.join, request.payload]),
                                                      timeout=timeout)  # fmt: skip
                 self.core.stream_result(trio.current_time(), request.token, True, reply)
+                self._log_refusals(f"a push-pull with {request.addr[0]}:{request.addr[1]}")
             else:
                 reply = await self.transport.request(request.addr, TCP_PING,
                                                      (request.node or "").encode(), timeout=timeout)
@@ -185,12 +208,22 @@ class MeshService:
         except (ValueError, TypeError, cbor2.CBORDecodeError) as exc:
             raise MalformedMessage(f"bad push-pull request from {peer.name}: {exc}") from None
         self.core.merge_remote_state(trio.current_time(), state)
+        self._log_refusals(f"a push-pull from {peer.name}")
         await self._flush()
         self._wake.set()
         return self.core.local_state(join=bool(join))
 
     async def _serve_ping(self, peer: pki.PeerIdentity, payload: bytes) -> bytes:
         return b"1" if self.core.answers_to(payload.decode(errors="replace")) else b"0"
+
+    def _log_refusals(self, via: str) -> None:
+        for r in self.core.take_refusals():
+            self.bad_input.warning(
+                f"refused-{r.reason}",
+                "refused %s announcement of %r at incarnation %d, passed on by %s: %s (%s)",
+                r.kind.name.lower(), r.name, r.incarnation, via, r.reason,
+                _REFUSAL_HINTS.get(r.reason, "not proven by its certificate"),
+            )
 
     # --- events and the CRL -----------------------------------------------------------------------
 

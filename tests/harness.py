@@ -54,6 +54,9 @@ class AgentProc:
     seeds: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    module: str = "meshmon"
+    """What ``python -m`` runs (a test may wrap the CLI, see ``tests/liar_agent.py``)."""
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def config_path(self) -> Path:
@@ -96,8 +99,9 @@ level = "debug"
         self.write_config()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "meshmon", "agent", "run", "-c", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [sys.executable, "-m", self.module, "agent", "run", "-c", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
 

@@ -30,6 +30,7 @@ from meshmon.membership.messages import (
 from meshmon.membership.queue import BroadcastQueue
 
 META = NodeMeta("node-1", "10.0.0.1", 7946, 7947, ("dc1", "web"), "0.1.0", b"\x01" * 32, 3)
+V = codec.VERSION
 ALL = [
     Ping(1, "node-1", "node-2"),
     IndirectPing(2**40, "node-3", ("::1", 7946), True, "node-2"),
@@ -38,6 +39,8 @@ ALL = [
     Alive(5, META),
     Suspect(3, "node-1", "node-2"),
     Dead(4, "node-1", "node-1"),
+    Alive(6, META, b"\x02" * 610),  # a self-statement with its proof
+    Dead(6, "node-1", "node-1", META, b"\x03" * 610),  # a proven leave
     UserData("crl", 12, b"\x00" * 300),
     UserNotice("crl", 13, "node-2"),
 ]
@@ -51,7 +54,8 @@ def test_every_message_round_trips() -> None:
 
 
 def test_state_round_trips() -> None:
-    state = PushPullState(True, (MemberState(META, 9, State.SUSPECT),),
+    state = PushPullState(True, (MemberState(META, 9, State.SUSPECT),
+                                 MemberState(META, 9, State.ALIVE, b"proof")),
                           (UserData("k", 1, b"v"),))
     assert codec.decode_state(codec.encode_state(state)) == state
 
@@ -66,23 +70,23 @@ def test_alive_is_compact() -> None:
     [
         b"",
         b"\xff",
-        cbor2.dumps([2, [2, 1]]),  # another version
+        cbor2.dumps([V + 1, [2, 1]]),  # another version
         cbor2.dumps([1]),  # no messages
         cbor2.dumps({"a": 1}),
-        cbor2.dumps([1, [99, 1]]),  # unknown type
-        cbor2.dumps([1, [2, -1]]),  # negative seq
-        cbor2.dumps([1, [2, True]]),  # bool is not an int
-        cbor2.dumps([1, [2, 2**64]]),
-        cbor2.dumps([1, [0, 1, "bad name!", "x"]]),
-        cbor2.dumps([1, [0, 1, "a" * 64, "x"]]),
-        cbor2.dumps([1, [4, 1, ["n", "not-an-ip", 1, 1, [], "", b"", 0]]]),
-        cbor2.dumps([1, [4, 1, ["n", "10.0.0.1", 70000, 1, [], "", b"", 0]]]),
-        cbor2.dumps([1, [4, 1, ["n", "10.0.0.1", 1, 1, ["x"] * 65, "", b"", 0]]]),
-        cbor2.dumps([1, [1, 1, "t", ["10.0.0.1", 1], "yes", "s"]]),
-        cbor2.dumps([1, [2, 1], [7, "k", 1, "not bytes"]]),  # one bad message spoils all
-        cbor2.dumps([1, [2, 1]])[:-1],  # truncated
-        b"\x9f\x01" + b"\x81" * 5000,  # deep nesting
-        b"\xd9\xd9\xf7" + cbor2.dumps([1, [2, 1]]) + b"\x00",  # trailing junk after a tag
+        cbor2.dumps([V, [99, 1]]),  # unknown type
+        cbor2.dumps([V, [2, -1]]),  # negative seq
+        cbor2.dumps([V, [2, True]]),  # bool is not an int
+        cbor2.dumps([V, [2, 2**64]]),
+        cbor2.dumps([V, [0, 1, "bad name!", "x"]]),
+        cbor2.dumps([V, [0, 1, "a" * 64, "x"]]),
+        cbor2.dumps([V, [4, 1, ["n", "not-an-ip", 1, 1, [], "", b"", 0], b""]]),
+        cbor2.dumps([V, [4, 1, ["n", "10.0.0.1", 70000, 1, [], "", b"", 0], b""]]),
+        cbor2.dumps([V, [4, 1, ["n", "10.0.0.1", 1, 1, ["x"] * 65, "", b"", 0], b""]]),
+        cbor2.dumps([V, [1, 1, "t", ["10.0.0.1", 1], "yes", "s"]]),
+        cbor2.dumps([V, [2, 1], [7, "k", 1, "not bytes"]]),  # one bad message spoils all
+        cbor2.dumps([V, [2, 1]])[:-1],  # truncated
+        b"\x9f" + bytes([V]) + b"\x81" * 5000,  # deep nesting
+        b"\xd9\xd9\xf7" + cbor2.dumps([V, [2, 1]]) + b"\x00",  # trailing junk after a tag
     ],
 )
 def test_malformed_datagrams_raise_one_exception_type(data: bytes) -> None:
@@ -92,9 +96,9 @@ def test_malformed_datagrams_raise_one_exception_type(data: bytes) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", cbor2.dumps([1, True, [[0, 0, ["n"]]], []]), cbor2.dumps([1, 1, [], []]),
-     cbor2.dumps([1, False, [[7, 0, META and ["n", "10.0.0.1", 1, 1, [], "", b"", 0]]], []]),
-     cbor2.dumps([3, False, [], []])],
+    [b"", cbor2.dumps([V, True, [[0, 0, ["n"]]], []]), cbor2.dumps([V, 1, [], []]),
+     cbor2.dumps([V, False, [[7, 0, META and ["n", "10.0.0.1", 1, 1, [], "", b"", 0]]], []]),
+     cbor2.dumps([V + 1, False, [], []])],
 )
 def test_malformed_states_are_rejected(data: bytes) -> None:
     with pytest.raises(codec.MalformedMessage):

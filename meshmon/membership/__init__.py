@@ -18,10 +18,15 @@ feeds it time and bytes and carries out what it asks for::
     server side of TCP ping:   reply ok iff m.answers_to(name)
     m.leave(now); tick until m.leave_done (or a deadline); m.expel(now, name) on revocation
     m.publish(now, key, version, payload) disseminates application data (e.g. "crl")
+    m.refused (counts by reason), m.take_refusals(): self-statements refused for lack of proof
+
+Pass ``auth=`` an :class:`Authenticator` (``identity.CertAuthenticator`` in an agent): a node's
+alive and leave then count only with a proof by the node itself (see ``auth``).
 
 Addresses are ``(ip, port)`` tuples. Results that arrive after ``req.deadline`` are ignored.
 """
 
+from meshmon.membership.auth import REASONS, Authenticator, Refusal, Unchecked
 from meshmon.membership.codec import (
     MalformedMessage,
     decode_datagram,
@@ -44,7 +49,9 @@ from meshmon.membership.events import (
 from meshmon.membership.messages import Addr, NodeMeta, State
 
 __all__ = [
+    "REASONS",
     "Addr",
+    "Authenticator",
     "Event",
     "EventKind",
     "MalformedMessage",
@@ -53,9 +60,11 @@ __all__ = [
     "Membership",
     "MembershipConfig",
     "NodeMeta",
+    "Refusal",
     "State",
     "StreamKind",
     "StreamRequest",
+    "Unchecked",
     "UserEvent",
     "decode_datagram",
     "decode_state",

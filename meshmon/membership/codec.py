@@ -39,8 +39,9 @@ from meshmon.membership.messages import (
     UserNotice,
 )
 
-VERSION = 1
-"""Wire version; a receiver rejects datagrams and states of another version."""
+VERSION = 2
+"""Wire version; a receiver rejects datagrams and states of another version (2: self-statements
+carry proofs)."""
 
 _OPEN = b"\x9f" + cbor2.dumps(VERSION)
 _CLOSE = b"\xff"
@@ -54,6 +55,9 @@ _MAX_TAGS = 64
 _MAX_INT = 2**63 - 1
 _MAX_STATE_MEMBERS = 1_000_000
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,63}")
+MAX_PROOF = 2048
+"""Largest proof accepted (a certificate and a signature are ~610 bytes)."""
+_STATEMENT = "meshmon-statement-v1"
 
 
 class MalformedMessage(ValueError):
@@ -65,6 +69,11 @@ def _meta_list(meta: NodeMeta) -> list[Any]:
             meta.cert_fingerprint, meta.config_version]
 
 
+def encode_statement(kind: State, incarnation: int, meta: NodeMeta) -> bytes:
+    """The canonical bytes a member's proof of a statement about itself covers."""
+    return bytes(cbor2.dumps([_STATEMENT, kind.value, incarnation, _meta_list(meta)]))
+
+
 def encode_message(msg: Message) -> bytes:
     """Encode one message (to be framed with :func:`frame`)."""
     item: list[Any]
@@ -73,11 +82,13 @@ def encode_message(msg: Message) -> bytes:
     elif isinstance(msg, Ack):
         item = [_ACK, msg.seq]
     elif isinstance(msg, Alive):
-        item = [_ALIVE, msg.incarnation, _meta_list(msg.meta)]
+        item = [_ALIVE, msg.incarnation, _meta_list(msg.meta), msg.proof]
     elif isinstance(msg, Suspect):
         item = [_SUSPECT, msg.incarnation, msg.node, msg.source]
     elif isinstance(msg, Dead):
         item = [_DEAD, msg.incarnation, msg.node, msg.source]
+        if msg.meta is not None:
+            item += [_meta_list(msg.meta), msg.proof]
     elif isinstance(msg, IndirectPing):
         item = [_INDIRECT, msg.seq, msg.target, list(msg.target_addr), msg.nack, msg.source]
     elif isinstance(msg, Nack):
@@ -196,6 +207,12 @@ def _bytes(value: Any) -> bytes:
     return value
 
 
+def _proof(value: Any) -> bytes:
+    if type(value) is not bytes or len(value) > MAX_PROOF:
+        raise MalformedMessage(f"a proof is a byte string of at most {MAX_PROOF} bytes")
+    return value
+
+
 def _message(item: Any) -> Message:
     items = _list(item)
     if not items:
@@ -206,12 +223,15 @@ def _message(item: Any) -> Message:
         return Ping(_int(items[1]), _name(items[2]), _name(items[3]))
     if kind == _ACK and n == 2:
         return Ack(_int(items[1]))
-    if kind == _ALIVE and n == 3:
-        return Alive(_int(items[1]), _meta(items[2]))
+    if kind == _ALIVE and n == 4:
+        return Alive(_int(items[1]), _meta(items[2]), _proof(items[3]))
     if kind == _SUSPECT and n == 4:
         return Suspect(_int(items[1]), _name(items[2]), _name(items[3]))
     if kind == _DEAD and n == 4:
         return Dead(_int(items[1]), _name(items[2]), _name(items[3]))
+    if kind == _DEAD and n == 6:
+        return Dead(_int(items[1]), _name(items[2]), _name(items[3]), _meta(items[4]),
+                    _proof(items[5]))
     if kind == _INDIRECT and n == 6:
         if type(items[4]) is not bool:
             raise MalformedMessage("nack flag must be a boolean")
@@ -256,7 +276,8 @@ def decode_datagram(data: bytes) -> list[Message]:
 
 def encode_state(state: PushPullState) -> bytes:
     """Encode a push-pull state."""
-    members = [[m.state.value, m.incarnation, _meta_list(m.meta)] for m in state.members]
+    members = [[m.state.value, m.incarnation, _meta_list(m.meta), m.proof]
+               for m in state.members]
     user = [[u.key, u.version, u.payload] for u in state.user]
     return bytes(cbor2.dumps([VERSION, state.join, members, user]))
 
@@ -279,9 +300,9 @@ def decode_state(data: bytes) -> PushPullState:
             raise MalformedMessage("too many members")
         members = []
         for raw in raw_members:
-            entry = _list(raw, 3)
+            entry = _list(raw, 4)
             members.append(MemberState(_meta(entry[2]), _int(entry[1]),
-                                       State(_int(entry[0], 0, 3))))
+                                       State(_int(entry[0], 0, 3)), _proof(entry[3])))
         user = []
         for raw in _list(items[3]):
             entry = _list(raw, 3)

@@ -30,9 +30,10 @@ import collections
 import contextlib
 import heapq
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from meshmon.membership import codec, timing
+from meshmon.membership.auth import Authenticator
 from meshmon.membership.config import MembershipConfig
 from meshmon.membership.events import (
     Event,
@@ -75,6 +76,7 @@ from meshmon.membership.state import (
 _USER_PREFIX = "\x00"  # queue keys: a member's name, or this prefix + a user key (names can't)
 _MAX_USER_KEYS = 1024
 _RELAY_NACK_FRACTION = 0.8
+_PROVEN = (ALIVE, LEFT)  # states whose push-pull entries carry the member's own proof
 
 
 class _Probe:
@@ -112,11 +114,13 @@ class Membership(MemberTable):
         rng: a seeded ``random.Random`` (or a seed); all randomness comes from it.
         now: the current time in seconds on the driver's monotonic clock.
         incarnation: starting incarnation (0 for a fresh start; refutation raises it as needed).
+        auth: proves this node's statements about itself and verifies everyone else's
+            (:mod:`meshmon.membership.auth`); the default checks nothing.
     """
 
     def __init__(self, config: MembershipConfig, local: NodeMeta, rng: random.Random | int,
-                 now: float, *, incarnation: int = 0) -> None:
-        super().__init__(config, local, rng, now, incarnation)
+                 now: float, *, incarnation: int = 0, auth: Authenticator | None = None) -> None:
+        super().__init__(config, local, rng, now, incarnation, auth)
         self._seq = 0
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
@@ -166,8 +170,10 @@ class Membership(MemberTable):
             return
         self._leaving = True
         me = self._members[self._name]
+        proof = self._auth.prove(LEFT, me.incarnation, me.meta)
+        self._proofs[self._name] = proof
         self._set(Member(me.meta, LEFT, me.incarnation, now))
-        self._enqueue(self._name, Dead(me.incarnation, self._name, self._name))
+        self._enqueue(self._name, Dead(me.incarnation, self._name, self._name, me.meta, proof))
         self._probe = None
 
     def update_meta(self, now: float, meta: NodeMeta) -> None:
@@ -289,7 +295,8 @@ class Membership(MemberTable):
         cached = self._state_cache
         if cached is not None and cached[0] == self._version and cached[1] == join:
             return cached[2]
-        members = tuple(MemberState(m.meta, m.incarnation, m.state)
+        members = tuple(MemberState(m.meta, m.incarnation, m.state,
+                                    self._proof_of(m.meta.name) if m.state in _PROVEN else b"")
                         for m in self._members.values())
         user = tuple(UserData(k, v, p) for k, (v, p) in self._user.items())
         data = codec.encode_state(PushPullState(join, members, user))
@@ -310,32 +317,13 @@ class Membership(MemberTable):
         self.stats["push_pull_merged"] += 1
         for ms in state.members:
             if ms.state is ALIVE:
-                self._on_alive(now, ms.incarnation, ms.meta)
+                self._on_alive(now, ms.incarnation, ms.meta, ms.proof)
             elif ms.state is LEFT:
-                self._on_dead(now, ms.incarnation, ms.meta.name, ms.meta.name)
+                self._on_dead(now, ms.incarnation, ms.meta.name, ms.meta.name, ms.meta, ms.proof)
             else:  # a remote "dead" only makes us suspect: the member may still refute
                 self._on_suspect(now, ms.incarnation, ms.meta.name, self._name)
         for u in state.user:
             self._on_user(now, u.key, u.version, u.payload)
-
-    def preload(self, members: Mapping[str, Member]) -> None:
-        """Adopt a snapshot of *alive* members without gossip or events.
-
-        The simulator's warm start for large meshes (each view shares the snapshot's immutable
-        ``Member`` records); an agent could equally restore a persisted view. This node's own
-        entry in the snapshot is ignored.
-        """
-        me = self._members[self._name]
-        self._members = dict(members)
-        self._members[self._name] = me
-        names = list(members)
-        if self._name in members:
-            names.remove(self._name)
-        self._probe_list = names
-        self._probe_index = self._rng.randrange(len(names)) if names else 0
-        self._live = len(self._members)
-        self._gone.clear()
-        self._version += 1
 
     def answers_to(self, name: str) -> bool:
         """Server side of a TCP ping: whether this node is ``name``."""
@@ -349,11 +337,11 @@ class Membership(MemberTable):
         elif isinstance(msg, Ack):
             self._on_ack(now, msg.seq)
         elif isinstance(msg, Alive):
-            self._on_alive(now, msg.incarnation, msg.meta)
+            self._on_alive(now, msg.incarnation, msg.meta, msg.proof)
         elif isinstance(msg, Suspect):
             self._on_suspect(now, msg.incarnation, msg.node, msg.source)
         elif isinstance(msg, Dead):
-            self._on_dead(now, msg.incarnation, msg.node, msg.source)
+            self._on_dead(now, msg.incarnation, msg.node, msg.source, msg.meta, msg.proof)
         elif isinstance(msg, IndirectPing):
             self._on_indirect(now, src, msg)
         elif isinstance(msg, Nack):
@@ -613,6 +601,7 @@ class Membership(MemberTable):
         gone = set(names)
         for name in names:
             m = self._members.pop(name)
+            self._proofs.pop(name, None)
             self._gone.pop(name, None)
             self._queue.discard(name)
             self._events.append(MemberEvent(EventKind.REAPED, m, now))

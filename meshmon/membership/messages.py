@@ -101,6 +101,8 @@ class Alive:
 
     incarnation: int
     meta: NodeMeta
+    proof: bytes = b""
+    """The member's proof that it made this statement itself (see ``auth``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +116,17 @@ class Suspect:
 
 @dataclass(frozen=True, slots=True)
 class Dead:
-    """``source`` declares ``node`` dead; ``source == node`` means a graceful leave."""
+    """``source`` declares ``node`` dead; ``source == node`` means a graceful leave.
+
+    A leave carries the leaver's metadata and its proof that it left (see ``auth``); a leave
+    without a valid proof changes nothing.
+    """
 
     incarnation: int
     node: str
     source: str
+    meta: NodeMeta | None = None
+    proof: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +158,8 @@ class MemberState:
     meta: NodeMeta
     incarnation: int
     state: State
+    proof: bytes = b""
+    """For ALIVE and LEFT: the member's own proof of that statement (else empty)."""
 
 
 @dataclass(frozen=True, slots=True)

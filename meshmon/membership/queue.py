@@ -35,6 +35,11 @@ class BroadcastQueue:
         """How often ``key``'s entry was sent so far, or None if it is not queued."""
         return self._where.get(key)
 
+    def peek(self, key: str) -> bytes | None:
+        """The queued entry for ``key``, if any (not counted as sent)."""
+        count = self._where.get(key)
+        return None if count is None else self._buckets[count][key]
+
     def put(self, key: str, encoded: bytes) -> None:
         """Queue ``encoded`` under ``key``, replacing (invalidating) older news about it."""
         old = self._where.get(key)

@@ -11,6 +11,11 @@ member has been gone longer than ``dead_node_reclaim_time``); ``Suspect(i)`` and
 its own incarnation: news that it is suspect or dead, or an older life of it with other
 metadata, makes it *refute* with a higher incarnation. Expelled (banned) names are never
 accepted back.
+
+Self-statements (an ``Alive``, a leave) change the view only with a proof that the member made
+them itself (:mod:`meshmon.membership.auth`). The merge rules run first, so only news that would
+change the view is verified: stale relays cost nothing. A refused statement changes nothing and
+is counted in :attr:`MemberTable.refused` by reason.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 import collections
 import heapq
 import random
+from collections.abc import Mapping
 
 from meshmon.membership import codec, timing
+from meshmon.membership.auth import Authenticator, Refusal, Unchecked
 from meshmon.membership.config import MembershipConfig
 from meshmon.membership.events import Event, EventKind, Member, MemberEvent
 from meshmon.membership.messages import Alive, Dead, Message, NodeMeta, State, Suspect
@@ -42,11 +49,18 @@ class MemberTable:
         rng: a seeded ``random.Random`` (or a seed).
         now: the current time.
         incarnation: this node's starting incarnation.
+        auth: proves this node's statements and verifies others' (default: :class:`Unchecked`).
     """
 
     def __init__(self, config: MembershipConfig, local: NodeMeta, rng: random.Random | int,
-                 now: float, incarnation: int = 0) -> None:
+                 now: float, incarnation: int = 0, auth: Authenticator | None = None) -> None:
         self.config = config
+        self._auth: Authenticator = auth if auth is not None else Unchecked()
+        self._proofs: dict[str, bytes] = {}  # name -> proof of its accepted alive or leave
+        self._preloaded_proofs: Mapping[str, bytes] = {}
+        self.refused: collections.Counter[str] = collections.Counter()
+        """Self-statements refused, by reason (see ``auth.REASONS``)."""
+        self._refusals: collections.deque[Refusal] = collections.deque(maxlen=256)
         self._rng = rng if isinstance(rng, random.Random) else random.Random(rng)
         self._name = local.name
         self._members: dict[str, Member] = {}
@@ -66,6 +80,12 @@ class MemberTable:
         """Counters: datagrams/bytes sent, malformed input, suspicions, refutations..."""
         self._set(Member(local, ALIVE, incarnation, now))
         self._broadcast_alive(self._members[self._name])
+        size = len(self._queue.peek(self._name) or b"")
+        if size > config.max_datagram_plaintext - codec.FRAME_OVERHEAD:
+            raise ValueError(
+                f"this node's announcement is {size} bytes with its proof, more than a datagram "
+                f"carries ({config.max_datagram_plaintext}); issue a certificate with fewer "
+                "addresses, names or tags")
 
     @property
     def name(self) -> str:
@@ -103,6 +123,33 @@ class MemberTable:
         """Whether ``name`` was expelled."""
         return name in self._banned
 
+    def take_refusals(self) -> list[Refusal]:
+        """Self-statements refused since the last call (for logging; counted in ``refused``)."""
+        out = list(self._refusals)
+        self._refusals.clear()
+        return out
+
+    def preload(self, members: Mapping[str, Member],
+                proofs: Mapping[str, bytes] | None = None) -> None:
+        """Adopt a snapshot of *alive* members (and their proofs) without gossip or events.
+
+        The simulator's warm start for large meshes (each view shares the snapshot's immutable
+        ``Member`` records); an agent could equally restore a persisted view. This node's own
+        entry in the snapshot is ignored.
+        """
+        me = self._members[self._name]
+        self._members = dict(members)
+        self._members[self._name] = me
+        self._preloaded_proofs = proofs or {}  # shared by every view, like the snapshot
+        names = list(members)
+        if self._name in members:
+            names.remove(self._name)
+        self._probe_list = names
+        self._probe_index = self._rng.randrange(len(names)) if names else 0
+        self._live = len(self._members)
+        self._gone.clear()
+        self._version += 1
+
     # -- member table ------------------------------------------------------------------------
 
     def _set(self, m: Member) -> None:
@@ -135,7 +182,22 @@ class MemberTable:
         self._queue.put(key, codec.encode_message(msg))
 
     def _broadcast_alive(self, m: Member) -> None:
-        self._enqueue(m.meta.name, Alive(m.incarnation, m.meta))
+        name = m.meta.name
+        if name == self._name:
+            self._proofs[name] = self._auth.prove(ALIVE, m.incarnation, m.meta)
+        self._enqueue(name, Alive(m.incarnation, m.meta, self._proof_of(name)))
+
+    def _proof_of(self, name: str) -> bytes:
+        proof = self._proofs.get(name)
+        return proof if proof is not None else self._preloaded_proofs.get(name, b"")
+
+    def _verified(self, now: float, kind: State, inc: int, meta: NodeMeta, proof: bytes) -> bool:
+        reason = self._auth.verify(kind, inc, meta, proof)
+        if reason is None:
+            return True
+        self.refused[reason] += 1
+        self._refusals.append(Refusal(meta.name, reason, kind, inc, now))
+        return False
 
     def _refute(self, now: float, accused: int) -> None:
         me = self._members[self._name]
@@ -153,7 +215,7 @@ class MemberTable:
 
     # -- merge rules -------------------------------------------------------------------------
 
-    def _on_alive(self, now: float, inc: int, meta: NodeMeta) -> None:
+    def _on_alive(self, now: float, inc: int, meta: NodeMeta, proof: bytes) -> None:
         name = meta.name
         if name in self._banned:
             return
@@ -163,17 +225,23 @@ class MemberTable:
             if self._leaving or inc < old.incarnation or (
                     inc == old.incarnation and meta == old.meta):
                 return
-            self._refute(now, inc)  # someone spreads an older life of ours: outbid it
+            if self._verified(now, ALIVE, inc, meta, proof):
+                self._refute(now, inc)  # an older life of ours is spreading: outbid it
             return
         if old is None:
+            if not self._verified(now, ALIVE, inc, meta, proof):
+                return
+            self._proofs[name] = proof
             self._set(Member(meta, ALIVE, inc, now))
             self._broadcast_alive(self._members[name])
             self._emit(EventKind.JOINED, name, now)
             return
         reclaim = self.config.dead_node_reclaim_time
         reclaimable = old.state in GONE and reclaim > 0 and now - old.since >= reclaim
-        if inc <= old.incarnation and not reclaimable:
+        if (inc <= old.incarnation and not reclaimable) or not self._verified(
+                now, ALIVE, inc, meta, proof):
             return
+        self._proofs[name] = proof
         self._suspicions.pop(name, None)
         self._set(Member(meta, ALIVE, inc, now if old.state is not ALIVE else old.since))
         self._broadcast_alive(self._members[name])
@@ -213,18 +281,31 @@ class MemberTable:
         self.stats["suspected"] += 1
         self._emit(EventKind.SUSPECT, name, now)
 
-    def _on_dead(self, now: float, inc: int, name: str, source: str) -> None:
+    def _on_dead(self, now: float, inc: int, name: str, source: str,
+                 meta: NodeMeta | None = None, proof: bytes = b"") -> None:
         old = self._members.get(name)
         if old is None or inc < old.incarnation or old.state in GONE:
             return
+        left = source == name
+        if left:  # a leave: only the member itself may say so
+            if meta is None or meta.name != name:
+                meta = old.meta
+                proof = b""
+            if not self._verified(now, LEFT, inc, meta, proof):
+                return
         if name == self._name:
             if not self._leaving:
                 self._refute(now, inc)
             return
         self._suspicions.pop(name, None)
-        left = source == name
-        self._set(Member(old.meta, LEFT if left else DEAD, inc, now))
-        self._enqueue(name, Dead(inc, name, source))
+        if left:
+            assert meta is not None
+            self._proofs[name] = proof
+            self._set(Member(meta, LEFT, inc, now))
+            self._enqueue(name, Dead(inc, name, name, meta, proof))
+        else:
+            self._set(Member(old.meta, DEAD, inc, now))
+            self._enqueue(name, Dead(inc, name, source))
         self.stats["left" if left else "declared_dead"] += 1
         self._emit(EventKind.LEFT if left else EventKind.FAILED, name, now)
 

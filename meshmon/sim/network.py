@@ -15,6 +15,11 @@ exercises the decoder. A CPU-starved node processes each incoming datagram and s
 late by a random stall (in order), and answers streams late, while its timers still fire: the
 receive path of an overloaded process falls behind, as the Lifeguard paper models a slow member.
 
+Every node proves its statements about itself with its own simulated certificate
+(:class:`~meshmon.sim.identities.SimIdentities`): a node added under its own name is certified
+for the name and tags it announces; :meth:`Simulation.add_node` with another ``slot`` runs a
+member whose metadata lies about who it is.
+
 Everything random comes from one ``random.Random(seed)``, and ties in the heap break by
 insertion order, so a run is a pure function of its seed and its script.
 """
@@ -35,9 +40,11 @@ from meshmon.membership import (
     Membership,
     MembershipConfig,
     NodeMeta,
+    State,
     StreamKind,
     StreamRequest,
 )
+from meshmon.sim.identities import SimIdentities
 
 _WAKE, _DELIVER, _STREAM = range(3)
 _STALLED = 4  # flag on an event kind: already deferred by CPU starvation
@@ -70,12 +77,14 @@ class LinkModel:
 
 
 class SimNode:
-    """A node slot in the simulation: its core (None while down), group and addresses."""
+    """A node slot in the simulation: its core, group, addresses and certified name."""
 
-    __slots__ = ("alive", "core", "gen", "group", "idx", "last_done", "meta", "wake_at")
+    __slots__ = ("alive", "core", "gen", "group", "idx", "last_done", "meta", "name", "wake_at")
 
-    def __init__(self, idx: int, meta: NodeMeta, core: Membership, group: str) -> None:
+    def __init__(self, idx: int, meta: NodeMeta, core: Membership, group: str,
+                 name: str) -> None:
         self.idx = idx
+        self.name = name
         self.meta = meta
         self.core = core
         self.group = group
@@ -92,11 +101,14 @@ class Simulation:
         seed: makes the whole run reproducible.
         link: the network model (default: LAN-like 0.5-1 ms one way, no loss).
         observer: receives every event every node emits.
+        identities: the simulated CA (default: one derived from ``seed``, real proof sizes).
     """
 
     def __init__(self, seed: int, link: LinkModel | None = None,
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None,
+                 identities: SimIdentities | None = None) -> None:
         self.rng = random.Random(seed)
+        self.identities = identities or SimIdentities(seed)
         self.link = link or LinkModel()
         self.observer = observer
         self.now = 0.0
@@ -116,21 +128,29 @@ class Simulation:
     # -- building the mesh -------------------------------------------------------------------
 
     def add_node(self, config: MembershipConfig, meta: NodeMeta, seeds: tuple[Addr, ...] = (),
-                 group: str = "", incarnation: int = 0) -> Membership:
-        """Start a node now (replacing a dead one of the same name) and join it via ``seeds``."""
-        old = self.nodes.get(meta.name)
+                 group: str = "", incarnation: int = 0, slot: str | None = None) -> Membership:
+        """Start a node now (replacing a dead one of the same slot) and join it via ``seeds``.
+
+        ``slot`` names the node in the simulation and the certificate it holds (default:
+        ``meta.name``, certified for ``meta.tags`` unless already certified). A slot other than
+        ``meta.name`` makes a member that announces an identity it was not certified for.
+        """
+        slot = slot or meta.name
+        old = self.nodes.get(slot)
         if old is not None and old.alive:
-            raise ValueError(f"{meta.name} is running; kill() it before starting it again")
+            raise ValueError(f"{slot} is running; kill() it before starting it again")
+        if not self.identities.is_certified(slot):
+            self.identities.certify(slot, meta.tags)
         core = Membership(config, meta, random.Random(self.rng.random()), self.now,
-                          incarnation=incarnation)
-        node = SimNode(len(self.nodes) if old is None else old.idx, meta, core, group)
+                          incarnation=incarnation, auth=self.identities.authenticator(slot))
+        node = SimNode(len(self.nodes) if old is None else old.idx, meta, core, group, slot)
         if old is not None:
             node.gen = old.gen + 1
             if self._udp.get(old.meta.udp_addr) is old:
                 del self._udp[old.meta.udp_addr]
             if self._tcp.get(old.meta.tcp_addr) is old:
                 del self._tcp[old.meta.tcp_addr]
-        self.nodes[meta.name] = node
+        self.nodes[slot] = node
         self._udp[meta.udp_addr] = node
         self._tcp[meta.tcp_addr] = node
         if seeds:
@@ -145,12 +165,16 @@ class Simulation:
         This is how large meshes (N = 10,000) are set up: every view shares one snapshot of
         immutable member records, so memory is one dict entry per (node, member) pair.
         """
-        from meshmon.membership import Member, State
+        from meshmon.membership import Member
 
         snapshot = {m.name: Member(m, State.ALIVE, 0, self.now) for m in metas}
         for meta in metas:
+            self.identities.certify(meta.name, meta.tags)
+        proofs = {m.name: self.identities.authenticator(m.name).prove(State.ALIVE, 0, m)
+                  for m in metas}
+        for meta in metas:
             core = self.add_node(config, meta, group=group)
-            core.preload(snapshot)
+            core.preload(snapshot, proofs)
             core.take_events()
             self._after(self.nodes[meta.name])
 
@@ -230,7 +254,7 @@ class Simulation:
         self.run_until(self.now + seconds, stop)
 
     def _maybe_stall(self, node: SimNode, when: float, kind: int, item: object) -> bool:
-        stall = self.link.starved.get(node.meta.name)
+        stall = self.link.starved.get(node.name)
         if not stall:
             return False
         # Defer once by a random stall, keeping the node's datagrams in order.
@@ -253,7 +277,7 @@ class Simulation:
         events = core.take_events()
         if events and self.observer is not None:
             for event in events:
-                self.observer(self.now, node.meta.name, event)
+                self.observer(self.now, node.name, event)
         deadline = core.next_deadline()
         if deadline <= self.now:
             deadline = self.now + 1e-6
@@ -266,7 +290,7 @@ class Simulation:
         link = self.link
         rand = self.rng.random
         src = node.meta.udp_addr
-        sender_blocked = node.meta.name in link.udp_blocked
+        sender_blocked = node.name in link.udp_blocked
         for addr, data in datagrams:
             size = len(data)
             self.bytes_sent += size
@@ -275,7 +299,7 @@ class Simulation:
             dst = self._udp.get(addr)
             if (dst is None or sender_blocked or rand() < link.loss
                     or (link.blocked and (node.group, dst.group) in link.blocked)
-                    or (link.udp_blocked and dst.meta.name in link.udp_blocked)):
+                    or (link.udp_blocked and dst.name in link.udp_blocked)):
                 self.dropped += 1
                 continue
             when = self.now + link.delay + rand() * link.jitter
@@ -295,7 +319,7 @@ class Simulation:
             when = max(self.now, min(request.deadline, self.now + 1.0))
             self._push(when, _STREAM, node, (request.token, False, None))
             return
-        stall = link.starved.get(peer.meta.name)
+        stall = link.starved.get(peer.name)
         if stall:
             rtt += self.rng.random() * stall  # a starved peer answers late
         if request.kind is StreamKind.PING:
