@@ -15,6 +15,7 @@ certificate loading on a machine with 2 cores shared by N processes).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import re
 import shutil
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.realproc import Mesh
 
@@ -42,7 +44,7 @@ def config_check_floor(mesh: Mesh) -> float:
     return time.monotonic() - t0
 
 
-def start_all(root: Path, n: int, timeout: float) -> dict[str, float]:
+def start_all(root: Path, n: int, timeout: float) -> dict[str, Any]:
     mesh = Mesh(root, port=29946)
     try:
         seed = f"127.0.0.2:{mesh.port}"
@@ -66,10 +68,12 @@ def start_all(root: Path, n: int, timeout: float) -> dict[str, float]:
                     seen[p.name] = time.monotonic() - t0
             time.sleep(0.2)
         converged = max(seen.values()) if len(seen) == n else float("nan")
-        failures = sum(len(FAILURE.findall(p.log_text())) for p in procs)
+        kinds = collections.Counter(m.group(0) for p in procs
+                                    for m in FAILURE.finditer(p.log_text()))  # fmt: skip
+        failures = sum(kinds.values())
         floor_s = config_check_floor(mesh)
         return {"converged_s": converged, "agents_converged": len(seen),
-                "failed_exchanges": failures, "floor_s": floor_s,
+                "failed_exchanges": failures, "floor_s": floor_s, "failures_by_kind": dict(kinds),
                 "median_agent_s": sorted(seen.values())[len(seen) // 2] if seen else float("nan")}
     finally:
         mesh.close()
@@ -79,13 +83,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="20 agents (< 60 s)")
     parser.add_argument("--agents", type=int, default=0, help="how many agents (default 50)")
+    parser.add_argument("--keep", action="store_true", help="keep the agents' folders and logs")
     args = parser.parse_args()
     n = args.agents or (20 if args.quick else 50)
     root = Path(tempfile.mkdtemp(prefix="meshmon-startup-"))
     try:
         row = start_all(root, n, timeout=180.0)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"agents' folders and logs kept in {root}", flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     print(f"{n} agents:", row, flush=True)
     print(json.dumps({
         "bench": "startup",
@@ -100,6 +108,7 @@ def main() -> None:
         "agents": n,
         "agents_converged": row["agents_converged"],
         "failed_exchanges": row["failed_exchanges"],
+        "failures_by_kind": row["failures_by_kind"],
         "median_agent_s": round(row["median_agent_s"], 2),
     }))
 

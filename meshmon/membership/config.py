@@ -45,6 +45,10 @@ class MembershipConfig:
     """Full-state anti-entropy over TCP, scaled up with log2(N) beyond 32 members (memberlist)."""
     tcp_timeout: float = 10.0
     """A stream request (push-pull, TCP ping) reported later than this counts as failed."""
+    join_timeout: float = 10.0
+    """A join's push-pull with a seed may take this long (at least ``tcp_timeout``): a one-off
+    exchange that must not fail because the seed's machine is busy, as when many agents start
+    at once on a few cores. Failure detection never waits on it."""
     tcp_ping: bool = True
     """Fall back to a TCP ping when UDP probes fail, so blocked UDP does not flap a node."""
     dead_node_reclaim_time: float = 0.0
@@ -67,7 +71,7 @@ class MembershipConfig:
 
     def __post_init__(self) -> None:
         for name in ("probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
-                     "tcp_timeout", "reconnect_interval"):
+                     "tcp_timeout", "join_timeout", "reconnect_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"membership.{name} must be greater than zero")
         if self.probe_timeout >= self.probe_interval:

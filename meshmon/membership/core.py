@@ -160,8 +160,10 @@ class Membership(MemberTable):
         knows no other live member.
         """
         self._seeds = tuple(s for s in seeds if s != self.local.meta.tcp_addr)
+        deadline = now + max(self.config.tcp_timeout, self.config.join_timeout)
         for seed in self._seeds:
-            self._request_stream(now, StreamKind.PUSH_PULL, seed, None, join=True)
+            self._request_stream(now, StreamKind.PUSH_PULL, seed, None, join=True,
+                                 deadline=deadline)
 
     def leave(self, now: float) -> None:
         """Leave gracefully: gossip our departure and stop probing. Keep ticking until

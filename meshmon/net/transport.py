@@ -104,8 +104,10 @@ class TransportConfig:
     exchange_backoff: float = 5.0
     """Seconds after a failed key exchange during which datagrams to that address are dropped
     instead of retrying (an unreachable peer would otherwise cost a TCP connect per probe)."""
-    connect_timeout: float = 5.0
-    """Seconds for TCP connect plus TLS handshake."""
+    connect_timeout: float = 10.0
+    """Seconds for TCP connect plus TLS handshake (both ends). Generous on purpose: a handshake
+    costs milliseconds, but a machine starting dozens of agents at once leaves a peer
+    unscheduled for seconds, and a failed key exchange costs a retry round."""
     request_timeout: float = 10.0
     """Default seconds for a whole request (connect, send, answer); also the server's limit."""
     max_frame: int = MAX_FRAME
