@@ -1,5 +1,5 @@
 """``python -m meshmon`` is the ``meshmon`` command."""
 
-from meshmon.cli import main
+from meshmon.daemon import main
 
 main()

@@ -72,7 +72,8 @@ class Agent:
         advertised = config.listen.advertise_address
         if not address_allowed(self.identity.certificate, advertised):
             raise AgentError(
-                f"the agent would announce address {advertised}, which is not among the IP "
+                f"listen.advertise: the agent would announce address {advertised}, which is not "
+                f"among the IP "
                 f"addresses of its certificate {tls.cert}, so every peer would refuse it; set "
                 "listen.advertise to one of them or issue a certificate that includes it"
             )

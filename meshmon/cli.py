@@ -12,7 +12,6 @@ import typer
 from meshmon import pki
 from meshmon.cli_probe import probe_app
 from meshmon.configload import ConfigError, encode
-from meshmon.logs import setup_logging
 from meshmon.version import __version__
 
 app = typer.Typer(
@@ -40,11 +39,7 @@ LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning
 LogFormat = Annotated[str, typer.Option("--log-format", help="text or json (one object a line).")]
 
 
-EXIT_FAILURE = 1
-"""A runtime failure: the agent stopped on an unexpected error, or no agent answered."""
-EXIT_USAGE = 2
-"""Usage or configuration error, including an agent that cannot start as configured on this
-host (address not here, port in use, data_dir unusable or in use): fix, then run again."""
+from meshmon.daemon import EXIT_USAGE  # noqa: E402 - exit codes, one meaning each
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -199,40 +194,11 @@ def agent_run(
     log_format: LogFormat = "",
 ) -> None:
     """Run an agent in the foreground until SIGINT/SIGTERM (then leave the mesh gracefully)."""
-    from meshmon.configcheck import load_checked
-    from meshmon.runner import run_agent
+    from meshmon.daemon import run_agent_command
 
-    try:
-        cfg = load_checked(config)  # the same checks as `meshmon config check`
-    except ConfigError as exc:
-        fail_config(exc)
-    level = log_level or cfg.log.level
-    fmt = log_format or cfg.log.format
-    if fmt not in ("text", "json"):
-        fail(f"--log-format must be text or json, not {fmt!r}")
-    setup_logging(level, fmt)  # type: ignore[arg-type]
-    try:
-        run_agent(cfg, config)
-    except Exception as exc:  # trio wraps the agent's errors in ExceptionGroups
-        _agent_failed(exc)
-
-
-def _agent_failed(exc: Exception) -> NoReturn:
-    """Exit with the one line an :class:`AgentError` or :class:`PkiError` inside ``exc`` gives;
-    anything else is a bug: its traceback goes to the log, then one line says so."""
-    import logging
-
-    from meshmon.startup import AgentError, find
-
-    fault = find(exc, AgentError) or find(exc, pki.PkiError)
-    if fault is not None:
-        fail(str(fault), EXIT_USAGE)
-    logging.getLogger("meshmon").error("the agent stopped on an unexpected error", exc_info=exc)
-    leaf: BaseException = exc
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    fail(f"the agent stopped on an unexpected error ({type(leaf).__name__}: {leaf}); this is "
-         "a bug: please report it with the traceback logged above", EXIT_FAILURE)  # fmt: skip
+    code = run_agent_command(config, log_level, log_format)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("demo")

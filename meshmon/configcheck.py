@@ -37,7 +37,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshmon import pki
-from meshmon.config import AgentConfig, CheckConfig, NodeConfig, TlsConfig, load_config
+from meshmon.config import (
+    AgentConfig,
+    CheckConfig,
+    ListenConfig,
+    NodeConfig,
+    TlsConfig,
+    load_config,
+)
 from meshmon.configload import ConfigError, ConfigErrors
 
 Issue = tuple[str, str]
@@ -103,6 +110,9 @@ def check_files(sections: dict[str, Any],
     if isinstance(tls, TlsConfig):
         tls_issues, tags = check_tls(tls, node if isinstance(node, NodeConfig) else None, now)
         issues += tls_issues
+        listen = sections.get("listen")
+        if isinstance(listen, ListenConfig) and not tls_issues:
+            issues += _check_advertised(listen, tls.cert)
     if isinstance(node, NodeConfig):
         issues += _check_data_dir(node.data_dir)
         control = sections.get("control")
@@ -116,6 +126,21 @@ def check_files(sections: dict[str, Any],
     if isinstance(checks, tuple):
         issues += _check_param_files(checks)
     return issues, tags
+
+
+def _check_advertised(listen: ListenConfig, cert_path: Path) -> list[Issue]:
+    """Peers refuse announcements of an address the certificate does not list (if it lists any)."""
+    from meshmon.membership.identity import address_allowed, certificate_ips
+
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    address = listen.advertise_address
+    if address_allowed(cert, address):
+        return []
+    key = "listen.advertise" if listen.advertise else "listen.address"
+    listed = ", ".join(sorted(certificate_ips(cert)))
+    return [(key, f"{address} is not among the addresses of the certificate {cert_path} "
+                  f"({listed}), so every peer would refuse this agent's announcements; set "
+                  f"{key} to one of them, or issue a certificate with --ip {address}")]
 
 
 def _read(path: Path, key: str, what: str) -> tuple[bytes | None, Issue | None]:

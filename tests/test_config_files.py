@@ -28,7 +28,7 @@ name = "{name or node.name}"
 data_dir = "{tmp_path / 'data'}"
 {tags}
 [listen]
-address = "127.0.0.2"
+address = "127.0.0.1"
 [tls]
 ca_cert = "{node.folder / 'ca.crt'}"
 cert = "{node.cert}"
@@ -188,3 +188,15 @@ def test_data_dir_that_cannot_be_created(tmp_path: Path, mesh: Mesh) -> None:
     path.write_text(path.read_text().replace(str(tmp_path / "data"), str(tmp_path / "afile/d")))
     errors = errors_of(path)
     assert list(errors) == ["node.data_dir"] and "is not a folder" in errors["node.data_dir"]
+
+
+def test_an_address_the_certificate_does_not_list_is_refused(tmp_path: Path, mesh: Mesh) -> None:
+    node = mesh.node("n1", ips=("127.0.0.7",))
+    errors = errors_of(write_config(tmp_path, node))
+    assert list(errors) == ["listen.address"]
+    assert "127.0.0.1 is not among the addresses of the certificate" in errors["listen.address"]
+    assert "127.0.0.7" in errors["listen.address"]
+    path = write_config(tmp_path, node)
+    path.write_text(path.read_text().replace('[listen]\n', '[listen]\nadvertise = "127.0.0.9"\n'))
+    errors = errors_of(path)
+    assert list(errors) == ["listen.advertise"] and "127.0.0.9 is not among" in str(errors)

@@ -34,7 +34,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA and the certificate of node ``n1``, shared by every case (they only read them)."""
     root = tmp_path_factory.mktemp("faults-pki")
     pki.init_ca(root / "ca")
-    pki.issue_cert(root / "ca", "n1", root / "n1", ips=["127.0.0.1"])
+    pki.issue_cert(root / "ca", "n1", root / "n1", ips=["127.0.0.1", "192.0.2.1"])
     return root / "n1"
 
 
