@@ -249,8 +249,8 @@ class Scan:
     """Id of the segment's newest dictionary (0: none), which the writer keeps using."""
     key_ids: dict[bytes, int] = field(default_factory=dict)
     """Segment-local series id of each key defined in the segment."""
-    next_id: int = 0
-    """Lowest segment-local series id not yet defined."""
+    last_seq: int = 0
+    """Newest seq of any checksummed frame, kept or skipped: never to be given out again."""
 
 
 def scan(buf: bytes, start: int, prev_seq: int, max_body: int) -> Scan:
@@ -286,7 +286,7 @@ def scan(buf: bytes, start: int, prev_seq: int, max_body: int) -> Scan:
             if why:  # checksummed but not decodable: its records are lost, later ones kept
                 out.skipped.append(Skipped(pos, h.end, h.count, why))
             if h.count:
-                prev_seq = h.seq0 + h.count - 1
+                prev_seq = out.last_seq = h.seq0 + h.count - 1
             pos = out.valid_end = h.end
             continue
         if bad_from < 0:
@@ -295,7 +295,6 @@ def scan(buf: bytes, start: int, prev_seq: int, max_body: int) -> Scan:
         if pos < 0:
             break
     out.key_ids = {k: i for i, k in keys.items()}
-    out.next_id = max(keys, default=-1) + 1
     return out
 
 

@@ -75,6 +75,8 @@ class Segment:
         """Preset dictionaries by id (version 2)."""
         self.dict_id = 0
         """The dictionary new batch frames use (0: none yet)."""
+        self.seen_seq = 0
+        """Newest seq found in the file, also of records recovery could not keep."""
         self.key_ids: dict[bytes, int] = {}
         """Segment-local id of each series key defined in the segment (version 2)."""
         self._fd: int | None = None
@@ -187,6 +189,7 @@ def load_segment(
     seg = Segment(path, first_seq, res.valid_end if header_ok else len(data), header_ok, version)
     if isinstance(res, batch.Scan):
         seg.dicts, seg.dict_id, seg.key_ids = res.dicts, res.last_dict, res.key_ids
+        seg.seen_seq = res.last_seq
     seg.clean = header_ok and not res.skipped
     n = len(res.seqs)
     report.records = n
