@@ -215,11 +215,12 @@ def decode_payloads(
     inflater = _inflater(h, dicts)
     if meta is None or inflater is None:
         return None
-    try:
-        raw = inflater.decompress(memoryview(buf)[h.pos + HEAD_SIZE : h.end - 4])
+    total = h.meta_len + sum(meta.plens)
+    try:  # never more than the frame says it holds, whatever a forged stream would inflate to
+        raw = inflater.decompress(memoryview(buf)[h.pos + HEAD_SIZE : h.end - 4], total + 1)
     except zlib.error:
         return None
-    if not inflater.eof or len(raw) != h.meta_len + sum(meta.plens):
+    if not inflater.eof or len(raw) != total:
         return None
     ends = list(accumulate(meta.plens, initial=h.meta_len))
     return list(map(raw.__getitem__, map(slice, ends[:-1], ends[1:])))
