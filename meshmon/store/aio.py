@@ -14,7 +14,7 @@ first appender that finds no fsync round under way leads one, the others wait fo
   The round's appends are not written as they come but gathered, and written with one
   ``append_batch`` just before the fsync: the store compresses a batch into one frame, and
   the agent's few results per scheduler tick would compress poorly on their own (at 100
-  results/s, 5 records a tick cost ~71 bytes each on disk, a round's 20 ~55). Readers see
+  results/s, 5 records a tick cost ~71 bytes each on disk, a round's 20-25 ~55). Readers see
   them once written, as appenders do: ``append`` returns after the fsync either way.
 * ``never``: ``append`` returns after the write.
 

@@ -39,7 +39,7 @@ kept are never given out again.
 
 Measured (``python -m benchmarks.store``): the agent's ping result, ~262 bytes of CBOR, takes
 ~50 bytes on disk in frames of 50 records (1,000 results/s, one frame per 50 ms tick) and
-~53 through the agent's own path at 100 results/s (the trio wrapper gathers a 200 ms fsync
+~53-57 through the agent's own path at 100 results/s (the trio wrapper gathers a 200 ms fsync
 round into one frame), against ~314 in version 1: a MiB holds ~20,000 results.
 """
 

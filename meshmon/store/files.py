@@ -5,12 +5,15 @@ Theory of operation
 Only the newest segment is written, through one ``O_APPEND`` handle, in version-2 batch
 frames (:mod:`meshmon.store.batch`). Each segment starts with a preset dictionary taken from
 the newest records written before it, and interns its own series keys, so every segment
-decodes on its own and the ring can drop any of them. A write lands whole or not at all: when the disk refuses it (``ENOSPC``, ``EIO``, ``EROFS``...) whatever did land is
-cut off again with ``ftruncate``, so a segment always ends at a whole frame and the in-memory
-index (offsets, timestamps, series ids) describes exactly its bytes. If even the cut fails,
-the handle is set aside and the next write starts a new segment; the torn tail lies past the
-indexed size, is never read, and recovery cuts it at the next open. A new segment whose header
-cannot be written is removed again, so a full disk leaves no empty or half-made files.
+decodes on its own and the ring can drop any of them.
+
+A write lands whole or not at all: when the disk refuses it (``ENOSPC``, ``EIO``, ``EROFS``...)
+whatever did land is cut off again with ``ftruncate``, so a segment always ends at a whole
+frame and the in-memory index (offsets, timestamps, series ids) describes exactly its bytes.
+If even the cut fails, the handle is set aside and the next write starts a new segment; the
+torn tail lies past the indexed size, is never read, and recovery cuts it at the next open. A
+new segment whose header cannot be written is removed again, so a full disk leaves no empty
+or half-made files.
 
 When a new segment would take the ring past ``max_bytes``, the oldest are deleted first and
 the owner is told (``on_drop``) so that it can charge cursors and trim its indexes.
