@@ -14,6 +14,14 @@ What is measured, in the same run, alternating the contenders so load drifts hit
 * ``storage only``: both stores fed records already encoded, to show the engines themselves.
 * ``single_append_us``: the cost of one unbatched ``append`` (what each probe result costs
   the agent when results trickle in one at a time).
+* ``bytes_per_record``: what a stored result costs on disk, for the agent's real payload
+  (``[CBOR of the result envelope, degraded]``, random latencies) appended the way the agent
+  appends: one ``append_batch`` per 50 ms scheduler tick, so 50 records at 1,000 results/s
+  and 5 at 100 results/s; with the CPU each append took (process time, per record). And
+  through the agent's own path at 100 results/s: the trio wrapper, whose ``batch`` rounds
+  gather 200 ms of ticks into one frame (virtual time, so it takes seconds, not minutes).
+  ``bytes_per_record_before_compact_format`` is what the format-1 store took for the same
+  payload (measured with it; one frame per record whatever the batch).
 * recovery: a writer process fills a 64 MiB ring (it wraps), is SIGKILLed mid-append, and the
   time to reopen it (scan, verify every checksum, truncate the torn tail, rebuild indexes) is
   timed; plus the memory the indexes take per record, by tracemalloc.
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import sqlite3
@@ -75,6 +84,72 @@ def build_batch(b: int) -> list[Row]:
         }
         out.append((now, "ping-core", target, dumps(result)))
     return out
+
+
+def agent_payload(rng: random.Random, ts: float, target: str) -> bytes:
+    """The payload the agent stores for one ping result: ``[encode_result(r), degraded]``,
+    built here field for field (names as on the wire) so the benchmark does not move when
+    the result model does; latencies are random, as on a real network."""
+    lat = [round(rng.uniform(0.2, 30.0), 3) for _ in range(3)]
+    result = {
+        "v": 1, "kind": "ping", "agent": AGENT, "check": "ping-core", "target": target,
+        "family": "ipv4", "started_at": ts, "duration_ms": round(rng.uniform(1.0, 40.0), 3),
+        "seq": None,
+        "result": {"successes": 3, "failures": 0, "success_latencies": lat, "errors": [],
+                   "avg_response_time_ms": sum(lat) / 3, "resolved_ip": target},
+    }  # fmt: skip
+    return cbor2.dumps([cbor2.dumps(result), False])
+
+
+def disk_cost(directory: Path, per_call: int, records: int = 60_000) -> dict[str, float]:
+    """Append ``records`` agent payloads ``per_call`` at a time (the agent's batch per tick);
+    return bytes on disk per record and process CPU microseconds per record."""
+    rng = random.Random(per_call)
+    ts = 1.7e9
+    rows: list[Row] = []
+    for i in range(records):
+        ts += 0.001 + rng.random() * 1e-4
+        target = TARGETS[i % len(TARGETS)]
+        rows.append((ts, "ping-core", target, agent_payload(rng, ts, target)))
+    store = RingStore(directory, StoreConfig(max_bytes=1024 * 2**20, fsync="never"))
+    t0 = time.process_time()
+    for i in range(0, records, per_call):
+        store.append_batch(rows[i : i + per_call])
+    cpu = time.process_time() - t0
+    used = store.stats().bytes
+    store.close()
+    return {"bytes": used / records, "us": cpu / records * 1e6,
+            "payload": statistics.mean(len(r[3]) for r in rows)}  # fmt: skip
+
+
+def agent_path_cost(directory: Path, rate: int, seconds: int) -> dict[str, float]:
+    """The agent's own path: ``rate`` results/s arriving as one ``append_batch`` per 50 ms
+    tick, each in its own task, through the trio wrapper with the default ``batch`` policy
+    (whose rounds gather the ticks of 200 ms into one frame). Virtual time (trio's
+    MockClock), so it runs as fast as the CPU allows; the clock jumps while an fsync runs in
+    its thread, so ``directory`` had best be on a tmpfs (instant fsyncs, rounds as in real
+    time). Returns bytes on disk per record."""
+    import trio
+    import trio.testing
+
+    from meshmon.store import open_store
+
+    per_tick = rate // 20
+    rng = random.Random(rate)
+
+    async def main() -> int:
+        async with open_store(directory, StoreConfig(max_bytes=1024 * 2**20)) as store:
+            async with trio.open_nursery() as nursery:
+                for tick in range(seconds * 20):
+                    tss = [1.7e9 + tick * 0.05 + rng.random() * 0.05 for _ in range(per_tick)]
+                    rows = [(ts, "ping-core", t, agent_payload(rng, ts, t)) for ts, t in
+                            zip(tss, TARGETS[(tick * per_tick) % 500 :], strict=False)]  # fmt: skip
+                    nursery.start_soon(store.append_batch, rows)
+                    await trio.sleep(0.05)
+            return store.stats().bytes
+
+    used = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return {"bytes": used / (seconds * 20 * per_tick)}
 
 
 def run_ceiling(n_batches: int) -> float:
@@ -214,6 +289,10 @@ def main() -> None:
         med = {name: statistics.median(v) for name, v in r.items()}
         single = statistics.median(single_append_us(work / f"one{k}", pre) for k in range(3))
         rec = measure_recovery(work, 64 * 2**20, 3)
+        cost = {n: disk_cost(work / f"cost{n}", n) for n in (50, 5)}
+        shm = Path("/dev/shm")
+        with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else work) as fast:
+            agent100 = agent_path_cost(Path(fast) / "a", 100, 300 if args.quick else 1800)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
@@ -234,6 +313,15 @@ def main() -> None:
         "sqlite_storage_only": round(med["sqlite_pre"]),
         "storage_only_ratio": round(med["ring_pre"] / med["sqlite_pre"], 2),
         "payload_bytes": len(pre[0][0][3]),
+        "agent_payload_bytes": round(cost[50]["payload"], 1),
+        "bytes_per_record_agent_batch_50": round(cost[50]["bytes"], 1),
+        "bytes_per_record_agent_batch_5": round(cost[5]["bytes"], 1),
+        "append_cpu_us_per_record_batch_50": round(cost[50]["us"], 2),
+        "append_cpu_us_per_record_batch_5": round(cost[5]["us"], 2),
+        "bytes_per_record_agent_path_100_per_s": round(agent100["bytes"], 1),
+        "bytes_per_record_before_compact_format": 313.6,
+        "records_per_mib_agent_batch_50": round(2**20 / cost[50]["bytes"]),
+        "hours_in_512mib_at_100_per_s": round(512 * 2**20 / agent100["bytes"] / 100 / 3600, 1),
         "single_append_us": round(single, 2),
         **rec,
         "goal": ">= 4x sqlite and >= 250000 records/s",

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from meshmon.config import StoreConfig
-from meshmon.store import RingStore, StoreFailed, open_store
+from meshmon.store import InvalidRecord, RingStore, StoreFailed, open_store
 
 
 def cfg(policy: str, interval: float = 0.05) -> StoreConfig:
@@ -96,3 +96,73 @@ async def test_cancelled_leader_hands_the_round_over(tmp_path: Path) -> None:
                 nursery.start_soon(cancelled_leader)
                 nursery.start_soon(follower)
         assert sorted(done) == [-1, 2] and store.core.durable_seq == 2
+
+
+def batch_frames_written(directory: Path) -> list[int]:
+    """Record count of every batch frame in the store's segments, in file order."""
+    from meshmon.store import batch
+    from meshmon.store.format import FILE_HEADER_SIZE
+
+    counts = []
+    for seg in sorted(directory.glob("*.seg")):
+        data, pos = seg.read_bytes(), FILE_HEADER_SIZE
+        while (head := batch.read_head(data, pos, len(data))) is not None:
+            if head.kind == batch.KIND_BATCH:
+                counts.append(head.count)
+            pos = head.end
+    return counts
+
+
+async def test_a_rounds_appends_are_written_as_one_frame(tmp_path: Path) -> None:
+    """Under ``batch``, the appends of one fsync round are gathered into one compressed frame
+    (the agent appends a few results per tick; alone they would compress poorly)."""
+    async with open_store(tmp_path, cfg("batch", 0.05)) as store:
+        got: dict[int, range] = {}
+
+        async def tick(k: int) -> None:
+            got[k] = await store.append_batch([(float(k), "ping", f"t{i}", {"k": k, "i": i})
+                                               for i in range(5)])  # fmt: skip
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for k in range(10):
+                    nursery.start_soon(tick, k)
+        assert store.fsync_rounds == 1
+        assert sorted(s for r in got.values() for s in r) == list(range(1, 51))
+        for k, seqs in got.items():
+            assert [r.value() for r in store.core.read(seqs[0], limit=5)] == [
+                {"k": k, "i": i} for i in range(5)]  # fmt: skip
+    assert batch_frames_written(tmp_path) == [50]
+
+
+async def test_a_bad_record_fails_only_the_append_that_brought_it(tmp_path: Path) -> None:
+    async with open_store(tmp_path, cfg("batch", 0.05)) as store:
+        results: dict[str, object] = {}
+
+        async def good(name: str) -> None:
+            results[name] = await store.append_batch([(1.0, "c", name, 1), (2.0, "c", name, 2)])
+
+        async def bad() -> None:
+            try:
+                await store.append_batch([(1.0, "c", "t", 1), (float("nan"), "c", "t", 2)])
+            except InvalidRecord as exc:
+                results["bad"] = exc
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(good, "a")
+                nursery.start_soon(bad)
+                nursery.start_soon(good, "b")
+        assert isinstance(results["bad"], InvalidRecord)
+        assert list(results["a"]) + list(results["b"]) == [1, 2, 3, 4]  # type: ignore[call-overload]
+        assert store.core.durable_seq == 4 and len(store.core) == 4
+
+
+async def test_records_of_a_cancelled_append_are_still_written(tmp_path: Path) -> None:
+    """As before gathering, an append cancelled while it waits for durability has handed its
+    records over: they are written (at the latest when the store closes), never half."""
+    async with open_store(tmp_path, cfg("batch", 0.5)) as store:
+        with trio.move_on_after(0.01):
+            await store.append_batch([(1.0, "c", "t", i) for i in range(3)])
+    with RingStore(tmp_path, cfg("batch")) as core:
+        assert [r.value() for r in core.read(1)] == [0, 1, 2]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,7 +60,8 @@ def fill_disk(fs: Path) -> Path:
 
 
 def payload(i: int) -> dict[str, object]:
-    return {"i": i, "pad": "x" * 60}
+    """~75 bytes that do not compress (the store compresses): the disk fills as it did."""
+    return {"i": i, "pad": random.Random(i).randbytes(60)}
 
 
 def append_until_buffered(store: RingStore, start: int) -> int:

@@ -2,13 +2,18 @@
 
 Theory of operation
 -------------------
-Only the newest segment is written, through one ``O_APPEND`` handle. A write lands whole or
-not at all: when the disk refuses it (``ENOSPC``, ``EIO``, ``EROFS``...) whatever did land is
-cut off again with ``ftruncate``, so a segment always ends at a whole frame and the in-memory
-index (offsets, timestamps, series ids) describes exactly its bytes. If even the cut fails,
-the handle is set aside and the next write starts a new segment; the torn tail lies past the
-indexed size, is never read, and recovery cuts it at the next open. A new segment whose header
-cannot be written is removed again, so a full disk leaves no empty or half-made files.
+Only the newest segment is written, through one ``O_APPEND`` handle, in version-2 batch
+frames (:mod:`meshmon.store.batch`). Each segment starts with a preset dictionary taken from
+the newest records written before it, and interns its own series keys, so every segment
+decodes on its own and the ring can drop any of them.
+
+A write lands whole or not at all: when the disk refuses it (``ENOSPC``, ``EIO``, ``EROFS``...)
+whatever did land is cut off again with ``ftruncate``, so a segment always ends at a whole
+frame and the in-memory index (offsets, timestamps, series ids) describes exactly its bytes.
+If even the cut fails, the handle is set aside and the next write starts a new segment; the
+torn tail lies past the indexed size, is never read, and recovery cuts it at the next open. A
+new segment whose header cannot be written is removed again, so a full disk leaves no empty
+or half-made files.
 
 When a new segment would take the ring past ``max_bytes``, the oldest are deleted first and
 the owner is told (``on_drop``) so that it can charge cursors and trim its indexes.
@@ -22,13 +27,14 @@ import errno
 import logging
 import os
 from bisect import bisect_right
-from collections.abc import Callable
-from itertools import accumulate
+from collections.abc import Callable, Sequence
+from itertools import accumulate, repeat
 from pathlib import Path
 
 from meshmon.config import StoreConfig
+from meshmon.store import batch
 from meshmon.store.errors import StoreError
-from meshmon.store.format import FRAME_OVERHEAD, encode_file_header
+from meshmon.store.format import FILE_HEADER_SIZE, FILE_VERSION, encode_file_header
 from meshmon.store.index import TimeIndex
 from meshmon.store.segment import Segment, segment_name
 
@@ -68,6 +74,9 @@ class SegmentFiles:
         """Segments were created or deleted since the directory was last fsynced."""
         self.dropped_segments = 0
         self.dropped_records = 0
+        self.dict_bytes = min(batch.DICT_BYTES, config.segment_bytes // 8)
+        self.recent: tuple[Sequence[bytes], Sequence[bytes]] = ((), ())
+        """Keys and payloads of the newest records written: the next dictionary's source."""
 
     def add(self, seg: Segment) -> None:
         """Append a loaded or new segment."""
@@ -83,10 +92,10 @@ class SegmentFiles:
             OSError: the new segment cannot be created (the next write tries again).
         """
         active = self.segments[-1] if self.segments else None
-        if (active is not None and active.header_ok
+        if (active is not None and active.clean and active.version == FILE_VERSION
                 and active.last_seq == next_seq - 1
                 and (active.count or active.first_seq == next_seq)
-                and active.size + FRAME_OVERHEAD < self.config.segment_bytes):  # fmt: skip
+                and active.size + batch.OVERHEAD < self.config.segment_bytes):  # fmt: skip
             self.wfd = os.open(active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         else:
             self.roll(next_seq)
@@ -102,56 +111,91 @@ class SegmentFiles:
                 seg.path.unlink(missing_ok=True)
                 self.dir_dirty = True
 
-    def append_frame(self, frame: bytes, seq: int, ts: float, sid: int) -> None:
-        """Write one framed record (seq ``seq``) and index it.
+    def max_record(self) -> int:
+        """Bytes of key + payload that a record may have: what always fits in a new segment
+        (after its header and dictionary), compressed or not."""
+        room = self.config.segment_bytes - FILE_HEADER_SIZE - 2 * batch.OVERHEAD
+        room -= self.dict_bytes + batch.WORST_EXTRA
+        return room - room // batch.WORST_RATIO
 
-        Raises:
-            OSError: the disk refused it; nothing of it remains.
-        """
-        size = len(frame)
-        if self.wfd is None or self.segments[-1].size + size > self.config.segment_bytes:
-            self.roll(seq)
-        self._write(memoryview(frame))
-        seg = self.segments[-1]
-        seg.offs.append(seg.size)
-        seg.tss.append(ts)
-        seg.sids.append(sid)
-        seg.size += size
-        self.bytes += size
-        self.times.add_one(seq, ts)
-
-    def write_frames(
-        self, buf: memoryview, seq0: int, sizes: list[int], tss: tuple[float, ...],
-        sids: list[int],
+    def write_records(
+        self, seq0: int, tss: tuple[float, ...], sids: list[int], keys: list[bytes],
+        payloads: tuple[bytes, ...],
     ) -> tuple[int, OSError | None]:  # fmt: skip
-        """Write framed records ``seq0``... with one ``write`` per segment touched, and index
-        them; return how many were written, and the error that stopped the rest, if any."""
-        n = len(sizes)
-        i = pos = 0
+        """Frame records ``seq0``... into batch frames, write them with one ``write`` per
+        segment touched, and index them; return how many were written, and the error that
+        stopped the rest, if any.
+
+        Frames hold at most ``batch.RAW_TARGET`` bytes of payload (a larger record gets a
+        frame of its own). A frame is compressed for the segment it lands in (its dictionary,
+        its series ids); one that would overflow the active segment is encoded again for
+        the next one.
+        """
+        n = len(payloads)
+        ends = _chunk_ends(payloads, min(batch.RAW_TARGET, self.config.segment_bytes // 8))
+        i = 0
         try:
             while i < n:
                 if self.wfd is None:
                     self.roll(seq0 + i)
                 seg = self.segments[-1]
-                cum = list(accumulate(sizes[i:])) if i else list(accumulate(sizes))
-                k = bisect_right(cum, self.config.segment_bytes - seg.size)
-                if k == 0:
+                room = self.config.segment_bytes - seg.size
+                parts: list[bytes] = []
+                key_ids = dict(seg.key_ids)  # committed to ``seg`` only once written
+                zid, zdict = seg.dict_id, seg.dicts.get(seg.dict_id)
+                if zdict is None and (sample := self.sample):  # begun before there was one
+                    zid, zdict = batch.dict_id(sample), sample
+                    parts.append(batch.encode_dict(seq0 + i, sample))
+                used = len(parts[0]) if parts else 0
+                j = i
+                offs: list[int] = []
+                for k in ends:
+                    if k <= j:
+                        continue
+                    frame = encode_for(key_ids, zdict, seq0 + j, tss[j:k], keys[j:k],
+                                       payloads[j:k])  # fmt: skip
+                    if used + len(frame) > room:
+                        break
+                    offs.extend(repeat(seg.size + used, k - j))
+                    parts.append(frame)
+                    used += len(frame)
+                    j = k
+                if j == i:
+                    if not seg.count:
+                        raise StoreError("a record does not fit in an empty segment; raise "
+                                         "store.segment_bytes")  # fmt: skip
                     self.roll(seq0 + i)
                     continue
-                nbytes = cum[k - 1]
-                self._write(buf[pos : pos + nbytes])
-                seg.offs.extend(accumulate(sizes[i : i + k - 1], initial=seg.size))
-                chunk_ts = tss[i : i + k]
+                self._write(memoryview(b"".join(parts)))
+                if zdict is not None:
+                    seg.dict_id = zid
+                    seg.dicts[zid] = zdict
+                seg.key_ids = key_ids
+                seg.offs.extend(offs)
+                chunk_ts = tss[i:j]
                 seg.tss.extend(chunk_ts)
-                seg.sids.extend(sids[i : i + k])
-                seg.size += nbytes
-                self.bytes += nbytes
-                self.times.add(range(seq0 + i, seq0 + i + k), chunk_ts)
-                i += k
-                pos += nbytes
+                seg.sids.extend(sids[i:j])
+                seg.size += used
+                self.bytes += used
+                self.times.add(range(seq0 + i, seq0 + j), chunk_ts)
+                self.recent = (keys[max(i, j - 64) : j], payloads[max(i, j - 64) : j])
+                i = j
         except OSError as exc:
             return i, exc
         return n, None
+
+    @property
+    def sample(self) -> bytes:
+        """A preset dictionary for the next segment: the newest records written, or else the
+        newest segment's own dictionary (after a restart)."""
+        keys, payloads = self.recent
+        if payloads:
+            return b"".join(b"".join(pair) for pair in zip(keys, payloads,
+                                                            strict=True))[-self.dict_bytes :]
+        for seg in reversed(self.segments):
+            if seg.dict_id:
+                return seg.dicts[seg.dict_id]
+        return b""
 
     def _write(self, data: memoryview) -> None:
         """Write all of ``data`` to the active segment, or none of it (see the module doc)."""
@@ -193,7 +237,11 @@ class SegmentFiles:
         except FileExistsError:
             raise StoreError(f"segment {path} already exists; the store directory was changed "
                              "behind the agent's back; restart the agent") from None
+        seg = Segment(path, first_seq, FILE_HEADER_SIZE)
         header = encode_file_header(first_seq)
+        zdict = self.sample
+        if zdict:
+            header += batch.encode_dict(first_seq, zdict)
         try:
             if os.write(fd, header) != len(header):
                 raise OSError(errno.ENOSPC, "short write of a segment header")
@@ -202,7 +250,11 @@ class SegmentFiles:
             path.unlink(missing_ok=True)
             raise
         self.wfd = fd
-        self.add(Segment(path, first_seq, len(header)))
+        seg.size = len(header)
+        if zdict:
+            seg.dict_id = batch.dict_id(zdict)
+            seg.dicts[seg.dict_id] = zdict
+        self.add(seg)
         self.dir_dirty = True
 
     def _drop_oldest(self) -> None:
@@ -224,3 +276,41 @@ class SegmentFiles:
         self.wfd = None
         for seg in self.segments:
             seg.close()
+
+
+def _chunk_ends(payloads: Sequence[bytes], target: int) -> list[int]:
+    """Where frames end: after at most ``target`` payload bytes and ``batch.MAX_RECORDS``
+    records, and at least one record each."""
+    cum = list(accumulate(map(len, payloads)))
+    ends: list[int] = []
+    i, base = 0, 0
+    n = len(cum)
+    while i < n:
+        k = max(bisect_right(cum, base + target, i), i + 1)
+        k = min(k, i + batch.MAX_RECORDS)
+        ends.append(k)
+        base = cum[k - 1]
+        i = k
+    return ends
+
+
+def encode_for(
+    key_ids: dict[bytes, int], zdict: bytes | None, seq0: int, tss: tuple[float, ...],
+    keys: list[bytes], payloads: tuple[bytes, ...],
+) -> bytes:  # fmt: skip
+    """A batch frame of these records for a segment whose series ids are ``key_ids`` (keys
+    new to it are added) and whose dictionary is ``zdict``."""
+    ids = list(map(key_ids.get, keys))
+    base = len(key_ids)
+    if None in ids:
+        for x, key in enumerate(keys):
+            if ids[x] is None:
+                ids[x] = key_ids.setdefault(key, len(key_ids))
+    return batch.encode_batch(seq0, tss, ids, base, keys_from(key_ids, base), payloads,  # type: ignore[arg-type]
+                              zdict)  # fmt: skip
+
+
+def keys_from(key_ids: dict[bytes, int], base: int) -> list[bytes]:
+    """The keys with ids ``base`` and up (dicts keep insertion order: the newest last)."""
+    n = len(key_ids) - base
+    return list(key_ids)[-n:] if n else []

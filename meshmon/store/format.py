@@ -1,10 +1,16 @@
-"""The on-disk format of ring-store segments: pure functions over bytes, no file I/O.
+"""The on-disk format of ring-store segments: the file header, and version-1 frames.
 
 Theory of operation
 -------------------
 A segment file is a 32-byte file header followed by frames, appended and never rewritten::
 
     file header  magic "MMRING\\r\\n" | version u32 | header crc32 u32 | first seq u64 | 0 u64
+
+The version says how the frames after it are laid out. The store writes version 2, one
+compressed frame per batch (:mod:`meshmon.store.batch`), and still reads version 1, below, so
+that an agent upgraded in place keeps the results it stored; a version-1 segment is never
+appended to, and leaves the ring as it wraps. A version-1 frame holds one record::
+
     frame        magic u32 | body_len u32 | seq u64 | ts f64 | key_len u16 | reserved u16 (0)
                  | key (check NUL target, UTF-8) | payload (CBOR) | crc32 u32
 
@@ -34,7 +40,9 @@ from zlib import crc32
 
 FILE_MAGIC = b"MMRING\r\n"
 """Segment file magic; the CR LF catches text-mode transfers that would mangle the file."""
-FILE_VERSION = 1
+FILE_VERSION = 2
+"""The version written; :data:`READ_VERSIONS` are read."""
+READ_VERSIONS = (1, 2)
 FILE_HEADER = struct.Struct("<8sIIQQ")
 FILE_HEADER_SIZE = FILE_HEADER.size  # 32
 
@@ -47,29 +55,35 @@ FRAME_OVERHEAD = FRAME_HEAD_SIZE + FRAME_CRC.size  # 32
 MAX_KEY = 0xFFFF
 
 
-def encode_file_header(first_seq: int) -> bytes:
+class UnsupportedVersion(ValueError):
+    """A well-formed segment header of a format version this build cannot read."""
+
+
+def encode_file_header(first_seq: int, version: int = FILE_VERSION) -> bytes:
     """The 32-byte header of a new segment whose first record will be ``first_seq``."""
-    blank = FILE_HEADER.pack(FILE_MAGIC, FILE_VERSION, 0, first_seq, 0)
-    return FILE_HEADER.pack(FILE_MAGIC, FILE_VERSION, crc32(blank), first_seq, 0)
+    blank = FILE_HEADER.pack(FILE_MAGIC, version, 0, first_seq, 0)
+    return FILE_HEADER.pack(FILE_MAGIC, version, crc32(blank), first_seq, 0)
 
 
-def decode_file_header(data: bytes) -> int:
-    """Return the first seq recorded in a segment header.
+def decode_file_header(data: bytes) -> tuple[int, int]:
+    """Return the first seq recorded in a segment header, and the format version.
 
     Raises:
-        ValueError: the header is short, has the wrong magic or version, or a bad checksum;
-            the message says which.
+        UnsupportedVersion: the header is intact but of a version this build does not read.
+        ValueError: the header is short, has the wrong magic or a bad checksum; the message
+            says which.
     """
     if len(data) < FILE_HEADER_SIZE:
         raise ValueError(f"header is truncated ({len(data)} of {FILE_HEADER_SIZE} bytes)")
     magic, version, hcrc, first_seq, _ = FILE_HEADER.unpack_from(data)
     if magic != FILE_MAGIC:
         raise ValueError(f"wrong magic {magic!r} (expected {FILE_MAGIC!r})")
-    if version != FILE_VERSION:
-        raise ValueError(f"format version {version} is not supported (this build reads 1)")
     if crc32(FILE_HEADER.pack(FILE_MAGIC, version, 0, first_seq, 0)) != hcrc:
         raise ValueError("header checksum mismatch")
-    return int(first_seq)
+    if version not in READ_VERSIONS:
+        raise UnsupportedVersion(f"format version {version} is not supported (this build reads "
+                         f"{', '.join(map(str, READ_VERSIONS))}); a newer meshmon wrote it")
+    return int(first_seq), int(version)
 
 
 def series_key(check: str, target: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Reading records back: decoding frame runs and matching query filters against the indexes.
+"""Reading records back: decoding frames and matching query filters against the indexes.
 
 Functions over the store's segments and indexes; the store calls them with its mutex held.
 Results are in seq (append) order; a record's timestamp is the probe's, so timestamps need not
@@ -13,13 +13,19 @@ import math
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from itertools import islice
+from pathlib import Path
 
+from meshmon.store import batch
 from meshmon.store.format import decode_frame
 from meshmon.store.index import SeriesTable, TimeIndex
 from meshmon.store.records import Record
 from meshmon.store.segment import Segment
 
 log = logging.getLogger("meshmon.store")
+
+CACHED_FRAMES = 8
+"""Decoded version-2 frames kept (each at most ~64 KiB of payloads): a query that walks the
+newest records of many series, or a cursor read, decodes each frame once."""
 
 
 class Reader:
@@ -30,15 +36,57 @@ class Reader:
         self.bases = bases
         self.series = series
         self.read_errors = 0
+        self._cache: dict[tuple[Path, int], tuple[int, list[bytes]]] = {}
 
     def segment_for(self, seq: int) -> int:
         """Index of the segment that holds ``seq`` if any does."""
         return max(bisect_right(self.bases, seq) - 1, 0)
 
     def decode(self, seg: Segment, i: int, j: int, out: list[Record]) -> None:
-        """Append records ``i..j-1`` of ``seg`` to ``out``, read in one ``pread``."""
+        """Append records ``i..j-1`` of ``seg`` to ``out``."""
         if i >= j:
             return
+        if seg.version == 1:
+            self._decode_v1(seg, i, j, out)
+            return
+        series = self.series.series
+        while i < j:
+            off = seg.offs[i]
+            g = min(bisect_right(seg.offs, off, i), j)  # records i..g-1 share this frame
+            frame = self._frame(seg, off, i)
+            for k in range(i, g):
+                s = series[seg.sids[k]]
+                idx = seg.seq_at(k) - frame[0] if frame is not None else -1
+                if frame is None or s is None or not 0 <= idx < len(frame[1]):
+                    self._read_error(seg, k)
+                    continue
+                out.append(Record(seg.seq_at(k), seg.tss[k], s.check, s.target, frame[1][idx]))
+            i = g
+
+    def _frame(self, seg: Segment, off: int, i: int) -> tuple[int, list[bytes]] | None:
+        """(first seq, payloads) of the version-2 batch frame at ``off`` (record ``i`` is in
+        it); the newest few decoded frames are cached, so reading a frame's records one by
+        one inflates it once."""
+        key = (seg.path, off)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        data = seg.pread(off, seg.end_of(i))
+        head = batch.read_head(data, 0, len(data))
+        payloads = batch.decode_payloads(data, head, seg.dicts) if head is not None else None
+        if head is None or payloads is None:
+            return None
+        if len(self._cache) >= CACHED_FRAMES:
+            del self._cache[next(iter(self._cache))]
+        self._cache[key] = found = (head.seq0, payloads)
+        return found
+
+    def _read_error(self, seg: Segment, k: int) -> None:
+        self.read_errors += 1
+        log.error("store segment %s: record seq %d at offset %d fails its checksum on read "
+                  "(disk corruption?); skipped", seg.path, seg.seq_at(k), seg.offs[k])  # fmt: skip
+
+    def _decode_v1(self, seg: Segment, i: int, j: int, out: list[Record]) -> None:
         base = seg.offs[i]
         data = seg.pread(base, seg.end_of(j - 1))
         series = self.series.series
@@ -46,10 +94,7 @@ class Reader:
             frame = decode_frame(data, seg.offs[k] - base)
             s = series[seg.sids[k]]
             if frame is None or s is None:
-                self.read_errors += 1
-                log.error("store segment %s: record seq %d at offset %d fails its checksum on "
-                          "read (disk corruption?); skipped", seg.path, seg.seq_at(k),
-                          seg.offs[k])  # fmt: skip
+                self._read_error(seg, k)
                 continue
             out.append(Record(frame.seq, frame.ts, s.check, s.target, frame.payload))
 

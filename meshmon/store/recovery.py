@@ -97,5 +97,6 @@ def load_directory(
                 os.truncate(path, seg.size)
         if seg.count:
             prev_seq = seg.last_seq
+        prev_seq = max(prev_seq, seg.seen_seq)  # seqs of records found but not kept: never reused
         segments.append(seg)
     return segments, max(prev_seq, max_first - 1) + 1

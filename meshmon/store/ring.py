@@ -7,8 +7,9 @@ the newest segment is written; when it reaches ``segment_bytes`` a new one start
 segments would exceed ``max_bytes`` the oldest is deleted: the ring. Each record gets the next
 seq, so seqs are the agent's append order and never go back, across restarts too.
 
-``append_batch`` frames a whole batch in C-level ``map`` calls and writes it with one
-``write`` per segment touched. What "written" means for durability follows the policy:
+``append_batch`` compresses a whole batch into one frame (:mod:`meshmon.store.batch`; a
+large batch into frames of ~64 KiB of payload) and writes it with one ``write`` per segment
+touched; ``append`` is a batch of one. What "written" means for durability follows the policy:
 
 * ``always``: ``append_batch`` fsyncs before returning.
 * ``batch``: records are durable once ``durable_seq`` reaches them. The trio wrapper
@@ -45,10 +46,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from itertools import repeat
 from operator import add
 from pathlib import Path
-from struct import error as struct_error
 from typing import Any, Literal
 
 import cbor2
@@ -63,12 +62,6 @@ from meshmon.store.errors import (
     StoreFailed,
 )
 from meshmon.store.files import SegmentFiles
-from meshmon.store.format import (
-    FILE_HEADER_SIZE,
-    FRAME_OVERHEAD,
-    encode_frame,
-    encode_frames,
-)
 from meshmon.store.health import recovery_report
 from meshmon.store.index import SeriesTable, TimeIndex
 from meshmon.store.outage import Buffered, Outages
@@ -202,40 +195,9 @@ class RingStore:
     # ----------------------------------------------------------------------------- writing
 
     def append(self, ts: float, check: str, target: str, payload: Any) -> int:
-        """Append one record and return its seq; see :meth:`append_batch` (same rules, a
-        shorter path for results that arrive one at a time)."""
-        if type(payload) is not bytes:
-            payload = self._encode(payload)
-        with self._mutex:
-            self._check_writable()
-            try:
-                if not math.isfinite(ts):
-                    raise TypeError
-            except TypeError:
-                raise InvalidRecord("the timestamp must be a finite number of seconds") from None
-            sid = self.series.by_pair.get((check, target))
-            if sid is None:
-                sid = self._intern(check, target)
-            size = FRAME_OVERHEAD + len(self.series.keys[sid]) + len(payload)
-            if size > self.config.segment_bytes - FILE_HEADER_SIZE:
-                raise InvalidRecord(f"a record of {size} bytes does not fit in a segment; "
-                                    "raise store.segment_bytes")  # fmt: skip
-            if self.outages.active and not self._resume():
-                return self._buffer([(ts, check, target, payload)], self.next_seq)[0]
-            seq = self._next_seq
-            frame = encode_frame(seq, ts, self.series.keys[sid], self.series.key_crcs[sid],
-                                 payload)  # fmt: skip
-            try:
-                self.files.append_frame(frame, seq, ts, sid)
-            except OSError as exc:
-                self.outages.begin(exc, seq)
-                return self._buffer([(ts, check, target, payload)], seq)[0]
-            self._next_seq = seq + 1
-            if self.config.fsync == "never":
-                self._durable_seq = seq
-        if self.config.fsync == "always" and self.auto_sync:
-            self.sync()
-        return seq
+        """Append one record and return its seq; see :meth:`append_batch` (same rules; the
+        record gets a frame of its own, so batch results that arrive together)."""
+        return self.append_batch(((ts, check, target, payload),))[0]
 
     def append_batch(self, records: Sequence[RecordIn]) -> range:
         """Append records in order and return their seqs.
@@ -271,7 +233,11 @@ class RingStore:
                 raise InvalidRecord(
                     "each record must be a (ts, check, target, payload) tuple"
                 ) from None
-            if not all(map(math.isfinite, tss)):
+            try:
+                finite = all(map(math.isfinite, tss))
+            except TypeError:
+                finite = False
+            if not finite:
                 raise InvalidRecord("every timestamp must be a finite number of seconds")
             if set(map(type, payloads)) != {bytes}:
                 payloads = tuple(map(self._encode, payloads))
@@ -281,11 +247,10 @@ class RingStore:
             )
             blens = list(map(add, map(len, map(self.series.keys.__getitem__, sids)),
                              map(len, payloads)))  # fmt: skip
-            limit = self.config.segment_bytes - FILE_HEADER_SIZE - FRAME_OVERHEAD
+            limit = self.files.max_record()
             if max(blens) > limit:
-                raise InvalidRecord(f"a record of {max(blens) + FRAME_OVERHEAD} bytes does not "
-                                    f"fit in a segment ({limit + FRAME_OVERHEAD} bytes); raise "
-                                    "store.segment_bytes")  # fmt: skip
+                raise InvalidRecord(f"a record of {max(blens)} bytes does not fit in a segment "
+                                    f"(at most {limit}); raise store.segment_bytes")  # fmt: skip
             seq0 = self.next_seq
             written = 0
             if not self.outages.active or self._resume():
@@ -390,13 +355,7 @@ class RingStore:
         the file. A refused write starts (or continues) an outage and stops there."""
         seq0 = self._next_seq
         keys = list(map(self.series.keys.__getitem__, sids))
-        key_crcs = list(map(self.series.key_crcs.__getitem__, sids))
-        try:
-            buf, blens = encode_frames(seq0, tss, keys, key_crcs, payloads)
-        except struct_error as exc:
-            raise InvalidRecord(f"a record cannot be framed: {exc}") from None
-        sizes = list(map(add, blens, repeat(FRAME_OVERHEAD, len(blens))))
-        written, error = self.files.write_frames(memoryview(buf), seq0, sizes, tss, sids)
+        written, error = self.files.write_records(seq0, tss, sids, keys, payloads)
         self._next_seq = seq0 + written
         if self.config.fsync == "never":
             self._durable_seq = self._next_seq - 1

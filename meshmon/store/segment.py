@@ -1,8 +1,13 @@
 """One segment file of the ring: its packed per-record index and how to load it from disk.
 
 A segment's records are indexed by three packed arrays (4 + 8 + 4 = 16 bytes a record): the
-frame's file offset, its timestamp and its series id. Seqs are not stored when they are
-contiguous, which they always are unless recovery skipped a corrupt stretch.
+file offset of the frame that holds the record (shared by every record of a version-2 batch
+frame), its timestamp and its series id. Seqs are not stored when they are contiguous, which
+they always are unless recovery skipped a corrupt stretch.
+
+A version-2 segment also keeps what its frames need to be decoded and extended: its preset
+dictionaries, and the segment-local id of each series key defined in it (see
+:mod:`meshmon.store.batch`).
 """
 
 from __future__ import annotations
@@ -10,11 +15,21 @@ from __future__ import annotations
 import logging
 import os
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshmon.store.format import FILE_HEADER_SIZE, decode_file_header, scan, split_key
+from meshmon.store import batch
+from meshmon.store.errors import StoreError
+from meshmon.store.format import (
+    FILE_HEADER_SIZE,
+    FILE_VERSION,
+    ScanResult,
+    UnsupportedVersion,
+    decode_file_header,
+    scan,
+    split_key,
+)
 from meshmon.store.index import SeriesTable
 
 log = logging.getLogger("meshmon.store")
@@ -38,7 +53,10 @@ def parse_segment_name(name: str) -> int | None:
 class Segment:
     """A segment file and the in-memory index of its records."""
 
-    def __init__(self, path: Path, first_seq: int, size: int, header_ok: bool = True) -> None:
+    def __init__(
+        self, path: Path, first_seq: int, size: int, header_ok: bool = True,
+        version: int = FILE_VERSION,
+    ) -> None:  # fmt: skip
         self.path = path
         self.first_seq = first_seq
         self.size = size
@@ -50,6 +68,17 @@ class Segment:
         self.seqs: array[int] | None = None
         """Explicit seqs, only when they are not contiguous from ``base_seq``."""
         self.base_seq = first_seq
+        self.version = version
+        self.clean = header_ok
+        """Nothing was skipped at recovery: new frames may be appended to it (version 2)."""
+        self.dicts: dict[int, bytes] = {}
+        """Preset dictionaries by id (version 2)."""
+        self.dict_id = 0
+        """The dictionary new batch frames use (0: none yet)."""
+        self.seen_seq = 0
+        """Newest seq found in the file, also of records recovery could not keep."""
+        self.key_ids: dict[bytes, int] = {}
+        """Segment-local id of each series key defined in the segment (version 2)."""
         self._fd: int | None = None
 
     @property
@@ -80,8 +109,9 @@ class Segment:
         return i if i < len(self.offs) and self.seq_at(i) == seq else -1
 
     def end_of(self, i: int) -> int:
-        """File offset just past record ``i``."""
-        return self.offs[i + 1] if i + 1 < len(self.offs) else self.size
+        """File offset past the frame of record ``i`` (and before the next record's frame)."""
+        k = bisect_right(self.offs, self.offs[i], i)
+        return self.offs[k] if k < len(self.offs) else self.size
 
     def pread(self, start: int, end: int) -> bytes:
         """Read ``[start, end)`` of the file."""
@@ -137,25 +167,42 @@ def load_segment(
     """
     data = path.read_bytes()
     report = LoadReport()
+    version = 0
     try:
-        header_first = decode_file_header(data)
+        header_first, version = decode_file_header(data)
         start, header_ok = FILE_HEADER_SIZE, True
         if header_first != first_seq:
             report.problems.append(f"header says first seq {header_first}, name says {first_seq}")
+    except UnsupportedVersion as exc:
+        raise StoreError(f"segment {path}: {exc}; run that meshmon, or move the store "
+                         "directory aside to start an empty one") from None  # fmt: skip
     except ValueError as exc:
         start, header_ok = 0, False
         report.problems.append(f"bad file header: {exc}; scanning the whole file for records")
-    res = scan(data, start, prev_seq, max_body)
-    seg = Segment(path, first_seq, res.valid_end if header_ok else len(data), header_ok)
+    res: batch.Scan | ScanResult
+    if version != 1:  # version 2, or unknown (bad header): try 2 first, the usual one
+        res = batch.scan(data, start, prev_seq, max_body)
+        version = 2
+    if version == 1 or (not header_ok and not res.seqs):
+        res = scan(data, start, prev_seq, max_body)
+        version = 1
+    seg = Segment(path, first_seq, res.valid_end if header_ok else len(data), header_ok, version)
+    if isinstance(res, batch.Scan):
+        seg.dicts, seg.dict_id, seg.key_ids = res.dicts, res.last_dict, res.key_ids
+        seg.seen_seq = res.last_seq
+    seg.clean = header_ok and not res.skipped
     n = len(res.seqs)
     report.records = n
     report.tail_bytes = len(data) - res.valid_end if n or header_ok else len(data)
     for sk in res.skipped:
         report.skipped_records += sk.records
         report.skipped_bytes += sk.end - sk.start
+        what = getattr(sk, "why", "corrupt")
         report.problems.append(
-            f"corrupt stretch at bytes {sk.start}-{sk.end} skipped ({sk.records} records lost)"
-        )
+            f"{what} stretch at bytes {sk.start}-{sk.end} skipped ({sk.records} records lost)"
+            if what == "corrupt" else
+            f"{what} at bytes {sk.start}-{sk.end}; skipped ({sk.records} records lost)"
+        )  # fmt: skip
     if not n:
         return seg, report
     get = series.by_key.get
