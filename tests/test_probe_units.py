@@ -67,7 +67,23 @@ def test_ping_summary() -> None:
                         echo("reply", 3.0, T, 0)])
     assert (res.successes, res.failures) == (2, 2)
     assert res.samples == (1.0, None, None, 3.0) and res.avg_response_time_ms == 2.0
-    assert res.errors == ("host unreachable (from 10.0.0.1)",)
+    assert res.errors == ("1 host unreachable from 10.0.0.1",)
+    assert res.jitter_ms == 2.0 and res.loss_pct == 50.0
+
+
+def test_ping_error_names_what_was_seen_and_what_was_not_whatever_the_timing() -> None:
+    """Unreachables counted per responder; the loss count always leads (one shape, any mix)."""
+    unreach = echo("unreachable", 0.5, "10.0.0.1", 0, "host unreachable")
+    timeout = echo("timeout", None, None, 0)
+    texts = {n: summarize(T, [unreach] * n + [timeout] * (5 - n)).error_message()
+             for n in range(6)}
+    assert texts[0] == "no reply to 5 echo requests"
+    assert texts[3] == "no reply to 5 echo requests; 3 host unreachable from 10.0.0.1"
+    assert texts[5] == "no reply to 5 echo requests; 5 host unreachable from 10.0.0.1"
+    other = echo("unreachable", 0.5, "10.0.0.2", 0, "network unreachable")
+    assert summarize(T, [unreach, other, unreach]).error_message() == (
+        "no reply to 3 echo requests; 2 host unreachable from 10.0.0.1; "
+        "1 network unreachable from 10.0.0.2")
 
 
 def test_rtt_prefers_kernel_timestamp_but_survives_a_clock_step() -> None:

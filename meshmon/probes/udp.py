@@ -19,7 +19,6 @@ Other params: ``port``, ``count`` (default 1 for payload, 5 for echo), ``interva
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import re
@@ -35,6 +34,7 @@ import trio
 from meshmon.logs import RateLimitedLog
 from meshmon.probes.base import PLAIN, ParamError, UdpCodec, param
 from meshmon.results import UdpConnectResult
+from meshmon.results.stats import jitter_ms
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,6 @@ class UdpParams:
         if not 1 <= count <= 1000 or interval < 0 or not 21 <= size <= 1400:
             raise ParamError("params: count 1-1000, interval >= 0, size 21-1400 bytes")
         return cls(mode, count, interval, payload, expect, size)
-
-
-def _jitter(latencies: list[float]) -> float | None:
-    if len(latencies) < 2:
-        return None
-    diffs = [abs(b - a) for a, b in itertools.pairwise(latencies)]
-    return sum(diffs) / len(diffs)
 
 
 async def udp_probe(address: str, family: int, port: int, p: UdpParams, wait: float,
@@ -168,7 +161,7 @@ async def udp_probe(address: str, family: int, port: int, p: UdpParams, wait: fl
         errors.append(f"no reply within {wait:g}s to {len(sent_at)} datagram(s)")
     avg = sum(latencies) / len(latencies) if latencies else None
     return UdpConnectResult(ok, avg, "; ".join(errors) or None, address, port, len(sent_at),
-                            len(latencies), tuple(latencies), _jitter(latencies))  # fmt: skip
+                            len(latencies), tuple(latencies), jitter_ms(latencies))  # fmt: skip
 
 
 class UdpEchoResponder:
