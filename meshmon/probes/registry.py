@@ -174,7 +174,8 @@ KNOWN_PARAMS: dict[str, frozenset[str]] = {
     "udp": frozenset({"family", "port", "mode", "count", "interval", "payload", "payload_hex",
                       "expect", "size"}),
     "http": frozenset({"family", "expect_status", "body_regex", "follow_redirects",
-                       "max_redirects", "verify_tls", "ca_file", "headers", "max_body_bytes"}),
+                       "max_redirects", "verify_tls", "ca_file", "headers", "max_body_bytes",
+                       "method", "body"}),
     "tls": frozenset({"family", "port", "server_name", "min_days", "ca_file"}),
 }  # fmt: skip
 """Params each built-in kind understands; any other key is an error (usually a typo)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class HttpGetResult:
-    """An HTTP GET and its validation."""
+    """An HTTP request (GET unless ``method`` says otherwise) and its validation."""
 
     status_code: int | None
     response_time_ms_: float | None
@@ -22,6 +22,8 @@ class HttpGetResult:
     """Time until the connection (TCP, and TLS for https) was established."""
     first_byte_ms: float | None = None
     """Time until the response headers arrived."""
+    method: str = "GET"
+    """Request method."""
 
     def is_successful(self) -> bool:
         """Status and body matched the expectations."""
