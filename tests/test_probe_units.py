@@ -12,7 +12,7 @@ from meshmon.probes.base import ParamError
 from meshmon.probes.icmp import SO_TIMESTAMPNS, Echo, _Batch, _Pending, _rtt_ms, _settled
 from meshmon.probes.ping import PingParams, summarize
 from meshmon.probes.registry import check_params, error_payload
-from meshmon.probes.traceroute import fold_rounds
+from meshmon.probes.traceroute import TraceParams, fold_rounds
 from meshmon.probes.udp import UdpParams
 
 T = "10.0.0.9"
@@ -142,3 +142,31 @@ def test_error_payloads_fail_with_the_message() -> None:
         payload = error_payload(kind, "it broke", None)
         assert not payload.is_successful()
         assert "it broke" in (payload.error_message() or ""), kind
+
+
+@pytest.mark.parametrize(("params", "timeout", "expect"), [
+    # params, timeout -> (interval, spacing for 30 TTLs, spacing for 4 TTLs, reply_timeout)
+    ({}, 5.0, (1.0, 1 / 30, 0.25, 1.0)),
+    ({"rounds": 2, "interval": 0.5}, 5.0, (0.5, 0.5 / 30, 0.125, 1.0)),
+    ({"probe_spacing": 0.01}, 5.0, (1.0, 0.01, 0.01, 1.0)),
+    ({"rounds": 1, "max_hops": 3}, 1.0, (1.0, 1 / 30, 0.25, 0.95 - 2 / 3)),
+    ({"reply_timeout": 0.3}, 10.0, (1.0, 1 / 30, 0.25, 0.3)),
+])  # fmt: skip
+def test_trace_pacing_params(params: dict[str, object], timeout: float,
+                             expect: tuple[float, ...]) -> None:  # fmt: skip
+    tp = TraceParams.from_params(params, timeout)
+    got = (tp.interval, tp.spacing(30), tp.spacing(4), tp.reply_timeout)
+    assert got == pytest.approx(expect)
+
+
+@pytest.mark.parametrize(("params", "timeout", "words"), [
+    ({"rounds": 5}, 5.0, "do not fit the timeout"),
+    ({"probe_spacing": 0.5}, 5.0, "do not fit the timeout"),
+    ({"interval": -1}, 5.0, "must be >= 0"),
+    ({"protocol": "sctp"}, 5.0, "protocol icmp|udp|tcp"),
+    ({"reply_timeout": 0}, 5.0, "reply_timeout must be > 0"),
+])  # fmt: skip
+def test_trace_params_that_cannot_work_are_refused(params: dict[str, object], timeout: float,
+                                                    words: str) -> None:  # fmt: skip
+    with pytest.raises(ParamError, match=words.replace("|", r"\|")):
+        TraceParams.from_params(params, timeout)
