@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from meshmon import results as r
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -186,3 +188,29 @@ def test_cli_trace_and_ping_as_a_user_runs_them(chain: Chain) -> None:
     assert proc.returncode == 1  # nothing answered
     res = json.loads(proc.stdout)
     assert res["kind"] == "ping" and res["result"]["successes"] == 0
+
+
+def test_unreachable_target_error_says_what_was_seen_and_what_was_not(chain: Chain) -> None:
+    """The router answers "host unreachable" at once (an unreachable route) or only after its
+    ARP attempts fail (~3 s, a missing neighbour); the message has one shape either way."""
+    chain.run("ip", "route", "replace", "unreachable", "10.201.9.0/24", ns=chain.r)
+    chain.run("ip", "route", "replace", "10.201.9.0/24", "via", "10.201.1.1")
+    cases = [
+        ("route", "ping", "10.201.9.9", {"count": 5, "interval": 0.05}, 2.0),
+        ("no_route", "ping", "10.201.77.1", {"count": 2, "interval": 0.05}, 1.0),
+        ("arp_short", "ping", "10.201.2.99", {"count": 2, "interval": 0.05,
+                                              "reply_timeout": 0.5}, 1.0),
+        ("arp_long", "ping", "10.201.2.98", {"count": 2, "interval": 0.05,
+                                             "reply_timeout": 4.5}, 5.0),
+    ]  # fmt: skip
+    out = run_cases(chain, cases)
+    text = {}
+    for name, res in out.items():
+        if name != "modes":
+            record = r.from_dict(res)
+            assert not record.is_successful() and res["result"]["loss_pct"] == 100.0
+            text[name] = record.error_message()
+    assert text["route"] == "no reply to 5 echo requests; 5 host unreachable from 10.201.1.1"
+    assert text["no_route"] == "no reply to 2 echo requests; 2 network unreachable (no route)"
+    assert text["arp_short"] == "no reply to 2 echo requests"  # the router had not answered yet
+    assert text["arp_long"] == "no reply to 2 echo requests; 2 host unreachable from 10.201.1.1"
