@@ -27,9 +27,10 @@ from meshmon.config import AgentConfig, CheckConfig, split_host_port
 from meshmon.control import ResultQuery, serve_control
 from meshmon.membership import NodeMeta, State
 from meshmon.mesh import MeshService
-from meshmon.net import MeshTransport, TransportConfig
+from meshmon.net import PURPOSE_ECHO, MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
 from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe
+from meshmon.probes.echo_guard import mesh_codec
 from meshmon.probes.services import run_probe_services
 from meshmon.results import MonitoringResult, ResultDecodeError, decode_result, encode_result
 from meshmon.scheduler import Scheduler
@@ -39,7 +40,8 @@ from meshmon.version import __version__
 log = logging.getLogger(__name__)
 
 ECHO_PORT_OFFSET = 1
-"""The UDP echo responder listens on the gossip port + 1 (7947 by default)."""
+"""The UDP echo responder listens on the gossip port + 1 (7947 by default); its datagrams are
+sealed with the mesh keys, so it answers members only (:mod:`meshmon.probes.echo_guard`)."""
 CRL_POLL = 2.0
 """Seconds between checks of the CRL file for a newer list dropped in by the operator."""
 
@@ -135,9 +137,12 @@ class Agent:
 
     async def _start_probes(self, nursery: trio.Nursery) -> ProbeContext:
         listen = self.config.listen
+        assert self.transport is not None
+        codec = mesh_codec(self.transport.keyring, self.transport.name_at, PURPOSE_ECHO,
+                           ECHO_PORT_OFFSET)  # sealed: never a reflector (see echo_guard)
         start = functools.partial(run_probe_services, self.name, echo_address=listen.address,
                                   echo_port=listen.udp_port + ECHO_PORT_OFFSET if listen.udp_port
-                                  else 0)  # fmt: skip
+                                  else 0, codec=codec)  # fmt: skip
         try:
             ctx: ProbeContext = await nursery.start(start)
         except IcmpPermissionError as exc:

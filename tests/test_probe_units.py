@@ -149,8 +149,10 @@ def test_error_payloads_fail_with_the_message() -> None:
     ({}, 5.0, (1.0, 1 / 30, 0.25, 1.0)),
     ({"rounds": 2, "interval": 0.5}, 5.0, (0.5, 0.5 / 30, 0.125, 1.0)),
     ({"probe_spacing": 0.01}, 5.0, (1.0, 0.01, 0.01, 1.0)),
-    ({"rounds": 1, "max_hops": 3}, 1.0, (1.0, 1 / 30, 0.25, 0.95 - 2 / 3)),
+    ({"rounds": 1, "max_hops": 3}, 1.0, (0.475, 0.475 / 30, 0.475 / 4, 0.95 - 0.475 * 2 / 3)),
     ({"reply_timeout": 0.3}, 10.0, (1.0, 1 / 30, 0.25, 0.3)),
+    # a short timeout: the default interval shrinks (and the reply wait with it)
+    ({}, 2.0, (0.475, 0.475 / 30, 0.475 / 4, 1.9 - 2 * 0.475 - 0.475 * 29 / 30)),
 ])  # fmt: skip
 def test_trace_pacing_params(params: dict[str, object], timeout: float,
                              expect: tuple[float, ...]) -> None:  # fmt: skip
@@ -160,7 +162,7 @@ def test_trace_pacing_params(params: dict[str, object], timeout: float,
 
 
 @pytest.mark.parametrize(("params", "timeout", "words"), [
-    ({"rounds": 5}, 5.0, "do not fit the timeout"),
+    ({"rounds": 5, "interval": 1.0}, 5.0, "do not fit the timeout"),
     ({"probe_spacing": 0.5}, 5.0, "do not fit the timeout"),
     ({"interval": -1}, 5.0, "must be >= 0"),
     ({"protocol": "sctp"}, 5.0, "protocol icmp|udp|tcp"),

@@ -74,7 +74,9 @@ class TraceParams:
     """Probes per hop; loss per hop is measured over these."""
     interval: float = 1.0
     """Seconds between the starts of rounds: mtr's default, and the refill period of the usual
-    ICMP rate limits, so no hop is asked more often than it answers."""
+    ICMP rate limits, so no hop is asked more often than it answers. When not set and the
+    check's timeout is shorter than ``(rounds + 1) x 1 s``, it defaults to
+    ``0.95 x timeout / (rounds + 1)`` instead (raise the timeout to keep 1 s)."""
     probe_spacing: float | None = None
     """Seconds between consecutive probes of a round; ``None``: ``interval`` divided by the
     number of TTLs in the round (the round spreads over the interval, as in mtr)."""
@@ -92,11 +94,15 @@ class TraceParams:
             ParamError: naming the key and what is allowed.
         """
         protocol = param(params, "protocol", str, cls.protocol)
+        rounds = param(params, "rounds", int, cls.rounds)
+        # The default interval shrinks when the timeout cannot hold rounds x 1 s plus a reply
+        # wait (it then leaves one interval for the last replies); an explicit one never does.
+        fitted = min(cls.interval, timeout * 0.95 / (max(rounds, 1) + 1))
         tp = cls(
             protocol=protocol,
             max_hops=param(params, "max_hops", int, cls.max_hops),
-            rounds=param(params, "rounds", int, cls.rounds),
-            interval=param(params, "interval", float, cls.interval),
+            rounds=rounds,
+            interval=param(params, "interval", float, fitted),
             probe_spacing=param(params, "probe_spacing", float, None),
             port=param(params, "port", int, 80 if protocol == "tcp" else cls.port),
         )  # fmt: skip
