@@ -215,6 +215,9 @@ class Agent:
             target = assignment.address
             if check.params.get("port") is None and check.kind in ("tcp", "tls"):
                 target = f"{assignment.address}:{self.tcp_port}"
+            elif check.params.get("port") is None and check.params.get("mode") == "echo":
+                echo = self.config.listen.udp_port + ECHO_PORT_OFFSET  # one port plan per mesh
+                target = f"{assignment.address}:{echo}"
         results = await run_probe(check.kind, target, check.params, check.timeout, ctx)
         if assignment.mesh:  # record the agent's name, not its address, as the target
             results = [dataclasses.replace(r, target=assignment.target) for r in results]
