@@ -76,7 +76,7 @@ def human(record: r.MonitoringResult) -> str:
         if res.success_latencies:
             lines.append(f"rtt min/avg/median/max/stddev = {_ms(res.min_ms)}/"
                          f"{_ms(res.avg_response_time_ms)}/{_ms(res.median_ms)}/{_ms(res.max_ms)}/"
-                         f"{_ms(res.stddev_ms)} ms")  # fmt: skip
+                         f"{_ms(res.stddev_ms)} ms, jitter {_ms(res.jitter_ms)} ms")  # fmt: skip
             lines.append("samples (ms): " + " ".join(_ms(s) if s is not None else "lost"
                                                       for s in res.samples))  # fmt: skip
     elif isinstance(res, r.TracerouteResult):
