@@ -3,11 +3,10 @@
 Params: ``method`` (``GET`` by default; ``HEAD``, ``POST``, ``PUT``, ``PATCH``, ``DELETE``,
 ``OPTIONS``), ``body`` (text sent with the request, e.g. for ``POST``), ``headers`` (a table of
 request headers), ``expect_status`` (an int or a list; default: any 2xx or 3xx), ``body_regex``
-(searched in the first ``max_body_bytes`` of the *decoded* body: gzip, deflate and
-x-gzip content encodings are undone first), ``follow_redirects``
-(default false: a monitor should see the redirect itself), ``max_redirects`` (5), ``verify_tls``
-(true), ``ca_file`` (extra trust anchors, e.g. a private CA), ``max_body_bytes`` (1 MiB),
-``family`` (forces the client's local address family).
+(searched in the first ``max_body_bytes`` of the *decoded* body: gzip, x-gzip and deflate
+content encodings are undone first), ``follow_redirects`` (default false: a monitor should see
+the redirect itself), ``max_redirects`` (5), ``verify_tls`` (true), ``ca_file`` (extra trust
+anchors, e.g. a private CA), ``max_body_bytes`` (1 MiB), ``family`` (4, 6, both or auto).
 
 Every request opens a fresh connection (a monitor measures connect time; a kept-alive one would
 hide it) through :mod:`meshmon.probes.http_client`, which also explains the cost choices.
