@@ -13,7 +13,8 @@ UDP, TCP; UDP only with ``--quick``) is traced ``runs`` times by:
   TTL order, climbing stopped at the target);
 * mtr (``mtr -n -j -c ROUNDS``, its default 1 s interval);
 * meshmon with the old burst pacing (every TTL of a round at once, rounds 0.2 s apart:
-  ``interval = 0.2, probe_spacing = 0``), to show what the pacing is for.
+  ``interval = 0.2, probe_spacing = 0``), to show what the pacing is for. These runs come last,
+  after every meshmon and mtr run (which alternate), because they drain the routers' buckets.
 
 Reported per tool: the share of runs that found the target at the right TTL (4) with the right
 hop addresses, and the mean loss at the healthy hops (all of them here). ``value`` is meshmon's
@@ -107,6 +108,14 @@ def mtr_run(ns: str, mode: list[str]) -> tuple[list[str], float]:
     return [h["host"] for h in hubs], statistics.fmean(h["Loss%"] / 100 for h in hubs)
 
 
+def mode_params(mode: str) -> dict[str, object]:
+    """meshmon trace params for ``mode`` with the default pacing."""
+    params: dict[str, object] = {"protocol": mode, "rounds": ROUNDS, "max_hops": 30}
+    if mode == "tcp":
+        params["port"] = 80
+    return params
+
+
 def summarize(rows: list[tuple[list[str], float]]) -> dict[str, float]:
     """Share of runs with exactly the right hops; mean loss at (healthy) hops."""
     return {"right": sum(h == HOPS for h, _ in rows) / len(rows),
@@ -127,19 +136,22 @@ def main() -> None:
     names = build_chain()
     table: dict[str, dict[str, dict[str, float]]] = {}
     try:
+        # Burst runs drain the routers' token buckets for seconds afterwards, so they all come
+        # last; meshmon and mtr alternate run by run on a chain whose buckets are full.
         for mode, flags in modes.items():
-            params: dict[str, object] = {"protocol": mode, "rounds": ROUNDS, "max_hops": 30}
-            if mode == "tcp":
-                params["port"] = 80
-            ours = meshmon_runs(names[0], params, runs)
-            theirs = [mtr_run(names[0], flags) for _ in range(runs)]
-            burst = meshmon_runs(names[0], {**params, "interval": 0.2, "probe_spacing": 0.0},
-                                 runs)  # fmt: skip
-            table[mode] = {"meshmon": summarize(ours), "mtr": summarize(theirs),
-                           "burst": summarize(burst)}  # fmt: skip
-            for tool, row in table[mode].items():
-                print(f"{mode:4} {tool:8} right hops in {row['right']:.0%} of runs, mean hop "
-                      f"loss {row['loss_pct']:.1f} %", file=sys.stderr)  # fmt: skip
+            params = mode_params(mode)
+            rows: dict[str, list[tuple[list[str], float]]] = {"meshmon": [], "mtr": []}
+            for _ in range(runs):
+                rows["meshmon"] += meshmon_runs(names[0], params, 1)
+                rows["mtr"].append(mtr_run(names[0], flags))
+            table[mode] = {tool: summarize(r) for tool, r in rows.items()}
+        for mode in modes:
+            burst = {**mode_params(mode), "interval": 0.2, "probe_spacing": 0.0}
+            table[mode]["burst"] = summarize(meshmon_runs(names[0], burst, runs))
+        for mode, row in table.items():
+            for tool, stats in row.items():
+                print(f"{mode:4} {tool:8} right hops in {stats['right']:.0%} of runs, mean hop "
+                      f"loss {stats['loss_pct']:.1f} %", file=sys.stderr)  # fmt: skip
     finally:
         for ns in names:
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
