@@ -23,6 +23,10 @@ routers show loss. So probes are paced the way mtr paces them:
   the target answered so far, and answers from higher TTLs are discarded (:func:`fold_rounds`).
 * A probe is sent only if its full ``reply_timeout`` fits before the trace's deadline (the
   check's timeout); TTLs cut off that way are not counted as sent, so they never show as loss.
+* A trace takes at least ``rounds x interval`` (like ``mtr -c rounds``), even when every
+  answer is in earlier: traces run back to back then still ask each hop (and the target) once
+  per interval on average. Returning early let back-to-back traces drain the target's budget
+  until, climbing, it answered only a TTL far beyond its own.
 
 Answers are folded into per-hop statistics (:func:`fold_rounds`, pure): the addresses seen at
 each TTL, probes sent and answered, the RTTs. The target is reached at the lowest TTL whose
@@ -238,6 +242,9 @@ async def trace(engine: IcmpEngine | None, address: str, family: int, params: Tr
             round_start = max(start + (n + 1) * params.interval, trio.current_time())
             if round_start + params.reply_timeout > deadline:
                 break
+    # A trace lasts rounds x interval, as ``mtr -c rounds`` does: traces run back to back then
+    # still ask each hop once per interval on average, never faster than its limit refills.
+    await trio.sleep_until(min(start + params.rounds * params.interval, deadline))
     return fold_rounds(address, rounds, params.protocol, (time.monotonic() - t0) * 1000)
 
 
