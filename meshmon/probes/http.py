@@ -15,7 +15,8 @@ for https), response headers (first byte) and last body byte (``response_time_ms
 ``time_total``); with redirects followed, connect and first byte are those of the last hop.
 ``response_size_bytes`` counts the body as it came over the wire (before content decoding).
 The name is resolved as every probe does (:func:`meshmon.probes.base.resolve`: one address,
-the family asked for or the resolver's first).
+the family asked for or the resolver's first). Proxy variables (``HTTP_PROXY`` ...) are not
+used: a monitor measures the direct path from its host.
 """
 
 from __future__ import annotations
