@@ -29,9 +29,10 @@ from meshmon.control import ResultQuery, serve_control
 from meshmon.membership import NodeMeta, State
 from meshmon.membership.identity import address_allowed
 from meshmon.mesh import MeshService
-from meshmon.net import ListenError, MeshTransport, TransportConfig
+from meshmon.net import PURPOSE_ECHO, ListenError, MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
 from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_probe_batch
+from meshmon.probes.echo_guard import mesh_codec
 from meshmon.probes.services import run_probe_services
 from meshmon.results import MonitoringResult, ResultDecodeError, decode_result, encode_result
 from meshmon.scheduler import Scheduler
@@ -49,7 +50,8 @@ from meshmon.version import __version__
 log = logging.getLogger(__name__)
 
 ECHO_PORT_OFFSET = 1
-"""The UDP echo responder listens on the gossip port + 1 (7947 by default)."""
+"""The UDP echo responder listens on the gossip port + 1 (7947 by default); its datagrams are
+sealed with the mesh keys, so it answers members only (:mod:`meshmon.probes.echo_guard`)."""
 CRL_POLL = 2.0
 """Seconds between checks of the CRL file for a newer list dropped in by the operator."""
 STORE_ERROR_LOG_EVERY = 60.0
@@ -168,8 +170,11 @@ class Agent:
     async def _start_probes(self, nursery: trio.Nursery) -> ProbeContext:
         listen = self.config.listen
         echo_port = listen.udp_port + ECHO_PORT_OFFSET if listen.udp_port else 0
+        assert self.transport is not None
+        codec = mesh_codec(self.transport.keyring, self.transport.name_at, PURPOSE_ECHO,
+                           ECHO_PORT_OFFSET)  # sealed: never a reflector (see echo_guard)
         start = functools.partial(run_probe_services, self.name, echo_address=listen.address,
-                                  echo_port=echo_port)  # fmt: skip
+                                  echo_port=echo_port, codec=codec)  # fmt: skip
         try:
             try:
                 ctx: ProbeContext = await nursery.start(start)
@@ -243,19 +248,21 @@ class Agent:
             ctx = self._contexts[check] = dataclasses.replace(self.probe_context, check=check)
         return ctx
 
-    @staticmethod
-    def _probe_target(assignment: Assignment, check: CheckConfig, tcp_port: int) -> str:
-        """What the probe is aimed at: a mesh target's address (and our TCP port for tcp/tls)."""
+    def _probe_target(self, assignment: Assignment, check: CheckConfig) -> str:
+        """What the probe is aimed at: a mesh target's address, with our TCP port for tcp/tls
+        and our echo port for udp echo checks (one port plan per mesh)."""
         if not assignment.mesh:
             return assignment.target
         if check.params.get("port") is None and check.kind in ("tcp", "tls"):
-            return f"{assignment.address}:{tcp_port}"
+            return f"{assignment.address}:{self.tcp_port}"
+        if check.params.get("port") is None and check.params.get("mode") == "echo":
+            return f"{assignment.address}:{self.config.listen.udp_port + ECHO_PORT_OFFSET}"
         return assignment.address
 
     async def _run_check(
         self, assignment: Assignment, check: CheckConfig
     ) -> list[MonitoringResult]:
-        target = self._probe_target(assignment, check, self.tcp_port)
+        target = self._probe_target(assignment, check)
         results = await run_probe(check.kind, target, check.params, check.timeout,
                                   self._context(check.name))  # fmt: skip
         if assignment.mesh:  # record the agent's name, not its address, as the target
@@ -265,7 +272,7 @@ class Agent:
     async def _run_batch(
         self, check: CheckConfig, assignments: Sequence[Assignment]
     ) -> list[list[MonitoringResult]]:
-        targets = [self._probe_target(a, check, self.tcp_port) for a in assignments]
+        targets = [self._probe_target(a, check) for a in assignments]
         rows = await run_probe_batch(check.kind, targets, check.params, check.timeout,
                                      self._context(check.name))  # fmt: skip
         for i, a in enumerate(assignments):

@@ -76,7 +76,7 @@ def human(record: r.MonitoringResult) -> str:
         if res.success_latencies:
             lines.append(f"rtt min/avg/median/max/stddev = {_ms(res.min_ms)}/"
                          f"{_ms(res.avg_response_time_ms)}/{_ms(res.median_ms)}/{_ms(res.max_ms)}/"
-                         f"{_ms(res.stddev_ms)} ms")  # fmt: skip
+                         f"{_ms(res.stddev_ms)} ms, jitter {_ms(res.jitter_ms)} ms")  # fmt: skip
             lines.append("samples (ms): " + " ".join(_ms(s) if s is not None else "lost"
                                                       for s in res.samples))  # fmt: skip
     elif isinstance(res, r.TracerouteResult):
@@ -151,12 +151,18 @@ def trace_cmd(
     max_hops: Annotated[int, typer.Option("--max-hops", help="Highest TTL.")] = 30,
     rounds: Annotated[int, typer.Option(help="Probes per hop (mtr-style rounds).")] = 3,
     port: Annotated[int | None, typer.Option(help="UDP base port or TCP port.")] = None,
+    interval: Annotated[float | None, typer.Option(
+        help="Seconds between rounds (default 1, as mtr: within routers' ICMP rate limits).",
+    )] = None,
+    probe_spacing: Annotated[float | None, typer.Option(
+        "--probe-spacing", help="Seconds between probes of a round (default interval / hops).",
+    )] = None,
     timeout: Timeout = 10.0, family: Family = "auto", icmp_mode: IcmpMode = "auto",
     as_json: Json = False,
 ) -> None:  # fmt: skip
     """mtr-style traceroute: per-hop addresses, loss and latency."""
     params = _params(protocol=protocol, max_hops=max_hops, rounds=rounds, port=port,
-                     family=family)  # fmt: skip
+                     interval=interval, probe_spacing=probe_spacing, family=family)  # fmt: skip
     _emit(_execute("trace", target, params, timeout, icmp=protocol == "icmp",
                    icmp_mode=icmp_mode), as_json)  # fmt: skip
 

@@ -175,7 +175,7 @@ async def main():
             for fam, addr in ((4, "127.0.0.1"), (6, "::1")):
                 echoes = await e.ping(addr, fam, count=2, interval=0, reply_timeout=1)
                 out[f"v{fam}"] = [x.kind for x in echoes]
-            t = await trace(e, "127.0.0.1", 4, TraceParams(rounds=1, max_hops=3), 1.0)
+            t = await trace(e, "127.0.0.1", 4, TraceParams(rounds=1, max_hops=3, interval=0.1))
             out["trace"] = [t.target_reached, len(t.hops)]
             n.cancel_scope.cancel()
     except IcmpPermissionError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
+from meshmon import results as r
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,6 +37,20 @@ class Chain:
         if check:
             assert proc.returncode == 0, proc.stderr
         return proc.stdout
+
+
+WARM_UP = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.connect((sys.argv[1], 9))
+s.send(b"warm-up")
+try:
+    s.recv(1)
+except ConnectionRefusedError:  # the port unreachable came back: both ways resolved
+    pass
+"""
+"""A UDP datagram to a closed port, waiting for the "port unreachable" that comes back."""
 
 
 def sh(*cmd: str) -> None:
@@ -76,6 +93,10 @@ def chain() -> Iterator[Chain]:
             sh("ip", "netns", "exec", c.r, "sysctl", "-qw", key)
         for ns in (c.a, c.b):
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.icmp.ratelimit=0")
+        # The first IPv6 packets over fresh links wait ~1 s for neighbour discovery, as long
+        # as a probe's reply timeout: let one echo through each way before measuring anything.
+        for ns, peer in ((c.a, "fd00:201:2::2"), (c.b, "fd00:201:1::2")):
+            sh("ip", "netns", "exec", ns, sys.executable, "-c", WARM_UP, peer)
         yield c
     finally:
         for ns in names:
@@ -186,3 +207,33 @@ def test_cli_trace_and_ping_as_a_user_runs_them(chain: Chain) -> None:
     assert proc.returncode == 1  # nothing answered
     res = json.loads(proc.stdout)
     assert res["kind"] == "ping" and res["result"]["successes"] == 0
+
+
+def test_unreachable_target_error_says_what_was_seen_and_what_was_not(chain: Chain) -> None:
+    """The router answers "host unreachable" at once (an unreachable route) or only after its
+    ARP attempts fail (~3 s, a missing neighbour); the message has one shape either way."""
+    chain.run("ip", "route", "replace", "unreachable", "10.201.9.0/24", ns=chain.r)
+    chain.run("ip", "route", "replace", "10.201.9.0/24", "via", "10.201.1.1")
+    cases = [
+        ("route", "ping", "10.201.9.9", {"count": 5, "interval": 0.05}, 2.0),
+        ("no_route", "ping", "10.201.77.1", {"count": 2, "interval": 0.05}, 1.0),
+        ("arp_short", "ping", "10.201.2.99", {"count": 2, "interval": 0.05,
+                                              "reply_timeout": 0.5}, 1.0),
+        ("arp_long", "ping", "10.201.2.98", {"count": 2, "interval": 0.05,
+                                             "reply_timeout": 4.5}, 5.0),
+    ]  # fmt: skip
+    out = run_cases(chain, cases)
+    text = {}
+    for name, res in out.items():
+        if name != "modes":
+            record = r.from_dict(res)
+            assert not record.is_successful() and res["result"]["loss_pct"] == 100.0
+            text[name] = record.error_message()
+    # How many of the 5 the router answers depends on its route-error rate limit (burst 5, 1/s,
+    # net.ipv4.route.error_cost: host-wide, not per namespace) and on what it sent just before:
+    # the count varies, the shape does not.
+    assert re.fullmatch(r"no reply to 5 echo requests; [1-5] host unreachable from 10\.201\.1\.1",
+                        text["route"] or ""), text["route"]
+    assert text["no_route"] == "no reply to 2 echo requests; 2 network unreachable (no route)"
+    assert text["arp_short"] == "no reply to 2 echo requests"  # the router had not answered yet
+    assert text["arp_long"] == "no reply to 2 echo requests; 2 host unreachable from 10.201.1.1"

@@ -12,7 +12,7 @@ from meshmon.probes.base import ParamError
 from meshmon.probes.icmp import SO_TIMESTAMPNS, Echo, _Batch, _Pending, _rtt_ms, _settled
 from meshmon.probes.ping import PingParams, summarize
 from meshmon.probes.registry import check_params, error_payload
-from meshmon.probes.traceroute import fold_rounds
+from meshmon.probes.traceroute import TraceParams, fold_rounds
 from meshmon.probes.udp import UdpParams
 
 T = "10.0.0.9"
@@ -67,7 +67,23 @@ def test_ping_summary() -> None:
                         echo("reply", 3.0, T, 0)])
     assert (res.successes, res.failures) == (2, 2)
     assert res.samples == (1.0, None, None, 3.0) and res.avg_response_time_ms == 2.0
-    assert res.errors == ("host unreachable (from 10.0.0.1)",)
+    assert res.errors == ("1 host unreachable from 10.0.0.1",)
+    assert res.jitter_ms == 2.0 and res.loss_pct == 50.0
+
+
+def test_ping_error_names_what_was_seen_and_what_was_not_whatever_the_timing() -> None:
+    """Unreachables counted per responder; the loss count always leads (one shape, any mix)."""
+    unreach = echo("unreachable", 0.5, "10.0.0.1", 0, "host unreachable")
+    timeout = echo("timeout", None, None, 0)
+    texts = {n: summarize(T, [unreach] * n + [timeout] * (5 - n)).error_message()
+             for n in range(6)}
+    assert texts[0] == "no reply to 5 echo requests"
+    assert texts[3] == "no reply to 5 echo requests; 3 host unreachable from 10.0.0.1"
+    assert texts[5] == "no reply to 5 echo requests; 5 host unreachable from 10.0.0.1"
+    other = echo("unreachable", 0.5, "10.0.0.2", 0, "network unreachable")
+    assert summarize(T, [unreach, other, unreach]).error_message() == (
+        "no reply to 3 echo requests; 2 host unreachable from 10.0.0.1; "
+        "1 network unreachable from 10.0.0.2")
 
 
 def test_rtt_prefers_kernel_timestamp_but_survives_a_clock_step() -> None:
@@ -134,3 +150,33 @@ async def test_a_malformed_url_is_an_error_result_not_an_exception() -> None:
     (result,) = await run_probe("http", "http://[::1", {}, 1.0, ProbeContext())
     assert not result.is_successful()
     assert result.error_message() == "target 'http://[::1' is not a valid URL (Invalid IPv6 URL)"
+
+
+@pytest.mark.parametrize(("params", "timeout", "expect"), [
+    # params, timeout -> (interval, spacing for 30 TTLs, spacing for 4 TTLs, reply_timeout)
+    ({}, 5.0, (1.0, 1 / 30, 0.25, 1.0)),
+    ({"rounds": 2, "interval": 0.5}, 5.0, (0.5, 0.5 / 30, 0.125, 1.0)),
+    ({"probe_spacing": 0.01}, 5.0, (1.0, 0.01, 0.01, 1.0)),
+    ({"rounds": 1, "max_hops": 3}, 1.0, (0.475, 0.475 / 30, 0.475 / 4, 0.95 - 0.475 * 2 / 3)),
+    ({"reply_timeout": 0.3}, 10.0, (1.0, 1 / 30, 0.25, 0.3)),
+    # a short timeout: the default interval shrinks (and the reply wait with it)
+    ({}, 2.0, (0.475, 0.475 / 30, 0.475 / 4, 1.9 - 2 * 0.475 - 0.475 * 29 / 30)),
+])  # fmt: skip
+def test_trace_pacing_params(params: dict[str, object], timeout: float,
+                             expect: tuple[float, ...]) -> None:  # fmt: skip
+    tp = TraceParams.from_params(params, timeout)
+    got = (tp.interval, tp.spacing(30), tp.spacing(4), tp.reply_timeout)
+    assert got == pytest.approx(expect)
+
+
+@pytest.mark.parametrize(("params", "timeout", "words"), [
+    ({"rounds": 5, "interval": 1.0}, 5.0, "do not fit the timeout"),
+    ({"probe_spacing": 0.5}, 5.0, "do not fit the timeout"),
+    ({"interval": -1}, 5.0, "must be >= 0"),
+    ({"protocol": "sctp"}, 5.0, "protocol icmp|udp|tcp"),
+    ({"reply_timeout": 0}, 5.0, "reply_timeout must be > 0"),
+])  # fmt: skip
+def test_trace_params_that_cannot_work_are_refused(params: dict[str, object], timeout: float,
+                                                    words: str) -> None:  # fmt: skip
+    with pytest.raises(ParamError, match=words.replace("|", r"\|")):
+        TraceParams.from_params(params, timeout)

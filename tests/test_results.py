@@ -56,8 +56,54 @@ def test_ping_statistics_and_rules() -> None:
     assert p.stddev_ms == pytest.approx(2.1602, abs=1e-3)
     lost = r.PingResult(0, 3, (), (), None, "127.0.0.1")
     assert not lost.is_successful()
-    assert lost.error_message() == "no reply to 3 echo request(s)"
-    assert lost.median_ms is None and lost.loss == 1.0
+    assert lost.error_message() == "no reply to 3 echo requests"
+    assert lost.median_ms is None and lost.loss == 1.0 and lost.loss_pct == 100.0
+    unreachable = r.PingResult(0, 1, (), ("1 host unreachable from 10.0.0.1",), None, "10.0.0.9")
+    assert unreachable.error_message() == (
+        "no reply to 1 echo request; 1 host unreachable from 10.0.0.1")
+    partial = r.PingResult(1, 1, (2.0,), ("1 host unreachable from 10.0.0.1",), 2.0, "10.0.0.9")
+    assert partial.error_message() == "1 host unreachable from 10.0.0.1"
+
+
+@pytest.mark.parametrize(("rtts", "sent", "expect"), [
+    # rtts, sent, (min, median, max, stddev, jitter, loss %)
+    ((), 0, (None, None, None, None, None, None)),
+    ((), 4, (None, None, None, None, None, 100.0)),
+    ((5.0,), 1, (5.0, 5.0, 5.0, 0.0, None, 0.0)),
+    ((1.0, 3.0), 4, (1.0, 2.0, 3.0, 1.0, 2.0, 50.0)),
+    ((1.0, 2.0, 6.0), 4, (1.0, 2.0, 6.0, 2.1602, 2.5, 25.0)),
+    ((4.0, 1.0, 4.0, 1.0), 4, (1.0, 2.5, 4.0, 1.5, 3.0, 0.0)),
+])  # fmt: skip
+def test_ping_statistics_table(rtts: tuple[float, ...], sent: int,
+                               expect: tuple[float | None, ...]) -> None:
+    avg = sum(rtts) / len(rtts) if rtts else None
+    p = r.PingResult(len(rtts), sent - len(rtts), rtts, (), avg, "127.0.0.1")
+    got = (p.min_ms, p.median_ms, p.max_ms, p.stddev_ms, p.jitter_ms, p.loss_pct)
+    assert got == pytest.approx(expect, abs=1e-3)
+
+
+def test_ping_statistics_are_in_the_encoded_record() -> None:
+    rec = samples()[0]
+    fields = r.to_dict(rec)["result"]
+    assert fields["min_ms"] == 0.1 and fields["max_ms"] == 0.3 and fields["median_ms"] == 0.2
+    assert fields["jitter_ms"] == pytest.approx(0.2)
+    assert fields["loss_pct"] == pytest.approx(33.33, abs=0.01)
+    assert fields["stddev_ms"] == pytest.approx(0.1)
+
+
+def test_ping_record_stored_by_an_older_version_decodes_with_statistics() -> None:
+    old = {"v": 1, "kind": "ping", **ENVELOPE, "seq": 3,
+           "result": {"successes": 2, "failures": 2, "success_latencies": [1.0, 3.0],
+                      "errors": [], "avg_response_time_ms": 2.0, "resolved_ip": "10.0.0.1",
+                      "samples": [1.0, None, 3.0, None]}}
+    back = r.decode_result(cbor2.dumps(old))
+    assert isinstance(back, r.Ping) and back.seq == 3
+    res = back.result
+    assert (res.min_ms, res.median_ms, res.max_ms, res.stddev_ms, res.jitter_ms, res.loss_pct) == (
+        1.0, 2.0, 3.0, 1.0, 2.0, 50.0)
+    assert r.decode_result(r.encode_result(back)) == back
+    oldest = {**old, "result": {k: v for k, v in old["result"].items() if k != "samples"}}
+    assert r.decode_result(cbor2.dumps(oldest)).result.loss_pct == 50.0
 
 
 def test_envelope_delegates_and_seq_assignment() -> None:

@@ -212,6 +212,10 @@ class MeshTransport:
         """Tell the transport the TCP address of the node at UDP ``udp`` (e.g. from gossip)."""
         self._tcp_of[udp] = tcp
 
+    def name_at(self, udp: Address) -> str | None:
+        """The node whose sealed datagrams came from UDP address ``udp``, if any did."""
+        return self._name_of.get(udp)
+
     def refresh_trust(self) -> list[str]:
         """After ``trust.update_crl``: forget revoked or expired peers; returns their names."""
         gone = set(self.keyring.prune(time.time()))

@@ -1,38 +1,54 @@
-"""``http``: an HTTP GET with httpx (on trio through anyio) → :class:`HttpGetResult`.
+"""``http``: an HTTP request over a fresh connection → :class:`HttpGetResult`.
 
-Params: ``expect_status`` (an int or a list; default: any 2xx or 3xx), ``body_regex`` (searched in
-the first ``max_body_bytes`` of the body), ``follow_redirects`` (default false: a monitor should
-see the redirect itself), ``max_redirects`` (5), ``verify_tls`` (true), ``ca_file`` (extra trust
-anchors, e.g. a private CA), ``headers`` (a table), ``max_body_bytes`` (1 MiB), ``family``
-(forces the client's local address family).
+Params: ``method`` (``GET`` by default; ``HEAD``, ``POST``, ``PUT``, ``PATCH``, ``DELETE``,
+``OPTIONS``), ``body`` (text sent with the request, e.g. for ``POST``), ``headers`` (a table of
+request headers), ``expect_status`` (an int or a list; default: any 2xx or 3xx), ``body_regex``
+(searched in the first ``max_body_bytes`` of the *decoded* body: gzip, x-gzip and deflate
+content encodings are undone first), ``follow_redirects`` (default false: a monitor should see
+the redirect itself), ``max_redirects`` (5), ``verify_tls`` (true), ``ca_file`` (extra trust
+anchors, e.g. a private CA), ``max_body_bytes`` (1 MiB), ``family`` (4, 6, both or auto).
 
-Timings come from httpcore's trace hooks: connection established (TCP+TLS), response headers
-(first byte), and complete response.
+Every request opens a fresh connection (a monitor measures connect time; a kept-alive one would
+hide it) through :mod:`meshmon.probes.http_client`, which also explains the cost choices.
+Timings, from the start of the first connection attempt: connection established (TCP, plus TLS
+for https), response headers (first byte) and last body byte (``response_time_ms``, as curl's
+``time_total``); with redirects followed, connect and first byte are those of the last hop.
+``response_size_bytes`` counts the body as it came over the wire (before content decoding).
+The name is resolved as every probe does (:func:`meshmon.probes.base.resolve`: one address,
+the family asked for or the resolver's first). Proxy variables (``HTTP_PROXY`` ...) are not
+used: a monitor measures the direct path from its host.
 """
 
 from __future__ import annotations
 
 import re
-import socket
 import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
-import httpx
 import trio
 
-from meshmon.probes.base import ParamError, param
+from meshmon.probes.base import FamilyChoice, ParamError, ProbeError, param, resolve
+from meshmon.probes.http_client import Exchange, HttpClientError, exchange, tls_context
 from meshmon.probes.params import FAMILY, Param, ParamSchema, regex_rule, url_target
 from meshmon.probes.tcp import connect_error_text
 from meshmon.results import HttpGetResult
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+"""Request methods a check may use."""
 
 
 @dataclass(frozen=True)
 class HttpParams:
     """Parameters of an ``http`` check."""
 
+    method: str = "GET"
+    """Request method, one of :data:`METHODS`."""
+    body: bytes | None = None
+    """Request body (UTF-8 of the ``body`` param); ``None`` sends none."""
     expect_status: tuple[int, ...] = ()
     """Accepted status codes; empty accepts 200-399."""
     body_regex: str | None = None
@@ -40,7 +56,7 @@ class HttpParams:
     follow_redirects: bool = False
     """Off by default: a redirect is an answer worth seeing, not hiding."""
     max_redirects: int = 5
-    """When following, give up after this many (httpx's default is 20; 5 is plenty)."""
+    """When following, give up after this many (browsers allow 20; 5 is plenty)."""
     verify_tls: bool = True
     """Verify the server certificate (the ``tls`` check reports certificate details)."""
     ca_file: str | None = None
@@ -66,7 +82,15 @@ class HttpParams:
             except re.error as exc:
                 raise ParamError(f"params.body_regex is not a valid regex: {exc}") from None
         headers = param(params, "headers", dict, {})
+        method = param(params, "method", str, cls.method).upper()
+        if method not in METHODS:
+            raise ParamError(f"params.method must be one of {', '.join(METHODS)}, not {method!r}")
+        if method == "HEAD" and body is not None:
+            raise ParamError("params.body_regex cannot match anything: a HEAD response has no "
+                             "body; use GET or drop body_regex")  # fmt: skip
+        request_body = param(params, "body", str, None)
         return cls(
+            method, None if request_body is None else request_body.encode(),
             tuple(statuses), body,
             param(params, "follow_redirects", bool, cls.follow_redirects),
             param(params, "max_redirects", int, cls.max_redirects),
@@ -75,6 +99,12 @@ class HttpParams:
             {str(k): str(v) for k, v in headers.items()},
             param(params, "max_body_bytes", int, cls.max_body_bytes),
         )  # fmt: skip
+
+
+def _method_rule(value: str) -> str | None:
+    if value.upper() in METHODS:
+        return None
+    return f"{value!r} is not a method meshmon sends; expected one of {', '.join(METHODS)}"
 
 
 def _status_rule(value: Any) -> str | None:
@@ -100,6 +130,8 @@ PARAMS = ParamSchema(
         "ca_file": Param((str,), "extra CA bundle (PEM) to trust"),
         "headers": Param((dict,), "extra request headers", rule=_headers_rule),
         "max_body_bytes": Param((int,), "body bytes kept for body_regex (1 MiB)", low=0),
+        "method": Param((str,), "request method (GET)", rule=_method_rule),
+        "body": Param((str,), "request body text (not with HEAD)"),
         "family": FAMILY,
     },
     target=url_target,
@@ -108,122 +140,114 @@ PARAMS = ParamSchema(
 """What an ``http`` check accepts: ``http(s)://`` URLs, or ``host[:port]`` (fetched over http)."""
 
 
-def _verify(p: HttpParams) -> ssl.SSLContext | bool:
-    if not p.verify_tls:
-        return False
-    ctx = ssl.create_default_context()
-    if p.ca_file:
-        ctx.load_verify_locations(p.ca_file)
-    return ctx
+REDIRECTS = (301, 302, 303, 307, 308)
+"""Statuses followed when ``follow_redirects`` is on (with a ``Location`` header)."""
 
 
-def _root_oserror(exc: BaseException) -> OSError | None:
-    """The first OSError with an errno in the cause/context chain or exception groups."""
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        e = todo.pop(0)
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno:
-            return e
-        if isinstance(e, BaseExceptionGroup):
-            todo.extend(e.exceptions)
-        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
-    return None
+def _describe(exc: HttpClientError) -> str:
+    """Operator-readable text for a failed exchange."""
+    if str(exc):
+        return str(exc)
+    cause: BaseException | None = exc.__cause__
+    while isinstance(cause, trio.BrokenResourceError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS error: {cause.reason or cause}"
+    if exc.phase == "connect tcp" and isinstance(cause, OSError):
+        return connect_error_text(cause)
+    if isinstance(cause, OSError) and cause.errno:
+        return f"connection failed during {exc.phase}: {cause.strerror or cause}"
+    why = (str(cause) or type(cause).__name__) if cause is not None else "unknown error"
+    return f"connection broken during {exc.phase}: {why}"
 
 
-def _describe(exc: Exception, phase: str) -> str:
-    text = str(exc) or type(exc).__name__
-    root = _root_oserror(exc)
-    if isinstance(root, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted: {root.verify_message}"
-    if isinstance(root, ssl.SSLError):
-        return f"TLS error: {root.reason or root}"
-    if isinstance(exc, httpx.ConnectError) and root is not None and not isinstance(
-        root, socket.gaierror
-    ):
-        return connect_error_text(root)
-    if isinstance(exc, httpx.ConnectError):
-        if "Name or service not known" in text or "nodename nor servname" in text or (
-            "Temporary failure in name resolution" in text
-        ):
-            return f"cannot resolve the host name: {text}"
-        if "refused" in text.lower():
-            return f"connection refused: {text}"
-        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
-            return f"TLS certificate not trusted: {text}"
-        return f"connect failed: {text}"
-    if isinstance(exc, httpx.TooManyRedirects):
-        return f"too many redirects: {text}"
-    return f"{type(exc).__name__} during {phase}: {text}"
+class _Hop:
+    """Where one request goes."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.scheme = parts.scheme.lower()
+        if self.scheme not in ("http", "https"):
+            raise ProbeError(f"cannot request {url!r}: only http and https URLs")
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.scheme == "https" else 80)
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 async def http_get(url: str, p: HttpParams, wait: float, family: int | None
                    ) -> tuple[HttpGetResult, str | None]:  # fmt: skip
-    """GET ``url``; returns the result and the server address actually used (if known)."""
-    marks: dict[str, float] = {}
-    t0 = time.monotonic()
-    phase = "connect"
+    """Request ``url`` (following redirects if asked) within ``wait`` seconds.
 
-    async def trace(name: str, info: Mapping[str, Any]) -> None:
-        nonlocal phase
-        if name.endswith(".complete"):
-            marks[name.rsplit(".", 1)[0].split(".", 1)[-1]] = time.monotonic()
-        if name.endswith(".started") and "close" not in name:
-            phase = name.rsplit(".", 1)[0].split(".", 1)[-1].replace("_", " ")
-
-    local = {4: "0.0.0.0", 6: "::"}.get(family or 0)
-    transport = httpx.AsyncHTTPTransport(verify=_verify(p), local_address=local, retries=0)
-    status = size = None
-    redirects = 0
-    final_url = url
+    Returns:
+        The result and the server address of the last request (``None`` if none was made).
+    """
+    ex = Exchange()
+    t0: float | None = None
     server: str | None = None
     error: str | None = None
-    body = bytearray()
-    async with httpx.AsyncClient(transport=transport, follow_redirects=p.follow_redirects,
-                                 max_redirects=p.max_redirects, headers=p.headers,
-                                 timeout=None) as client:  # fmt: skip
-        with trio.move_on_after(wait) as scope:
-            try:
-                async with client.stream("GET", url, extensions={"trace": trace}) as resp:
-                    status = resp.status_code
-                    redirects = len(resp.history)
-                    final_url = str(resp.url)
-                    stream = resp.extensions.get("network_stream")
-                    if stream is not None:
-                        addr = stream.get_extra_info("server_addr")
-                        server = str(addr[0]) if addr else None
-                    phase = "reading the body"
-                    size = 0
-                    async for chunk in resp.aiter_raw():
-                        size += len(chunk)
-                        if len(body) < p.max_body_bytes:
-                            body += chunk[: p.max_body_bytes - len(body)]
-            except httpx.HTTPError as exc:
-                error = _describe(exc, phase)
-            except ssl.SSLError as exc:
-                error = f"TLS error: {exc}"
-        if scope.cancelled_caught:
-            error = f"timed out after {wait:g}s during {phase}"
-    total = (time.monotonic() - t0) * 1000
+    redirects = 0
+    current = url
+    method, body = p.method, p.body
+    headers = list(p.headers.items())
+    keep = p.max_body_bytes if p.body_regex else 0
+    with trio.move_on_after(wait) as scope:
+        try:
+            while True:
+                hop = _Hop(current)
+                ex = Exchange(phase="resolve")
+                choice: FamilyChoice = "4" if family == 4 else "6" if family == 6 else "auto"
+                fam, address, why = (await resolve(hop.host, choice))[0]
+                if address is None:
+                    raise ProbeError(why or f"cannot resolve {hop.host!r}")
+                tls = tls_context(p.verify_tls, p.ca_file) if hop.scheme == "https" else None
+                server = address
+                await exchange(address, fam, hop.port, tls, hop.host, method, hop.target,
+                               headers, body, keep, ex)  # fmt: skip
+                if t0 is None:
+                    t0 = ex.started
+                location = ex.header(b"location")
+                if not (p.follow_redirects and ex.status in REDIRECTS and location):
+                    break
+                if redirects >= p.max_redirects:
+                    error = f"too many redirects: more than {p.max_redirects}"
+                    break
+                redirects += 1
+                current = urljoin(current, location.decode("latin-1"))
+                if ex.status == 303 or (ex.status in (301, 302) and method == "POST"):
+                    method, body = ("HEAD" if method == "HEAD" else "GET"), None
+        except HttpClientError as exc:
+            error = _describe(exc)
+        except ProbeError as exc:
+            error = str(exc)
+        except (OSError, ssl.SSLError) as exc:  # the CA file
+            error = f"cannot load params.ca_file {p.ca_file!r}: {exc}"
+    if scope.cancelled_caught:
+        error = f"timed out after {wait:g}s during {ex.phase}"
+    if t0 is None:
+        t0 = ex.started or time.monotonic()
 
-    def at(*names: str) -> float | None:
-        times = [marks[n] for n in names if n in marks]
-        return (max(times) - t0) * 1000 if times else None
+    def since(mark: float | None) -> float | None:
+        return (mark - t0) * 1000 if mark is not None and t0 is not None else None
 
-    connect = at("connect_tcp", "start_tls")
-    first = at("receive_response_headers")
+    status = ex.status
+    total = since(ex.done) if ex.done is not None else since(time.monotonic())
     success = error is None and status is not None
     if success and status is not None:
         if (status not in p.expect_status) if p.expect_status else not 200 <= status < 400:
             wanted = ", ".join(map(str, p.expect_status)) or "200-399"
             error = f"status {status}, expected {wanted}"
             success = False
-        elif p.body_regex and not re.search(p.body_regex.encode(), bytes(body)):
+        elif p.body_regex and ex.decode_error:
+            error = f"body not checked: {ex.decode_error}"
+            success = False
+        elif p.body_regex and not re.search(p.body_regex.encode(), bytes(ex.body)):
             error = f"body does not match {p.body_regex!r}"
             success = False
-    result = HttpGetResult(status, total if status is not None else None, size, error, success,
-                           url, final_url, redirects, connect, first)  # fmt: skip
+    result = HttpGetResult(
+        status, total if status is not None else None, ex.size if status is not None else None,
+        error, success, url, current, redirects, since(ex.connected), since(ex.first_byte),
+        method=p.method,
+    )  # fmt: skip
     return result, server

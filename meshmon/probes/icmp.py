@@ -442,8 +442,12 @@ class IcmpEngine:
         return rows[0]
 
     async def probe_ttls(self, address: str, family: int, ttls: Sequence[int], *,
-                         reply_timeout: float) -> list[Echo]:  # fmt: skip
-        """One echo request per TTL in ``ttls``, sent back to back, all awaited together."""
+                         reply_timeout: float,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                         ) -> list[Echo]:  # fmt: skip
+        """One echo request per TTL in ``ttls``, sent back to back in that order, all awaited
+        together. Under ``nursery.start`` it reports started once every request is sent, so a
+        caller can order and pace sends across calls."""
         if not self._socks:
             raise IcmpEngineError("the ICMP engine is not running; start IcmpEngine.run first")
         batch = _Batch()
@@ -451,6 +455,7 @@ class IcmpEngine:
         try:
             for pending in pendings:
                 await self._send(pending)
+            task_status.started()
             if batch.remaining:
                 with trio.move_on_after(reply_timeout + self._coalesce):
                     await batch.event.wait()

@@ -60,18 +60,24 @@ PARAMS = ParamSchema(
 
 
 def summarize(address: str, echoes: list[Echo]) -> PingResult:
-    """Fold per-packet outcomes into a :class:`PingResult`. Pure."""
+    """Fold per-packet outcomes into a :class:`PingResult`. Pure.
+
+    Errors are counted per (error, responder), in order of first appearance, e.g.
+    ``"3 host unreachable from 10.0.0.1"``; the result's ``error_message`` puts the number of
+    requests without a reply in front, so the text has the same shape however the answers
+    were timed.
+    """
     latencies = tuple(e.rtt_ms for e in echoes if e.kind == "reply" and e.rtt_ms is not None)
     samples = tuple(e.rtt_ms if e.kind == "reply" else None for e in echoes)
-    errors: list[str] = []
+    counts: dict[str, int] = {}
     for e in echoes:
         if e.kind != "reply" and e.error:
-            text = f"{e.error} (from {e.responder})" if e.responder else e.error
-            if text not in errors:
-                errors.append(text)
+            text = f"{e.error} from {e.responder}" if e.responder else e.error
+            counts[text] = counts.get(text, 0) + 1
+    errors = tuple(f"{n} {text}" for text, n in counts.items())
     avg = sum(latencies) / len(latencies) if latencies else None
-    return PingResult(len(latencies), len(echoes) - len(latencies), latencies, tuple(errors),
-                      avg, address, samples=samples)  # fmt: skip
+    return PingResult(len(latencies), len(echoes) - len(latencies), latencies, errors, avg,
+                      address, samples=samples)
 
 
 async def ping(engine: IcmpEngine | None, address: str, family: int, p: PingParams) -> PingResult:

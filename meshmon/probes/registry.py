@@ -329,27 +329,11 @@ def _prepare(kind: str, params: Mapping[str, Any], timeout: float, ctx: ProbeCon
         pp = PingParams.from_params(params, timeout)
         return lambda a, f: ping(ctx.icmp, a, f, pp)
     if kind == "trace":
-        tp = TraceParams(
-            protocol=base.param(params, "protocol", str, "icmp"),
-            max_hops=base.param(params, "max_hops", int, TraceParams.max_hops),
-            rounds=base.param(params, "rounds", int, TraceParams.rounds),
-            interval=base.param(params, "interval", float, TraceParams.interval),
-            port=base.param(params, "port", int, 33434 if params.get("protocol") != "tcp"
-                            else 80),
-        )  # fmt: skip
-        if tp.protocol not in ("icmp", "udp", "tcp") or not 1 <= tp.max_hops <= 64 or (
-            not 1 <= tp.rounds <= 100
-        ):
-            raise ParamError("trace params: protocol icmp|udp|tcp, max_hops 1-64, rounds 1-100")
+        tp = TraceParams.from_params(params, timeout)
         if tp.protocol == "icmp" and ctx.icmp is None:
             raise ProbeError("an ICMP trace needs the ICMP engine; or set params.protocol = "
                              "\"udp\" or \"tcp\"")  # fmt: skip
-        per_round = base.param(params, "reply_timeout", float, 1.0)
-        budget = (timeout - (tp.rounds - 1) * tp.interval) * 0.95
-        if budget <= 0:
-            raise ParamError("rounds × interval does not fit the timeout; lower rounds/interval")
-        wait = min(per_round, budget)
-        return lambda a, f: trace(ctx.icmp, a, f, tp, wait)
+        return lambda a, f: trace(ctx.icmp, a, f, tp, timeout)
     if kind == "tcp":
         return lambda a, f: tcp_connect(a, f, port, timeout)
     if kind == "udp":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import trio
 
 from meshmon.probes.base import PLAIN, ProbeContext, UdpCodec
+from meshmon.probes.echo_guard import EchoLimits
 from meshmon.probes.icmp import IcmpConfig, IcmpEngine
 from meshmon.probes.udp import DEFAULT_ECHO_PORT, UdpEchoResponder
 
@@ -25,6 +26,7 @@ async def run_probe_services(
     echo_address: str | None = "0.0.0.0",
     echo_port: int = DEFAULT_ECHO_PORT,
     codec: UdpCodec = PLAIN,
+    echo_limits: EchoLimits | None = None,
     task_status: trio.TaskStatus[ProbeContext] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the ICMP engine and the UDP echo responder until cancelled.
@@ -35,7 +37,9 @@ async def run_probe_services(
         enable_icmp: ``False`` runs without ICMP (ping and ICMP traces then report why).
         echo_address: where the UDP echo responder listens; ``None`` runs none.
         echo_port: its port (0 picks a free one, reported as ``context.echo_port``).
-        codec: sealing for echo datagrams (plain by default; plug in the mesh's sealing).
+        codec: sealing for echo datagrams (plain by default; an agent plugs in the mesh's
+            sealing, :func:`meshmon.probes.echo_guard.mesh_codec`).
+        echo_limits: the responder's rate limits (defaults: :class:`EchoLimits`).
         task_status: receives the :class:`ProbeContext` once everything listens.
 
     Raises:
@@ -50,6 +54,6 @@ async def run_probe_services(
         if engine is not None:
             await nursery.start(engine.run)
         if echo_address is not None:
-            responder = UdpEchoResponder(echo_address, echo_port, codec)
+            responder = UdpEchoResponder(echo_address, echo_port, codec, echo_limits)
             context.echo_port = await nursery.start(responder.run)
         task_status.started(context)

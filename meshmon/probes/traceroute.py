@@ -2,12 +2,36 @@
 
 Theory of operation
 -------------------
-Each round sends one probe per TTL from 1 to ``max_hops`` at once (after the first round only up
-to the TTL at which the target answered) and waits up to ``reply_timeout`` for the answers. Answers
-are folded into per-hop statistics (:func:`fold_rounds`, pure): the addresses seen at each TTL,
-probes sent and answered, the RTTs. The target is reached at the lowest TTL whose answer comes
-from the target itself (an echo reply, or for UDP a "port unreachable", for TCP a SYN-ACK or
-RST). Hops beyond it are dropped. When nothing answers at all, the result says so explicitly.
+Routers and hosts rate-limit the ICMP errors a trace depends on: Linux answers each destination
+with a burst of about 6 "time exceeded" / "port unreachable" messages, then 1 per second
+(``net.ipv4.icmp_ratelimit``, and ``net.ipv6.icmp.ratelimit``); many routers do the same. A trace
+that fires every TTL at once, or probes each hop more often than once a second, measures those
+limits, not the path: the target (which answers every probe whose TTL reaches it) runs out of
+tokens and stays silent to the lowest TTLs, so the trace finds it too far away, and healthy
+routers show loss. So probes are paced the way mtr paces them:
+
+* Probes go out **one at a time, in ascending TTL order**; each waits ``reply_timeout`` for its
+  answer while the next ones go out (a send completes before the next is scheduled, so the order
+  on the wire is the TTL order).
+* A **round** probes TTL 1 up to the target once. Rounds start ``interval`` seconds apart
+  (default 1 s, as mtr's ``-i``), and within a round probes are spaced ``probe_spacing`` seconds
+  apart (default ``interval / TTLs in the round``, spreading the round over the interval as mtr
+  does). Every hop therefore sees one probe per ``interval``, within the 1/s refill of the
+  usual limits.
+* The first round does not know where the target is: it climbs from TTL 1 and **stops climbing
+  at the first TTL the target answers**; later rounds probe only up to the lowest TTL at which
+  the target answered so far, and answers from higher TTLs are discarded (:func:`fold_rounds`).
+* A probe is sent only if its full ``reply_timeout`` fits before the trace's deadline (the
+  check's timeout); TTLs cut off that way are not counted as sent, so they never show as loss.
+* A trace takes at least ``rounds x interval`` (like ``mtr -c rounds``), even when every
+  answer is in earlier: traces run back to back then still ask each hop (and the target) once
+  per interval on average. Returning early let back-to-back traces drain the target's budget
+  until, climbing, it answered only a TTL far beyond its own.
+
+Answers are folded into per-hop statistics (:func:`fold_rounds`, pure): the addresses seen at
+each TTL, probes sent and answered, the RTTs. The target is reached at the lowest TTL whose
+answer comes from the target itself (an echo reply, or for UDP a "port unreachable", for TCP a
+SYN-ACK or RST). When nothing answers at all, the result says so explicitly.
 
 ICMP probes run on the shared :class:`~meshmon.probes.icmp.IcmpEngine`. UDP and TCP probes use
 one ordinary kernel socket per probe with ``IP_RECVERR``: the kernel puts the router's ICMP error
@@ -16,17 +40,20 @@ on the socket's error queue with the offender's address, which needs no privileg
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import functools
 import socket
 import struct
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from meshmon.probes import icmp_packet as pk
+from meshmon.probes.base import ParamError, param
 from meshmon.probes.icmp import (
     _ANC_BUF,
     IP_RECVERR,
@@ -36,7 +63,7 @@ from meshmon.probes.icmp import (
     Echo,
     IcmpEngine,
 )
-from meshmon.probes.params import FAMILY, PORT, Issue, Param, ParamSchema, host_target
+from meshmon.probes.params import FAMILY, PORT, Param, ParamSchema, host_target
 from meshmon.results import TracerouteHop, TracerouteResult
 
 
@@ -50,18 +77,63 @@ class TraceParams:
     """Highest TTL tried, as traceroute and mtr."""
     rounds: int = 3
     """Probes per hop; loss per hop is measured over these."""
-    interval: float = 0.2
-    """Seconds between the starts of rounds."""
+    interval: float = 1.0
+    """Seconds between the starts of rounds: mtr's default, and the refill period of the usual
+    ICMP rate limits, so no hop is asked more often than it answers. When not set and the
+    check's timeout is shorter than ``(rounds + 1) x 1 s``, it defaults to
+    ``0.95 x timeout / (rounds + 1)`` instead (raise the timeout to keep 1 s)."""
+    probe_spacing: float | None = None
+    """Seconds between consecutive probes of a round; ``None``: ``interval`` divided by the
+    number of TTLs in the round (the round spreads over the interval, as in mtr)."""
     port: int = 33434
     """UDP: base destination port (+TTL-1 per probe, as traceroute). TCP: destination port."""
+    reply_timeout: float = 1.0
+    """Seconds each probe waits for its answer (shortened so the trace fits the timeout)."""
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], timeout: float) -> TraceParams:
+        """Validated parameters; ``reply_timeout`` is cut so the last round ends within
+        ``timeout``.
 
-def _rounds_fit(params: Mapping[str, Any], timeout: float) -> Iterable[Issue]:
-    rounds = params.get("rounds", TraceParams.rounds)
-    interval = params.get("interval", TraceParams.interval)
-    if (rounds - 1) * interval >= timeout:
-        yield ("params.rounds", f"rounds={rounds} × interval={interval}s does not fit the check's "
-               f"timeout of {timeout:g}s; lower rounds or interval, or raise timeout")
+        Raises:
+            ParamError: naming the key and what is allowed.
+        """
+        protocol = param(params, "protocol", str, cls.protocol)
+        rounds = param(params, "rounds", int, cls.rounds)
+        # The default interval shrinks when the timeout cannot hold rounds x 1 s plus a reply
+        # wait (it then leaves one interval for the last replies); an explicit one never does.
+        fitted = min(cls.interval, timeout * 0.95 / (max(rounds, 1) + 1))
+        tp = cls(
+            protocol=protocol,
+            max_hops=param(params, "max_hops", int, cls.max_hops),
+            rounds=rounds,
+            interval=param(params, "interval", float, fitted),
+            probe_spacing=param(params, "probe_spacing", float, None),
+            port=param(params, "port", int, 80 if protocol == "tcp" else cls.port),
+        )  # fmt: skip
+        if tp.protocol not in ("icmp", "udp", "tcp") or not 1 <= tp.max_hops <= 64 or (
+            not 1 <= tp.rounds <= 100
+        ):
+            raise ParamError("trace params: protocol icmp|udp|tcp, max_hops 1-64, rounds 1-100")
+        if tp.interval < 0 or (tp.probe_spacing is not None and tp.probe_spacing < 0):
+            raise ParamError("params.interval and params.probe_spacing must be >= 0")
+        reply = param(params, "reply_timeout", float, cls.reply_timeout)
+        if reply <= 0:
+            raise ParamError("params.reply_timeout must be > 0")
+        # The last round starts at (rounds-1) * interval; its sends span at most one round.
+        sending = (tp.rounds - 1) * tp.interval + tp.spacing(tp.max_hops) * (tp.max_hops - 1)
+        budget = timeout * 0.95 - sending
+        if budget <= 0:
+            raise ParamError(f"rounds={tp.rounds} x interval={tp.interval}s (probes spaced "
+                             f"{tp.spacing(tp.max_hops):.3g}s) do not fit the timeout of "
+                             f"{timeout:g}s; lower rounds or interval, or raise the timeout")
+        return dataclasses.replace(tp, reply_timeout=min(reply, budget))
+
+    def spacing(self, ttls: int) -> float:
+        """Seconds between consecutive probes of a round of ``ttls`` probes."""
+        if self.probe_spacing is not None:
+            return self.probe_spacing
+        return self.interval / max(ttls, 1)
 
 
 PARAMS = ParamSchema(
@@ -69,14 +141,16 @@ PARAMS = ParamSchema(
         "protocol": Param((str,), "icmp (needs ICMP), udp or tcp", choices=("icmp", "udp", "tcp")),
         "max_hops": Param((int,), "highest TTL tried (30)", low=1, high=64),
         "rounds": Param((int,), "probes per hop (3)", low=1, high=100),
-        "interval": Param((float,), "seconds between rounds (0.2)", low=0),
+        "interval": Param((float,), "seconds between rounds (1.0, mtr's pacing)", low=0),
+        "probe_spacing": Param((float,), "seconds between a round's probes (interval / TTLs)",
+                               low=0),
         "port": PORT,
         "reply_timeout": Param((float,), "seconds to wait for a round's answers (1.0)",
                                low=0.001),
         "family": FAMILY,
     },
     target=host_target,
-    rules=(_rounds_fit,),
+    parse=TraceParams.from_params,  # rounds x interval and the spacing must fit the timeout
 )
 """What a ``trace`` check accepts (checked by ``meshmon config check`` and before each run)."""
 
@@ -136,50 +210,72 @@ def fold_rounds(target: str, rounds: Sequence[Sequence[Echo]], protocol: str,
 
 
 async def trace(engine: IcmpEngine | None, address: str, family: int, params: TraceParams,
-                reply_timeout: float) -> TracerouteResult:  # fmt: skip
-    """Trace the path to ``address``; ``reply_timeout`` bounds each round's wait for answers."""
+                timeout: float | None = None) -> TracerouteResult:  # noqa: ASYNC109 - deadline
+    """Trace the path to ``address``, paced as the module docstring says.
+
+    ``timeout`` (default: whatever the rounds and ``reply_timeout`` need) is a deadline for the
+    whole trace: a probe that could not wait its full ``reply_timeout`` before it is not sent.
+    """
     if params.protocol not in ("icmp", "udp", "tcp"):
         raise ValueError(f"trace protocol must be icmp, udp or tcp, not {params.protocol!r}")
     if params.protocol == "icmp" and engine is None:
         raise ValueError("an ICMP trace needs the ICMP engine; or use protocol udp or tcp")
     t0 = time.monotonic()
-    rounds: list[list[Echo]] = []
-    limit = params.max_hops
     start = trio.current_time()
-    for n in range(params.rounds):
-        if n:
-            await trio.sleep_until(start + n * params.interval)
-        ttls = list(range(1, limit + 1))
+    deadline = start + timeout if timeout is not None else float("inf")
+    rounds: list[list[Echo]] = []
+    reached: list[int] = []  # TTLs at which the target answered
+
+    async def one(answers: list[Echo], ttl: int, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if params.protocol == "icmp":
             assert engine is not None
-            answers = await engine.probe_ttls(address, family, ttls, reply_timeout=reply_timeout)
+            (echo,) = await engine.probe_ttls(address, family, [ttl], task_status=task_status,
+                                              reply_timeout=params.reply_timeout)  # fmt: skip
         else:
-            answers = await _socket_round(params, address, family, ttls, reply_timeout)
-        rounds.append(answers)
-        for i, echo in enumerate(answers):
-            if echo.responder and pk.same_address(echo.responder, address):
-                limit = min(limit, i + 1)
+            port = params.port + ttl - 1 if params.protocol == "udp" else params.port
+            echo = await socket_probe(params.protocol, address, family, ttl, port,
+                                      params.reply_timeout, task_status=task_status)
+        answers[ttl - 1] = echo
+        if echo.responder and echo.kind in ("reply", "unreachable") and pk.same_address(
+            echo.responder, address
+        ):
+            reached.append(ttl)
+
+    async with trio.open_nursery() as nursery:
+        round_start = start
+        for n in range(params.rounds):
+            await trio.sleep_until(round_start)
+            limit = min(reached, default=params.max_hops)
+            spacing = params.spacing(limit)
+            answers: list[Echo] = []
+            rounds.append(answers)
+            for ttl in range(1, limit + 1):
+                if reached and ttl > min(reached):
+                    break  # the target answered a lower TTL: higher ones measure nothing
+                send_at = round_start + (ttl - 1) * spacing
+                if send_at + params.reply_timeout > deadline:
+                    break  # could not wait for the answer: not sent, not counted as lost
+                await trio.sleep_until(send_at)
+                answers.append(Echo("timeout", None, None, None, ttl))
+                await nursery.start(functools.partial(one, answers, ttl))
+            round_start = max(start + (n + 1) * params.interval, trio.current_time())
+            if round_start + params.reply_timeout > deadline:
                 break
+    # A trace lasts rounds x interval, as ``mtr -c rounds`` does: traces run back to back then
+    # still ask each hop once per interval on average, never faster than its limit refills.
+    await trio.sleep_until(min(start + params.rounds * params.interval, deadline))
     return fold_rounds(address, rounds, params.protocol, (time.monotonic() - t0) * 1000)
 
 
-async def _socket_round(params: TraceParams, address: str, family: int, ttls: Sequence[int],
-                        reply_timeout: float) -> list[Echo]:  # fmt: skip
-    answers: list[Echo | None] = [None] * len(ttls)
-
-    async def one(i: int, ttl: int) -> None:
-        port = params.port + ttl - 1 if params.protocol == "udp" else params.port
-        answers[i] = await socket_probe(params.protocol, address, family, ttl, port, reply_timeout)
-
-    async with trio.open_nursery() as nursery:
-        for i, ttl in enumerate(ttls):
-            nursery.start_soon(one, i, ttl)
-    return [a or Echo("timeout", None, None, None, ttls[i]) for i, a in enumerate(answers)]
-
-
 async def socket_probe(protocol: str, address: str, family: int, ttl: int, port: int,
-                       reply_timeout: float) -> Echo:  # fmt: skip
-    """One TTL-limited UDP datagram or TCP SYN through an ordinary socket (no privileges)."""
+                       reply_timeout: float,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                       ) -> Echo:  # fmt: skip
+    """One TTL-limited UDP datagram or TCP SYN through an ordinary socket (no privileges).
+
+    Under ``nursery.start`` it reports started once the datagram or SYN is sent (or failed).
+    """
     af = socket.AF_INET if family == 4 else socket.AF_INET6
     kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
     sock = socket.socket(af, kind)
@@ -203,7 +299,9 @@ async def socket_probe(protocol: str, address: str, family: int, ttl: int, port:
         except BlockingIOError:
             pass
         except OSError as exc:
+            task_status.started()
             return Echo("send_error", None, None, f"send failed: {exc.strerror}", ttl)
+        task_status.started()
         with trio.move_on_after(reply_timeout):
             while True:
                 if protocol == "udp":

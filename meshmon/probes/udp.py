@@ -19,7 +19,6 @@ Other params: ``port``, ``count`` (default 1 for payload, 5 for echo), ``interva
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import re
@@ -33,7 +32,8 @@ from typing import Any
 import trio
 
 from meshmon.logs import RateLimitedLog
-from meshmon.probes.base import PLAIN, ParamError, UdpCodec, param
+from meshmon.probes.base import PLAIN, ParamError, ProbeError, UdpCodec, param
+from meshmon.probes.echo_guard import EchoLimiter, EchoLimits
 from meshmon.probes.params import (
     FAMILY,
     PORT,
@@ -44,6 +44,7 @@ from meshmon.probes.params import (
     regex_rule,
 )
 from meshmon.results import UdpConnectResult
+from meshmon.results.stats import jitter_ms
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +136,6 @@ PARAMS = ParamSchema(
 """What a ``udp`` check accepts: ``host:port`` (or ``params.port``; echo mode defaults to 7947)."""
 
 
-def _jitter(latencies: list[float]) -> float | None:
-    if len(latencies) < 2:
-        return None
-    diffs = [abs(b - a) for a, b in itertools.pairwise(latencies)]
-    return sum(diffs) / len(diffs)
-
-
 async def udp_probe(address: str, family: int, port: int, p: UdpParams, wait: float,
                     codec: UdpCodec = PLAIN) -> UdpConnectResult:  # fmt: skip
     """Send ``p.count`` datagrams and collect replies until ``wait`` after the last one."""
@@ -194,7 +188,12 @@ async def udp_probe(address: str, family: int, port: int, p: UdpParams, wait: fl
                     await trio.sleep_until(start + seq * p.interval)
                 if p.mode == "echo":
                     body = MAGIC + b"Q" + token + struct.pack("!I", seq)
-                    datagram = codec.seal(body.ljust(p.size, b"\0"), peer)
+                    try:
+                        datagram = codec.seal(body.ljust(p.size, b"\0"), peer)
+                    except ProbeError as exc:  # no key for that peer: nothing will answer
+                        errors.append(str(exc))
+                        all_back.set()
+                        break
                 else:
                     datagram = p.payload
                 sent_at[seq] = time.monotonic()
@@ -215,23 +214,27 @@ async def udp_probe(address: str, family: int, port: int, p: UdpParams, wait: fl
         errors.append(f"no reply within {wait:g}s to {len(sent_at)} datagram(s)")
     avg = sum(latencies) / len(latencies) if latencies else None
     return UdpConnectResult(ok, avg, "; ".join(errors) or None, address, port, len(sent_at),
-                            len(latencies), tuple(latencies), _jitter(latencies))  # fmt: skip
+                            len(latencies), tuple(latencies), jitter_ms(latencies))  # fmt: skip
 
 
 class UdpEchoResponder:
     """Answers ``echo`` requests; runs in every agent (``await nursery.start(r.run)``).
 
-    It keeps no state per peer and answers only requests that open under the codec, so with the
-    mesh's sealing it reflects nothing to strangers. Replies are never larger than requests.
+    Not a reflector (see :mod:`meshmon.probes.echo_guard`): it answers only requests that open
+    under the codec (in an agent: sealed by a mesh member), never with more bytes than the
+    request, and within per-source and total rate limits (authentic requests only consume
+    them, so a flood of garbage cannot starve members). It keeps no other state per peer.
     """
 
     def __init__(self, address: str = "0.0.0.0", port: int = DEFAULT_ECHO_PORT,
-                 codec: UdpCodec = PLAIN) -> None:  # fmt: skip
+                 codec: UdpCodec = PLAIN, limits: EchoLimits | None = None) -> None:  # fmt: skip
         self.address = address
         self.port = port
         self.codec = codec
+        self.limiter = EchoLimiter(limits)
         self.answered = 0
         self.dropped = 0
+        """Requests not answered: not authentic, rate limited, or the reply would be larger."""
         self._bad = RateLimitedLog(log)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -247,18 +250,35 @@ class UdpEchoResponder:
                     data, peer = await sock.recvfrom(2048)
                 except OSError:  # ICMP errors from earlier replies; keep serving
                     continue
-                plain = self.codec.open(data, peer[:2])
-                if plain is None or not plain.startswith(MAGIC + b"Q"):
-                    self.dropped += 1
-                    self._bad.warning("udp-echo", "UDP echo: dropped a %d-byte datagram from %s "
-                                      "that is not an authentic echo request", len(data), peer[0])
-                    continue
-                reply = self.codec.seal(MAGIC + b"R" + plain[len(MAGIC) + 1 :], peer[:2])
-                if len(reply) > len(data):
-                    self.dropped += 1
+                reply = self.answer(data, peer[:2], trio.current_time())
+                if reply is None:
                     continue
                 try:
                     await sock.sendto(reply, peer)
                     self.answered += 1
                 except OSError as exc:
                     log.debug("UDP echo: cannot answer %s: %s", peer, exc)
+
+    def answer(self, data: bytes, peer: tuple[str, int], now: float) -> bytes | None:
+        """The reply to datagram ``data`` from ``peer`` at monotonic ``now``, or ``None``."""
+        plain = self.codec.open(data, peer)
+        if plain is None or not plain.startswith(MAGIC + b"Q"):
+            self.dropped += 1
+            self._bad.warning("udp-echo", "UDP echo: dropped a %d-byte datagram from %s that "
+                              "is not an authentic echo request", len(data), peer[0])
+            return None
+        if not self.limiter.allow(peer[0], now):
+            self.dropped += 1
+            self._bad.warning("udp-echo-rate", "UDP echo: rate limit reached (%s); not "
+                              "answering", peer[0])  # fmt: skip
+            return None
+        try:
+            reply = self.codec.seal(MAGIC + b"R" + plain[len(MAGIC) + 1 :], peer)
+        except ProbeError as exc:
+            self.dropped += 1
+            self._bad.warning("udp-echo-seal", "UDP echo: cannot answer %s: %s", peer[0], exc)
+            return None
+        if len(reply) > len(data):  # never amplify
+            self.dropped += 1
+            return None
+        return reply

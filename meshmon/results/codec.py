@@ -1,0 +1,174 @@
+"""CBOR (and plain-mapping) round trip of every result variant, checking every field.
+
+A record is a map with a schema version ``v``, the variant ``kind`` and the envelope fields;
+payload fields are nested under ``result`` with their Python names (a trailing ``_`` dropped).
+Fields added after version 1 all have defaults, so records stored by older versions still
+decode (the payload fills in what it can derive, e.g. ping statistics); a field this build does
+not know is refused, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin
+
+import cbor2
+
+from meshmon.results.model import VARIANTS, MonitoringResult
+
+SCHEMA_VERSION = 1
+"""Version of the encoded form; :func:`decode_result` rejects versions it does not know."""
+
+
+class ResultDecodeError(ValueError):
+    """Bytes or a mapping are not a valid encoded result; the message says which part is wrong."""
+
+
+def to_dict(record: MonitoringResult) -> dict[str, Any]:
+    """A plain mapping (JSON- and CBOR-friendly: lists for tuples) of a result."""
+    if type(record) not in VARIANTS.values():
+        raise TypeError(f"{type(record).__name__} is not a MonitoringResult variant")
+    data: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": record.KIND}
+    for f in dataclasses.fields(record):
+        data[_wire(f.name)] = _plain(getattr(record, f.name))
+    return data
+
+
+def _wire(name: str) -> str:
+    """Encoded key of a field: ``response_time_ms_`` is ``response_time_ms`` on the wire.
+
+    (The trailing ``_`` only keeps the field from shadowing the method in Python.)
+    """
+    return name.removesuffix("_")
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {_wire(f.name): _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def encode_result(record: MonitoringResult) -> bytes:
+    """Encode a result as CBOR."""
+    return bytes(cbor2.dumps(to_dict(record)))
+
+
+def decode_result(data: bytes) -> MonitoringResult:
+    """Decode CBOR from :func:`encode_result`.
+
+    Raises:
+        ResultDecodeError: for any malformed input (not CBOR, wrong shape, unknown kind or
+            version, a field of the wrong type, trailing bytes).
+    """
+    try:
+        obj = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several types (and ValueError/TypeError inside)
+        raise ResultDecodeError(f"not valid CBOR: {exc}") from exc
+    return from_dict(obj)
+
+
+def from_dict(obj: Any) -> MonitoringResult:
+    """Build a result from :func:`to_dict`'s mapping, checking every field.
+
+    Raises:
+        ResultDecodeError: when anything is missing, unknown or of the wrong type.
+    """
+    if not isinstance(obj, dict):
+        raise ResultDecodeError(f"a result must be a map, not {type(obj).__name__}")
+    obj = dict(obj)
+    version = obj.pop("v", None)
+    if version != SCHEMA_VERSION:
+        raise ResultDecodeError(f"unknown schema version {version!r} (this build reads "
+                                f"{SCHEMA_VERSION}); upgrade meshmon")  # fmt: skip
+    kind = obj.pop("kind", None)
+    cls = VARIANTS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ResultDecodeError(f"unknown result kind {kind!r}; expected one of {sorted(VARIANTS)}")
+    return typing.cast(MonitoringResult, _build(cls, obj, kind))
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _build(cls: type, obj: Any, path: str) -> Any:
+    if not isinstance(obj, dict):
+        raise ResultDecodeError(f"{path}: expected a map, got {type(obj).__name__}")
+    hints = _hints(cls)
+    names = {_wire(f.name) for f in dataclasses.fields(cls)}
+    unknown = set(obj) - names
+    if unknown:
+        raise ResultDecodeError(f"{path}: unknown field(s) {sorted(map(str, unknown))}")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = _wire(f.name)
+        if key not in obj:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ResultDecodeError(f"{path}.{key}: missing")
+            continue
+        kwargs[f.name] = _check(hints[f.name], obj[key], f"{path}.{key}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ResultDecodeError(f"{path}: {exc}") from exc
+
+
+def _check(hint: Any, value: Any, path: str) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for option in get_args(hint):
+            try:
+                return _check(option, value, path)
+            except ResultDecodeError:
+                continue
+        raise ResultDecodeError(f"{path}: {value!r} matches none of {hint}")
+    if origin is Literal:
+        if value in get_args(hint) and not isinstance(value, bool):
+            return value
+        raise ResultDecodeError(f"{path}: {value!r} is not one of {get_args(hint)}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ResultDecodeError(f"{path}: expected an array, got {type(value).__name__}")
+        item = get_args(hint)[0]
+        return tuple(_check(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ResultDecodeError(f"{path}: expected a map with text keys")
+        return dict(value)
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ResultDecodeError(f"{path}: expected null")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ResultDecodeError(f"{path}: expected a boolean, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ResultDecodeError(f"{path}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ResultDecodeError(f"{path}: expected a finite number, got {value!r}")
+            return float(value)
+        raise ResultDecodeError(f"{path}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ResultDecodeError(f"{path}: expected text, got {type(value).__name__}")
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    raise ResultDecodeError(f"{path}: cannot decode type {hint}")  # pragma: no cover
