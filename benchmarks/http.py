@@ -15,8 +15,8 @@ prober's CPU per probe.
 curl runs twice per round: as it comes (keep-alive) and with ``Connection: close`` as meshmon
 sends (over TLS this server's keep-alive path holds the body behind Nagle until curl's delayed
 ACK, +40 ms); the baseline is the faster of the two medians. ``value`` is meshmon's median
-plain-HTTP response time and ``baseline_value`` curl's; the acceptance bar is ``value - baseline_value <= 1 ms``.
-The HTTPS figures are extra fields.
+plain-HTTP response time and ``baseline_value`` curl's; the acceptance bar is
+``value - baseline_value <= 1 ms``. The HTTPS figures are extra fields.
 """
 
 from __future__ import annotations
