@@ -29,11 +29,11 @@ class ResultDecodeError(ValueError):
 
 def to_dict(record: MonitoringResult) -> dict[str, Any]:
     """A plain mapping (JSON- and CBOR-friendly: lists for tuples) of a result."""
-    if type(record) not in VARIANTS.values():
+    if type(record) not in _VARIANT_TYPES:
         raise TypeError(f"{type(record).__name__} is not a MonitoringResult variant")
     data: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": record.KIND}
-    for f in dataclasses.fields(record):
-        data[_wire(f.name)] = _plain(getattr(record, f.name))
+    for name, key in _fields_of(type(record)):
+        data[key] = _plain(getattr(record, name))
     return data
 
 
@@ -45,9 +45,29 @@ def _wire(name: str) -> str:
     return name.removesuffix("_")
 
 
+_VARIANT_TYPES = frozenset(VARIANTS.values())
+_SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
+_FIELDS: dict[type, tuple[tuple[str, str], ...]] = {}
+"""(attribute, wire key) of each dataclass met, in field order: every stored result is encoded,
+so the field walk is done once per class rather than once per value (it was most of the cost of
+storing a ping result)."""
+
+
+def _fields_of(cls: type) -> tuple[tuple[str, str], ...]:
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = tuple((f.name, _wire(f.name)) for f in dataclasses.fields(cls))
+    return fields
+
+
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {_wire(f.name): _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    cls = type(value)
+    if cls in _SCALARS:
+        return value
+    if cls is tuple or cls is list:
+        return [v if type(v) in _SCALARS else _plain(v) for v in value]
+    if cls in _FIELDS or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+        return {key: _plain(getattr(value, name)) for name, key in _fields_of(cls)}
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
