@@ -15,7 +15,7 @@ Definitions (the same ones the README gives operators):
 from __future__ import annotations
 
 import itertools
-import statistics
+import math
 from collections.abc import Sequence
 
 
@@ -28,12 +28,26 @@ def jitter_ms(rtts: Sequence[float]) -> float | None:
 
 def median_ms(rtts: Sequence[float]) -> float | None:
     """Median RTT; ``None`` when empty."""
-    return statistics.median(rtts) if rtts else None
+    n = len(rtts)
+    if n == 0:
+        return None
+    ordered = sorted(rtts)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def stddev_ms(rtts: Sequence[float]) -> float | None:
-    """Population standard deviation (0.0 for one value); ``None`` when empty."""
-    return statistics.pstdev(rtts) if rtts else None
+    """Population standard deviation (0.0 for one value); ``None`` when empty.
+
+    Plain float arithmetic (two passes): ``statistics.pstdev`` computes exactly with
+    ``Fraction`` and cost ~100 us per result, more than the probe itself; RTTs in ms carry far
+    fewer significant digits than a double's rounding error could disturb.
+    """
+    n = len(rtts)
+    if n == 0:
+        return None
+    mean = math.fsum(rtts) / n
+    return math.sqrt(math.fsum((x - mean) ** 2 for x in rtts) / n)
 
 
 def loss_pct(sent: int, received: int) -> float | None:
