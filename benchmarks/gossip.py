@@ -13,8 +13,11 @@ failure, computed in the same run: ``1.58 * probe_interval + probe_timeout
   one CPU-starved node, Lifeguard on vs off.
 * cost: datagrams and bytes sent per node per second in the steady state.
 
-``--quick`` runs N = 100 and 1000 (and shorter false-positive runs at N = 50);
-the full run does N = 100, 1000 and 10,000. The last line is the JSON result.
+``--quick`` runs N = 100 and 1000 (and shorter false-positive runs at N = 50); the full run
+does N = 100 and 1000 with more kills; ``--sizes`` picks others. The headline is the worst
+ratio over every N run, and each N's ratio is listed. N = 10,000 is not claimed: the simulator
+keeps every node's full view (10^8 member entries), which does not fit 10 minutes and 4 GB
+here yet. The last line is the JSON result.
 """
 
 from __future__ import annotations
@@ -167,14 +170,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 100 and 1000, under 60 s")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sizes", type=lambda text: [int(x) for x in text.split(",")],
+                        default=None, help="mesh sizes to run, e.g. 100,1000,3000 (the "
+                        "simulator holds every node's full view: N=10,000 does not fit this "
+                        "machine's time and memory yet)")
     args = parser.parse_args(argv)
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
     wall = time.perf_counter()
-    sizes = [(100, 8, 3), (1000, 9, 2)] if args.quick else [(100, 12, 5), (1000, 12, 5),
-                                                            (10000, 5, 3)]
+    sizes = [(100, 8, 3), (1000, 9, 2)] if args.quick else [(100, 12, 5), (1000, 12, 5)]
+    if args.sizes:
+        sizes = [(n, 8 if args.quick else 12, 3) for n in args.sizes]
     results = {}
     for n, kills, joins in sizes:
         results[n] = detection_and_convergence(n, kills, joins, args.seed, log)
@@ -185,14 +193,22 @@ def main(argv: list[str] | None = None) -> None:
             key = f"{label}_{'lifeguard' if lifeguard else 'no_lifeguard'}"
             fp[key] = false_positives(fp_n, fp_seconds, args.seed, lifeguard, loss, starved)
             log(f"false positives N={fp_n} {fp_seconds:.0f}s {key}: {fp[key]}")
-    r1000 = results[1000]
-    expectation = float(r1000["expectation_s"])  # type: ignore[arg-type]
-    median = r1000["detection_median_s"]
-    ratio = round(float(median) / expectation, 3) if median is not None else None  # type: ignore[arg-type]
+    ratios: dict[str, float | None] = {}
+    for n, r in results.items():
+        median = r["detection_median_s"]
+        ratios[str(n)] = (round(float(median) / float(r["expectation_s"]), 3)  # type: ignore[arg-type]
+                          if median is not None else None)
+    # the headline is the worst N, not the one where the ratio is best
+    worst_n = max(results, key=lambda n: ratios[str(n)] if ratios[str(n)] is not None
+                  else float("inf"))
+    ratio = ratios[str(worst_n)]
+    expectation = float(results[worst_n]["expectation_s"])  # type: ignore[arg-type]
     out = {
         "bench": "gossip",
-        "metric": "failure_detection_time_ratio_n1000",
+        "metric": "failure_detection_time_ratio_worst_n",
         "value": ratio,
+        "worst_n": worst_n,
+        "ratio_by_n": ratios,
         "unit": "x memberlist expectation (median time until all live nodes mark a kill dead)",
         "baseline": "memberlist expectation 1.58*probe_interval+probe_timeout"
                     "+4*log10(N)*probe_interval",
