@@ -170,3 +170,40 @@ def test_encoded_keys_match_the_specification() -> None:
             "resolved_ip"} <= set(ping)
     assert {"agent", "check", "target", "family", "started_at", "duration_ms",
             "seq"} <= set(r.to_dict(samples()[0]))
+
+
+@pytest.mark.parametrize("record", samples(), ids=lambda x: x.kind)
+def test_compact_form_is_what_the_store_keeps_and_maps_still_decode(
+        record: r.MonitoringResult) -> None:  # fmt: skip
+    compact = r.encode_result(record)
+    as_map = cbor2.dumps(r.to_dict(record))
+    assert cbor2.loads(compact)[:2] == [r.COMPACT_VERSION, record.kind]
+    assert len(compact) < len(as_map)  # no field names per record
+    assert r.decode_result(compact) == r.decode_result(as_map) == record
+
+
+def test_compact_arrays_from_an_older_writer_fill_defaults() -> None:
+    # a version-2 array written before the ping statistics existed: the payload stops after
+    # resolved_ip, and the statistics are derived as for old maps
+    envelope = [ENVELOPE[k] for k in ("agent", "check", "target", "family", "started_at",
+                                      "duration_ms")]  # fmt: skip
+    short = [r.COMPACT_VERSION, "ping", *envelope, None,
+             [2, 2, [1.0, 3.0], [], 2.0, "10.0.0.1"]]
+    back = r.decode_result(cbor2.dumps(short))
+    assert isinstance(back, r.Ping) and back.result.loss_pct == 50.0
+    assert back.result.median_ms == 2.0
+
+
+@pytest.mark.parametrize("data", [
+    [r.COMPACT_VERSION],
+    [3, "ping"],
+    [r.COMPACT_VERSION, "nope"],
+    [r.COMPACT_VERSION, "ping", "a", "c", "t", 4, 1.0, 1.0, None, "not-an-array"],
+    [r.COMPACT_VERSION, "ping", "a", "c", "t", 4, 1.0, 1.0, None, [1, 0, [], [], 1.0, None],
+     "one field too many"],
+    [r.COMPACT_VERSION, "trace", "a", "c", "t", 4, 1.0, 1.0, None, [["not", "a", "hop"]]],
+    [r.COMPACT_VERSION, "ping", 5, "c", "t", 4, 1.0, 1.0, None, [1, 0, [], [], 1.0, None]],
+])  # fmt: skip
+def test_malformed_compact_arrays_are_refused(data: list[object]) -> None:
+    with pytest.raises(r.ResultDecodeError):
+        r.decode_result(cbor2.dumps(data))

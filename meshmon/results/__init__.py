@@ -6,6 +6,7 @@ operation); one module per payload kind; :mod:`~meshmon.results.stats` the laten
 """
 
 from meshmon.results.codec import (
+    COMPACT_VERSION,
     SCHEMA_VERSION,
     ResultDecodeError,
     decode_result,
@@ -33,7 +34,8 @@ from meshmon.results.trace import TracerouteHop, TracerouteResult
 from meshmon.results.web import HttpGetResult, TlsCertResult
 
 __all__ = [
-    "SCHEMA_VERSION", "VARIANTS", "Family", "HttpGet", "HttpGetResult", "MonitoringResult",
+    "COMPACT_VERSION", "SCHEMA_VERSION", "VARIANTS", "Family", "HttpGet", "HttpGetResult",
+    "MonitoringResult",
     "Payload", "Ping", "PingResult", "Plugin", "PluginResult", "ResultDecodeError", "TcpConnect",
     "TcpConnectResult", "TlsCertResult", "TlsCertificate", "Traceroute", "TracerouteHop",
     "TracerouteResult", "UdpConnect", "UdpConnectResult", "decode_result", "encode_result",
