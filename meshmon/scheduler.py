@@ -307,11 +307,12 @@ class Scheduler:
 
     async def _finish(self, jobs: Sequence[_Job], results: Sequence[Any]) -> None:
         now = trio.current_time()
-        items = []
-        for job, result in zip(jobs, results, strict=True):
-            if result is not None and job.active:
-                degraded = self._lag_since(job.wake) > self.config.degraded_lag
-                items.append((job.assignment, result, degraded))
+        # The jobs of one run were taken on the same tick: the lag since the earliest wake-up
+        # among them covers each one's due-and-in-flight window (one scan, not one per job).
+        degraded = self._lag_since(min(job.wake for job in jobs)) > self.config.degraded_lag
+        items = [(job.assignment, result, degraded)
+                 for job, result in zip(jobs, results, strict=True)
+                 if result is not None and job.active]  # fmt: skip
         if items:
             try:
                 await self._sink(items)
