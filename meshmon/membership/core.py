@@ -175,7 +175,8 @@ class Membership(MemberTable):
         proof = self._auth.prove(LEFT, me.incarnation, me.meta)
         self._proofs[self._name] = proof
         self._set(Member(me.meta, LEFT, me.incarnation, now))
-        self._enqueue(self._name, Dead(me.incarnation, self._name, self._name, me.meta, proof))
+        self._enqueue(self._name, Dead(me.incarnation, self._name, self._name, me.meta,
+                                       self._auth.for_gossip(proof)))
         self._probe = None
 
     def update_meta(self, now: float, meta: NodeMeta) -> None:
@@ -221,8 +222,13 @@ class Membership(MemberTable):
             self.stats["malformed"] += 1
             raise
         self.stats["datagrams_received"] += 1
-        for msg in msgs:
-            self._dispatch(now, src, msg)
+        self._source = src  # whom to ask for a certificate a proof names (see certs)
+        try:
+            for msg in msgs:
+                self._dispatch(now, src, msg)
+        finally:
+            self._source = None
+        self._fetch_certs(now)
 
     def tick(self, now: float) -> None:
         """Run everything due at ``now``; call it at :meth:`next_deadline` (early is harmless)."""
@@ -279,6 +285,9 @@ class Membership(MemberTable):
             self.stats["stream_late"] += 1
             return
         request, pull_key = entry
+        if request.kind is StreamKind.CERTS:
+            self._on_certs(now, token, data if ok else None)
+            return
         if request.kind is StreamKind.PING:
             probe = self._probe
             if probe is not None and probe.tcp_token == token:
@@ -330,6 +339,24 @@ class Membership(MemberTable):
     def answers_to(self, name: str) -> bool:
         """Server side of a TCP ping: whether this node is ``name``."""
         return name == self._name
+
+    def certificates(self, request: bytes) -> bytes:
+        """Server side of a certificate fetch: the held certificates the request names.
+
+        Raises:
+            MalformedMessage: the request was not valid (or asked for too many).
+        """
+        refs = codec.decode_blobs(request, self.config.cert_batch, codec.MAX_REF)
+        held = (self._auth.certificate(ref) for ref in refs)
+        return codec.encode_blobs([der for der in held if der is not None])
+
+    def learn_certificate(self, now: float, certificate: bytes) -> bool:
+        """Hold a certificate met elsewhere (an mTLS peer's) if the authenticator accepts it;
+        announcements that waited for it are verified again."""
+        if self._auth.learn(certificate) is not None:
+            return False
+        self._retry_waiting(now)
+        return True
 
     # -- message handlers ----------------------------------------------------------------------
 
@@ -448,17 +475,55 @@ class Membership(MemberTable):
 
     def _request_stream(self, now: float, kind: StreamKind, addr: Addr, node: str | None,
                         join: bool, pull_key: str | None = None,
-                        deadline: float | None = None) -> int:
+                        deadline: float | None = None, payload: bytes = b"") -> int:
         self._seq += 1
         token = self._seq
         if deadline is None:
             deadline = now + self.config.tcp_timeout
-        payload = self.local_state(join) if kind is StreamKind.PUSH_PULL else b""
+        if kind is StreamKind.PUSH_PULL:
+            payload = self.local_state(join)
         request = StreamRequest(token, kind, addr, node, payload, join, deadline)
         self._streams[token] = (request, pull_key)
         self._stream_out.append(request)
         heapq.heappush(self._timers, (deadline, token, T_STREAM, token))
         return token
+
+    # -- certificates named by reference (see certs) -------------------------------------------
+
+    def _fetch_certs(self, now: float) -> None:
+        for source, refs in self._certs.batches():
+            token = self._request_stream(now, StreamKind.CERTS, source, None, join=False,
+                                         payload=codec.encode_blobs(refs))
+            self._certs.started(token, refs)
+            self.stats["cert_fetches"] += 1
+
+    def _on_certs(self, now: float, token: int, answer: bytes | None) -> None:
+        refs = self._certs.finished(token)
+        assert refs is not None
+        if answer is None:
+            self.stats["cert_fetches_failed"] += 1
+        else:
+            try:
+                ders = codec.decode_blobs(answer, len(refs), codec.MAX_PROOF)
+            except codec.MalformedMessage:
+                self.stats["malformed_certs"] += 1
+                ders = []
+            for der in ders:
+                ok = self._auth.learn(der) is None
+                self.stats["certs_learned" if ok else "certs_refused"] += 1
+        self._retry_waiting(now)
+        held = self._auth.certificate
+        self._certs.forget([ref for ref in refs if held(ref) is None])
+        self._fetch_certs(now)
+
+    def _retry_waiting(self, now: float) -> None:
+        held = self._auth.certificate
+        for st in self._certs.ready(lambda ref: held(ref) is not None):
+            self.stats["cert_retries"] += 1
+            if st.kind is ALIVE:
+                self._on_alive(now, st.incarnation, st.meta, st.proof)
+            else:
+                self._on_dead(now, st.incarnation, st.meta.name, st.meta.name, st.meta, st.proof)
 
     # -- probing -------------------------------------------------------------------------------
 

@@ -195,6 +195,8 @@ class MeshTransport:
         self._client_ctx: tuple[int, ssl.SSLContext] | None = None
         self.udp_address: Address = (self.config.host, self.config.udp_port)
         self.tcp_address: Address = (self.config.host, self.config.tcp_port or 0)
+        self.on_peer_cert: Callable[[bytes], None] = lambda der: None
+        """Called with the certificate (DER) of every mTLS peer, either direction."""
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -211,6 +213,10 @@ class MeshTransport:
     def learn_peer(self, udp: Address, tcp: Address) -> None:
         """Tell the transport the TCP address of the node at UDP ``udp`` (e.g. from gossip)."""
         self._tcp_of[udp] = tcp
+
+    def tcp_address_of(self, udp: Address) -> Address:
+        """The TCP address of the node at UDP ``udp`` (learned from ``hello``, or the same)."""
+        return self._tcp_of.get(udp, udp)
 
     def refresh_trust(self) -> list[str]:
         """After ``trust.update_crl``: forget revoked or expired peers; returns their names."""
@@ -414,6 +420,7 @@ class MeshTransport:
     def _learn_cert(self, conn: MtlsStream) -> None:
         der = conn.stream.getpeercert(binary_form=True)
         if der:
+            self.on_peer_cert(der)
             try:
                 self.keyring.add_peer(der, time.time())
             except pki.CertificateError as exc:  # TLS accepted it, but e.g. it has no P-256 key
