@@ -34,7 +34,8 @@ then asks its driver to fetch the certificate (:meth:`reference` names it; the r
 proof is the bare signature and the reference the fingerprint the metadata states, which a
 full proof must match anyway) from the node that sent the datagram; the fetched bytes count
 only once :meth:`learn` checked them exactly as a full proof's certificate is checked (chains
-to the CA, valid, not revoked), and the statement itself is verified again in full. What a peer merely claims never changes the view.
+to the CA, valid, not revoked), and the statement itself is verified again in full. What a
+peer merely claims never changes the view.
 """
 
 from __future__ import annotations
