@@ -252,7 +252,7 @@ class MeshService:
         if isinstance(event, MemberEvent):
             meta = event.member.meta
             if meta.name != self.core.name:
-                self.transport.learn_peer(meta.udp_addr, meta.tcp_addr)
+                self.transport.learn_peer(meta.udp_addr, meta.tcp_addr, meta.name)
             log.info("member %s: %s (%s:%s)", meta.name, event.kind.name.lower(), meta.address,
                      meta.udp_port)  # fmt: skip
             self.on_change()

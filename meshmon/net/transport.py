@@ -210,9 +210,16 @@ class MeshTransport:
         """Serve requests of ``kind`` with ``handler`` (replaces an earlier one)."""
         self._handlers[kind] = handler
 
-    def learn_peer(self, udp: Address, tcp: Address) -> None:
-        """Tell the transport the TCP address of the node at UDP ``udp`` (e.g. from gossip)."""
+    def learn_peer(self, udp: Address, tcp: Address, name: str | None = None) -> None:
+        """Tell the transport the TCP address of the node at UDP ``udp`` (e.g. from gossip).
+
+        With ``name`` (from a member's proven announcement): if an mTLS stream with that node
+        already taught both ends each other's certificate (a join's push-pull, a certificate
+        fetch), datagrams to ``udp`` are sealed for it at once, without a ``hello``.
+        """
         self._tcp_of[udp] = tcp
+        if name is not None and udp not in self._name_of and self.keyring.peer(name) is not None:
+            self._name_of[udp] = name
 
     def tcp_address_of(self, udp: Address) -> Address:
         """The TCP address of the node at UDP ``udp`` (learned from ``hello``, or the same)."""

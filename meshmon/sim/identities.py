@@ -209,5 +209,7 @@ class SimAuthenticator:
         cert = self._ids.check(der)
         if isinstance(cert, str):
             return cert
+        if cert[0] in self._ids.revoked:  # as the real CA check: never held once revoked
+            return "revoked"
         self._held[ref] = (cert, der)
         return cert
