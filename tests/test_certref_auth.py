@@ -145,3 +145,18 @@ def test_certificate_server_answers_only_what_it_holds_and_bounded(mesh: Mesh) -
     too_many = codec.encode_blobs([b"\x00" * 32] * (lan().cert_batch + 1))
     with pytest.raises(codec.MalformedMessage):
         n1.certificates(too_many)
+
+
+def test_sim_compact_announcements_weigh_what_real_ones_do(mesh: Mesh) -> None:
+    from meshmon.sim import SimIdentities, make_meta
+
+    n1, ident = _auth(mesh, "n1", tags=("dc-east", "probe"))
+    meta = _meta(ident, name="n00001", address="10.0.0.1")  # the simulator's name and address
+    real = len(codec.encode_message(Alive(1, meta, n1.for_gossip(n1.prove(ALIVE, 1, meta)))))
+    ids = SimIdentities(1)
+    sim_meta = make_meta(1, tags=("dc-east", "probe"))  # states no fingerprint
+    ids.certify(sim_meta.name, sim_meta.tags)
+    auth = ids.authenticator(sim_meta.name)
+    sim = len(codec.encode_message(Alive(1, sim_meta, auth.for_gossip(auth.prove(ALIVE, 1,
+                                                                                  sim_meta)))))
+    assert abs(sim - real) <= 0.05 * real
