@@ -159,6 +159,50 @@ class MemberTable:
         self._gone.clear()
         self._version += 1
 
+    def certificates(self, request: bytes) -> bytes:
+        """Server side of a certificate fetch: the held certificates the request names.
+
+        Raises:
+            MalformedMessage: the request was not valid (or asked for too many).
+        """
+        refs = codec.decode_blobs(request, self.config.cert_batch, codec.MAX_REF)
+        held = (self._auth.certificate(ref) for ref in refs)
+        return codec.encode_blobs([der for der in held if der is not None])
+
+    def learn_certificate(self, now: float, certificate: bytes) -> bool:
+        """Hold a certificate met elsewhere (an mTLS peer's) if the authenticator accepts it;
+        announcements that waited for it are verified again."""
+        if self._auth.learn(certificate) is not None:
+            return False
+        self._retry_waiting(now)
+        return True
+
+    def _learn_fetched(self, now: float, refs: list[bytes], answer: bytes | None) -> None:
+        """A certificate fetch for ``refs`` ended with ``answer`` (None: it failed)."""
+        if answer is None:
+            self.stats["cert_fetches_failed"] += 1
+        else:
+            try:
+                ders = codec.decode_blobs(answer, len(refs), codec.MAX_PROOF)
+            except codec.MalformedMessage:
+                self.stats["malformed_certs"] += 1
+                ders = []
+            for der in ders:
+                ok = self._auth.learn(der) is None
+                self.stats["certs_learned" if ok else "certs_refused"] += 1
+        self._retry_waiting(now)
+        held = self._auth.certificate
+        self._certs.forget([ref for ref in refs if held(ref) is None])
+
+    def _retry_waiting(self, now: float) -> None:
+        held = self._auth.certificate
+        for st in self._certs.ready(lambda ref: held(ref) is not None):
+            self.stats["cert_retries"] += 1
+            if st.kind is ALIVE:
+                self._on_alive(now, st.incarnation, st.meta, st.proof)
+            else:
+                self._on_dead(now, st.incarnation, st.meta.name, st.meta.name, st.meta, st.proof)
+
     # -- member table ------------------------------------------------------------------------
 
     def _set(self, m: Member) -> None:
@@ -344,3 +388,15 @@ class MemberTable:
                 if len(chosen) >= k:
                     break
         return list(chosen.values())
+
+    def _reap(self, now: float, names: list[str]) -> None:
+        gone = set(names)
+        for name in names:
+            m = self._members.pop(name)
+            self._proofs.pop(name, None)
+            self._gone.pop(name, None)
+            self._queue.discard(name)
+            self._events.append(MemberEvent(EventKind.REAPED, m, now))
+        self._probe_list = [n for n in self._probe_list if n not in gone]
+        self._probe_index = min(self._probe_index, len(self._probe_list))
+        self._version += 1
