@@ -160,3 +160,22 @@ def test_sim_compact_announcements_weigh_what_real_ones_do(mesh: Mesh) -> None:
     sim = len(codec.encode_message(Alive(1, sim_meta, auth.for_gossip(auth.prove(ALIVE, 1,
                                                                                   sim_meta)))))
     assert abs(sim - real) <= 0.05 * real
+
+
+def test_after_a_failed_fetch_the_alive_waits_for_the_certificate_from_an_mtls_peer(
+        mesh: Mesh) -> None:
+    a1, i1 = _auth(mesh, "n1")
+    a2, i2 = _auth(mesh, "n2")
+    n1 = Membership(lan(), _meta(i1), random.Random(1), 0.0, auth=a1)
+    n2 = Membership(lan(), _meta(i2, address="127.0.0.2"), random.Random(2), 0.0, auth=a2)
+    gossip = n1._queue.peek("n1")
+    assert gossip is not None
+    n2.handle_datagram(0.0, SRC, codec.frame([gossip]))
+    (fetch,) = [r for r in n2.take_stream_requests() if r.kind is StreamKind.CERTS]
+    assert fetch.deadline >= lan().join_timeout  # as patient as a join
+    n2.stream_result(0.5, fetch.token, False)  # the sender was too busy to answer
+    assert n2.member("n1") is None and n2.stats["cert_fetches_failed"] == 1
+    der = a1.certificate(_meta(i1).cert_fingerprint)
+    assert der is not None
+    assert n2.learn_certificate(1.0, der)  # say, n1 connected for a push-pull
+    assert n2.member("n1") is not None and not n2.refused

@@ -15,6 +15,8 @@ Every structure is bounded, so a sender that names endless made-up fingerprints 
 ``cert_fetches`` fetches in flight of ``cert_batch`` fingerprints each, ``cert_fetches *
 cert_batch`` fingerprints waiting to be asked for, and ``cert_pending`` statements kept: the
 excess is dropped and counted, never queued. A fingerprint is asked for once at a time.
+Statements wait until their certificate arrives (by any way: a fetch, a push-pull's full proof,
+an mTLS peer) or a fetch is answered without it, or newer statements push them out.
 """
 
 from __future__ import annotations

@@ -69,7 +69,8 @@ class MembershipConfig:
     certificate by fingerprint; a node that does not hold it asks the sender for it (and for
     up to ``cert_batch`` more). Bounds the work a lying sender can cause as well."""
     cert_batch: int = 32
-    """Certificates asked for in one fetch (each ~540 bytes in the answer)."""
+    """Certificates asked for in one fetch (each ~540 bytes in the answer). A fetch may take
+    ``join_timeout``, like a join: a one-off exchange that a busy peer must not fail."""
     cert_pending: int = 128
     """Announcements kept while their certificate is fetched, retried when it arrives (the
     oldest dropped beyond this: gossip and push-pull bring them again anyway)."""

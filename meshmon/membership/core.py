@@ -472,9 +472,11 @@ class Membership(MemberTable):
     # -- certificates named by reference (see certs) -------------------------------------------
 
     def _fetch_certs(self, now: float) -> None:
+        # a one-off exchange, as patient as a join: a busy peer must not make it fail
+        deadline = now + max(self.config.tcp_timeout, self.config.join_timeout)
         for source, refs in self._certs.batches():
             token = self._request_stream(now, StreamKind.CERTS, source, None, join=False,
-                                         payload=codec.encode_blobs(refs))
+                                         deadline=deadline, payload=codec.encode_blobs(refs))
             self._certs.started(token, refs)
             self.stats["cert_fetches"] += 1
 

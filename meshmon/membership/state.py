@@ -191,8 +191,9 @@ class MemberTable:
                 ok = self._auth.learn(der) is None
                 self.stats["certs_learned" if ok else "certs_refused"] += 1
         self._retry_waiting(now)
-        held = self._auth.certificate
-        self._certs.forget([ref for ref in refs if held(ref) is None])
+        if answer is not None:  # the peer lacks them (made up?); after a failure, keep waiting
+            held = self._auth.certificate  # for the next sender, push-pull or mTLS peer
+            self._certs.forget([ref for ref in refs if held(ref) is None])
 
     def _retry_waiting(self, now: float) -> None:
         held = self._auth.certificate
