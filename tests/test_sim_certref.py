@@ -162,3 +162,13 @@ def test_fetch_bookkeeping_asks_once_per_reference_and_keeps_the_newest_statemen
     assert [s.meta.name for s in ready] == ["n00002"]
     fetches.forget([b"r1"])
     assert fetches.batches() == [(b, [b"r3"])]
+
+
+def test_a_lie_naming_another_certificate_does_not_displace_a_waiting_statement() -> None:
+    fetches = CertFetches(lan())
+    meta = make_meta(1)
+    honest = Statement(State.ALIVE, 1, meta, b"p", b"real")
+    fetches.miss(honest, ("10.0.0.1", 1))
+    fetches.miss(Statement(State.ALIVE, 9, meta, b"q", b"made-up"), ("10.66.0.1", 1))
+    assert len(fetches) == 2
+    assert fetches.ready(lambda ref: ref == b"real") == [honest]

@@ -51,7 +51,8 @@ class CertFetches:
         self._wanted: dict[bytes, Addr] = {}  # to ask for, and whose datagram named it
         self._flying: dict[int, list[bytes]] = {}  # fetch token -> fingerprints asked
         self._asked: set[bytes] = set()  # every fingerprint in flight
-        self._pending: collections.OrderedDict[tuple[str, State], Statement] = (
+        # by (name, kind, certificate): a lie naming another certificate displaces nothing
+        self._pending: collections.OrderedDict[tuple[str, State, bytes], Statement] = (
             collections.OrderedDict())
         self.dropped = 0
         """Misses not followed up because a bound was reached."""
@@ -66,7 +67,7 @@ class CertFetches:
 
     def miss(self, statement: Statement, source: Addr | None) -> None:
         """A statement's certificate is not held; ``source`` sent it (None: no one to ask)."""
-        key = (statement.meta.name, statement.kind)
+        key = (statement.meta.name, statement.kind, statement.reference)
         pending = self._pending
         pending.pop(key, None)
         pending[key] = statement
@@ -119,7 +120,7 @@ class CertFetches:
             return []
         out = [s for s in self._pending.values() if held(s.reference)]
         for s in out:
-            del self._pending[(s.meta.name, s.kind)]
+            del self._pending[(s.meta.name, s.kind, s.reference)]
         return out
 
     def forget(self, refs: list[bytes]) -> None:
