@@ -53,6 +53,7 @@ from meshmon.membership import (
     StreamKind,
     StreamRequest,
     UserEvent,
+    codec,
 )
 from meshmon.membership.identity import CertAuthenticator
 from meshmon.net import PURPOSE_MEMBERSHIP, MeshTransport, PeerUnreachableError, RemoteError
@@ -231,7 +232,13 @@ class MeshService:
 
     async def _serve_certs(self, peer: pki.PeerIdentity, payload: bytes) -> bytes:
         await trio.lowlevel.checkpoint()
-        return self.core.certificates(payload)  # MalformedMessage: the transport answers an error
+        try:
+            return self.core.certificates(payload)
+        except MalformedMessage as exc:
+            self.counters["malformed"] += 1
+            self.bad_input.warning("certs", "malformed certificate request from %s: %s",
+                                   peer.name, exc)  # fmt: skip
+            return codec.encode_blobs([])
 
     def _learn_cert(self, der: bytes) -> None:
         if self.core.learn_certificate(trio.current_time(), der):
