@@ -12,6 +12,10 @@ failure, computed in the same run: ``1.58 * probe_interval + probe_timeout
 * false positives: healthy members declared dead per simulated hour, at 5 % packet loss and with
   one CPU-starved node, Lifeguard on vs off.
 * cost: datagrams and bytes sent per node per second in the steady state.
+* mass join: N nodes started at once, all through one seed; the time until every node sees all
+  N alive (gossip names members' certificates by reference, so the nodes fetch certificates on
+  the way). Median and worst over five seeds: the worst is the rare run in which some node
+  missed an announcement altogether and waits for a push-pull (30 s), as plain memberlist does.
 
 ``--quick`` runs N = 100 and 1000 (and shorter false-positive runs at N = 50); the full run
 does N = 100 and 1000 with more kills; ``--sizes`` picks others. The headline is the worst
@@ -35,6 +39,7 @@ from meshmon.membership import (
     EventKind,
     MemberEvent,
     MembershipConfig,
+    State,
     lan,
 )
 from meshmon.membership.timing import expected_detection_time
@@ -166,6 +171,31 @@ def false_positives(n: int, seconds: float, seed: int, lifeguard: bool, loss: fl
             "starved_node_fp_per_hour": round(starved_fp / hours, 2) if starved else None}
 
 
+def mass_join(n: int, seeds: range) -> dict[str, object]:
+    """``n`` nodes joining at once through node 0: seconds until all see ``n`` alive."""
+    times: list[float] = []
+    fetches = 0
+    biggest = 0
+    for seed in seeds:
+        sim = Simulation(seed)
+        start_mesh(sim, lan(), n)
+
+        def converged(sim: Simulation = sim) -> bool:
+            return all(sum(m.state is State.ALIVE for m in c.members()) == n
+                       for c in sim.running())
+
+        step = 0.05
+        while sim.now < 120.0 and not converged():
+            sim.run_for(step)
+        times.append(round(sim.now, 2) if converged() else float("nan"))
+        fetches += sum(c.stats["cert_fetches"] for c in sim.running())
+        biggest = max(biggest, sim.max_datagram)
+    return {"n": n, "converged_median_s": statistics.median(times),
+            "converged_max_s": max(times), "samples_s": times,
+            "cert_fetches_per_node": round(fetches / (n * len(times)), 2),
+            "max_datagram_bytes": biggest}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 100 and 1000, under 60 s")
@@ -193,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
             key = f"{label}_{'lifeguard' if lifeguard else 'no_lifeguard'}"
             fp[key] = false_positives(fp_n, fp_seconds, args.seed, lifeguard, loss, starved)
             log(f"false positives N={fp_n} {fp_seconds:.0f}s {key}: {fp[key]}")
+    joins = {str(n): mass_join(n, range(1, 6)) for n in ((40,) if args.quick else (40, 100))}
+    log(f"mass join: {joins}")
     ratios: dict[str, float | None] = {}
     for n, r in results.items():
         median = r["detection_median_s"]
@@ -218,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         "quick": args.quick,
         "sizes": {str(n): r for n, r in results.items()},
         "false_positives": {"n": fp_n, "simulated_s": fp_seconds, **fp},
+        "mass_join": joins,
         "wall_s": round(time.perf_counter() - wall, 1),
     }
     print(json.dumps(out))

@@ -8,7 +8,10 @@ measures, with real certificates from a fresh mesh CA:
 * verify, new statement: certificate cached, a new incarnation (one signature check);
 * verify, cached: the same statement relayed again (a hash and two dictionary lookups);
 * prove: signing one statement (each refutation, metadata change or leave);
-* sizes: certificate, proof, an ``Alive`` with and without it, and the push-pull state per member.
+* verify, compact: a gossiped proof that names a held certificate by reference, new statement;
+* learn: checking a fetched certificate against the CA (once per member per node);
+* sizes: certificate, proof (full and compact), an ``Alive`` without a proof, with the full
+  one (push-pull) and with the compact one (gossip), and the push-pull state per member.
 
 Baseline, measured in the same run: opening one sealed membership datagram of the largest size
 (``Keyring.open``: header checks, replay window, AES-GCM), the work every received datagram
@@ -115,11 +118,27 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(16):
         assert warm.verify(ALIVE, i, meta, proofs[i]) is None
 
+    compact = [signer.for_gossip(p) for p in proofs]
+    rounds_compact: list[float] = []
+    for _ in range(3):
+        fresh = CertAuthenticator(None, trust)
+        der = author.certificate.public_bytes(Encoding.DER)
+        assert fresh.learn(der) is None
+        start = time.perf_counter()
+        for i in range(n):
+            assert fresh.verify(ALIVE, i, meta, compact[i]) is None
+        rounds_compact.append((time.perf_counter() - start) / n * 1e6)
+    compact_us = statistics.median(rounds_compact)
+    ders = [ident.certificate.public_bytes(Encoding.DER) for ident, _ in authors]
+    learn_us = _us(lambda i: CertAuthenticator(None, trust).learn(ders[i % len(ders)]),
+                   max(20, n // 4))
+
     # -- sizes -------------------------------------------------------------------------------------
     cert_bytes = len(author.certificate.public_bytes(Encoding.DER))
     proof_bytes = len(proofs[0])
     alive_plain = len(codec.encode_message(Alive(1, meta)))
     alive_proven = len(codec.encode_message(Alive(1, meta, proofs[0])))
+    alive_compact = len(codec.encode_message(Alive(1, meta, compact[0])))
     budget = lan().max_datagram_plaintext - codec.FRAME_OVERHEAD
     members = 1000
     states = [MemberState(dataclasses.replace(meta, name=f"node-{i:04d}"), 1, ALIVE, proofs[0])
@@ -141,6 +160,11 @@ def main(argv: list[str] | None = None) -> None:
         "verify_cached_us": round(cached_us, 2),
         "verify_cached_ratio": round(cached_us / open_us, 3),
         "prove_us": round(prove_us, 1),
+        "verify_compact_new_statement_us": round(compact_us, 1),
+        "learn_fetched_cert_us": round(learn_us, 1),
+        "compact_proof_bytes": len(compact[0]),
+        "alive_bytes_with_compact_proof": alive_compact,
+        "alives_per_datagram_with_compact_proof": budget // alive_compact,
         "cert_bytes": cert_bytes,
         "proof_bytes": proof_bytes,
         "alive_bytes_without_proof": alive_plain,

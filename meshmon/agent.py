@@ -352,7 +352,10 @@ class Agent:
             status["membership"] = {"live": core.num_live(), "awareness": core.awareness,
                                     **self.mesh.counters,
                                     # self-statements not proven by their certificate, by reason
-                                    "refused": dict(sorted(core.refused.items()))}  # fmt: skip
+                                    "refused": dict(sorted(core.refused.items())),
+                                    # announcements whose certificate was fetched (not refusals)
+                                    "certificates": {k: v for k, v in sorted(core.stats.items())
+                                                     if "cert" in k}}  # fmt: skip
         return status
 
     def api_members(self) -> list[dict[str, Any]]:

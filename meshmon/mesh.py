@@ -17,6 +17,12 @@ rest without changing the view, counts them by reason (``core.refused``, shown b
 status``) and this driver logs them at most once per reason every 10 s, naming the peer that
 passed them on.
 
+Gossip names members' certificates by reference (:mod:`meshmon.membership.auth`): the core asks
+for a certificate it lacks with a ``CERTS`` stream request to the node whose datagram named
+it; this driver fetches it with an ``mm-certs`` request and hands the answer back (the core has
+the authenticator check each certificate against the CA and CRL before holding it). The
+certificate of every mTLS peer, in either direction, is offered to the core as well.
+
 CRL distribution rides on the core's user broadcasts under key ``"crl"`` with the CRL number as
 version: any node that learns a newer CA-signed CRL (from its file or from a peer) adopts it,
 re-publishes it, drops keys of revoked peers and expels them from membership.
@@ -47,6 +53,7 @@ from meshmon.membership import (
     StreamKind,
     StreamRequest,
     UserEvent,
+    codec,
 )
 from meshmon.membership.identity import CertAuthenticator
 from meshmon.net import PURPOSE_MEMBERSHIP, MeshTransport, PeerUnreachableError, RemoteError
@@ -66,7 +73,7 @@ _REFUSAL_HINTS = {
     "missing-proof": "no signature: only the member itself may say this",
     "malformed-proof": "unreadable signature",
 }
-PUSH_PULL, TCP_PING = "mm-push-pull", "mm-ping"
+PUSH_PULL, TCP_PING, CERTS = "mm-push-pull", "mm-ping", "mm-certs"
 
 
 def _warn_seed(addr: Addr, exc: Exception) -> None:
@@ -108,6 +115,8 @@ class MeshService:
         """Join through the seeds and keep membership going until cancelled."""
         self.transport.on_request(PUSH_PULL, self._serve_push_pull)
         self.transport.on_request(TCP_PING, self._serve_ping)
+        self.transport.on_request(CERTS, self._serve_certs)
+        self.transport.on_peer_cert = self._learn_cert
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.publish_crl()
@@ -179,6 +188,11 @@ class MeshService:
                                                      timeout=timeout)  # fmt: skip
                 self.core.stream_result(trio.current_time(), request.token, True, reply)
                 self._log_refusals(f"a push-pull with {request.addr[0]}:{request.addr[1]}")
+            elif request.kind is StreamKind.CERTS:
+                reply = await self.transport.request(
+                    self.transport.tcp_address_of(request.addr), CERTS, request.payload,
+                    timeout=timeout)
+                self.core.stream_result(trio.current_time(), request.token, True, reply)
             else:
                 reply = await self.transport.request(request.addr, TCP_PING,
                                                      (request.node or "").encode(), timeout=timeout)
@@ -216,6 +230,20 @@ class MeshService:
     async def _serve_ping(self, peer: pki.PeerIdentity, payload: bytes) -> bytes:
         return b"1" if self.core.answers_to(payload.decode(errors="replace")) else b"0"
 
+    async def _serve_certs(self, peer: pki.PeerIdentity, payload: bytes) -> bytes:
+        await trio.lowlevel.checkpoint()
+        try:
+            return self.core.certificates(payload)
+        except MalformedMessage as exc:
+            self.counters["malformed"] += 1
+            self.bad_input.warning("certs", "malformed certificate request from %s: %s",
+                                   peer.name, exc)  # fmt: skip
+            return codec.encode_blobs([])
+
+    def _learn_cert(self, der: bytes) -> None:
+        if self.core.learn_certificate(trio.current_time(), der):
+            self._wake.set()  # announcements that waited for it may have been accepted
+
     def _log_refusals(self, via: str) -> None:
         for r in self.core.take_refusals():
             self.bad_input.warning(
@@ -231,7 +259,7 @@ class MeshService:
         if isinstance(event, MemberEvent):
             meta = event.member.meta
             if meta.name != self.core.name:
-                self.transport.learn_peer(meta.udp_addr, meta.tcp_addr)
+                self.transport.learn_peer(meta.udp_addr, meta.tcp_addr, meta.name)
             log.info("member %s: %s (%s:%s)", meta.name, event.kind.name.lower(), meta.address,
                      meta.udp_port)  # fmt: skip
             self.on_change()

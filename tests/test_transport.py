@@ -186,3 +186,33 @@ async def test_memory_transport() -> None:
     net.blocked.add(("tcp", a.tcp_address, b.tcp_address))
     with pytest.raises(PeerUnreachableError):
         await a.request(b.tcp_address, "ping", b"")
+
+
+async def test_peers_that_met_over_mtls_exchange_datagrams_without_hello(mesh: Mesh) -> None:
+    with trio.fail_after(20):
+        async with transports(mesh, "j", "k", "l", base=60) as (j, k, l_):
+            hellos: list[str] = []
+            for t in (j, k, l_):
+                original = t._handlers["hello"]
+
+                async def counting(peer: pki.PeerIdentity, body: bytes, t: MeshTransport = t,
+                                   original=original) -> bytes:  # type: ignore[no-untyped-def]
+                    hellos.append(f"{peer.name}->{t.name}")
+                    return await original(peer, body)
+
+                t.on_request("hello", counting)
+            # a join's push-pull: both ends now hold each other's certificate
+            assert await j.request(k.tcp_address, "ping", b"join") == b"join"
+            # the members' proven announcements name them: no hello either way
+            j.learn_peer(k.udp_address, k.tcp_address, "k")
+            k.learn_peer(j.udp_address, j.tcp_address, "j")
+            await j.send_datagram(k.udp_address, b"to k")
+            assert await k.datagrams.receive() == Datagram("j", j.udp_address, 0, b"to k")
+            await k.send_datagram(j.udp_address, b"to j")
+            assert await j.datagrams.receive() == Datagram("k", k.udp_address, 0, b"to j")
+            # a member never met still gets a hello first (it must learn our certificate)
+            j.learn_peer(l_.udp_address, l_.tcp_address, "l")
+            await j.send_datagram(l_.udp_address, b"to l")
+            assert await l_.datagrams.receive() == Datagram("j", j.udp_address, 0, b"to l")
+            assert hellos == ["j->l"]
+            assert not (j.drops + k.drops + l_.drops)

@@ -13,9 +13,13 @@ feeds it time and bytes and carries out what it asks for::
             PUSH_PULL: send req.payload, read peer state -> m.stream_result(now, req.token,
                        True, peer_state); on failure m.stream_result(now, req.token, False)
             PING:      ask the peer whether it is req.node -> m.stream_result(now, tok, ok)
+            CERTS:     send req.payload to the node at UDP req.addr (its TCP side), read the
+                       certificates it answers -> m.stream_result(now, req.token, True, data)
         for event in m.take_events(): MemberEvent(kind, member, time) / UserEvent(...)
     server side of push-pull:  m.merge_remote_state(now, their_state); reply m.local_state()
     server side of TCP ping:   reply ok iff m.answers_to(name)
+    server side of CERTS:      reply m.certificates(request)
+    every mTLS peer's certificate (DER): m.learn_certificate(now, der)
     m.leave(now); tick until m.leave_done (or a deadline); m.expel(now, name) on revocation
     m.publish(now, key, version, payload) disseminates application data (e.g. "crl")
     m.refused (counts by reason), m.take_refusals(): self-statements refused for lack of proof

@@ -57,6 +57,8 @@ _MAX_STATE_MEMBERS = 1_000_000
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 MAX_PROOF = 2048
 """Largest proof accepted (a certificate and a signature are ~610 bytes)."""
+MAX_REF = 64
+"""Longest certificate reference (fingerprint) a fetch may name."""
 _STATEMENT = "meshmon-statement-v1"
 
 
@@ -272,6 +274,29 @@ def decode_datagram(data: bytes) -> list[Message]:
         raise
     except Exception as exc:  # e.g. RecursionError, TypeError from unhashable junk
         raise MalformedMessage(f"bad message: {type(exc).__name__}") from None
+
+
+def encode_blobs(blobs: list[bytes]) -> bytes:
+    """Encode a list of byte strings (certificate fetches: fingerprints asked, DERs answered)."""
+    return bytes(cbor2.dumps([VERSION, blobs]))
+
+
+def decode_blobs(data: bytes, max_items: int, max_len: int) -> list[bytes]:
+    """Decode :func:`encode_blobs` output, refusing more than ``max_items`` or longer items.
+
+    Raises:
+        MalformedMessage: anything else.
+    """
+    top = _loads(data)
+    if type(top) is not list or len(top) != 2 or type(top[0]) is not int or top[0] != VERSION:
+        raise MalformedMessage("expected [version, [byte strings]]")
+    items = _list(top[1])
+    if len(items) > max_items:
+        raise MalformedMessage(f"more than {max_items} items")
+    for item in items:
+        if type(item) is not bytes or not 0 < len(item) <= max_len:
+            raise MalformedMessage(f"an item is not a byte string of 1..{max_len} bytes")
+    return items
 
 
 def encode_state(state: PushPullState) -> bytes:

@@ -64,6 +64,16 @@ class MembershipConfig:
     """Plaintext budget per datagram: 1400 on the wire - sealing overhead - 50 bytes of slack."""
     max_user_inline: int = 900
     """User payloads up to this size ride in datagrams; larger ones are announced and pulled."""
+    cert_fetches: int = 4
+    """Certificate fetches in flight at once. A gossiped announcement names its author's
+    certificate by fingerprint; a node that does not hold it asks the sender for it (and for
+    up to ``cert_batch`` more). Bounds the work a lying sender can cause as well."""
+    cert_batch: int = 32
+    """Certificates asked for in one fetch (each ~540 bytes in the answer). A fetch may take
+    ``join_timeout``, like a join: a one-off exchange that a busy peer must not fail."""
+    cert_pending: int = 128
+    """Announcements kept while their certificate is fetched, retried when it arrives (the
+    oldest dropped beyond this: gossip and push-pull bring them again anyway)."""
     max_queue: int = 4096
     """Broadcast queue cap: with no peers or in a long partition the oldest news is dropped."""
     max_events: int = 65536
@@ -77,7 +87,8 @@ class MembershipConfig:
         if self.probe_timeout >= self.probe_interval:
             raise ValueError("membership.probe_timeout must be shorter than probe_interval")
         for name in ("indirect_checks", "gossip_nodes", "retransmit_mult", "suspicion_mult",
-                     "suspicion_max_timeout_mult", "awareness_max_multiplier"):
+                     "suspicion_max_timeout_mult", "awareness_max_multiplier", "cert_fetches",
+                     "cert_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"membership.{name} must be at least 1")
         if not 300 <= self.max_datagram_plaintext <= MAX_DATAGRAM:

@@ -39,7 +39,6 @@ from meshmon.membership.events import (
     Event,
     EventKind,
     Member,
-    MemberEvent,
     StreamKind,
     StreamRequest,
     UserEvent,
@@ -175,7 +174,8 @@ class Membership(MemberTable):
         proof = self._auth.prove(LEFT, me.incarnation, me.meta)
         self._proofs[self._name] = proof
         self._set(Member(me.meta, LEFT, me.incarnation, now))
-        self._enqueue(self._name, Dead(me.incarnation, self._name, self._name, me.meta, proof))
+        self._enqueue(self._name, Dead(me.incarnation, self._name, self._name, me.meta,
+                                       self._auth.for_gossip(proof)))
         self._probe = None
 
     def update_meta(self, now: float, meta: NodeMeta) -> None:
@@ -221,8 +221,13 @@ class Membership(MemberTable):
             self.stats["malformed"] += 1
             raise
         self.stats["datagrams_received"] += 1
-        for msg in msgs:
-            self._dispatch(now, src, msg)
+        self._source = src  # whom to ask for a certificate a proof names (see certs)
+        try:
+            for msg in msgs:
+                self._dispatch(now, src, msg)
+        finally:
+            self._source = None
+        self._fetch_certs(now)
 
     def tick(self, now: float) -> None:
         """Run everything due at ``now``; call it at :meth:`next_deadline` (early is harmless)."""
@@ -279,6 +284,9 @@ class Membership(MemberTable):
             self.stats["stream_late"] += 1
             return
         request, pull_key = entry
+        if request.kind is StreamKind.CERTS:
+            self._on_certs(now, token, data if ok else None)
+            return
         if request.kind is StreamKind.PING:
             probe = self._probe
             if probe is not None and probe.tcp_token == token:
@@ -448,17 +456,35 @@ class Membership(MemberTable):
 
     def _request_stream(self, now: float, kind: StreamKind, addr: Addr, node: str | None,
                         join: bool, pull_key: str | None = None,
-                        deadline: float | None = None) -> int:
+                        deadline: float | None = None, payload: bytes = b"") -> int:
         self._seq += 1
         token = self._seq
         if deadline is None:
             deadline = now + self.config.tcp_timeout
-        payload = self.local_state(join) if kind is StreamKind.PUSH_PULL else b""
+        if kind is StreamKind.PUSH_PULL:
+            payload = self.local_state(join)
         request = StreamRequest(token, kind, addr, node, payload, join, deadline)
         self._streams[token] = (request, pull_key)
         self._stream_out.append(request)
         heapq.heappush(self._timers, (deadline, token, T_STREAM, token))
         return token
+
+    # -- certificates named by reference (see certs) -------------------------------------------
+
+    def _fetch_certs(self, now: float) -> None:
+        # a one-off exchange, as patient as a join: a busy peer must not make it fail
+        deadline = now + max(self.config.tcp_timeout, self.config.join_timeout)
+        for source, refs in self._certs.batches():
+            token = self._request_stream(now, StreamKind.CERTS, source, None, join=False,
+                                         deadline=deadline, payload=codec.encode_blobs(refs))
+            self._certs.started(token, refs)
+            self.stats["cert_fetches"] += 1
+
+    def _on_certs(self, now: float, token: int, answer: bytes | None) -> None:
+        refs = self._certs.finished(token)
+        assert refs is not None
+        self._learn_fetched(now, refs, answer)
+        self._fetch_certs(now)
 
     # -- probing -------------------------------------------------------------------------------
 
@@ -598,15 +624,3 @@ class Membership(MemberTable):
             self.stats["reconnect_attempts"] += 1
             self._request_stream(now, StreamKind.PUSH_PULL, m.meta.tcp_addr, m.meta.name,
                                  join=False)
-
-    def _reap(self, now: float, names: list[str]) -> None:
-        gone = set(names)
-        for name in names:
-            m = self._members.pop(name)
-            self._proofs.pop(name, None)
-            self._gone.pop(name, None)
-            self._queue.discard(name)
-            self._events.append(MemberEvent(EventKind.REAPED, m, now))
-        self._probe_list = [n for n in self._probe_list if n not in gone]
-        self._probe_index = min(self._probe_index, len(self._probe_list))
-        self._version += 1

@@ -72,6 +72,10 @@ class StreamKind(enum.Enum):
     """Send ``payload`` (our state), read the peer's state, report it as ``data``."""
     PING = "ping"
     """Ask the peer whether it is ``node`` (a TCP fallback probe); report ok or not."""
+    CERTS = "certs"
+    """Fetch certificates: ``addr`` is the UDP address of the node whose datagram named them
+    (reach its TCP side), ``payload`` the encoded fingerprints
+    (:func:`~meshmon.membership.codec.encode_blobs`); report the peer's answer as ``data``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +85,10 @@ class StreamRequest:
     Attributes:
         token: pass back to ``stream_result``.
         kind: push-pull or ping.
-        addr: the peer's TCP address.
+        addr: the peer's TCP address (for ``CERTS``: its UDP address, see there).
         node: the peer's expected name, or None for a seed whose name we don't know yet.
-        payload: for push-pull, our encoded state to send; empty for a ping.
+        payload: for push-pull, our encoded state to send; for a certificate fetch, the
+            encoded fingerprints; empty for a ping.
         join: a push-pull made to join (the peer should also answer with its full state).
         deadline: after this the core counts the request as failed; results that come later
             are ignored.

@@ -3,11 +3,19 @@ node's certified key.
 
 Theory of operation
 -------------------
-A proof is ``CBOR [certificate DER, signature]``: the author's certificate and its ECDSA P-256
+A proof is ``CBOR [certificate, signature]``: the author's certificate and its ECDSA P-256
 signature (raw ``r || s``, 64 bytes) over the statement's canonical bytes
-(:func:`~meshmon.membership.codec.encode_statement`). The certificate travels inline, so any
-receiver can check a statement relayed from a member it never spoke to, with no extra round
-trip (a certificate is ~540 bytes, a proof ~610; an Alive with its proof still fits a datagram).
+(:func:`~meshmon.membership.codec.encode_statement`). The certificate comes in one of two
+forms (:mod:`meshmon.membership.auth`, "Certificates by reference"):
+
+* full: its DER (~540 bytes; a proof ~610), as :meth:`CertAuthenticator.prove` makes it and
+  push-pull states carry it, so any receiver can check a statement from a member it never
+  spoke to;
+* compact: by reference, as gossip datagrams carry it: the proof is the bare 64-byte
+  signature, and the certificate the one whose SHA-256 the metadata's ``cert_fingerprint``
+  states (which a full proof's certificate must match as well; the signature covers it). A
+  datagram then holds ~8 announcements rather than one. A verifier that does not hold that
+  certificate answers ``unknown-cert`` and the core fetches it.
 
 :meth:`CertAuthenticator.verify` accepts a statement only if
 
@@ -19,9 +27,12 @@ trip (a certificate is ~540 bytes, a proof ~610; an Alive with its proof still f
   ``address`` is one of its IP SANs when it has any;
 * the signature over the statement verifies under the certificate's key.
 
-Certificates that passed the CA check are cached by fingerprint, and the outcome for each
-(statement, proof) digest, both in bounded LRUs, so a statement relayed by many peers, or a lie
-repeated, costs one signature check. Revocation and validity are re-checked on every call.
+Certificates that passed the CA check are cached by fingerprint (from full proofs, from every
+mTLS peer via :meth:`~CertAuthenticator.learn`, and from fetches, which go through the same
+check), and the outcome for each (statement, proof) digest, both in bounded LRUs, so a statement
+relayed by many peers, or a lie repeated, costs one signature check. A compact proof is only
+ever resolved against that cache, so it can name nothing the CA did not sign. Revocation and
+validity are re-checked on every call.
 """
 
 from __future__ import annotations
@@ -46,10 +57,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from meshmon import pki
+from meshmon.membership.auth import UNKNOWN_CERT
 from meshmon.membership.codec import encode_statement
 from meshmon.membership.messages import NodeMeta, State
 
 _SIG_LEN = 64
+_REF_LEN = 32  # a SHA-256 fingerprint; no DER certificate is this short
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +70,7 @@ class _Cert:
     """A certificate that chains to the mesh CA, with what verification needs from it."""
 
     identity: pki.PeerIdentity
+    der: bytes
     fingerprint: bytes
     key: ec.EllipticCurvePublicKey
     ips: frozenset[str]
@@ -110,6 +124,9 @@ class CertAuthenticator:
         self._verified = _Lru(result_cache)
         self._der = (identity.certificate.public_bytes(serialization.Encoding.DER)
                      if identity is not None else b"")
+        self._own_ref = hashlib.sha256(self._der).digest() if self._der else b""
+        own = self._cert(self._der, clock()) if self._der else None
+        self._own = own if isinstance(own, _Cert) else None
 
     # -- proving ---------------------------------------------------------------------------------
 
@@ -136,15 +153,22 @@ class CertAuthenticator:
             return cached  # refused before, for a reason that time cannot change
         if cached is not None:
             return self._still_valid(cached, now)
-        try:
-            der, sig = cbor2.loads(proof)
-            if type(der) is not bytes or type(sig) is not bytes or len(sig) != _SIG_LEN:
-                raise ValueError("expected [certificate, 64-byte signature]")
-        except Exception:  # cbor2 raises many types for junk; all mean the same here
-            return "malformed-proof"
-        cert = self._cert(der, now)
-        if isinstance(cert, str):
-            return cert
+        if len(proof) == _SIG_LEN:  # compact: the certificate the metadata names
+            if len(meta.cert_fingerprint) != _REF_LEN:
+                return "fingerprint-mismatch"
+            held = self._held(meta.cert_fingerprint)
+            if held is None:
+                return UNKNOWN_CERT  # not cached: the same proof verifies once it is fetched
+            cert, sig = held, proof
+        else:
+            parsed = _parse(proof)
+            if parsed is None:
+                return "malformed-proof"
+            der, sig = parsed
+            found = self._cert(der, now)
+            if isinstance(found, str):
+                return found
+            cert = found
         reason = self._still_valid(cert, now)
         if reason is not None:
             return reason
@@ -175,9 +199,47 @@ class CertAuthenticator:
         key = parsed.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):
             return "untrusted-cert"
-        cert = _Cert(identity, fp, key, certificate_ips(parsed), parsed.not_valid_before_utc)
+        cert = _Cert(identity, der, fp, key, certificate_ips(parsed),
+                     parsed.not_valid_before_utc)
         self._certs.put(fp, cert)
         return cert
+
+    # -- certificates by reference -----------------------------------------------------------
+
+    def for_gossip(self, proof: bytes) -> bytes:
+        """The compact form: the bare signature (the metadata names the certificate)."""
+        parsed = _parse(proof)
+        return proof if parsed is None else parsed[1]
+
+    def for_state(self, meta: NodeMeta, proof: bytes) -> bytes:
+        """The full form, if the certificate referred to is held (else ``proof`` unchanged)."""
+        if len(proof) != _SIG_LEN:
+            return proof
+        der = self.certificate(meta.cert_fingerprint)
+        return proof if der is None else bytes(cbor2.dumps([der, proof]))
+
+    def reference(self, meta: NodeMeta, proof: bytes) -> bytes | None:
+        """The fingerprint a compact proof refers to (the one ``meta`` states)."""
+        if len(proof) != _SIG_LEN or len(meta.cert_fingerprint) != _REF_LEN:
+            return None
+        return meta.cert_fingerprint
+
+    def certificate(self, reference: bytes) -> bytes | None:
+        """The DER of a held certificate (ours included) by its SHA-256 fingerprint."""
+        cert = self._held(reference)
+        return None if cert is None else cert.der
+
+    def _held(self, reference: bytes) -> _Cert | None:
+        if reference == self._own_ref and self._own is not None:
+            return self._own
+        cert: _Cert | None = self._certs.hit(reference)
+        return cert
+
+    def learn(self, certificate: bytes) -> str | None:
+        """Hold a certificate (DER) that chains to the CA, is valid and not revoked."""
+        now = self.clock()
+        cert = self._cert(certificate, now)
+        return cert if isinstance(cert, str) else self._still_valid(cert, now)
 
     def _still_valid(self, cert: _Cert, now: float) -> str | None:
         if self.trust.is_revoked(cert.identity.serial):
@@ -198,6 +260,17 @@ class CertAuthenticator:
         if cert.ips and _canonical_ip(meta.address) not in cert.ips:
             return "address-mismatch"
         return None
+
+
+def _parse(proof: bytes) -> tuple[bytes, bytes] | None:
+    """``(certificate or fingerprint, signature)``, or None if ``proof`` is not a proof."""
+    try:
+        cert, sig = cbor2.loads(proof)
+    except Exception:  # cbor2 raises many types for junk; all mean the same here
+        return None
+    if type(cert) is not bytes or type(sig) is not bytes or len(sig) != _SIG_LEN:
+        return None
+    return cert, sig
 
 
 def certificate_ips(cert: x509.Certificate) -> frozenset[str]:

@@ -15,7 +15,13 @@ accepted back.
 Self-statements (an ``Alive``, a leave) change the view only with a proof that the member made
 them itself (:mod:`meshmon.membership.auth`). The merge rules run first, so only news that would
 change the view is verified: stale relays cost nothing. A refused statement changes nothing and
-is counted in :attr:`MemberTable.refused` by reason.
+is counted in :attr:`MemberTable.refused` by reason. A statement whose proof names a
+certificate this node does not hold yet (``unknown-cert``) is no lie: it is counted in
+``stats["unknown_cert"]`` and handed to :class:`~meshmon.membership.certs.CertFetches`, which
+has the core fetch the certificate from the sender and verify the statement again.
+
+Proofs are kept in their full form (``Authenticator.for_state``, what push-pull carries) and
+gossiped in their compact form (``for_gossip``).
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import random
 from collections.abc import Mapping
 
 from meshmon.membership import codec, timing
-from meshmon.membership.auth import Authenticator, Refusal, Unchecked
+from meshmon.membership.auth import UNKNOWN_CERT, Authenticator, Refusal, Unchecked
+from meshmon.membership.certs import CertFetches, Statement
 from meshmon.membership.config import MembershipConfig
 from meshmon.membership.events import Event, EventKind, Member, MemberEvent
-from meshmon.membership.messages import Alive, Dead, Message, NodeMeta, State, Suspect
+from meshmon.membership.messages import Addr, Alive, Dead, Message, NodeMeta, State, Suspect
 from meshmon.membership.queue import BroadcastQueue
 from meshmon.membership.suspicion import Suspicion
 
@@ -57,6 +64,8 @@ class MemberTable:
         self.config = config
         self._auth: Authenticator = auth if auth is not None else Unchecked()
         self._proofs: dict[str, bytes] = {}  # name -> proof of its accepted alive or leave
+        self._certs = CertFetches(config)
+        self._source: Addr | None = None  # who sent the datagram being handled (None: a state)
         self._preloaded_proofs: Mapping[str, bytes] = {}
         self.refused: collections.Counter[str] = collections.Counter()
         """Self-statements refused, by reason (see ``auth.REASONS``)."""
@@ -150,6 +159,51 @@ class MemberTable:
         self._gone.clear()
         self._version += 1
 
+    def certificates(self, request: bytes) -> bytes:
+        """Server side of a certificate fetch: the held certificates the request names.
+
+        Raises:
+            MalformedMessage: the request was not valid (or asked for too many).
+        """
+        refs = codec.decode_blobs(request, self.config.cert_batch, codec.MAX_REF)
+        held = (self._auth.certificate(ref) for ref in refs)
+        return codec.encode_blobs([der for der in held if der is not None])
+
+    def learn_certificate(self, now: float, certificate: bytes) -> bool:
+        """Hold a certificate met elsewhere (an mTLS peer's) if the authenticator accepts it;
+        announcements that waited for it are verified again."""
+        if self._auth.learn(certificate) is not None:
+            return False
+        self._retry_waiting(now)
+        return True
+
+    def _learn_fetched(self, now: float, refs: list[bytes], answer: bytes | None) -> None:
+        """A certificate fetch for ``refs`` ended with ``answer`` (None: it failed)."""
+        if answer is None:
+            self.stats["cert_fetches_failed"] += 1
+        else:
+            try:
+                ders = codec.decode_blobs(answer, len(refs), codec.MAX_PROOF)
+            except codec.MalformedMessage:
+                self.stats["malformed_certs"] += 1
+                ders = []
+            for der in ders:
+                ok = self._auth.learn(der) is None
+                self.stats["certs_learned" if ok else "certs_refused"] += 1
+        self._retry_waiting(now)
+        if answer is not None:  # the peer lacks them (made up?); after a failure, keep waiting
+            held = self._auth.certificate  # for the next sender, push-pull or mTLS peer
+            self._certs.forget([ref for ref in refs if held(ref) is None])
+
+    def _retry_waiting(self, now: float) -> None:
+        held = self._auth.certificate
+        for st in self._certs.ready(lambda ref: held(ref) is not None):
+            self.stats["cert_retries"] += 1
+            if st.kind is ALIVE:
+                self._on_alive(now, st.incarnation, st.meta, st.proof)
+            else:
+                self._on_dead(now, st.incarnation, st.meta.name, st.meta.name, st.meta, st.proof)
+
     # -- member table ------------------------------------------------------------------------
 
     def _set(self, m: Member) -> None:
@@ -185,7 +239,8 @@ class MemberTable:
         name = m.meta.name
         if name == self._name:
             self._proofs[name] = self._auth.prove(ALIVE, m.incarnation, m.meta)
-        self._enqueue(name, Alive(m.incarnation, m.meta, self._proof_of(name)))
+        self._enqueue(name, Alive(m.incarnation, m.meta,
+                                  self._auth.for_gossip(self._proof_of(name))))
 
     def _proof_of(self, name: str) -> bytes:
         proof = self._proofs.get(name)
@@ -195,6 +250,12 @@ class MemberTable:
         reason = self._auth.verify(kind, inc, meta, proof)
         if reason is None:
             return True
+        if reason == UNKNOWN_CERT:
+            ref = self._auth.reference(meta, proof)
+            if ref is not None:  # else the authenticator broke its word: nothing to fetch
+                self.stats["unknown_cert"] += 1
+                self._certs.miss(Statement(kind, inc, meta, proof, ref), self._source)
+                return False
         self.refused[reason] += 1
         self._refusals.append(Refusal(meta.name, reason, kind, inc, now))
         return False
@@ -231,7 +292,7 @@ class MemberTable:
         if old is None:
             if not self._verified(now, ALIVE, inc, meta, proof):
                 return
-            self._proofs[name] = proof
+            self._proofs[name] = self._auth.for_state(meta, proof)
             self._set(Member(meta, ALIVE, inc, now))
             self._broadcast_alive(self._members[name])
             self._emit(EventKind.JOINED, name, now)
@@ -241,7 +302,7 @@ class MemberTable:
         if (inc <= old.incarnation and not reclaimable) or not self._verified(
                 now, ALIVE, inc, meta, proof):
             return
-        self._proofs[name] = proof
+        self._proofs[name] = self._auth.for_state(meta, proof)
         self._suspicions.pop(name, None)
         self._set(Member(meta, ALIVE, inc, now if old.state is not ALIVE else old.since))
         self._broadcast_alive(self._members[name])
@@ -300,9 +361,9 @@ class MemberTable:
         self._suspicions.pop(name, None)
         if left:
             assert meta is not None
-            self._proofs[name] = proof
+            self._proofs[name] = self._auth.for_state(meta, proof)
             self._set(Member(meta, LEFT, inc, now))
-            self._enqueue(name, Dead(inc, name, name, meta, proof))
+            self._enqueue(name, Dead(inc, name, name, meta, self._auth.for_gossip(proof)))
         else:
             self._set(Member(old.meta, DEAD, inc, now))
             self._enqueue(name, Dead(inc, name, source))
@@ -328,3 +389,15 @@ class MemberTable:
                 if len(chosen) >= k:
                     break
         return list(chosen.values())
+
+    def _reap(self, now: float, names: list[str]) -> None:
+        gone = set(names)
+        for name in names:
+            m = self._members.pop(name)
+            self._proofs.pop(name, None)
+            self._gone.pop(name, None)
+            self._queue.discard(name)
+            self._events.append(MemberEvent(EventKind.REAPED, m, now))
+        self._probe_list = [n for n in self._probe_list if n not in gone]
+        self._probe_index = min(self._probe_index, len(self._probe_list))
+        self._version += 1

@@ -70,6 +70,11 @@ class MemoryTransport:
         """Serve requests of ``kind`` with ``handler``."""
         self._handlers[kind] = handler
 
+    def tcp_address_of(self, udp: Address) -> Address:
+        """The TCP address of the node at UDP ``udp``."""
+        node = self.network.by_udp.get(udp)
+        return udp if node is None else node.tcp_address
+
     async def send_datagram(self, addr: Address, plaintext: bytes, purpose: int = 0) -> None:
         """Deliver to the node at ``addr`` unless cut, unknown or its queue is full."""
         if len(plaintext) > MAX_PLAINTEXT:

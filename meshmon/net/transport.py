@@ -195,6 +195,8 @@ class MeshTransport:
         self._client_ctx: tuple[int, ssl.SSLContext] | None = None
         self.udp_address: Address = (self.config.host, self.config.udp_port)
         self.tcp_address: Address = (self.config.host, self.config.tcp_port or 0)
+        self.on_peer_cert: Callable[[bytes], None] = lambda der: None
+        """Called with the certificate (DER) of every mTLS peer, either direction."""
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -208,9 +210,20 @@ class MeshTransport:
         """Serve requests of ``kind`` with ``handler`` (replaces an earlier one)."""
         self._handlers[kind] = handler
 
-    def learn_peer(self, udp: Address, tcp: Address) -> None:
-        """Tell the transport the TCP address of the node at UDP ``udp`` (e.g. from gossip)."""
+    def learn_peer(self, udp: Address, tcp: Address, name: str | None = None) -> None:
+        """Tell the transport the TCP address of the node at UDP ``udp`` (e.g. from gossip).
+
+        With ``name`` (from a member's proven announcement): if an mTLS stream with that node
+        already taught both ends each other's certificate (a join's push-pull, a certificate
+        fetch), datagrams to ``udp`` are sealed for it at once, without a ``hello``.
+        """
         self._tcp_of[udp] = tcp
+        if name is not None and udp not in self._name_of and self.keyring.peer(name) is not None:
+            self._name_of[udp] = name
+
+    def tcp_address_of(self, udp: Address) -> Address:
+        """The TCP address of the node at UDP ``udp`` (learned from ``hello``, or the same)."""
+        return self._tcp_of.get(udp, udp)
 
     def name_at(self, udp: Address) -> str | None:
         """The node whose sealed datagrams came from UDP address ``udp``, if any did."""
@@ -418,6 +431,7 @@ class MeshTransport:
     def _learn_cert(self, conn: MtlsStream) -> None:
         der = conn.stream.getpeercert(binary_form=True)
         if der:
+            self.on_peer_cert(der)
             try:
                 self.keyring.add_peer(der, time.time())
             except pki.CertificateError as exc:  # TLS accepted it, but e.g. it has no P-256 key

@@ -170,6 +170,7 @@ class Simulation:
         snapshot = {m.name: Member(m, State.ALIVE, 0, self.now) for m in metas}
         for meta in metas:
             self.identities.certify(meta.name, meta.tags)
+        self.identities.warm_up([m.name for m in metas])
         proofs = {m.name: self.identities.authenticator(m.name).prove(State.ALIVE, 0, m)
                   for m in metas}
         for meta in metas:
@@ -310,7 +311,10 @@ class Simulation:
     def _stream(self, node: SimNode, request: StreamRequest) -> None:
         link = self.link
         rtt = 2 * link.delay + self.rng.random() * link.jitter * 2
-        peer = self._tcp.get(request.addr)
+        if request.kind is StreamKind.CERTS:  # addressed by the UDP source of a datagram
+            peer = self._udp.get(request.addr)
+        else:
+            peer = self._tcp.get(request.addr)
         reachable = (peer is not None and peer.alive
                      and (node.group, peer.group) not in link.blocked
                      and (peer.group, node.group) not in link.blocked)
@@ -322,6 +326,15 @@ class Simulation:
         stall = link.starved.get(peer.name)
         if stall:
             rtt += self.rng.random() * stall  # a starved peer answers late
+        if request.kind is StreamKind.CERTS:
+            try:
+                answer: bytes | None = peer.core.certificates(request.payload)
+            except MalformedMessage:
+                self.malformed += 1
+                answer = None
+            self._push(self.now + 2 * rtt, _STREAM, node, (request.token, answer is not None,
+                                                            answer))
+            return
         if request.kind is StreamKind.PING:
             ok = request.node is None or peer.core.answers_to(request.node)
             self._push(self.now + 2 * rtt, _STREAM, node, (request.token, ok, None))
