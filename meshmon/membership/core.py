@@ -59,6 +59,7 @@ from meshmon.membership.messages import (
     UserData,
     UserNotice,
 )
+from meshmon.membership.rounds import ProbeRound, Relay
 from meshmon.membership.state import (
     ALIVE,
     DEAD,
@@ -78,32 +79,6 @@ _RELAY_NACK_FRACTION = 0.8
 _PROVEN = (ALIVE, LEFT)  # states whose push-pull entries carry the member's own proof
 
 
-class _Probe:
-    __slots__ = ("end_at", "expected_nacks", "indirect", "nacks", "seq", "target", "tcp_ok",
-                 "tcp_token", "timeout_at")
-
-    def __init__(self, seq: int, target: Member, timeout_at: float, end_at: float) -> None:
-        self.seq = seq
-        self.target = target
-        self.timeout_at = timeout_at
-        self.end_at = end_at
-        self.indirect = False
-        self.expected_nacks = 0
-        self.nacks = 0
-        self.tcp_token = -1
-        self.tcp_ok = False
-
-
-class _Relay:
-    __slots__ = ("deadline", "nack", "requester", "seq")
-
-    def __init__(self, seq: int, requester: Addr, nack: bool, deadline: float) -> None:
-        self.seq = seq
-        self.requester = requester
-        self.nack = nack
-        self.deadline = deadline
-
-
 class Membership(MemberTable):
     """One node's membership protocol state machine (see the package docstring for its use).
 
@@ -121,8 +96,8 @@ class Membership(MemberTable):
                  now: float, *, incarnation: int = 0, auth: Authenticator | None = None) -> None:
         super().__init__(config, local, rng, now, incarnation, auth)
         self._seq = 0
-        self._probe: _Probe | None = None
-        self._relays: dict[int, _Relay] = {}
+        self._probe: ProbeRound | None = None
+        self._relays: dict[int, Relay] = {}
         self._streams: dict[int, tuple[StreamRequest, str | None]] = {}
         self._seeds: tuple[Addr, ...] = ()
         self._user: dict[str, tuple[int, bytes]] = {}
@@ -394,7 +369,7 @@ class Membership(MemberTable):
         # The requester asked us probe_timeout into its probe interval and gives up at the end
         # of it; nack a little before then so that the nack still counts (Lifeguard).
         deadline = now + _RELAY_NACK_FRACTION * self.config.probe_timeout
-        self._relays[self._seq] = _Relay(msg.seq, src, msg.nack, deadline)
+        self._relays[self._seq] = Relay(msg.seq, src, msg.nack, deadline)
         heapq.heappush(self._timers, (deadline, self._seq, T_RELAY, self._seq))
         self._send(msg.target_addr, [codec.encode_message(Ping(self._seq, msg.target,
                                                                 self._name))])
@@ -522,7 +497,7 @@ class Membership(MemberTable):
             return
         self._seq += 1
         timeout = timing.scale_by_awareness(cfg.probe_timeout, self._awareness)
-        self._probe = _Probe(self._seq, target, now + timeout, now + interval)
+        self._probe = ProbeRound(self._seq, target, now + timeout, now + interval)
         primary = [codec.encode_message(Ping(self._seq, target.meta.name, self._name))]
         if target.state is SUSPECT and cfg.lifeguard:  # the buddy rule: tell it, so it refutes
             primary.append(codec.encode_message(Suspect(target.incarnation, target.meta.name,
@@ -530,7 +505,7 @@ class Membership(MemberTable):
         self.stats["probes"] += 1
         self._send(target.meta.udp_addr, primary)
 
-    def _probe_indirect(self, now: float, probe: _Probe) -> None:
+    def _probe_indirect(self, now: float, probe: ProbeRound) -> None:
         cfg = self.config
         probe.indirect = True
         target = probe.target.meta
@@ -545,7 +520,7 @@ class Membership(MemberTable):
                                                    target.name, join=False,
                                                    deadline=probe.end_at)
 
-    def _probe_end(self, now: float, probe: _Probe) -> None:
+    def _probe_end(self, now: float, probe: ProbeRound) -> None:
         self._probe = None
         if probe.tcp_ok:
             self.stats["tcp_fallback_ok"] += 1  # UDP is broken on some path; don't flap
