@@ -259,7 +259,8 @@ def run_demo(directory: Path, count: int) -> None:
     console.print(f"meshmon demo: {count} agents; CA, configs and logs in {directory}/")
     procs: list[subprocess.Popen[bytes]] = []
     started = time.time()
-    signal.signal(signal.SIGTERM, _interrupt)  # a plain kill stops the agents too
+    signal.signal(signal.SIGTERM, _interrupt)  # a plain kill stops the agents too,
+    signal.signal(signal.SIGHUP, _interrupt)  # and so does closing the terminal
     try:
         with web_service():
             sockets = {c.parent.name: c.parent / "data" / "control.sock" for c in configs}
