@@ -45,12 +45,15 @@ round into one frame), against ~314 in version 1: a MiB holds ~20,000 results.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from array import array
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from operator import and_, sub
+
+from meshmon.store.index import frame_mask
 
 MAGIC = b"\xe5MB\x1f"
 """Starts every version-2 frame (differs from version 1's, so the two never mix up)."""
@@ -246,10 +249,22 @@ class Skipped:
 
 @dataclass
 class Scan:
-    """What :func:`scan` found in a version-2 segment body."""
+    """What :func:`scan` found in a version-2 segment body: one entry per kept batch frame,
+    and, if asked for, one per record."""
 
+    fpos: list[int] = field(default_factory=list)
+    """Per frame: its offset."""
+    fseq: list[int] = field(default_factory=list)
+    fcount: list[int] = field(default_factory=list)
+    flo: list[float] = field(default_factory=list)
+    """Per frame: its oldest and newest timestamp (NaNs ignored; -inf/inf if all NaN)."""
+    fhi: list[float] = field(default_factory=list)
+    fmask: list[int] = field(default_factory=list)
+    """Per frame: the filter of its segment-local series ids (:func:`index.frame_mask`)."""
+    last_of: dict[int, int] = field(default_factory=dict)
+    """Seq of the newest record of each segment-local series id."""
     offsets: list[int] = field(default_factory=list)
-    """Per record: the offset of its frame."""
+    """Per record (only with ``records=True``): the offset of its frame."""
     seqs: list[int] = field(default_factory=list)
     tss: list[float] = field(default_factory=list)
     keys: list[bytes] = field(default_factory=list)
@@ -263,18 +278,25 @@ class Scan:
     """Segment-local series id of each key defined in the segment."""
     last_seq: int = 0
     """Newest seq of any checksummed frame, kept or skipped: never to be given out again."""
+    records: bool = True
+    """Fill the per-record lists too (tests and tools; recovery indexes frames only)."""
+    holes: bool = False
+    """Some local ids below the highest defined one are undefined (a defining frame lost)."""
 
 
-def scan(buf: bytes, start: int, prev_seq: int, max_body: int) -> Scan:
+def scan(buf: bytes, start: int, prev_seq: int, max_body: int, records: bool = True) -> Scan:
     """Find every valid frame in ``buf[start:]``, resynchronising past corrupt ones.
+
+    Only frame headers and the ``meta`` part of batch frames are inflated, never payloads.
 
     Args:
         buf: the whole segment file.
         start: where frames begin (after the file header, or 0 when the header is bad).
         prev_seq: the last seq seen before this segment; records must be above it.
         max_body: largest plausible ``body_len`` (the segment size).
+        records: also list every record (``offsets``, ``seqs``, ``tss``, ``keys``).
     """
-    out = Scan(valid_end=start)
+    out = Scan(valid_end=start, records=records)
     keys: dict[int, bytes] = {}
     end = len(buf)
     pos = start
@@ -321,14 +343,24 @@ def _take_batch(buf: bytes, h: Head, out: Scan, keys: dict[int, bytes]) -> str:
                    strict=True))  # fmt: skip
     if any(keys.get(i, k) != k for i, k in new.items()):
         return "batch frame redefines a series id"
-    keys.update(new)
-    try:
-        rec_keys = list(map(keys.__getitem__, meta.sids))
-    except KeyError:
+    if new:
+        keys.update(new)
+        out.holes = max(keys) + 1 != len(keys)
+    sids = meta.sids
+    if max(sids) not in keys or (out.holes and not set(sids).issubset(keys)):
         return "batch frame names a series id that this segment never defined"
-    n = h.count
-    out.offsets.extend(repeat(h.pos, n))
-    out.seqs.extend(range(h.seq0, h.seq0 + n))
-    out.tss.extend(meta.tss)
-    out.keys.extend(rec_keys)
+    n, seq0, tss = h.count, h.seq0, meta.tss
+    lo, hi = min(tss), max(tss)
+    out.fpos.append(h.pos)
+    out.fseq.append(seq0)
+    out.fcount.append(n)
+    out.flo.append(-math.inf if lo != lo else lo)  # NaN: never matches a time, bounds nothing
+    out.fhi.append(math.inf if hi != hi else hi)
+    out.fmask.append(frame_mask(sids))
+    out.last_of.update(zip(sids, range(seq0, seq0 + n), strict=True))
+    if out.records:
+        out.offsets.extend(repeat(h.pos, n))
+        out.seqs.extend(range(seq0, seq0 + n))
+        out.tss.extend(tss)
+        out.keys.extend(map(keys.__getitem__, sids))
     return ""

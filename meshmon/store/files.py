@@ -28,14 +28,14 @@ import logging
 import os
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from itertools import accumulate, repeat
+from itertools import accumulate
 from pathlib import Path
 
 from meshmon.config import StoreConfig
 from meshmon.store import batch
 from meshmon.store.errors import StoreError
 from meshmon.store.format import FILE_HEADER_SIZE, FILE_VERSION, encode_file_header
-from meshmon.store.index import TimeIndex
+from meshmon.store.index import frame_mask
 from meshmon.store.segment import Segment, segment_name
 
 log = logging.getLogger("meshmon.store")
@@ -47,20 +47,14 @@ class SegmentFiles:
     Args:
         directory: the store directory.
         config: segment and ring sizes, fsync policy.
-        times: the time index, fed as records are written.
         on_drop: called with each segment just before the ring deletes it.
     """
 
     def __init__(
-        self,
-        directory: Path,
-        config: StoreConfig,
-        times: TimeIndex,
-        on_drop: Callable[[Segment], None],
+        self, directory: Path, config: StoreConfig, on_drop: Callable[[Segment], None]
     ) -> None:
         self.directory = directory
         self.config = config
-        self.times = times
         self.on_drop = on_drop
         self.segments: list[Segment] = []
         self.bases: list[int] = []
@@ -81,7 +75,7 @@ class SegmentFiles:
     def add(self, seg: Segment) -> None:
         """Append a loaded or new segment."""
         self.segments.append(seg)
-        self.bases.append(seg.seq_at(0) if seg.count else seg.first_seq)
+        self.bases.append(seg.base_seq if seg.count else seg.first_seq)
         self.bytes += seg.size
 
     def open_active(self, next_seq: int) -> None:
@@ -148,15 +142,15 @@ class SegmentFiles:
                     parts.append(batch.encode_dict(seq0 + i, sample))
                 used = len(parts[0]) if parts else 0
                 j = i
-                offs: list[int] = []
+                made: list[tuple[int, int, int, int]] = []  # (pos, start, end, mask)
                 for k in ends:
                     if k <= j:
                         continue
-                    frame = encode_for(key_ids, zdict, seq0 + j, tss[j:k], keys[j:k],
-                                       payloads[j:k])  # fmt: skip
+                    frame, ids = encode_for(key_ids, zdict, seq0 + j, tss[j:k], keys[j:k],
+                                            payloads[j:k])  # fmt: skip
                     if used + len(frame) > room:
                         break
-                    offs.extend(repeat(seg.size + used, k - j))
+                    made.append((seg.size + used, j, k, frame_mask(ids)))
                     parts.append(frame)
                     used += len(frame)
                     j = k
@@ -170,14 +164,15 @@ class SegmentFiles:
                 if zdict is not None:
                     seg.dict_id = zid
                     seg.dicts[zid] = zdict
+                if len(key_ids) > len(seg.key_ids):  # series new to the segment: map them
+                    by_key = dict(zip(keys[i:j], sids[i:j], strict=True))
+                    seg.gids.extend(map(by_key.__getitem__, keys_from(key_ids, len(seg.gids))))
                 seg.key_ids = key_ids
-                seg.offs.extend(offs)
-                chunk_ts = tss[i:j]
-                seg.tss.extend(chunk_ts)
-                seg.sids.extend(sids[i:j])
+                for pos, a, b, mask in made:
+                    chunk = tss[a:b]
+                    seg.add_frame(pos, seq0 + a, b - a, min(chunk), max(chunk), mask)
                 seg.size += used
                 self.bytes += used
-                self.times.add(range(seq0 + i, seq0 + j), chunk_ts)
                 self.recent = (keys[max(i, j - 64) : j], payloads[max(i, j - 64) : j])
                 i = j
         except OSError as exc:
@@ -227,7 +222,8 @@ class SegmentFiles:
             else:
                 self.pending_fds.append(self.wfd)
             self.wfd = None
-        self.times.seal()
+        if self.segments:
+            self.segments[-1].seal()
         while self.segments and self.bytes + self.config.segment_bytes > self.config.max_bytes:
             self._drop_oldest()
         path = self.directory / segment_name(first_seq)
@@ -297,17 +293,18 @@ def _chunk_ends(payloads: Sequence[bytes], target: int) -> list[int]:
 def encode_for(
     key_ids: dict[bytes, int], zdict: bytes | None, seq0: int, tss: tuple[float, ...],
     keys: list[bytes], payloads: tuple[bytes, ...],
-) -> bytes:  # fmt: skip
+) -> tuple[bytes, list[int]]:  # fmt: skip
     """A batch frame of these records for a segment whose series ids are ``key_ids`` (keys
-    new to it are added) and whose dictionary is ``zdict``."""
+    new to it are added) and whose dictionary is ``zdict``, and the records' local ids."""
     ids = list(map(key_ids.get, keys))
     base = len(key_ids)
     if None in ids:
         for x, key in enumerate(keys):
             if ids[x] is None:
                 ids[x] = key_ids.setdefault(key, len(key_ids))
-    return batch.encode_batch(seq0, tss, ids, base, keys_from(key_ids, base), payloads,  # type: ignore[arg-type]
-                              zdict)  # fmt: skip
+    frame = batch.encode_batch(seq0, tss, ids, base, keys_from(key_ids, base), payloads,  # type: ignore[arg-type]
+                               zdict)  # fmt: skip
+    return frame, ids  # type: ignore[return-value]
 
 
 def keys_from(key_ids: dict[bytes, int], base: int) -> list[bytes]:
