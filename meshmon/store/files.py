@@ -26,16 +26,17 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 from pathlib import Path
 
 from meshmon.config import StoreConfig
-from meshmon.store import batch
+from meshmon.store import batch, sidecar
 from meshmon.store.errors import StoreError
 from meshmon.store.format import FILE_HEADER_SIZE, FILE_VERSION, encode_file_header
-from meshmon.store.index import frame_mask
+from meshmon.store.index import NO_SERIES, SeriesTable, frame_mask
 from meshmon.store.segment import Segment, segment_name
 
 log = logging.getLogger("meshmon.store")
@@ -47,13 +48,16 @@ class SegmentFiles:
     Args:
         directory: the store directory.
         config: segment and ring sizes, fsync policy.
+        series: the store's series table (whose keys saved indexes name).
         on_drop: called with each segment just before the ring deletes it.
     """
 
     def __init__(
-        self, directory: Path, config: StoreConfig, on_drop: Callable[[Segment], None]
-    ) -> None:
+        self, directory: Path, config: StoreConfig, series: SeriesTable,
+        on_drop: Callable[[Segment], None],
+    ) -> None:  # fmt: skip
         self.directory = directory
+        self.series = series
         self.config = config
         self.on_drop = on_drop
         self.segments: list[Segment] = []
@@ -87,10 +91,15 @@ class SegmentFiles:
         """
         active = self.segments[-1] if self.segments else None
         if (active is not None and active.clean and active.version == FILE_VERSION
+                and NO_SERIES not in active.gids
                 and active.last_seq == next_seq - 1
                 and (active.count or active.first_seq == next_seq)
                 and active.size + batch.OVERHEAD < self.config.segment_bytes):  # fmt: skip
             self.wfd = os.open(active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            sidecar.remove(active.path)  # it grows: a saved index would be stale
+            active.saved = False
+            keys = self.series.keys
+            active.key_ids = {keys[g]: lid for lid, g in enumerate(active.gids)}
         else:
             self.roll(next_seq)
 
@@ -103,6 +112,7 @@ class SegmentFiles:
                 self.bytes -= seg.size
                 seg.close()
                 seg.path.unlink(missing_ok=True)
+                sidecar.remove(seg.path)
                 self.dir_dirty = True
 
     def max_record(self) -> int:
@@ -142,7 +152,7 @@ class SegmentFiles:
                     parts.append(batch.encode_dict(seq0 + i, sample))
                 used = len(parts[0]) if parts else 0
                 j = i
-                made: list[tuple[int, int, int, int]] = []  # (pos, start, end, mask)
+                made: list[tuple[int, int, list[int], int]] = []  # (pos, start, ids, mask)
                 for k in ends:
                     if k <= j:
                         continue
@@ -150,7 +160,7 @@ class SegmentFiles:
                                             payloads[j:k])  # fmt: skip
                     if used + len(frame) > room:
                         break
-                    made.append((seg.size + used, j, k, frame_mask(ids)))
+                    made.append((seg.size + used, j, ids, frame_mask(ids)))
                     parts.append(frame)
                     used += len(frame)
                     j = k
@@ -160,7 +170,9 @@ class SegmentFiles:
                                          "store.segment_bytes")  # fmt: skip
                     self.roll(seq0 + i)
                     continue
-                self._write(memoryview(b"".join(parts)))
+                data = b"".join(parts)
+                self._write(memoryview(data))
+                seg.crc = zlib.crc32(data, seg.crc)
                 if zdict is not None:
                     seg.dict_id = zid
                     seg.dicts[zid] = zdict
@@ -168,9 +180,9 @@ class SegmentFiles:
                     by_key = dict(zip(keys[i:j], sids[i:j], strict=True))
                     seg.gids.extend(map(by_key.__getitem__, keys_from(key_ids, len(seg.gids))))
                 seg.key_ids = key_ids
-                for pos, a, b, mask in made:
-                    chunk = tss[a:b]
-                    seg.add_frame(pos, seq0 + a, b - a, min(chunk), max(chunk), mask)
+                for pos, a, ids, mask in made:
+                    chunk = tss[a : a + len(ids)]
+                    seg.add_frame(pos, seq0 + a, ids, min(chunk), max(chunk), mask)
                 seg.size += used
                 self.bytes += used
                 self.recent = (keys[max(i, j - 64) : j], payloads[max(i, j - 64) : j])
@@ -223,7 +235,7 @@ class SegmentFiles:
                 self.pending_fds.append(self.wfd)
             self.wfd = None
         if self.segments:
-            self.segments[-1].seal()
+            self.seal(self.segments[-1])
         while self.segments and self.bytes + self.config.segment_bytes > self.config.max_bytes:
             self._drop_oldest()
         path = self.directory / segment_name(first_seq)
@@ -247,6 +259,7 @@ class SegmentFiles:
             raise
         self.wfd = fd
         seg.size = len(header)
+        seg.crc = zlib.crc32(header)
         if zdict:
             seg.dict_id = batch.dict_id(zdict)
             seg.dicts[seg.dict_id] = zdict
@@ -262,7 +275,16 @@ class SegmentFiles:
         self.dropped_records += seg.count
         seg.close()
         seg.path.unlink(missing_ok=True)
+        sidecar.remove(seg.path)
         self.dir_dirty = True
+
+    def seal(self, seg: Segment) -> None:
+        """``seg`` will not be written again: trim its index and save it (version 2, when
+        nothing was skipped in it)."""
+        seg.seal()
+        if seg.version == FILE_VERSION and seg.clean and seg.count and not seg.saved:
+            sidecar.save(seg, self.series.keys)
+            seg.saved = True
 
     def close(self) -> None:
         """Close every handle (after a final sync)."""

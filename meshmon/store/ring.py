@@ -117,7 +117,7 @@ class RingStore:
         self._cursor_io = threading.Lock()
         """Held from snapshotting a cursor to its file being written: files never go back."""
         self.series = SeriesTable()
-        self.files = SegmentFiles(self.directory, self.config, self._forget)
+        self.files = SegmentFiles(self.directory, self.config, self.series, self._forget)
         self.segments = self.files.segments
         self._reader = Reader(self.segments, self.files.bases, self.series)
         self._writing: list[int] = []
@@ -173,7 +173,7 @@ class RingStore:
             self.outages.begin(exc, self._next_seq)
         self.files.drop_empty_sealed()
         for seg in self.segments[:-1]:
-            seg.seal()
+            self.files.seal(seg)  # and save the index of one that had to be scanned
         self.cursors.reconcile(self.oldest_seq or self._next_seq)
         try:
             self.sync()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import zlib
 from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from itertools import accumulate, repeat
 from operator import add, and_, rshift, sub
 from pathlib import Path
 
-from meshmon.store import batch
+from meshmon.store import batch, sidecar
 from meshmon.store.errors import StoreError
 from meshmon.store.format import (
     FILE_HEADER_SIZE,
@@ -105,12 +106,27 @@ class Segment:
         """Newest seq found in the file, also of records recovery could not keep."""
         self.key_ids: dict[bytes, int] = {}
         """Segment-local id of each series key defined in it; kept only while it is written."""
+        self.lasts: array[int] = array("Q")
+        """Seq of the newest record of each segment-local series (for the saved index)."""
+        self.crc = 0
+        """CRC-32 of the file's valid bytes (version 2), kept up as frames are written."""
+        self.saved = False
+        """Its frame index is saved (:mod:`meshmon.store.sidecar`) and matches it."""
         self._fd: int | None = None
 
     # --- growing ---------------------------------------------------------------------------
 
-    def add_frame(self, pos: int, seq0: int, n: int, lo: float, hi: float, mask: int) -> None:
-        """Index a frame just written: records ``seq0 ..`` with timestamps in ``[lo, hi]``."""
+    def add_frame(
+        self, pos: int, seq0: int, lids: list[int], lo: float, hi: float, mask: int
+    ) -> None:
+        """Index a frame just written: records ``seq0 ..`` of segment-local series ``lids``,
+        with timestamps in ``[lo, hi]``."""
+        n = len(lids)
+        lasts = self.lasts
+        if len(lasts) < len(self.gids):
+            lasts.frombytes(bytes(8 * (len(self.gids) - len(lasts))))
+        for _ in map(lasts.__setitem__, lids, range(seq0, seq0 + n)):
+            pass
         if not self.fpos:
             self.base_seq, self.tbase = seq0, lo if math.isfinite(lo) else 0.0
         rel = seq0 - self.base_seq
@@ -158,7 +174,7 @@ class Segment:
 
     def seal(self) -> None:
         """No more frames: trim the arrays to their size and forget the key table."""
-        for name in ("fpos", "fseq", "fcount", "hi_run", "lo_run", "mlo", "mhi", "gids"):
+        for name in ("fpos", "fseq", "fcount", "hi_run", "lo_run", "mlo", "mhi", "gids", "lasts"):
             setattr(self, name, getattr(self, name)[:])
         self.key_ids = {}
 
@@ -242,7 +258,7 @@ class Segment:
     def index_bytes(self) -> int:
         """Memory held by the packed arrays."""
         arrays = (self.fpos, self.fseq, self.fcount, self.hi_run, self.lo_run, self.mlo,
-                  self.mhi, self.gids)  # fmt: skip
+                  self.mhi, self.gids, self.lasts)  # fmt: skip
         return sum(a.buffer_info()[1] * a.itemsize for a in arrays)
 
 
@@ -287,6 +303,11 @@ def load_segment(
     except ValueError as exc:
         start, header_ok = 0, False
         report.problems.append(f"bad file header: {exc}; scanning the whole file for records")
+    if header_ok and version == 2:
+        seg = Segment(path, first_seq, len(data))
+        if sidecar.load(seg, data, series):
+            report.records = seg.count
+            return seg, report
     res: batch.Scan | ScanResult
     if version != 1:  # version 2, or unknown (bad header): try 2 first, the usual one
         res = batch.scan(data, start, prev_seq, max_body, records=False)
@@ -298,6 +319,7 @@ def load_segment(
     if isinstance(res, batch.Scan):
         seg.dicts, seg.dict_id, seg.key_ids = res.dicts, res.last_dict, res.key_ids
         seg.seen_seq = res.last_seq
+        seg.crc = zlib.crc32(memoryview(data)[: res.valid_end])
         n = sum(res.fcount)
     else:
         n = len(res.seqs)
@@ -322,7 +344,7 @@ def load_segment(
     return seg, report
 
 
-def _global_id(series: SeriesTable, key: bytes) -> int:
+def global_id(series: SeriesTable, key: bytes) -> int:
     sid = series.by_key.get(key)
     if sid is None:
         try:
@@ -335,12 +357,15 @@ def _global_id(series: SeriesTable, key: bytes) -> int:
 
 def _index_v2(seg: Segment, res: batch.Scan, series: SeriesTable) -> None:
     gids = [NO_SERIES] * (max(res.key_ids.values()) + 1)
+    lasts = [0] * len(gids)
     for key, lid in res.key_ids.items():
         last = res.last_of.get(lid)
         if last is not None:  # a series defined here whose records were all lost is not one
-            gids[lid] = sid = _global_id(series, key)
+            gids[lid] = sid = global_id(series, key)
+            lasts[lid] = last
             series.raise_latest(sid, last)
     seg.gids = array("I", gids)
+    seg.lasts = array("Q", lasts)
     seg.set_frames(res)
 
 
@@ -349,7 +374,7 @@ def _index_v1(seg: Segment, res: ScanResult, series: SeriesTable) -> None:
     local: dict[int, int] = {}
     lids = []
     for seq, key in zip(res.seqs, res.keys, strict=True):
-        sid = _global_id(series, key)
+        sid = global_id(series, key)
         series.raise_latest(sid, seq)
         lids.append(local.setdefault(sid, len(local)))
     seg.gids = array("I", local)
