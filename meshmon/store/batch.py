@@ -49,9 +49,11 @@ import math
 import struct
 import zlib
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from operator import and_, sub
+from typing import Literal
 
 from meshmon.store.index import frame_mask
 
@@ -187,6 +189,16 @@ def _inflater(h: Head, dicts: dict[int, bytes]) -> zlib._Decompress | None:
 def decode_meta(buf: bytes | memoryview, h: Head, dicts: dict[int, bytes]) -> Meta | None:
     """Inflate and parse the meta of a verified batch frame; ``None`` if it does not hold
     together (unknown dictionary, bad stream, lengths that disagree)."""
+    opened = open_meta(buf, h, dicts)
+    return opened[0] if opened else None
+
+
+def open_meta(
+    buf: bytes | memoryview, h: Head, dicts: dict[int, bytes], only: Sequence[int] = ()
+) -> tuple[Meta, zlib._Decompress] | Literal[False] | None:
+    """:func:`decode_meta`, and the inflater, ready to go on with the payloads
+    (:func:`first_payloads`); ``False`` if ``only`` (segment-local series ids) is given and the
+    frame holds none of them, found before the rest of the meta is parsed."""
     inflater = _inflater(h, dicts)
     if inflater is None or h.meta_len < META_HEAD.size:
         return None
@@ -206,16 +218,33 @@ def decode_meta(buf: bytes | memoryview, h: Head, dicts: dict[int, bytes]) -> Me
     sid_size = 4 if h.flags & WIDE_SIDS else 2
     if pos + sum(klens) + n * (8 + sid_size + 4) != len(meta):
         return None
+    at = pos + sum(klens) + 8 * n
+    sids = array("I" if sid_size == 4 else "H", meta[at : at + sid_size * n])
+    if only and not any(map(sids.__contains__, only)):
+        return False
     defs = []
     for klen in klens:
         defs.append(meta[pos : pos + klen])
         pos += klen
     bits = array("Q", map(and_, accumulate(array("Q", meta[pos : pos + 8 * n])), repeat(MASK)))
     tss = array("d", bits.tobytes())
-    pos += 8 * n
-    sids = array("I" if sid_size == 4 else "H", meta[pos : pos + sid_size * n])
-    pos += sid_size * n
-    return Meta(def_base, defs, tss, sids, array("I", meta[pos:]))
+    pos += 8 * n + sid_size * n
+    return Meta(def_base, defs, tss, sids, array("I", meta[pos:])), inflater
+
+
+def first_payloads(meta: Meta, inflater: zlib._Decompress, n: int) -> list[bytes] | None:
+    """The payloads of a frame's first ``n`` records, inflating no further, from the inflater
+    :func:`open_meta` left; ``None`` if the stream ends early or is bad."""
+    plens = meta.plens[:n]
+    need = sum(plens)
+    try:
+        raw = inflater.decompress(inflater.unconsumed_tail, need) if need else b""
+    except zlib.error:
+        return None
+    if len(raw) != need:
+        return None
+    ends = list(accumulate(plens, initial=0))
+    return list(map(raw.__getitem__, map(slice, ends[:-1], ends[1:])))
 
 
 def decode_payloads(

@@ -36,7 +36,7 @@ from meshmon.config import StoreConfig
 from meshmon.store import batch, sidecar
 from meshmon.store.errors import StoreError
 from meshmon.store.format import FILE_HEADER_SIZE, FILE_VERSION, encode_file_header
-from meshmon.store.index import NO_SERIES, SeriesTable, frame_mask
+from meshmon.store.index import NO_SERIES, SeriesTable, filter_words, frame_mask
 from meshmon.store.segment import Segment, segment_name
 
 log = logging.getLogger("meshmon.store")
@@ -246,6 +246,9 @@ class SegmentFiles:
             raise StoreError(f"segment {path} already exists; the store directory was changed "
                              "behind the agent's back; restart the agent") from None
         seg = Segment(path, first_seq, FILE_HEADER_SIZE)
+        prev = self.segments[-1] if self.segments else None
+        if prev is not None and prev.frames:  # frames come as the last segment's came
+            seg.set_words(filter_words(prev.count / prev.frames))
         header = encode_file_header(first_seq)
         zdict = self.sample
         if zdict:

@@ -15,10 +15,11 @@ record at the agent's batch sizes instead of ~24.
   every series whose newest record was in it has no record left and is forgotten (its id is
   recycled). A frame names its records' series by *segment-local* ids
   (:mod:`meshmon.store.batch`); each segment maps its local ids to these global ones.
-* **Frame filters.** Each frame carries a 128-bit Bloom filter of the segment-local series ids
-  it holds (two bits per id, :func:`local_mask`). A query for one series, or a few, skips
-  every frame whose filter lacks them; false positives (~7% at 20 series a frame, ~30% at 50)
-  only cost a look at that frame's columns, never a wrong answer.
+* **Frame filters.** Each frame carries a Bloom filter of the segment-local series ids it
+  holds (two bits per id, :func:`local_mask`), 128, 256 or 512 bits wide depending on the
+  segment's frame sizes (:func:`filter_words`). A query for one series, or a few, skips every
+  frame whose filter lacks them; false positives (at most ~16% up to 128 records a frame) only
+  cost a look at that frame's column part, never a wrong answer.
 * **Time bounds.** Per frame, the store keeps the running maximum of the frames' newest
   timestamps and the running minimum (from the end) of their oldest, relative to the segment's
   first timestamp, as float32 rounded outwards (:func:`f32_down`, :func:`f32_up`). Both
@@ -45,8 +46,13 @@ _MASKS: list[int] = []
 """Filter bits of each segment-local id, grown on demand (ids are dense, a few thousand)."""
 
 
+FILTER_BITS = 512
+"""Width at which filters are computed; a segment stores them folded to 128, 256 or 512 bits
+(:func:`filter_words`), since folding a Bloom filter in half is taking its bits modulo half."""
+
+
 def local_mask(lid: int) -> int:
-    """The two filter bits (of 128) of segment-local series id ``lid``."""
+    """The two filter bits (of ``FILTER_BITS``) of segment-local series id ``lid``."""
     if lid >= len(_MASKS):
         _grow(lid)
     return _MASKS[lid]
@@ -55,7 +61,7 @@ def local_mask(lid: int) -> int:
 def _grow(lid: int) -> None:
     for i in range(len(_MASKS), max(lid + 1, 2 * len(_MASKS), 256)):
         h = (i * _GOLDEN) & 0xFFFFFFFFFFFFFFFF
-        _MASKS.append((1 << (h >> 57)) | (1 << ((h >> 50) & 127)))
+        _MASKS.append((1 << (h >> 55)) | (1 << ((h >> 46) & 511)))
 
 
 def frame_mask(lids: object) -> int:
@@ -68,6 +74,36 @@ def frame_mask(lids: object) -> int:
     if top >= len(_MASKS):
         _grow(top)
     return reduce(or_, map(_MASKS.__getitem__, ids))
+
+
+def filter_words(records_per_frame: float) -> int:
+    """64-bit words of filter per frame for frames of this many records: the false positive
+    rate stays under ~16% up to 128 records a frame (2 bits an id: ``(1 - e**(-2n/m))**2``),
+    and the filter under ~1.7 bytes a record from 20 records a frame."""
+    if records_per_frame <= 32:
+        return 2
+    return 4 if records_per_frame <= 64 else 8
+
+
+def fold(mask: int, words: int) -> int:
+    """A ``FILTER_BITS`` filter folded to ``64 * words`` bits."""
+    width = FILTER_BITS
+    while width > 64 * words:
+        width //= 2
+        mask = (mask & ((1 << width) - 1)) | (mask >> width)
+    return mask
+
+
+def mask_words(mask: int) -> list[tuple[int, int]]:
+    """The nonzero 64-bit words of a folded mask, as (index, bits)."""
+    out = []
+    i = 0
+    while mask:
+        if mask & 0xFFFFFFFFFFFFFFFF:
+            out.append((i, mask & 0xFFFFFFFFFFFFFFFF))
+        mask >>= 64
+        i += 1
+    return out
 
 
 F32_MAX = 3.4028234663852886e38

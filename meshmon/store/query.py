@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 from meshmon.store import batch
 from meshmon.store.format import decode_frame
-from meshmon.store.index import NO_SERIES, SeriesTable, local_mask
+from meshmon.store.index import NO_SERIES, SeriesTable
 from meshmon.store.records import Record
-from meshmon.store.segment import LOW64, Segment
+from meshmon.store.segment import Segment
 
 log = logging.getLogger("meshmon.store")
 
@@ -72,23 +72,38 @@ class Reader:
 
     # --- decoding one frame ----------------------------------------------------------------
 
-    def _columns(self, seg: Segment, k: int) -> Decoded | None:
-        """Timestamps and series of frame ``k``'s records (payloads only if cached anyway)."""
+    def _matches(
+        self, seg: Segment, k: int, want: set[int] | None, lids: list[int], t0: float,
+        t1: float,
+    ) -> tuple[Decoded, list[int]] | None:  # fmt: skip
+        """Which records of frame ``k`` are of series ``want`` (``None``: any) with ``t0 <= ts
+        <= t1``, and the frame with the payloads up to the last of them: only the column part
+        is inflated unless one matches, and never more of the payloads than needed."""
         found = self._cache.get((seg.first_seq, k))
-        if found is not None:
-            return found
-        if seg.version == 1:
-            return self._frame(seg, k)
-        data = seg.pread(seg.fpos[k], seg.end_of(k))
-        head = batch.read_head(data, 0, len(data))
-        meta = batch.decode_meta(data, head, seg.dicts) if head is not None else None
-        if meta is None:
-            return None
-        try:
-            gids = list(map(seg.gids.__getitem__, meta.sids))
-        except IndexError:
-            return None
-        return Decoded(seg.seq0(k), meta.tss, gids)
+        if found is None and seg.version == 1:
+            found = self._frame(seg, k)
+        data = b""
+        if found is None:
+            data = seg.pread(seg.fpos[k], seg.end_of(k))
+            head = batch.read_head(data, 0, len(data))
+            opened = batch.open_meta(data, head, seg.dicts, lids) if head is not None else None
+            if opened is False:  # a false positive of the filter, found cheaply
+                return Decoded(seg.seq0(k), (), ()), []
+            if opened is None:
+                return None
+            meta, inflater = opened
+            try:
+                gids = list(map(seg.gids.__getitem__, meta.sids))
+            except IndexError:
+                return None
+            found = Decoded(seg.seq0(k), meta.tss, gids)
+        idx = [i for i, (ts, g) in enumerate(zip(found.tss, found.gids, strict=True))
+               if t0 <= ts <= t1 and (want is None or g in want)]  # fmt: skip
+        if idx and found.payloads is None:
+            found.payloads = batch.first_payloads(meta, inflater, idx[-1] + 1)
+            if found.payloads is None:
+                return None
+        return found, idx
 
     def _frame(self, seg: Segment, k: int) -> Decoded | None:
         """Frame ``k`` decoded with its payloads; ``None`` if it no longer decodes."""
@@ -125,9 +140,13 @@ class Reader:
             return None
         return Decoded(head.seq0, meta.tss, gids, payloads)
 
-    def _records(self, seg: Segment, k: int, idx: Iterable[int], out: list[Record]) -> None:
-        """Append records number ``idx`` (within frame ``k``) to ``out``."""
-        f = self._frame(seg, k)
+    def _records(
+        self, seg: Segment, k: int, idx: Iterable[int], out: list[Record],
+        f: Decoded | None = None,
+    ) -> None:  # fmt: skip
+        """Append records number ``idx`` (within frame ``k``; of ``f`` if given) to ``out``."""
+        if f is None:
+            f = self._frame(seg, k)
         series = self.series.series
         for i in idx:
             s = series[f.gids[i]] if f is not None and f.gids[i] != NO_SERIES else None
@@ -193,28 +212,29 @@ class Reader:
         for seg in reversed(self.segments) if newest else self.segments:
             frames = seg.frames_between(t0, t1) if timed else range(seg.frames)
             masks = None
+            lids: list[int] = []
             if gids is not None and frames:
                 lids = seg.locals_of(gids)
                 if not lids:
                     continue
                 if len(lids) <= FILTERED_SERIES:
-                    masks = [(m & LOW64, m >> 64) for m in map(local_mask, lids)]
+                    masks = seg.query_masks(lids)
             for k in reversed(frames) if newest else frames:
                 if masks is not None and not seg.may_hold(k, masks):
                     continue
+                f = None
                 if want is None and not timed:
                     idx: Sequence[int] = range(seg.fcount[k])
                 else:
-                    cols = self._columns(seg, k)
-                    if cols is None:
+                    found = self._matches(seg, k, want, lids if masks else [], t0, t1)
+                    if found is None:
                         self._read_error(seg, k, seg.seq0(k))
                         continue
-                    idx = [i for i, (ts, g) in enumerate(zip(cols.tss, cols.gids, strict=True))
-                           if t0 <= ts <= t1 and (want is None or g in want)]  # fmt: skip
+                    f, idx = found
                     if not idx:
                         continue
                 take = limit - len(out)
-                self._records(seg, k, idx[::-1][:take] if newest else idx[:take], out)
+                self._records(seg, k, idx[::-1][:take] if newest else idx[:take], out, f)
                 if len(out) >= limit:
                     return out
         return out

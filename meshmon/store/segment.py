@@ -1,14 +1,17 @@
 """One segment file of the ring: its in-memory frame index and how to load it from disk.
 
 A segment is indexed per *frame*, never per record (:mod:`meshmon.store.index` says why).
-Six packed arrays hold one entry per frame, ~34 bytes in all:
+Packed arrays hold one entry per frame, 34 bytes in all at 20 records a frame (~1.7 a record),
+50 at 50 (~1):
 
 * ``fpos`` (u32): the frame's file offset;
 * ``fseq`` (u32, widened to u64 only if ever needed): its first seq, minus ``base_seq``;
 * ``fcount`` (u16): its records, ``fseq .. fseq + fcount - 1`` (a version-1 frame holds one);
 * ``hi_run`` / ``lo_run`` (float32): the running maximum of the frames' newest timestamps and
   the running minimum, from the end, of their oldest, relative to ``tbase``, rounded outwards;
-* ``mlo`` / ``mhi`` (u64): the frame's 128-bit filter of segment-local series ids.
+* ``mw`` (``words`` arrays of u64): the frame's filter of segment-local series ids, 128 bits
+  a frame for frames of up to 32 records, 256 up to 64, else 512 (chosen per segment from the
+  previous one's frames).
 
 ``gids`` maps each segment-local series id to the store's global one (a version-1 segment has
 no local ids; there it lists the series present). A version-2 segment also keeps what its
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from operator import add, and_, rshift, sub
 from pathlib import Path
+from typing import Any
 
 from meshmon.store import batch, sidecar
 from meshmon.store.errors import StoreError
@@ -40,7 +44,17 @@ from meshmon.store.format import (
     scan,
     split_key,
 )
-from meshmon.store.index import NO_SERIES, SeriesTable, f32_down, f32_up, frame_mask
+from meshmon.store.index import (
+    NO_SERIES,
+    SeriesTable,
+    f32_down,
+    f32_up,
+    filter_words,
+    fold,
+    frame_mask,
+    local_mask,
+    mask_words,
+)
 
 log = logging.getLogger("meshmon.store")
 
@@ -83,8 +97,8 @@ class Segment:
         self.fcount: array[int] = array("H")
         self.hi_run: array[float] = array("f")
         self.lo_run: array[float] = array("f")
-        self.mlo: array[int] = array("Q")
-        self.mhi: array[int] = array("Q")
+        self.words = 2
+        self.mw: list[array[int]] = [array("Q"), array("Q")]
         self.gids: array[int] = array("I")
         """Global series id of each segment-local one (version 1: of each series present)."""
         self.count = 0
@@ -145,8 +159,10 @@ class Segment:
         while k >= 0 and lo_run[k] > low:  # keep it the minimum of everything after
             lo_run[k] = low
             k -= 1
-        self.mlo.append(mask & LOW64)
-        self.mhi.append(mask >> 64)
+        mask = fold(mask, self.words)
+        for w in self.mw:
+            w.append(mask & LOW64)
+            mask >>= 64
         self.count += n
         self.last_seq = seq0 + n - 1
         self.tmin, self.tmax = min(self.tmin, lo), max(self.tmax, hi)
@@ -166,16 +182,19 @@ class Segment:
         self.hi_run = array("f", accumulate(map(f32_up, map(sub, his, repeat(tbase))), max))
         lows = list(map(f32_down, map(sub, los, repeat(tbase))))
         self.lo_run = array("f", reversed(list(accumulate(reversed(lows), min))))
-        self.mlo = array("Q", map(and_, res.fmask, repeat(LOW64)))
-        self.mhi = array("Q", map(rshift, res.fmask, repeat(64)))
+        self.set_words(filter_words(sum(res.fcount) / len(res.fcount)))
+        masks = list(map(fold, res.fmask, repeat(self.words)))
+        self.mw = [array("Q", map(and_, map(rshift, masks, repeat(64 * i)), repeat(LOW64)))
+                   for i in range(self.words)]  # fmt: skip
         self.count = sum(res.fcount)
         self.last_seq = res.fseq[-1] + res.fcount[-1] - 1
         self.tmin, self.tmax = min(los), max(his)
 
     def seal(self) -> None:
         """No more frames: trim the arrays to their size and forget the key table."""
-        for name in ("fpos", "fseq", "fcount", "hi_run", "lo_run", "mlo", "mhi", "gids", "lasts"):
+        for name in ("fpos", "fseq", "fcount", "hi_run", "lo_run", "gids", "lasts"):
             setattr(self, name, getattr(self, name)[:])
+        self.mw = [w[:] for w in self.mw]
         self.key_ids = {}
 
     # --- finding frames --------------------------------------------------------------------
@@ -236,10 +255,19 @@ class Segment:
             return [i for i, g in enumerate(have) if g in want]
         return [have.index(g) for g in gids if g in have]
 
-    def may_hold(self, k: int, masks: list[tuple[int, int]]) -> bool:
-        """Frame ``k``'s filter admits one of these (low, high) series masks."""
-        lo, hi = self.mlo[k], self.mhi[k]
-        return any(lo & m0 == m0 and hi & m1 == m1 for m0, m1 in masks)
+    def set_words(self, words: int) -> None:
+        """Use filters of ``words`` 64-bit words (before the first frame)."""
+        self.words = words
+        self.mw = [array("Q") for _ in range(words)]
+
+    def query_masks(self, lids: list[int]) -> list[list[tuple[int, int]]]:
+        """What :meth:`may_hold` takes to look for these segment-local series ids."""
+        return [mask_words(fold(local_mask(lid), self.words)) for lid in lids]
+
+    def may_hold(self, k: int, masks: list[list[tuple[int, int]]]) -> bool:
+        """Frame ``k``'s filter admits one of these series (from :meth:`query_masks`)."""
+        mw = self.mw
+        return any(all(mw[i][k] & bits == bits for i, bits in m) for m in masks)
 
     # --- file ------------------------------------------------------------------------------
 
@@ -257,8 +285,8 @@ class Segment:
 
     def index_bytes(self) -> int:
         """Memory held by the packed arrays."""
-        arrays = (self.fpos, self.fseq, self.fcount, self.hi_run, self.lo_run, self.mlo,
-                  self.mhi, self.gids, self.lasts)  # fmt: skip
+        arrays: list[array[Any]] = [self.fpos, self.fseq, self.fcount, self.hi_run,
+                                    self.lo_run, *self.mw, self.gids, self.lasts]  # fmt: skip
         return sum(a.buffer_info()[1] * a.itemsize for a in arrays)
 
 

@@ -37,12 +37,12 @@ MAGIC = b"MMIDX\r\n\x00"
 VERSION = 1
 _H = struct.Struct("<8sII")
 """magic, version, CRC-32 of everything after this header."""
-_SEG = struct.Struct("<QIQQdddIIIBB")
+_SEG = struct.Struct("<QIQQdddIIIBBB")
 """segment size, segment CRC-32, base seq, last seq, tbase, tmin, tmax, frames, local series,
-dictionaries, width of ``fseq`` items, contiguous; then the arrays, the series keys (u16
-lengths, then bytes) and their newest seqs (u64), the dictionaries (id, length, bytes) and the
-id of the one in use."""
-_ARRAYS = ("fpos", "fseq", "fcount", "hi_run", "lo_run", "mlo", "mhi")
+dictionaries, width of ``fseq`` items, contiguous, filter words; then the arrays, the series
+keys (u16 lengths, then bytes) and their newest seqs (u64), the dictionaries (id, length,
+bytes) and the id of the one in use."""
+_ARRAYS = ("fpos", "fseq", "fcount", "hi_run", "lo_run")
 
 
 def path_for(segment: Path) -> Path:
@@ -55,10 +55,10 @@ def encode(seg: object, keys: list[bytes]) -> bytes:
     from meshmon.store.segment import Segment
 
     assert isinstance(seg, Segment)
-    arrays = [getattr(seg, name) for name in _ARRAYS]
+    arrays = [getattr(seg, name) for name in _ARRAYS] + seg.mw
     parts = [_SEG.pack(seg.size, seg.crc, seg.base_seq, seg.last_seq, seg.tbase, seg.tmin,
                        seg.tmax, seg.frames, len(seg.gids), len(seg.dicts),
-                       seg.fseq.itemsize, int(seg.contiguous))]  # fmt: skip
+                       seg.fseq.itemsize, int(seg.contiguous), seg.words)]  # fmt: skip
     parts += [a.tobytes() for a in arrays]
     local = [b"" if g == NO_SERIES else keys[g] for g in seg.gids]
     parts.append(array("H", map(len, local)).tobytes())
@@ -119,13 +119,15 @@ def _load(seg: object, raw: bytes, data: bytes, series: SeriesTable) -> bool:
     if magic != MAGIC or version != VERSION or zlib.crc32(body) != crc:
         return False
     (size, seg_crc, base, last, tbase, tmin, tmax, frames, n_gids, n_dicts, width,
-     contiguous) = _SEG.unpack_from(body)  # fmt: skip
+     contiguous, words) = _SEG.unpack_from(body)  # fmt: skip
     if size != len(data) or zlib.crc32(data) != seg_crc:
         return False
     pos = _SEG.size
+    if words not in (2, 4, 8):
+        return False
     loaded = {}
-    for name in _ARRAYS:
-        typecode = getattr(seg, name).typecode
+    for name in (*_ARRAYS, *(f"w{i}" for i in range(words))):
+        typecode = "Q" if name[0] == "w" else getattr(seg, name).typecode
         if name == "fseq":
             typecode = "I" if width == 4 else "Q"
         a = array(typecode)
@@ -158,8 +160,10 @@ def _load(seg: object, raw: bytes, data: bytes, series: SeriesTable) -> bool:
         sid = global_id(series, key)
         series.raise_latest(sid, seq)
         gids.append(sid)
-    for name, a in loaded.items():
-        setattr(seg, name, a)
+    for name in _ARRAYS:
+        setattr(seg, name, loaded[name])
+    seg.words = words
+    seg.mw = [loaded[f"w{i}"] for i in range(words)]
     seg.gids = array("I", gids)
     seg.lasts = lasts
     seg.size, seg.crc, seg.base_seq, seg.last_seq = size, seg_crc, base, last
