@@ -38,8 +38,10 @@ def write_random(store: RingStore, rng: random.Random, n_batches: int) -> list[R
     return rows
 
 
-def brute(rows: list[Row], oldest: int, check: str | None, target: str | None,
-          since: float | None, until: float | None, limit: int, newest: bool) -> list[int]:  # fmt: skip
+def brute(
+    rows: list[Row], oldest: int, check: str | None, target: str | None,
+    since: float | None, until: float | None, limit: int, newest: bool,
+) -> list[int]:  # fmt: skip
     hits = [r[0] for r in rows if r[0] >= oldest and (check is None or r[2] == check)
             and (target is None or r[3] == target) and (since is None or r[1] >= since)
             and (until is None or r[1] <= until)]  # fmt: skip

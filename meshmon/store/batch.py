@@ -342,7 +342,8 @@ def scan(buf: bytes, start: int, prev_seq: int, max_body: int, records: bool = T
                     out.dicts[h.dict_id] = zdict
                     out.last_dict = h.dict_id
             else:
-                why = _take_batch(buf, h, out, keys)
+                lost = sum(sk.records for sk in out.skipped) + h.seq0 - prev_seq - 1
+                why = _take_batch(buf, h, out, keys, lost)
             if bad_from >= 0:
                 out.skipped.append(Skipped(bad_from, pos, h.seq0 - prev_seq - 1, "corrupt"))
                 bad_from = -1
@@ -361,13 +362,16 @@ def scan(buf: bytes, start: int, prev_seq: int, max_body: int, records: bool = T
     return out
 
 
-def _take_batch(buf: bytes, h: Head, out: Scan, keys: dict[int, bytes]) -> str:
-    """Index the records of a verified batch frame into ``out``; why not, if it fails."""
+def _take_batch(buf: bytes, h: Head, out: Scan, keys: dict[int, bytes], lost: int) -> str:
+    """Index the records of a verified batch frame into ``out``; why not, if it fails.
+    ``lost``: records of the segment lost so far, whose frames may have defined series."""
     if h.dict_id and h.dict_id not in out.dicts:
         return f"batch frame names dictionary {h.dict_id:#x}, which this segment lacks"
     meta = decode_meta(buf, h, out.dicts)
     if meta is None:
         return "batch frame does not decode (bad deflate stream or lengths)"
+    if meta.def_base > len(keys) + lost:  # ids are dense but for what lost frames defined
+        return "batch frame defines series ids beyond any defined before it"
     new = dict(zip(range(meta.def_base, meta.def_base + len(meta.defs)), meta.defs,
                    strict=True))  # fmt: skip
     if any(keys.get(i, k) != k for i, k in new.items()):

@@ -9,14 +9,16 @@ decodes on its own and the ring can drop any of them.
 
 A write lands whole or not at all: when the disk refuses it (``ENOSPC``, ``EIO``, ``EROFS``...)
 whatever did land is cut off again with ``ftruncate``, so a segment always ends at a whole
-frame and the in-memory index (offsets, timestamps, series ids) describes exactly its bytes.
+frame and the in-memory frame index describes exactly its bytes.
 If even the cut fails, the handle is set aside and the next write starts a new segment; the
 torn tail lies past the indexed size, is never read, and recovery cuts it at the next open. A
 new segment whose header cannot be written is removed again, so a full disk leaves no empty
 or half-made files.
 
 When a new segment would take the ring past ``max_bytes``, the oldest are deleted first and
-the owner is told (``on_drop``) so that it can charge cursors and trim its indexes.
+the owner is told (``on_drop``) so that it can charge cursors and trim its indexes. The segment
+rolled away from is sealed: its frame index is trimmed and saved next to it
+(:mod:`meshmon.store.sidecar`), so that the next open need not scan it.
 
 Not thread-safe on its own: the store's mutex guards every call.
 """

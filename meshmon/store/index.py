@@ -51,17 +51,29 @@ FILTER_BITS = 512
 (:func:`filter_words`), since folding a Bloom filter in half is taking its bits modulo half."""
 
 
+TABLE_IDS = 1 << 16
+"""Local ids whose masks are kept in a table; beyond (a segment of more series than that, or
+a hostile frame) they are computed each time, so memory stays bounded."""
+
+
 def local_mask(lid: int) -> int:
     """The two filter bits (of ``FILTER_BITS``) of segment-local series id ``lid``."""
-    if lid >= len(_MASKS):
+    if lid < len(_MASKS):
+        return _MASKS[lid]
+    if lid < TABLE_IDS:
         _grow(lid)
-    return _MASKS[lid]
+        return _MASKS[lid]
+    return _mask_of(lid)
+
+
+def _mask_of(lid: int) -> int:
+    h = (lid * _GOLDEN) & 0xFFFFFFFFFFFFFFFF
+    return (1 << (h >> 55)) | (1 << ((h >> 46) & 511))
 
 
 def _grow(lid: int) -> None:
-    for i in range(len(_MASKS), max(lid + 1, 2 * len(_MASKS), 256)):
-        h = (i * _GOLDEN) & 0xFFFFFFFFFFFFFFFF
-        _MASKS.append((1 << (h >> 55)) | (1 << ((h >> 46) & 511)))
+    top = min(max(lid + 1, 2 * len(_MASKS), 256), TABLE_IDS)
+    _MASKS.extend(map(_mask_of, range(len(_MASKS), top)))
 
 
 def frame_mask(lids: object) -> int:
@@ -71,6 +83,8 @@ def frame_mask(lids: object) -> int:
     if not ids:
         return 0
     top = max(ids)
+    if top >= TABLE_IDS:
+        return reduce(or_, map(local_mask, ids))
     if top >= len(_MASKS):
         _grow(top)
     return reduce(or_, map(_MASKS.__getitem__, ids))

@@ -7,7 +7,8 @@ Nothing here raises for bad content. Every problem is logged naming the file and
 * a corrupt stretch inside a segment is skipped, and the records lost in it are counted from
   the gap in seqs around it;
 * a segment whose header is damaged is scanned whole for frames and kept read-only;
-* a file without a single valid record is renamed ``*.bad`` and left for inspection.
+* a file without a single valid record is renamed ``*.bad`` and left for inspection;
+* a saved frame index (``.idx``) whose segment is gone, or that was half-written, is deleted.
 """
 
 from __future__ import annotations

@@ -28,10 +28,17 @@ the store: appends go to a bounded in-memory buffer, keeping their seqs, until a
 it (:mod:`meshmon.store.outage`). Only a failed fsync makes the store refuse appends until a
 restart (:class:`~meshmon.store.errors.StoreFailed` says why).
 
-Opening the store is recovery: every segment is scanned, torn tails are truncated, corrupt
+The indexes in memory are per frame, not per record (:mod:`meshmon.store.index`): ~1-2 bytes
+a record at the agent's batch sizes. Reads go through them to the few frames that can match
+and inflate only those (:mod:`meshmon.store.query`); "latest per series" is one seq per
+series, kept up as records are written.
+
+Opening the store is recovery: every segment is verified, torn tails are truncated, corrupt
 stretches are skipped and counted, files without a single valid record are renamed ``*.bad``,
-and the indexes are rebuilt. Nothing in that path raises for bad content; it logs, naming the
-file, and keeps every valid record.
+and the indexes are rebuilt, from the frame headers and column parts (never the payloads), or,
+for a sealed segment whose saved index matches its size and CRC-32, from that index
+(:mod:`meshmon.store.sidecar`). Nothing in that path raises for bad content; it logs, naming
+the file, and keeps every valid record.
 
 Thread safety: every public method may be called from any thread. One mutex guards the
 in-memory state and is never held across an fsync, so a worker thread can fsync while the
@@ -541,8 +548,8 @@ class RingStore:
         with self._mutex:
             self._check_open()
             latest = self.series.latest
-            return self._reader.fetch(sorted(latest[g] for g in self.series.matching(check,
-                                                                                    target)))
+            seqs = sorted(latest[g] for g in self.series.matching(check, target))
+            return self._reader.fetch(seqs)
 
     def series_names(self) -> list[tuple[str, str]]:
         """Every (check, target) pair with records in the store."""
