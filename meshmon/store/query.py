@@ -43,12 +43,19 @@ admit nearly every frame) and looks at the columns of every frame in its time ra
 
 @dataclass
 class Decoded:
-    """A frame's records: their timestamps and global series ids, and maybe payloads."""
+    """A frame's records: their timestamps and series ids, and maybe payloads."""
 
     seq0: int
     tss: Sequence[float]
-    gids: Sequence[int]
+    sids: Sequence[int]
+    """Segment-local series ids, or global ones where ``gmap`` is ``None``."""
+    gmap: Sequence[int] | None
+    """Global id of each local one (the segment's ``gids``)."""
     payloads: list[bytes] | None = None
+
+    def gid(self, i: int) -> int:
+        """Global series id of record ``i``."""
+        return self.gmap[self.sids[i]] if self.gmap is not None else self.sids[i]
 
 
 class Reader:
@@ -82,23 +89,28 @@ class Reader:
         found = self._cache.get((seg.first_seq, k))
         if found is None and seg.version == 1:
             found = self._frame(seg, k)
-        data = b""
         if found is None:
             data = seg.pread(seg.fpos[k], seg.end_of(k))
             head = batch.read_head(data, 0, len(data))
             opened = batch.open_meta(data, head, seg.dicts, lids) if head is not None else None
             if opened is False:  # a false positive of the filter, found cheaply
-                return Decoded(seg.seq0(k), (), ()), []
-            if opened is None:
+                return Decoded(seg.seq0(k), (), (), None), []
+            if opened is None or (meta := opened[0]).sids and max(meta.sids) >= len(seg.gids):
                 return None
-            meta, inflater = opened
-            try:
-                gids = list(map(seg.gids.__getitem__, meta.sids))
-            except IndexError:
-                return None
-            found = Decoded(seg.seq0(k), meta.tss, gids)
-        idx = [i for i, (ts, g) in enumerate(zip(found.tss, found.gids, strict=True))
-               if t0 <= ts <= t1 and (want is None or g in want)]  # fmt: skip
+            inflater = opened[1]
+            found = Decoded(seg.seq0(k), meta.tss, meta.sids, seg.gids)
+        tss = found.tss
+        if want is None:
+            idx = [i for i, ts in enumerate(tss) if t0 <= ts <= t1]
+        else:
+            if lids and found.gmap is not None:  # find the few records in C
+                idx = [i for lid in lids for i in _positions(found.sids, lid)]
+                if len(lids) > 1:
+                    idx.sort()
+            else:
+                gid = found.gid
+                idx = [i for i in range(len(tss)) if gid(i) in want]
+            idx = [i for i in idx if t0 <= tss[i] <= t1]
         if idx and found.payloads is None:
             found.payloads = batch.first_payloads(meta, inflater, idx[-1] + 1)
             if found.payloads is None:
@@ -125,7 +137,7 @@ class Reader:
             if frame is None:
                 return None
             gid = self.series.by_key.get(frame.key)
-            return Decoded(frame.seq, [frame.ts], [NO_SERIES if gid is None else gid],
+            return Decoded(frame.seq, [frame.ts], [NO_SERIES if gid is None else gid], None,
                            [frame.payload])  # fmt: skip
         head = batch.read_head(data, 0, len(data))
         if head is None:
@@ -134,11 +146,9 @@ class Reader:
         payloads = batch.decode_payloads(data, head, seg.dicts)
         if meta is None or payloads is None or head.count != seg.fcount[k]:
             return None
-        try:
-            gids = list(map(seg.gids.__getitem__, meta.sids))
-        except IndexError:
+        if meta.sids and max(meta.sids) >= len(seg.gids):
             return None
-        return Decoded(head.seq0, meta.tss, gids, payloads)
+        return Decoded(head.seq0, meta.tss, meta.sids, seg.gids, payloads)
 
     def _records(
         self, seg: Segment, k: int, idx: Iterable[int], out: list[Record],
@@ -149,7 +159,8 @@ class Reader:
             f = self._frame(seg, k)
         series = self.series.series
         for i in idx:
-            s = series[f.gids[i]] if f is not None and f.gids[i] != NO_SERIES else None
+            g = f.gid(i) if f is not None else NO_SERIES
+            s = series[g] if g != NO_SERIES else None
             if f is None or f.payloads is None or s is None:
                 self._read_error(seg, k, seg.seq0(k) + i)
                 continue
@@ -237,4 +248,16 @@ class Reader:
                 self._records(seg, k, idx[::-1][:take] if newest else idx[:take], out, f)
                 if len(out) >= limit:
                     return out
+        return out
+
+
+def _positions(sids: Sequence[int], lid: int) -> list[int]:
+    """Where ``lid`` occurs in ``sids`` (an array: each search runs in C)."""
+    out: list[int] = []
+    i = -1
+    try:
+        while True:
+            i = sids.index(lid, i + 1)
+            out.append(i)
+    except ValueError:
         return out
