@@ -95,7 +95,7 @@ class Reader:
             opened = batch.open_meta(data, head, seg.dicts, lids) if head is not None else None
             if opened is False:  # a false positive of the filter, found cheaply
                 return Decoded(seg.seq0(k), (), (), None), []
-            if opened is None or (meta := opened[0]).sids and max(meta.sids) >= len(seg.gids):
+            if opened is None or ((meta := opened[0]).sids and max(meta.sids) >= len(seg.gids)):
                 return None
             inflater = opened[1]
             found = Decoded(seg.seq0(k), meta.tss, meta.sids, seg.gids)
