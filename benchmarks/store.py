@@ -25,6 +25,13 @@ What is measured, in the same run, alternating the contenders so load drifts hit
 * recovery: a writer process fills a 64 MiB ring (it wraps), is SIGKILLed mid-append, and the
   time to reopen it (scan, verify every checksum, truncate the torn tail, rebuild indexes) is
   timed; plus the memory the indexes take per record, by tracemalloc.
+* agent-sized stores (``agent_store_50``, ``agent_store_20``): a ring filled with the agent's
+  payloads the way the agent fills it, 50 records per frame (1,000 results/s) and 20 (100
+  results/s), 500 targets; then the time to reopen it, the memory its indexes hold per record
+  (tracemalloc), and the latency of the CLI's common queries: ``latest`` (every series, and
+  one target) and the last 10 minutes of one target (``meshmon results --since 10m --target``).
+  ``--quick`` fills 32 MiB and also reports recovery scaled linearly to 256 MiB (the default
+  ring); the full run fills 256 MiB.
 
 Medians over several runs are reported.
 """
@@ -150,6 +157,72 @@ def agent_path_cost(directory: Path, rate: int, seconds: int) -> dict[str, float
 
     used = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     return {"bytes": used / (seconds * 20 * per_tick)}
+
+
+def agent_store(directory: Path, per_call: int, rate: int, max_bytes: int) -> dict[str, Any]:
+    """Fill a ring of ``max_bytes`` with agent payloads, ``per_call`` records per append at
+    ``rate`` results/s (timestamps), until it is full; then reopen it (recovery time), measure
+    its index memory and time the CLI's common queries."""
+    rng = random.Random(per_call)
+    pool = [agent_payload(rng, 1.7e9 + i, TARGETS[i % len(TARGETS)]) for i in range(5000)]
+    cfg = StoreConfig(max_bytes=max_bytes, fsync="never")
+    ts = 1.7e9
+    n = 0
+    with RingStore(directory, cfg) as store:
+        t_cpu = time.process_time()
+        while not store.files.dropped_segments:
+            rows = []
+            for _ in range(per_call):
+                ts += (0.5 + rng.random()) / rate
+                rows.append((ts, "ping-core", TARGETS[n % len(TARGETS)], pool[n % len(pool)]))
+                n += 1
+            store.append_batch(rows)
+        cpu = (time.process_time() - t_cpu) / n * 1e6
+    opens = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        store = RingStore(directory, cfg)
+        store.latest()
+        opens.append(time.perf_counter() - t0)
+        st = store.stats()
+        store.close()
+    tracemalloc.start()
+    store = RingStore(directory, cfg)
+    store.latest()
+    held, _peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    records = len(store)
+
+    def timed(fn: Any, runs: int = 7) -> tuple[float, int]:
+        times, got = [], 0
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            got = len(fn())
+            times.append(time.perf_counter() - t0)
+        return round(statistics.median(times) * 1e3, 3), got
+
+    target = TARGETS[123]
+    q_latest, n_latest = timed(store.latest)
+    q_latest_t, _ = timed(lambda: store.latest(target=target))
+    q_10m, n_10m = timed(lambda: store.query(target=target, since=ts - 600))
+    q_10m_all, _ = timed(lambda: store.query(since=ts - 600, limit=1000))
+    store.close()
+    return {
+        "records": records,
+        "bytes": st.bytes,
+        "records_per_frame": per_call,
+        "append_cpu_us_per_record": round(cpu, 2),
+        "recovery_seconds": round(statistics.median(opens), 3),
+        "recovery_seconds_per_256mib": round(statistics.median(opens) * 2**28 / st.bytes, 3),
+        "index_bytes_per_record": round(held / records, 2),
+        "index_bytes_per_record_arrays": round(st.index_bytes / records, 2),
+        "latest_all_ms": q_latest,
+        "latest_all_records": n_latest,
+        "latest_one_target_ms": q_latest_t,
+        "query_10min_one_target_ms": q_10m,
+        "query_10min_one_target_records": n_10m,
+        "query_10min_all_limit_1000_ms": q_10m_all,
+    }
 
 
 def run_ceiling(n_batches: int) -> float:
@@ -290,6 +363,9 @@ def main() -> None:
         single = statistics.median(single_append_us(work / f"one{k}", pre) for k in range(3))
         rec = measure_recovery(work, 64 * 2**20, 3)
         cost = {n: disk_cost(work / f"cost{n}", n) for n in (50, 5)}
+        size = (32 if args.quick else 256) * 2**20
+        agent = {n: agent_store(work / f"agent{n}", n, rate, size)
+                 for n, rate in ((50, 1000), (20, 100))}  # fmt: skip
         shm = Path("/dev/shm")
         with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else work) as fast:
             agent100 = agent_path_cost(Path(fast) / "a", 100, 300 if args.quick else 1800)
@@ -324,6 +400,8 @@ def main() -> None:
         "hours_in_512mib_at_100_per_s": round(512 * 2**20 / agent100["bytes"] / 100 / 3600, 1),
         "single_append_us": round(single, 2),
         **rec,
+        "agent_store_50": agent[50],
+        "agent_store_20": agent[20],
         "goal": ">= 4x sqlite and >= 250000 records/s",
         "quick": args.quick,
     }

@@ -45,12 +45,17 @@ round into one frame), against ~314 in version 1: a MiB holds ~20,000 results.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from operator import and_, sub
+from typing import Literal
+
+from meshmon.store.index import frame_mask
 
 MAGIC = b"\xe5MB\x1f"
 """Starts every version-2 frame (differs from version 1's, so the two never mix up)."""
@@ -184,6 +189,16 @@ def _inflater(h: Head, dicts: dict[int, bytes]) -> zlib._Decompress | None:
 def decode_meta(buf: bytes | memoryview, h: Head, dicts: dict[int, bytes]) -> Meta | None:
     """Inflate and parse the meta of a verified batch frame; ``None`` if it does not hold
     together (unknown dictionary, bad stream, lengths that disagree)."""
+    opened = open_meta(buf, h, dicts)
+    return opened[0] if opened else None
+
+
+def open_meta(
+    buf: bytes | memoryview, h: Head, dicts: dict[int, bytes], only: Sequence[int] = ()
+) -> tuple[Meta, zlib._Decompress] | Literal[False] | None:
+    """:func:`decode_meta`, and the inflater, ready to go on with the payloads
+    (:func:`first_payloads`); ``False`` if ``only`` (segment-local series ids) is given and the
+    frame holds none of them, found before the rest of the meta is parsed."""
     inflater = _inflater(h, dicts)
     if inflater is None or h.meta_len < META_HEAD.size:
         return None
@@ -203,16 +218,33 @@ def decode_meta(buf: bytes | memoryview, h: Head, dicts: dict[int, bytes]) -> Me
     sid_size = 4 if h.flags & WIDE_SIDS else 2
     if pos + sum(klens) + n * (8 + sid_size + 4) != len(meta):
         return None
+    at = pos + sum(klens) + 8 * n
+    sids = array("I" if sid_size == 4 else "H", meta[at : at + sid_size * n])
+    if only and not any(map(sids.__contains__, only)):
+        return False
     defs = []
     for klen in klens:
         defs.append(meta[pos : pos + klen])
         pos += klen
     bits = array("Q", map(and_, accumulate(array("Q", meta[pos : pos + 8 * n])), repeat(MASK)))
     tss = array("d", bits.tobytes())
-    pos += 8 * n
-    sids = array("I" if sid_size == 4 else "H", meta[pos : pos + sid_size * n])
-    pos += sid_size * n
-    return Meta(def_base, defs, tss, sids, array("I", meta[pos:]))
+    pos += 8 * n + sid_size * n
+    return Meta(def_base, defs, tss, sids, array("I", meta[pos:])), inflater
+
+
+def first_payloads(meta: Meta, inflater: zlib._Decompress, n: int) -> list[bytes] | None:
+    """The payloads of a frame's first ``n`` records, inflating no further, from the inflater
+    :func:`open_meta` left; ``None`` if the stream ends early or is bad."""
+    plens = meta.plens[:n]
+    need = sum(plens)
+    try:
+        raw = inflater.decompress(inflater.unconsumed_tail, need) if need else b""
+    except zlib.error:
+        return None
+    if len(raw) != need:
+        return None
+    ends = list(accumulate(plens, initial=0))
+    return list(map(raw.__getitem__, map(slice, ends[:-1], ends[1:])))
 
 
 def decode_payloads(
@@ -246,10 +278,22 @@ class Skipped:
 
 @dataclass
 class Scan:
-    """What :func:`scan` found in a version-2 segment body."""
+    """What :func:`scan` found in a version-2 segment body: one entry per kept batch frame,
+    and, if asked for, one per record."""
 
+    fpos: list[int] = field(default_factory=list)
+    """Per frame: its offset."""
+    fseq: list[int] = field(default_factory=list)
+    fcount: list[int] = field(default_factory=list)
+    flo: list[float] = field(default_factory=list)
+    """Per frame: its oldest and newest timestamp (NaNs ignored; -inf/inf if all NaN)."""
+    fhi: list[float] = field(default_factory=list)
+    fmask: list[int] = field(default_factory=list)
+    """Per frame: the filter of its segment-local series ids (:func:`index.frame_mask`)."""
+    last_of: dict[int, int] = field(default_factory=dict)
+    """Seq of the newest record of each segment-local series id."""
     offsets: list[int] = field(default_factory=list)
-    """Per record: the offset of its frame."""
+    """Per record (only with ``records=True``): the offset of its frame."""
     seqs: list[int] = field(default_factory=list)
     tss: list[float] = field(default_factory=list)
     keys: list[bytes] = field(default_factory=list)
@@ -263,18 +307,25 @@ class Scan:
     """Segment-local series id of each key defined in the segment."""
     last_seq: int = 0
     """Newest seq of any checksummed frame, kept or skipped: never to be given out again."""
+    records: bool = True
+    """Fill the per-record lists too (tests and tools; recovery indexes frames only)."""
+    holes: bool = False
+    """Some local ids below the highest defined one are undefined (a defining frame lost)."""
 
 
-def scan(buf: bytes, start: int, prev_seq: int, max_body: int) -> Scan:
+def scan(buf: bytes, start: int, prev_seq: int, max_body: int, records: bool = True) -> Scan:
     """Find every valid frame in ``buf[start:]``, resynchronising past corrupt ones.
+
+    Only frame headers and the ``meta`` part of batch frames are inflated, never payloads.
 
     Args:
         buf: the whole segment file.
         start: where frames begin (after the file header, or 0 when the header is bad).
         prev_seq: the last seq seen before this segment; records must be above it.
         max_body: largest plausible ``body_len`` (the segment size).
+        records: also list every record (``offsets``, ``seqs``, ``tss``, ``keys``).
     """
-    out = Scan(valid_end=start)
+    out = Scan(valid_end=start, records=records)
     keys: dict[int, bytes] = {}
     end = len(buf)
     pos = start
@@ -291,7 +342,8 @@ def scan(buf: bytes, start: int, prev_seq: int, max_body: int) -> Scan:
                     out.dicts[h.dict_id] = zdict
                     out.last_dict = h.dict_id
             else:
-                why = _take_batch(buf, h, out, keys)
+                lost = sum(sk.records for sk in out.skipped) + h.seq0 - prev_seq - 1
+                why = _take_batch(buf, h, out, keys, lost)
             if bad_from >= 0:
                 out.skipped.append(Skipped(bad_from, pos, h.seq0 - prev_seq - 1, "corrupt"))
                 bad_from = -1
@@ -310,25 +362,38 @@ def scan(buf: bytes, start: int, prev_seq: int, max_body: int) -> Scan:
     return out
 
 
-def _take_batch(buf: bytes, h: Head, out: Scan, keys: dict[int, bytes]) -> str:
-    """Index the records of a verified batch frame into ``out``; why not, if it fails."""
+def _take_batch(buf: bytes, h: Head, out: Scan, keys: dict[int, bytes], lost: int) -> str:
+    """Index the records of a verified batch frame into ``out``; why not, if it fails.
+    ``lost``: records of the segment lost so far, whose frames may have defined series."""
     if h.dict_id and h.dict_id not in out.dicts:
         return f"batch frame names dictionary {h.dict_id:#x}, which this segment lacks"
     meta = decode_meta(buf, h, out.dicts)
     if meta is None:
         return "batch frame does not decode (bad deflate stream or lengths)"
+    if meta.def_base > len(keys) + lost:  # ids are dense but for what lost frames defined
+        return "batch frame defines series ids beyond any defined before it"
     new = dict(zip(range(meta.def_base, meta.def_base + len(meta.defs)), meta.defs,
                    strict=True))  # fmt: skip
     if any(keys.get(i, k) != k for i, k in new.items()):
         return "batch frame redefines a series id"
-    keys.update(new)
-    try:
-        rec_keys = list(map(keys.__getitem__, meta.sids))
-    except KeyError:
+    if new:
+        keys.update(new)
+        out.holes = max(keys) + 1 != len(keys)
+    sids = meta.sids
+    if max(sids) not in keys or (out.holes and not set(sids).issubset(keys)):
         return "batch frame names a series id that this segment never defined"
-    n = h.count
-    out.offsets.extend(repeat(h.pos, n))
-    out.seqs.extend(range(h.seq0, h.seq0 + n))
-    out.tss.extend(meta.tss)
-    out.keys.extend(rec_keys)
+    n, seq0, tss = h.count, h.seq0, meta.tss
+    lo, hi = min(tss), max(tss)
+    out.fpos.append(h.pos)
+    out.fseq.append(seq0)
+    out.fcount.append(n)
+    out.flo.append(-math.inf if lo != lo else lo)  # NaN: never matches a time, bounds nothing
+    out.fhi.append(math.inf if hi != hi else hi)
+    out.fmask.append(frame_mask(sids))
+    out.last_of.update(zip(sids, range(seq0, seq0 + n), strict=True))
+    if out.records:
+        out.offsets.extend(repeat(h.pos, n))
+        out.seqs.extend(range(seq0, seq0 + n))
+        out.tss.extend(tss)
+        out.keys.extend(map(keys.__getitem__, sids))
     return ""

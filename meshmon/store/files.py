@@ -9,14 +9,16 @@ decodes on its own and the ring can drop any of them.
 
 A write lands whole or not at all: when the disk refuses it (``ENOSPC``, ``EIO``, ``EROFS``...)
 whatever did land is cut off again with ``ftruncate``, so a segment always ends at a whole
-frame and the in-memory index (offsets, timestamps, series ids) describes exactly its bytes.
+frame and the in-memory frame index describes exactly its bytes.
 If even the cut fails, the handle is set aside and the next write starts a new segment; the
 torn tail lies past the indexed size, is never read, and recovery cuts it at the next open. A
 new segment whose header cannot be written is removed again, so a full disk leaves no empty
 or half-made files.
 
 When a new segment would take the ring past ``max_bytes``, the oldest are deleted first and
-the owner is told (``on_drop``) so that it can charge cursors and trim its indexes.
+the owner is told (``on_drop``) so that it can charge cursors and trim its indexes. The segment
+rolled away from is sealed: its frame index is trimmed and saved next to it
+(:mod:`meshmon.store.sidecar`), so that the next open need not scan it.
 
 Not thread-safe on its own: the store's mutex guards every call.
 """
@@ -26,16 +28,17 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from itertools import accumulate, repeat
+from itertools import accumulate
 from pathlib import Path
 
 from meshmon.config import StoreConfig
-from meshmon.store import batch
+from meshmon.store import batch, sidecar
 from meshmon.store.errors import StoreError
 from meshmon.store.format import FILE_HEADER_SIZE, FILE_VERSION, encode_file_header
-from meshmon.store.index import TimeIndex
+from meshmon.store.index import NO_SERIES, SeriesTable, filter_words, frame_mask
 from meshmon.store.segment import Segment, segment_name
 
 log = logging.getLogger("meshmon.store")
@@ -47,20 +50,17 @@ class SegmentFiles:
     Args:
         directory: the store directory.
         config: segment and ring sizes, fsync policy.
-        times: the time index, fed as records are written.
+        series: the store's series table (whose keys saved indexes name).
         on_drop: called with each segment just before the ring deletes it.
     """
 
     def __init__(
-        self,
-        directory: Path,
-        config: StoreConfig,
-        times: TimeIndex,
+        self, directory: Path, config: StoreConfig, series: SeriesTable,
         on_drop: Callable[[Segment], None],
-    ) -> None:
+    ) -> None:  # fmt: skip
         self.directory = directory
+        self.series = series
         self.config = config
-        self.times = times
         self.on_drop = on_drop
         self.segments: list[Segment] = []
         self.bases: list[int] = []
@@ -81,7 +81,7 @@ class SegmentFiles:
     def add(self, seg: Segment) -> None:
         """Append a loaded or new segment."""
         self.segments.append(seg)
-        self.bases.append(seg.seq_at(0) if seg.count else seg.first_seq)
+        self.bases.append(seg.base_seq if seg.count else seg.first_seq)
         self.bytes += seg.size
 
     def open_active(self, next_seq: int) -> None:
@@ -93,10 +93,15 @@ class SegmentFiles:
         """
         active = self.segments[-1] if self.segments else None
         if (active is not None and active.clean and active.version == FILE_VERSION
+                and NO_SERIES not in active.gids
                 and active.last_seq == next_seq - 1
                 and (active.count or active.first_seq == next_seq)
                 and active.size + batch.OVERHEAD < self.config.segment_bytes):  # fmt: skip
             self.wfd = os.open(active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            sidecar.remove(active.path)  # it grows: a saved index would be stale
+            active.saved = False
+            keys = self.series.keys
+            active.key_ids = {keys[g]: lid for lid, g in enumerate(active.gids)}
         else:
             self.roll(next_seq)
 
@@ -109,6 +114,7 @@ class SegmentFiles:
                 self.bytes -= seg.size
                 seg.close()
                 seg.path.unlink(missing_ok=True)
+                sidecar.remove(seg.path)
                 self.dir_dirty = True
 
     def max_record(self) -> int:
@@ -148,15 +154,15 @@ class SegmentFiles:
                     parts.append(batch.encode_dict(seq0 + i, sample))
                 used = len(parts[0]) if parts else 0
                 j = i
-                offs: list[int] = []
+                made: list[tuple[int, int, list[int], int]] = []  # (pos, start, ids, mask)
                 for k in ends:
                     if k <= j:
                         continue
-                    frame = encode_for(key_ids, zdict, seq0 + j, tss[j:k], keys[j:k],
-                                       payloads[j:k])  # fmt: skip
+                    frame, ids = encode_for(key_ids, zdict, seq0 + j, tss[j:k], keys[j:k],
+                                            payloads[j:k])  # fmt: skip
                     if used + len(frame) > room:
                         break
-                    offs.extend(repeat(seg.size + used, k - j))
+                    made.append((seg.size + used, j, ids, frame_mask(ids)))
                     parts.append(frame)
                     used += len(frame)
                     j = k
@@ -166,18 +172,21 @@ class SegmentFiles:
                                          "store.segment_bytes")  # fmt: skip
                     self.roll(seq0 + i)
                     continue
-                self._write(memoryview(b"".join(parts)))
+                data = b"".join(parts)
+                self._write(memoryview(data))
+                seg.crc = zlib.crc32(data, seg.crc)
                 if zdict is not None:
                     seg.dict_id = zid
                     seg.dicts[zid] = zdict
+                if len(key_ids) > len(seg.key_ids):  # series new to the segment: map them
+                    by_key = dict(zip(keys[i:j], sids[i:j], strict=True))
+                    seg.gids.extend(map(by_key.__getitem__, keys_from(key_ids, len(seg.gids))))
                 seg.key_ids = key_ids
-                seg.offs.extend(offs)
-                chunk_ts = tss[i:j]
-                seg.tss.extend(chunk_ts)
-                seg.sids.extend(sids[i:j])
+                for pos, a, ids, mask in made:
+                    chunk = tss[a : a + len(ids)]
+                    seg.add_frame(pos, seq0 + a, ids, min(chunk), max(chunk), mask)
                 seg.size += used
                 self.bytes += used
-                self.times.add(range(seq0 + i, seq0 + j), chunk_ts)
                 self.recent = (keys[max(i, j - 64) : j], payloads[max(i, j - 64) : j])
                 i = j
         except OSError as exc:
@@ -227,7 +236,8 @@ class SegmentFiles:
             else:
                 self.pending_fds.append(self.wfd)
             self.wfd = None
-        self.times.seal()
+        if self.segments:
+            self.seal(self.segments[-1])
         while self.segments and self.bytes + self.config.segment_bytes > self.config.max_bytes:
             self._drop_oldest()
         path = self.directory / segment_name(first_seq)
@@ -238,6 +248,9 @@ class SegmentFiles:
             raise StoreError(f"segment {path} already exists; the store directory was changed "
                              "behind the agent's back; restart the agent") from None
         seg = Segment(path, first_seq, FILE_HEADER_SIZE)
+        prev = self.segments[-1] if self.segments else None
+        if prev is not None and prev.frames:  # frames come as the last segment's came
+            seg.set_words(filter_words(prev.count / prev.frames))
         header = encode_file_header(first_seq)
         zdict = self.sample
         if zdict:
@@ -251,6 +264,7 @@ class SegmentFiles:
             raise
         self.wfd = fd
         seg.size = len(header)
+        seg.crc = zlib.crc32(header)
         if zdict:
             seg.dict_id = batch.dict_id(zdict)
             seg.dicts[seg.dict_id] = zdict
@@ -266,7 +280,16 @@ class SegmentFiles:
         self.dropped_records += seg.count
         seg.close()
         seg.path.unlink(missing_ok=True)
+        sidecar.remove(seg.path)
         self.dir_dirty = True
+
+    def seal(self, seg: Segment) -> None:
+        """``seg`` will not be written again: trim its index and save it (version 2, when
+        nothing was skipped in it)."""
+        seg.seal()
+        if seg.version == FILE_VERSION and seg.clean and seg.count and not seg.saved:
+            sidecar.save(seg, self.series.keys)
+            seg.saved = True
 
     def close(self) -> None:
         """Close every handle (after a final sync)."""
@@ -297,17 +320,18 @@ def _chunk_ends(payloads: Sequence[bytes], target: int) -> list[int]:
 def encode_for(
     key_ids: dict[bytes, int], zdict: bytes | None, seq0: int, tss: tuple[float, ...],
     keys: list[bytes], payloads: tuple[bytes, ...],
-) -> bytes:  # fmt: skip
+) -> tuple[bytes, list[int]]:  # fmt: skip
     """A batch frame of these records for a segment whose series ids are ``key_ids`` (keys
-    new to it are added) and whose dictionary is ``zdict``."""
+    new to it are added) and whose dictionary is ``zdict``, and the records' local ids."""
     ids = list(map(key_ids.get, keys))
     base = len(key_ids)
     if None in ids:
         for x, key in enumerate(keys):
             if ids[x] is None:
                 ids[x] = key_ids.setdefault(key, len(key_ids))
-    return batch.encode_batch(seq0, tss, ids, base, keys_from(key_ids, base), payloads,  # type: ignore[arg-type]
-                              zdict)  # fmt: skip
+    frame = batch.encode_batch(seq0, tss, ids, base, keys_from(key_ids, base), payloads,  # type: ignore[arg-type]
+                               zdict)  # fmt: skip
+    return frame, ids  # type: ignore[return-value]
 
 
 def keys_from(key_ids: dict[bytes, int], base: int) -> list[bytes]:

@@ -1,57 +1,162 @@
-"""In-memory indexes of the ring store: series (check, target) and time blocks.
+"""In-memory indexes of the ring store: the series table, and the helpers of the frame index.
 
 Theory of operation
 -------------------
-The store keeps, per segment, three packed arrays with one entry per record (file offset,
-timestamp, series id); see :mod:`meshmon.store.segment`. This module adds the two indexes that
-queries need, both small and rebuilt from those arrays on start:
+The store indexes *frames*, not records: a version-2 frame holds a whole append batch (tens to
+thousands of records), and everything a query needs to decide whether a frame can hold a
+match fits in ~34 bytes per frame (see :mod:`meshmon.store.segment`). Records are only looked
+at in frames that pass, by inflating the frame's small column part (timestamps, series ids)
+and, when one matches, its payloads. So memory and recovery cost per frame, a few bytes per
+record at the agent's batch sizes instead of ~24.
 
-* **Series.** Each distinct (check, target) pair gets a small integer id. A series holds the seqs
-  of its records in a packed ``array('Q')`` (8 bytes a record), ascending because seqs are
-  assigned in append order. Series are filled lazily, in bulk, when a query needs them: the
-  append path only records each record's series id in its segment. Query by check or target
-  unions the matching series; "latest per target" is the last seq of each series. Series
-  emptied by the ring are recycled.
-* **Time blocks.** Consecutive records (in seq order) are grouped into blocks of at most
-  ``BLOCK_RECORDS`` records whose timestamps span at most ``BLOCK_SPAN`` seconds. Sealed blocks
-  live in a ``SortedKeyList`` ordered by their smallest timestamp. Because no block spans more
-  than ``BLOCK_SPAN``, the blocks that can hold a time in ``[t0, t1]`` are exactly those whose
-  smallest timestamp is in ``[t0 - BLOCK_SPAN, t1]``: one ``irange`` whatever the disorder of the
-  timestamps. A record far out of order (a clock step) simply starts a new block.
+* **Series.** Each distinct (check, target) pair gets a small integer id, global to the store,
+  and keeps one number: the seq of its newest record (``latest``). That answers "latest per
+  series" directly, and tells which series the ring has emptied: when a segment is dropped,
+  every series whose newest record was in it has no record left and is forgotten (its id is
+  recycled). A frame names its records' series by *segment-local* ids
+  (:mod:`meshmon.store.batch`); each segment maps its local ids to these global ones.
+* **Frame filters.** Each frame carries a Bloom filter of the segment-local series ids it
+  holds (two bits per id, :func:`local_mask`), 128, 256 or 512 bits wide depending on the
+  segment's frame sizes (:func:`filter_words`). A query for one series, or a few, skips every
+  frame whose filter lacks them; false positives (at most ~16% up to 128 records a frame) only
+  cost a look at that frame's column part, never a wrong answer.
+* **Time bounds.** Per frame, the store keeps the running maximum of the frames' newest
+  timestamps and the running minimum (from the end) of their oldest, relative to the segment's
+  first timestamp, as float32 rounded outwards (:func:`f32_down`, :func:`f32_up`). Both
+  sequences are monotonic, so the frames that may hold a time in ``[t0, t1]`` are one
+  contiguous range found by two bisections, whatever the disorder of the timestamps (a clock
+  step only widens the range). Every candidate record's own timestamp is checked exactly.
 """
 
 from __future__ import annotations
 
-from array import array
-from bisect import bisect_left
-from collections import deque
-from dataclasses import dataclass, field
-from itertools import groupby
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+from functools import reduce
+from operator import or_
 from zlib import crc32
-
-from sortedcontainers import SortedKeyList
 
 from meshmon.store.format import MAX_KEY, series_key
 
-BLOCK_RECORDS = 4096
-"""Most records in a time block: bounds the records a time query filters one by one."""
-BLOCK_SPAN = 60.0
-"""Widest timestamp span of a block, seconds: bounds how far before ``since`` a query looks."""
+NO_SERIES = 0xFFFFFFFF
+"""A segment-local id with no global series (its definition was lost at recovery)."""
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASKS: list[int] = []
+"""Filter bits of each segment-local id, grown on demand (ids are dense, a few thousand)."""
+
+
+FILTER_BITS = 512
+"""Width at which filters are computed; a segment stores them folded to 128, 256 or 512 bits
+(:func:`filter_words`), since folding a Bloom filter in half is taking its bits modulo half."""
+
+
+TABLE_IDS = 1 << 16
+"""Local ids whose masks are kept in a table; beyond (a segment of more series than that, or
+a hostile frame) they are computed each time, so memory stays bounded."""
+
+
+def local_mask(lid: int) -> int:
+    """The two filter bits (of ``FILTER_BITS``) of segment-local series id ``lid``."""
+    if lid < len(_MASKS):
+        return _MASKS[lid]
+    if lid < TABLE_IDS:
+        _grow(lid)
+        return _MASKS[lid]
+    return _mask_of(lid)
+
+
+def _mask_of(lid: int) -> int:
+    h = (lid * _GOLDEN) & 0xFFFFFFFFFFFFFFFF
+    return (1 << (h >> 55)) | (1 << ((h >> 46) & 511))
+
+
+def _grow(lid: int) -> None:
+    top = min(max(lid + 1, 2 * len(_MASKS), 256), TABLE_IDS)
+    _MASKS.extend(map(_mask_of, range(len(_MASKS), top)))
+
+
+def frame_mask(lids: object) -> int:
+    """The filter of a frame whose records have these segment-local series ids (an array or
+    list of ints; the work stays in C)."""
+    ids: list[int] | tuple[int, ...] = lids  # type: ignore[assignment]
+    if not ids:
+        return 0
+    top = max(ids)
+    if top >= TABLE_IDS:
+        return reduce(or_, map(local_mask, ids))
+    if top >= len(_MASKS):
+        _grow(top)
+    return reduce(or_, map(_MASKS.__getitem__, ids))
+
+
+def filter_words(records_per_frame: float) -> int:
+    """64-bit words of filter per frame for frames of this many records: the false positive
+    rate stays under ~16% up to 128 records a frame (2 bits an id: ``(1 - e**(-2n/m))**2``),
+    and the filter under ~1.7 bytes a record from 20 records a frame."""
+    if records_per_frame <= 32:
+        return 2
+    return 4 if records_per_frame <= 64 else 8
+
+
+def fold(mask: int, words: int) -> int:
+    """A ``FILTER_BITS`` filter folded to ``64 * words`` bits."""
+    width = FILTER_BITS
+    while width > 64 * words:
+        width //= 2
+        mask = (mask & ((1 << width) - 1)) | (mask >> width)
+    return mask
+
+
+def mask_words(mask: int) -> list[tuple[int, int]]:
+    """The nonzero 64-bit words of a folded mask, as (index, bits)."""
+    out = []
+    i = 0
+    while mask:
+        if mask & 0xFFFFFFFFFFFFFFFF:
+            out.append((i, mask & 0xFFFFFFFFFFFFFFFF))
+        mask >>= 64
+        i += 1
+    return out
+
+
+F32_MAX = 3.4028234663852886e38
+
+
+def f32_down(x: float) -> float:
+    """A float64 whose float32 rounding (as ``array('f')`` stores it) is <= ``x``.
+
+    Subtracting two float32 ulps before the nearest rounding guarantees the direction (an ulp
+    is at most ``|x| * 2**-23``); out of float32 range the result saturates conservatively.
+    """
+    if math.isnan(x):
+        return -math.inf
+    y = x - (abs(x) + 1e-30) * 2.0**-22
+    return -math.inf if y < -F32_MAX else min(y, F32_MAX)
+
+
+def f32_up(x: float) -> float:
+    """A float64 whose float32 rounding is >= ``x`` (see :func:`f32_down`)."""
+    if math.isnan(x):
+        return math.inf
+    y = x + (abs(x) + 1e-30) * 2.0**-22
+    return math.inf if y > F32_MAX else max(y, -F32_MAX)
 
 
 @dataclass
 class Series:
-    """One (check, target) pair and the seqs of its records."""
+    """One (check, target) pair and the seq of its newest stored record."""
 
     check: str
     target: str
     key: bytes
     key_crc: int
-    seqs: array[int] = field(default_factory=lambda: array("Q"))
+    latest: int = 0
+    """Seq of the newest record (0: none yet)."""
 
 
 class SeriesTable:
-    """Interns (check, target) pairs and keeps each series' seqs."""
+    """Interns (check, target) pairs and keeps each series' newest seq."""
 
     def __init__(self) -> None:
         self.by_pair: dict[tuple[str, str], int] = {}
@@ -60,6 +165,9 @@ class SeriesTable:
         self.keys: list[bytes] = []
         """Key bytes by series id (hot path: one list lookup per record)."""
         self.key_crcs: list[int] = []
+        self.latest: list[int] = []
+        """Seq of the newest record by series id (0: none); the hot path's copy of
+        ``Series.latest``, updated by ``map`` over a batch."""
         self._free: list[int] = []
 
     def intern(self, check: str, target: str) -> int:
@@ -93,146 +201,65 @@ class SeriesTable:
             self.series[sid] = s
             self.keys[sid] = s.key
             self.key_crcs[sid] = s.key_crc
+            self.latest[sid] = 0
         else:
             sid = len(self.series)
             self.series.append(s)
             self.keys.append(s.key)
             self.key_crcs.append(s.key_crc)
+            self.latest.append(0)
         self.by_pair[(s.check, s.target)] = sid
         self.by_key[s.key] = sid
         return sid
 
-    def add_records(self, seqs: range | array[int], sids: array[int]) -> None:
-        """Index records with these ascending seqs and series ids.
+    def note(self, sids: list[int], seq0: int) -> None:
+        """Records ``seq0, seq0 + 1, ...`` of series ``sids`` were written: the newest of each
+        series wins (seqs ascend, so the last assignment is the newest)."""
+        latest = self.latest
+        for _ in map(latest.__setitem__, sids, range(seq0, seq0 + len(sids))):
+            pass
 
-        Sorting positions by series id (stable, so seqs stay ascending) and extending each
-        series once per group keeps the per-record work in C; the store calls this in bulk,
-        lazily, before a query needs the series (see ``RingStore._catch_up``).
-        """
-        series = self.series
-        for sid, group in groupby(sorted(range(len(sids)), key=sids.__getitem__),
-                                  key=sids.__getitem__):  # fmt: skip
-            s = series[sid]
-            assert s is not None
-            s.seqs.extend(map(seqs.__getitem__, group))
+    def raise_latest(self, sid: int, seq: int) -> None:
+        """Recovery found record ``seq`` of series ``sid``."""
+        if seq > self.latest[sid]:
+            self.latest[sid] = seq
 
-    def drop_before(self, seq: int) -> None:
-        """Forget every record below ``seq``; recycle series left empty."""
+    def drop_through(self, seq: int, keep: Collection[int] = ()) -> None:
+        """The ring dropped every record up to ``seq``: forget series with none left, except
+        those in ``keep`` (a batch being written names them) and those never written yet."""
+        latest = self.latest
         for sid, s in enumerate(self.series):
-            if s is None or not s.seqs or s.seqs[0] >= seq:
-                continue
-            del s.seqs[: bisect_left(s.seqs, seq)]
-            if not s.seqs:
+            if s is not None and 0 < latest[sid] <= seq and sid not in keep:
                 del self.by_pair[(s.check, s.target)]
                 del self.by_key[s.key]
                 self.series[sid] = None
+                latest[sid] = 0
                 self._free.append(sid)
 
-    def matching(self, check: str | None, target: str | None) -> list[Series]:
-        """Series with that check and/or target (``None`` matches any)."""
+    def matching(self, check: str | None, target: str | None) -> list[int]:
+        """Ids of the series with records, with that check and/or target (``None``: any)."""
+        latest = self.latest
         if check is not None and target is not None:
             sid = self.by_pair.get((check, target))
-            s = self.series[sid] if sid is not None else None
-            return [s] if s is not None else []
+            return [sid] if sid is not None and latest[sid] else []
         return [
-            s for s in self.series
-            if s is not None and (check is None or s.check == check)
+            sid for sid, s in enumerate(self.series)
+            if s is not None and latest[sid] and (check is None or s.check == check)
             and (target is None or s.target == target)
         ]  # fmt: skip
 
-    def memory_entries(self) -> int:
-        """Seqs held across all series (for memory accounting)."""
-        return sum(len(s.seqs) for s in self.series if s is not None)
+    def names(self) -> list[tuple[str, str]]:
+        """(check, target) of every series with records."""
+        latest = self.latest
+        return sorted((s.check, s.target) for sid, s in enumerate(self.series)
+                      if s is not None and latest[sid])  # fmt: skip
 
+    def count(self) -> int:
+        """Series with records."""
+        return sum(1 for s in self.latest if s)
 
-@dataclass
-class Block:
-    """A run of consecutive records whose timestamps lie within ``BLOCK_SPAN``."""
-
-    min_ts: float
-    max_ts: float
-    first_seq: int
-    last_seq: int
-
-
-def _block_key(b: Block) -> tuple[float, int]:
-    return (b.min_ts, b.first_seq)
-
-
-class TimeIndex:
-    """Blocks of records by time; see the module docstring."""
-
-    def __init__(self) -> None:
-        self.sealed: SortedKeyList = SortedKeyList(key=_block_key)
-        self.open: Block | None = None
-        self.order: deque[Block] = deque()
-        """Every block, sealed or open, in seq order (for dropping the oldest)."""
-
-    def seal(self) -> None:
-        """Close the open block (at a segment boundary, so no block spans two segments)."""
-        if self.open is not None:
-            self.sealed.add(self.open)
-            self.open = None
-
-    def _start(self, min_ts: float, max_ts: float, first: int, last: int) -> None:
-        self.seal()
-        self.open = Block(min_ts, max_ts, first, last)
-        self.order.append(self.open)
-
-    def add(
-        self, seqs: range | list[int] | array[int], tss: tuple[float, ...] | array[float]
-    ) -> None:
-        """Index records with these ascending seqs and their timestamps."""
-        n = len(tss)
-        if not n:
-            return
-        lo, hi = min(tss), max(tss)
-        b = self.open
-        if b is not None and b.last_seq - b.first_seq + 1 + n <= BLOCK_RECORDS \
-                and max(hi, b.max_ts) - min(lo, b.min_ts) <= BLOCK_SPAN:
-            b.min_ts, b.max_ts, b.last_seq = min(lo, b.min_ts), max(hi, b.max_ts), seqs[-1]
-        elif n <= BLOCK_RECORDS and hi - lo <= BLOCK_SPAN:
-            self._start(lo, hi, seqs[0], seqs[-1])
-        elif n > 16:  # too many or too spread for one block: halve (min/max stay in C)
-            half = n // 2
-            self.add(seqs[:half], tss[:half])
-            self.add(seqs[half:], tss[half:])
-        else:  # a handful of disordered records: one at a time
-            for seq, ts in zip(seqs, tss, strict=True):
-                self.add_one(seq, ts)
-
-    def add_one(self, seq: int, ts: float) -> None:
-        """Index one record (the unbatched path)."""
-        b = self.open
-        if b is not None and b.last_seq - b.first_seq + 1 < BLOCK_RECORDS \
-                and max(ts, b.max_ts) - min(ts, b.min_ts) <= BLOCK_SPAN:
-            b.last_seq = seq
-            if ts < b.min_ts:
-                b.min_ts = ts
-            elif ts > b.max_ts:
-                b.max_ts = ts
-        else:
-            self._start(ts, ts, seq, seq)
-
-    def drop_before(self, seq: int) -> None:
-        """Forget blocks entirely below ``seq`` (a dropped segment)."""
-        while self.order and self.order[0].last_seq < seq:
-            b = self.order.popleft()
-            if b is self.open:
-                self.open = None
-            else:
-                self.sealed.discard(b)
-
-    def candidates(self, t0: float, t1: float) -> list[Block]:
-        """Blocks that may hold a record with ``t0 <= ts <= t1``, in seq order."""
-        found = [
-            b for b in self.sealed.irange_key((t0 - BLOCK_SPAN, -1), (t1, 2**64))
-            if b.max_ts >= t0
-        ]  # fmt: skip
-        if self.open is not None and self.open.min_ts <= t1 and self.open.max_ts >= t0:
-            found.append(self.open)
-        found.sort(key=lambda b: b.first_seq)
-        return found
-
-    def __len__(self) -> int:
-        return len(self.order)
+    def memory_bytes(self) -> int:
+        """Estimate of what the table holds (objects, names, lists, dicts)."""
+        n = len(self.series)
+        names = sum(len(s.key) for s in self.series if s is not None)
+        return n * 8 * 5 + len(self.by_pair) * (2 * 100 + 150) + 2 * names

@@ -72,7 +72,7 @@ class StoreStats:
     read_errors: int
     """Records that failed their checksum when read back after recovery."""
     index_bytes: int
-    """Memory held by the packed per-record arrays and series seqs (estimate)."""
+    """Memory held by the packed per-frame arrays and the series table (estimate)."""
     cursors: dict[str, dict[str, int]]
     """Per cursor: position, lost, behind."""
     lost_records: int

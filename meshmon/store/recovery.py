@@ -7,7 +7,8 @@ Nothing here raises for bad content. Every problem is logged naming the file and
 * a corrupt stretch inside a segment is skipped, and the records lost in it are counted from
   the gap in seqs around it;
 * a segment whose header is damaged is scanned whole for frames and kept read-only;
-* a file without a single valid record is renamed ``*.bad`` and left for inspection.
+* a file without a single valid record is renamed ``*.bad`` and left for inspection;
+* a saved frame index (``.idx``) whose segment is gone, or that was half-written, is deleted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 from pathlib import Path
 
+from meshmon.store import sidecar
 from meshmon.store.errors import StoreLocked
 from meshmon.store.index import SeriesTable
 from meshmon.store.records import RecoveryInfo
@@ -64,6 +66,9 @@ def load_directory(
         first = parse_segment_name(path.name)
         if first is not None and path.is_file():
             found.append((first, path))
+        elif path.suffix == sidecar.SUFFIX or path.name.endswith(".idx.tmp"):
+            if not path.with_suffix(".seg").exists() or path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)  # its segment is gone, or it was half-written
         elif path.name not in KNOWN and not path.name.endswith(".bad"):
             log.info("store %s: ignoring unexpected file %s", directory, path.name)
     found.sort()
@@ -82,6 +87,7 @@ def load_directory(
         if not seg.header_ok and not rep.records:
             bad = path.with_name(path.name + ".bad")
             os.replace(path, bad)
+            sidecar.remove(path)
             info.bad_files.append(str(bad))
             log.error("store segment %s holds no valid record; renamed to %s (inspect or delete "
                       "it; the other segments are intact)", path, bad.name)  # fmt: skip

@@ -28,10 +28,17 @@ the store: appends go to a bounded in-memory buffer, keeping their seqs, until a
 it (:mod:`meshmon.store.outage`). Only a failed fsync makes the store refuse appends until a
 restart (:class:`~meshmon.store.errors.StoreFailed` says why).
 
-Opening the store is recovery: every segment is scanned, torn tails are truncated, corrupt
+The indexes in memory are per frame, not per record (:mod:`meshmon.store.index`): ~1-2 bytes
+a record at the agent's batch sizes. Reads go through them to the few frames that can match
+and inflate only those (:mod:`meshmon.store.query`); "latest per series" is one seq per
+series, kept up as records are written.
+
+Opening the store is recovery: every segment is verified, torn tails are truncated, corrupt
 stretches are skipped and counted, files without a single valid record are renamed ``*.bad``,
-and the indexes are rebuilt. Nothing in that path raises for bad content; it logs, naming the
-file, and keeps every valid record.
+and the indexes are rebuilt, from the frame headers and column parts (never the payloads), or,
+for a sealed segment whose saved index matches its size and CRC-32, from that index
+(:mod:`meshmon.store.sidecar`). Nothing in that path raises for bad content; it logs, naming
+the file, and keeps every valid record.
 
 Thread safety: every public method may be called from any thread. One mutex guards the
 in-memory state and is never held across an fsync, so a worker thread can fsync while the
@@ -63,9 +70,9 @@ from meshmon.store.errors import (
 )
 from meshmon.store.files import SegmentFiles
 from meshmon.store.health import recovery_report
-from meshmon.store.index import SeriesTable, TimeIndex
+from meshmon.store.index import SeriesTable
 from meshmon.store.outage import Buffered, Outages
-from meshmon.store.query import Reader, match
+from meshmon.store.query import Reader
 from meshmon.store.records import CursorInfo, Record, RecoveryInfo, StoreStats
 from meshmon.store.recovery import load_directory, take_lock
 from meshmon.store.segment import Segment
@@ -117,12 +124,11 @@ class RingStore:
         self._cursor_io = threading.Lock()
         """Held from snapshotting a cursor to its file being written: files never go back."""
         self.series = SeriesTable()
-        self.times = TimeIndex()
-        self.files = SegmentFiles(self.directory, self.config, self.times, self._forget)
+        self.files = SegmentFiles(self.directory, self.config, self.series, self._forget)
         self.segments = self.files.segments
         self._reader = Reader(self.segments, self.files.bases, self.series)
-        self._indexed_seq = 0
-        """Records below this seq are in the series index (it is filled lazily)."""
+        self._writing: list[int] = []
+        """Series ids of the batch being written (a segment dropped meanwhile keeps them)."""
         self._next_seq = 1
         self._durable_seq = 0
         self._closed = False
@@ -167,15 +173,14 @@ class RingStore:
         for seg in segments:
             self.files.add(seg)
         self.files.dir_dirty = bool(info.bad_files)
-        for seg in self.segments:
-            self.times.add(seg.seq_range(0, seg.count), seg.tss)
-            self.times.seal()
         self._durable_seq = self._next_seq - 1
         try:
             self.files.open_active(self._next_seq)
         except OSError as exc:  # a full disk at start: buffer until it takes writes
             self.outages.begin(exc, self._next_seq)
         self.files.drop_empty_sealed()
+        for seg in self.segments[:-1]:
+            self.files.seal(seg)  # and save the index of one that had to be scanned
         self.cursors.reconcile(self.oldest_seq or self._next_seq)
         try:
             self.sync()
@@ -355,7 +360,12 @@ class RingStore:
         the file. A refused write starts (or continues) an outage and stops there."""
         seq0 = self._next_seq
         keys = list(map(self.series.keys.__getitem__, sids))
-        written, error = self.files.write_records(seq0, tss, sids, keys, payloads)
+        self._writing = sids
+        try:
+            written, error = self.files.write_records(seq0, tss, sids, keys, payloads)
+        finally:
+            self._writing = []
+        self.series.note(sids[:written], seq0)
         self._next_seq = seq0 + written
         if self.config.fsync == "never":
             self._durable_seq = self._next_seq - 1
@@ -366,25 +376,13 @@ class RingStore:
                 self.outages.begin(error, self._next_seq)
         return written
 
-    def _catch_up(self) -> None:
-        """Add records appended since the last query to the series index, in bulk."""
-        end = self.segments[-1].last_seq + 1 if self.segments else 0
-        if self._indexed_seq >= end:
-            return
-        for seg in self.segments[self._reader.segment_for(self._indexed_seq) :]:
-            i = seg.index_ge(self._indexed_seq)
-            if i < seg.count:
-                self.series.add_records(seg.seq_range(i, seg.count), seg.sids[i:])
-        self._indexed_seq = end
-
     def _forget(self, seg: Segment) -> None:
         """The ring is about to delete ``seg``: charge the cursors, trim the indexes."""
-        self._catch_up()
+        self._reader.forget(seg)
         if seg.count:
             last = seg.last_seq
-            self.cursors.charge_drop(last, lambda pos: seg.count - seg.index_ge(pos))
-            self.series.drop_before(last + 1)
-            self.times.drop_before(last + 1)
+            self.cursors.charge_drop(last, seg.count_ge)
+            self.series.drop_through(last, set(self._writing))
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -493,7 +491,7 @@ class RingStore:
         """Seq of the oldest stored record, ``None`` when empty."""
         for seg in self.segments:
             if seg.count:
-                return seg.seq_at(0)
+                return seg.base_seq
         return None
 
     def __len__(self) -> int:
@@ -505,7 +503,7 @@ class RingStore:
         """The record with this seq, or ``None`` if absent (never stored, or overwritten)."""
         with self._mutex:
             self._check_open()
-            found = self._reader.fetch([seq]) if self.segments else []
+            found = self._reader.fetch([seq])
             return found[0] if found else None
 
     def read(self, from_seq: int, limit: int = 1000, max_bytes: int = 4 * 2**20) -> list[Record]:
@@ -538,24 +536,25 @@ class RingStore:
         """
         with self._mutex:
             self._check_open()
-            self._catch_up()
-            seqs = match(self._reader, self.times, check, target, since, until, limit,
-                         order == "newest")  # fmt: skip
-            return self._reader.fetch(seqs)
+            gids = None
+            if check is not None or target is not None:
+                gids = self.series.matching(check, target)
+                if not gids:
+                    return []
+            return self._reader.query(gids, since, until, limit, order == "newest")
 
     def latest(self, *, check: str | None = None, target: str | None = None) -> list[Record]:
         """The newest record of each (check, target) series matching the filters."""
         with self._mutex:
             self._check_open()
-            self._catch_up()
-            seqs = sorted(s.seqs[-1] for s in self.series.matching(check, target) if s.seqs)
+            latest = self.series.latest
+            seqs = sorted(latest[g] for g in self.series.matching(check, target))
             return self._reader.fetch(seqs)
 
     def series_names(self) -> list[tuple[str, str]]:
         """Every (check, target) pair with records in the store."""
         with self._mutex:
-            self._catch_up()
-            return sorted(self.series.by_pair)
+            return self.series.names()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -580,7 +579,7 @@ class RingStore:
             return self._info(state)
 
     def _info(self, c: cur.CursorState) -> CursorInfo:
-        behind = sum(seg.count - seg.index_ge(c.position) for seg in self.segments)
+        behind = sum(seg.count_ge(c.position) for seg in self.segments)
         return CursorInfo(c.name, c.position, c.lost, behind)
 
     def read_cursor(self, name: str, limit: int = 1000, max_bytes: int = 4 * 2**20) -> list[Record]:
@@ -630,15 +629,14 @@ class RingStore:
     def stats(self) -> StoreStats:
         """Counters for status displays; cheap (no I/O)."""
         with self._mutex:
-            self._catch_up()
             infos = [self._info(c) for c in self.cursors.states.values()]
             index = sum(seg.index_bytes() for seg in self.segments)
-            index += self.series.memory_entries() * 8
+            index += self.series.memory_bytes()
             newest = next((s.last_seq for s in reversed(self.segments) if s.count), None)
             files = self.files
             return StoreStats(
                 records=len(self), bytes=files.bytes, capacity_bytes=self.config.max_bytes,
-                segments=len(self.segments), series=len(self.series.by_pair),
+                segments=len(self.segments), series=self.series.count(),
                 oldest_seq=self.oldest_seq, newest_seq=newest, durable_seq=self._durable_seq,
                 fsync=self.config.fsync, dropped_segments=files.dropped_segments,
                 dropped_records=files.dropped_records, read_errors=self._reader.read_errors,
