@@ -4,7 +4,6 @@ before, during and after the outage is in the store with contiguous seqs and not
 
 from __future__ import annotations
 
-import errno
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.harness import AgentProc, LocalMesh, wait_for
+from tests.tmpfs import fill_disk, tmpfs
 
 CONFIG = """
 [store]
@@ -47,26 +47,11 @@ def mesh(tmp_path: Path) -> Iterator[LocalMesh]:
 def agent(mesh: LocalMesh) -> Iterator[AgentProc]:
     """An agent whose data_dir is a fresh 2 MiB tmpfs (unmounted after the agent stops)."""
     proc = mesh.add("full-1", 51, extra_config=CONFIG)
-    data = proc.folder / "data"
-    data.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(data)], check=True)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        subprocess.run(["umount", "-l", str(data)], check=True)
-
-
-def fill(directory: Path) -> Path:
-    junk = directory / "junk"
-    with junk.open("wb", buffering=0) as f:
-        for chunk in (65536, 4096, 1):
-            try:
-                while True:
-                    f.write(b"\0" * chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    return junk
+    with tmpfs(proc.folder / "data", "2m"):
+        try:
+            yield proc
+        finally:
+            proc.stop()
 
 
 def status_text(agent: AgentProc) -> str:
@@ -91,7 +76,7 @@ def test_a_full_data_dir_is_survived_and_nothing_is_lost(mesh: LocalMesh, agent:
     )
     assert before["state"] == "ok" and not before["degraded"]
 
-    junk = fill(agent.folder / "data")
+    junk = fill_disk(agent.folder / "data")
     failing = wait_for(
         "the store to report failing",
         lambda: (s := store_status(agent))["state"] == "failing" and s,
@@ -156,7 +141,7 @@ def test_overflow_is_counted_persisted_and_shown_after_a_restart(
         lambda: store_status(agent)["durable_seq"] >= 5,
         timeout=30,
     )
-    junk = fill(agent.folder / "data")
+    junk = fill_disk(agent.folder / "data")
     overflowing = wait_for("results to be dropped once the buffer is full",
                            lambda: (s := store_status(agent))["lost_disk"] >= 3 and s,
                            timeout=30)  # fmt: skip

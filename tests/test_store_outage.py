@@ -7,7 +7,6 @@ import errno
 import logging
 import os
 import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import trio
 from meshmon.config import StoreConfig
 from meshmon.store import AsyncRingStore, RecordDropped, RingStore
 from meshmon.store.outage import RETRY_MAX, advice, retry_delay
+from tests.tmpfs import fill_disk, tmpfs
 
 CFG = StoreConfig(max_bytes=128 * 1024, segment_bytes=32 * 1024, fsync="always",
                   buffer_bytes=64 * 1024)  # type: ignore[arg-type]  # fmt: skip
@@ -35,28 +35,8 @@ class Clock:
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 512 KiB tmpfs, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], check=True)
-    try:
+    with tmpfs(tmp_path / "fs", "512k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
-def fill_disk(fs: Path) -> Path:
-    """Write a junk file until the filesystem says ENOSPC; return it."""
-    junk = fs / "junk"
-    with junk.open("wb", buffering=0) as f:
-        for chunk in (65536, 4096, 1):
-            try:
-                while True:
-                    f.write(b"\0" * chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    return junk
 
 
 def payload(i: int) -> dict[str, object]:
