@@ -9,6 +9,7 @@ in one WARNING naming those keys, and they take effect at the next restart.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -88,6 +89,24 @@ async def _watch_config(agent: Agent, path: Path) -> None:
             reload_from(agent, path)
 
 
+GC_THRESHOLDS = (20_000, 20, 20)
+"""CPython's collector thresholds for a running agent (the defaults are 700, 10, 10)."""
+
+
+def tune_gc() -> None:
+    """Freeze what startup built and collect the young generation less often.
+
+    A probe allocates a few dozen short-lived objects; at the default threshold of 700 the
+    collector ran every ~25 probes, and its older-generation passes walked the ~200,000
+    long-lived objects of the imports and the view each time. Freezing those (they live as long
+    as the process) and collecting every 20,000 allocations took the agent at 1000 probes/s
+    from ~101 to ~85 us of CPU per probe with the same resident set (benchmarks/agent_cost).
+    The probe path makes few reference cycles, so garbage still goes promptly.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(config: AgentConfig, config_path: Path | None = None) -> None:
     """Run an agent until SIGINT or SIGTERM, then leave the mesh and stop."""
     agent = Agent(config)
@@ -97,6 +116,7 @@ async def serve(config: AgentConfig, config_path: Path | None = None) -> None:
             await nursery.start(agent.run)
             if config_path is not None:
                 nursery.start_soon(_watch_config, agent, config_path)
+            tune_gc()
             print(f"agent up: {agent.describe()}", flush=True)
             async for signum in signals:
                 if signum == signal.SIGHUP:
