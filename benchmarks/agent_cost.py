@@ -121,7 +121,7 @@ def idle_mesh(root: Path, size: int, seconds: float) -> dict[str, float]:
         mesh.wait_up(first)
         seed = f"127.0.0.2:{mesh.port}"
         procs = [first] + [mesh.start(f"idle-{i}", i + 1, [seed]) for i in range(2, size + 1)]
-        for p in procs:
+        for p in procs:  # all started at once; each is waited for only after
             mesh.wait_up(p)
 
         def all_alive() -> bool:
@@ -129,7 +129,7 @@ def idle_mesh(root: Path, size: int, seconds: float) -> dict[str, float]:
                        for p in procs)  # fmt: skip
 
         wait_for(f"all {size} agents to see {size} alive", all_alive, 120)
-        time.sleep(3.0)  # let the join's push-pulls and gossip settle before measuring idle
+        time.sleep(2.0)  # let the join's push-pulls and gossip settle before measuring idle
         c0 = {p.pid: cpu_seconds(p.pid) for p in procs}
         t0 = time.monotonic()
         time.sleep(seconds)
@@ -146,7 +146,7 @@ def bare_trio(seconds: float) -> dict[str, float]:
     code = "import trio; trio.run(trio.sleep_forever)"
     proc = subprocess.Popen([sys.executable, "-c", code])
     try:
-        time.sleep(1.0)
+        time.sleep(0.5)
         rows = measure_windows(proc.pid, 1, seconds)
     finally:
         proc.terminate()
@@ -161,8 +161,8 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("fping") is None:
         sys.exit("benchmarks.agent_cost needs fping: apt-get install fping")
-    windows, seconds = (3, 3.0) if args.quick else (5, 10.0)
-    idle_seconds = 6.0 if args.quick else 30.0
+    windows, seconds = (3, 2.0) if args.quick else (5, 10.0)
+    idle_seconds = 5.0 if args.quick else 30.0
     root = Path(tempfile.mkdtemp(prefix="meshmon-agent-cost-"))
     try:
         agent = loaded_agent(root, windows, seconds)
@@ -171,7 +171,7 @@ def main() -> None:
         print("fping -l at 1000 probes/s:", fping, flush=True)
         idle = idle_mesh(root, 10, idle_seconds)
         print("idle agent in a 10-agent mesh:", idle, flush=True)
-        floor = bare_trio(idle_seconds)
+        floor = bare_trio(min(idle_seconds, 3.0) if args.quick else idle_seconds)
         print("bare trio process:", floor, flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
