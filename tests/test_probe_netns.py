@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pytest
 
 from meshmon import results as r
+from tests.netns import add_namespace, sh, warm_up
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,22 +40,6 @@ class Chain:
         return proc.stdout
 
 
-WARM_UP = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.settimeout(5)
-s.connect((sys.argv[1], 9))
-s.send(b"warm-up")
-try:
-    s.recv(1)
-except ConnectionRefusedError:  # the port unreachable came back: both ways resolved
-    pass
-"""
-"""A UDP datagram to a closed port, waiting for the "port unreachable" that comes back."""
-
-
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True)
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +49,7 @@ def chain() -> Iterator[Chain]:
     names = [c.a, c.r, c.b, c.d]
     try:
         for ns in names:
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            # no duplicate address detection: tentative link-local addresses would delay
-            # neighbour discovery (and so the first IPv6 probes) by a second or more
-            for key in ("all", "default"):
-                sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
+            add_namespace(ns)
         links = [(c.a, c.r, 1, 2, 1), (c.r, c.b, 2, 1, 2), (c.a, c.d, 4, 1, 2)]
         for i, (n1, n2, net, h1, h2) in enumerate(links):
             a4, a6 = f"10.201.{net}.{h1}/24", f"fd00:201:{net}::{h1}/64"
@@ -96,7 +76,7 @@ def chain() -> Iterator[Chain]:
         # The first IPv6 packets over fresh links wait ~1 s for neighbour discovery, as long
         # as a probe's reply timeout: let one echo through each way before measuring anything.
         for ns, peer in ((c.a, "fd00:201:2::2"), (c.b, "fd00:201:1::2")):
-            sh("ip", "netns", "exec", ns, sys.executable, "-c", WARM_UP, peer)
+            warm_up(ns, peer)
         yield c
     finally:
         for ns in names:

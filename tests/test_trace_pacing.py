@@ -19,28 +19,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.netns import add_namespace, sh, warm_up
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOPS4 = ["10.202.1.2", "10.202.2.2", "10.202.3.2", "10.202.4.2"]
 HOPS6 = ["fd00:202:1::2", "fd00:202:2::2", "fd00:202:3::2", "fd00:202:4::2"]
 TARGET4, TARGET6 = HOPS4[-1], HOPS6[-1]
 
 
-WARM_UP = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.settimeout(5)
-s.connect((sys.argv[1], 9))
-s.send(b"warm-up")
-try:
-    s.recv(1)
-except ConnectionRefusedError:  # the port unreachable came back: both ways resolved
-    pass
-"""
-"""A UDP datagram to a closed port, waiting for the "port unreachable" that comes back."""
-
-
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +38,7 @@ def chain() -> Iterator[list[str]]:
     names = [f"mp{tag}{i}" for i in range(5)]
     try:
         for ns in names:
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            for key in ("all", "default"):
-                sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0")
+            add_namespace(ns)
         for i in range(4):  # link i joins names[i] (.1) and names[i+1] (.2) on 10.202.{i+1}.0/24
             left, right = f"mpv{tag}{i}a", f"mpv{tag}{i}b"
             sh("ip", "link", "add", left, "netns", names[i], "type", "veth", "peer", "name",
@@ -78,7 +61,7 @@ def chain() -> Iterator[list[str]]:
                 sh("ip", "-n", ns, "-6", "route", "add", "fd00:202:1::/64", "via",
                    f"fd00:202:{i}::1")
         # neighbour discovery on fresh links holds the first IPv6 packets ~1 s: done once here
-        sh("ip", "netns", "exec", names[0], sys.executable, "-c", WARM_UP, TARGET6)
+        warm_up(names[0], TARGET6)
         yield names
     finally:
         for ns in names:
