@@ -31,10 +31,11 @@ from meshmon.membership.identity import address_allowed
 from meshmon.mesh import MeshService
 from meshmon.net import PURPOSE_ECHO, ListenError, MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
-from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_probe_batch
+from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_probe_batch_encoded
 from meshmon.probes.echo_guard import mesh_codec
 from meshmon.probes.services import run_probe_services
 from meshmon.results import MonitoringResult, ResultDecodeError, decode_result, encode_result
+from meshmon.results.encoded import EncodedResult, stored_value
 from meshmon.scheduler import Scheduler
 from meshmon.seeds import SeedWatch
 from meshmon.startup import (
@@ -271,18 +272,17 @@ class Agent:
 
     async def _run_batch(
         self, check: CheckConfig, assignments: Sequence[Assignment]
-    ) -> list[list[MonitoringResult]]:
+    ) -> list[list[EncodedResult]]:
         targets = [self._probe_target(a, check) for a in assignments]
-        rows = await run_probe_batch(check.kind, targets, check.params, check.timeout,
-                                     self._context(check.name))  # fmt: skip
-        for i, a in enumerate(assignments):
-            if a.mesh:
-                rows[i] = [dataclasses.replace(r, target=a.target) for r in rows[i]]
-        return rows
+        return await run_probe_batch_encoded(check.kind, targets, check.params, check.timeout,
+                                             self._context(check.name),
+                                             record_as=[a.target for a in assignments])  # fmt: skip
 
     async def _store_results(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
         assert self.store is not None
-        records = [(one.started_at, a.check, a.target, [encode_result(one), degraded])
+        records = [(one.started_at, a.check, a.target,
+                    stored_value(one.data if type(one) is EncodedResult else encode_result(one),
+                                 degraded))
                    for a, results, degraded in items for one in results]  # fmt: skip
         try:
             await self.store.append_batch(records)

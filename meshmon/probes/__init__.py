@@ -12,6 +12,7 @@ from meshmon.probes.base import (
     ResolveError,
     UdpCodec,
 )
+from meshmon.probes.batch import run_probe_batch, run_probe_batch_encoded
 from meshmon.probes.icmp import (
     Echo,
     IcmpConfig,
@@ -27,7 +28,6 @@ from meshmon.probes.registry import (
     ProbeRegistry,
     default_registry,
     run_probe,
-    run_probe_batch,
 )
 from meshmon.probes.services import run_probe_services
 from meshmon.probes.udp import DEFAULT_ECHO_PORT, UdpEchoResponder
@@ -55,5 +55,6 @@ __all__ = [
     "default_registry",
     "run_probe",
     "run_probe_batch",
+    "run_probe_batch_encoded",
     "run_probe_services",
 ]

@@ -144,6 +144,11 @@ def _literal(host: str) -> tuple[int, str]:
     return 0, ""
 
 
+def literal_address(host: str) -> tuple[int, str]:
+    """``(4 or 6, normalised address)`` when ``host`` is an IP literal, else ``(0, "")``."""
+    return _literal(host)
+
+
 def literal_family(host: str) -> int:
     """4 or 6 when ``host`` is an IP literal, else 0."""
     return _literal(host)[0]

@@ -7,7 +7,7 @@ the check's timeout), ``family``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,22 +59,36 @@ PARAMS = ParamSchema(
 """What a ``ping`` check accepts (checked by ``meshmon config check`` and before each run)."""
 
 
-def summarize(address: str, echoes: list[Echo]) -> PingResult:
-    """Fold per-packet outcomes into a :class:`PingResult`. Pure.
+def outcome(echoes: Sequence[Echo]) -> tuple[tuple[float | None, ...], tuple[str, ...]]:
+    """Per-request RTTs (``None`` when lost) and the counted errors of a burst. Pure.
 
     Errors are counted per (error, responder), in order of first appearance, e.g.
-    ``"3 host unreachable from 10.0.0.1"``; the result's ``error_message`` puts the number of
-    requests without a reply in front, so the text has the same shape however the answers
-    were timed.
+    ``"3 host unreachable from 10.0.0.1"``.
     """
-    latencies = tuple(e.rtt_ms for e in echoes if e.kind == "reply" and e.rtt_ms is not None)
+    if len(echoes) == 1:  # the usual burst of one: no error counting to do
+        e = echoes[0]
+        if e.kind == "reply":
+            return (e.rtt_ms,), ()
+        if not e.error:
+            return (None,), ()
     samples = tuple(e.rtt_ms if e.kind == "reply" else None for e in echoes)
     counts: dict[str, int] = {}
     for e in echoes:
         if e.kind != "reply" and e.error:
             text = f"{e.error} from {e.responder}" if e.responder else e.error
             counts[text] = counts.get(text, 0) + 1
-    errors = tuple(f"{n} {text}" for text, n in counts.items())
+    return samples, tuple(f"{n} {text}" for text, n in counts.items())
+
+
+def summarize(address: str, echoes: Sequence[Echo]) -> PingResult:
+    """Fold per-packet outcomes into a :class:`PingResult`. Pure.
+
+    Errors as :func:`outcome` counts them; the result's ``error_message`` puts the number of
+    requests without a reply in front, so the text has the same shape however the answers
+    were timed.
+    """
+    samples, errors = outcome(echoes)
+    latencies = tuple(s for s in samples if s is not None)
     avg = sum(latencies) / len(latencies) if latencies else None
     return PingResult(len(latencies), len(echoes) - len(latencies), latencies, errors, avg,
                       address, samples=samples)

@@ -30,10 +30,10 @@ from meshmon.probes import tcp as tcp_mod
 from meshmon.probes import tls as tls_mod
 from meshmon.probes import traceroute as trace_mod
 from meshmon.probes import udp as udp_mod
-from meshmon.probes.base import ParamError, ProbeContext, ProbeError, ResolveError, Stopwatch
+from meshmon.probes.base import ParamError, ProbeContext, ProbeError, Stopwatch
 from meshmon.probes.http import HttpParams, http_get
 from meshmon.probes.params import Issue, Param, ParamSchema, any_target, validate_params
-from meshmon.probes.ping import PingParams, ping, summarize
+from meshmon.probes.ping import PingParams, ping
 from meshmon.probes.plugin import PluginRequest, ProbePlugin
 from meshmon.probes.tcp import tcp_connect
 from meshmon.probes.tls import TlsParams, tls_check
@@ -72,8 +72,9 @@ _VARIANT = {"ping": r.Ping, "trace": r.Traceroute, "tcp": r.TcpConnect, "udp": r
             "http": r.HttpGet, "tls": r.TlsCertificate}  # fmt: skip
 
 
-def _record(kind: str, ctx: ProbeContext, target: str, family: int | None, sw: Stopwatch,
-            payload: r.Payload) -> r.MonitoringResult:  # fmt: skip
+def make_record(kind: str, ctx: ProbeContext, target: str, family: int | None, sw: Stopwatch,
+                payload: r.Payload) -> r.MonitoringResult:  # fmt: skip
+    """The result of ``kind`` for ``payload``: the envelope from ``ctx`` and ``sw``."""
     cls: Any = _VARIANT.get(kind, r.Plugin)
     fam = family if family in (4, 6) else None
     record: r.MonitoringResult = cls(agent=ctx.agent, check=ctx.check, target=target, family=fam,
@@ -176,9 +177,9 @@ class ProbeRegistry:
             why = self.plugin_errors.get(kind)
             msg = (f"plugin {kind!r} failed to load: {why}" if why else
                    f"unknown probe kind {kind!r}; known: {', '.join(self.kinds)}")  # fmt: skip
-            return [_record(kind, context, target, None, sw, error_payload(kind, msg, None))]
+            return [make_record(kind, context, target, None, sw, error_payload(kind, msg, None))]
         payload = await _run_plugin(kind, plugin, target, params, timeout, context)
-        return [_record(kind, context, target, None, sw, payload)]
+        return [make_record(kind, context, target, None, sw, payload)]
 
 
 def plugin_schema(plugin: ProbePlugin) -> ParamSchema:
@@ -290,7 +291,7 @@ async def _run_builtin(kind: str, target: str, params: Mapping[str, Any],
         runner = _prepare(kind, params, timeout, ctx, host, port)
         addresses = await base.resolve(host, choice)
     except ProbeError as exc:
-        return [_record(kind, ctx, target, None, sw, error_payload(kind, str(exc), None,
+        return [make_record(kind, ctx, target, None, sw, error_payload(kind, str(exc), None,
                                                                     target=target))]  # fmt: skip
     out: list[r.MonitoringResult | None] = [None] * len(addresses)
 
@@ -311,7 +312,7 @@ async def _run_builtin(kind: str, target: str, params: Mapping[str, Any],
                     payload = error_payload(kind, why, address, port)
             if payload is None:
                 payload = error_payload(kind, f"did not finish within {timeout:g}s", address, port)
-        out[i] = _record(kind, ctx, target, family, fsw, payload)
+        out[i] = make_record(kind, ctx, target, family, fsw, payload)
 
     if len(addresses) == 1:  # the common case: no nursery (it costs more than the probe)
         await one(0, *addresses[0])
@@ -370,7 +371,7 @@ async def _run_http(target: str, params: Mapping[str, Any],
         literal_family = base.literal_family(host)
         if fam and literal_family and fam != literal_family:
             why = f"{host} is an IPv{literal_family} address: nothing to probe over IPv{fam}"
-            out.append(_record("http", ctx, target, fam, fsw, error_payload("http", why, None,
+            out.append(make_record("http", ctx, target, fam, fsw, error_payload("http", why, None,
                                                                               target=url)))
             continue
         try:
@@ -383,7 +384,7 @@ async def _run_http(target: str, params: Mapping[str, Any],
         used = fam or literal_family or None
         if used is None and server:
             used = 6 if ":" in server else 4
-        out.append(_record("http", ctx, target, used, fsw, payload))
+        out.append(make_record("http", ctx, target, used, fsw, payload))
     return out
 
 
@@ -406,59 +407,6 @@ async def run_probe(kind: str, target: str, params: Mapping[str, Any],
     """
     reg = registry if registry is not None else default_registry()
     return await reg.run(kind, target, params, timeout, context)
-
-
-async def run_probe_batch(kind: str, targets: Sequence[str], params: Mapping[str, Any],
-                          timeout: float,  # noqa: ASYNC109 - expiry gives error results
-                          context: ProbeContext, registry: ProbeRegistry | None = None,
-                          ) -> list[list[r.MonitoringResult]]:  # fmt: skip
-    """Run one check against many targets at once; results per target, in order.
-
-    Same contract as :func:`run_probe`. For ``ping`` the whole batch goes out in one
-    :meth:`~meshmon.probes.icmp.IcmpEngine.ping_many` call — one task and one wake-up instead of
-    one per target, which is what keeps an agent near 3 % of a core at 1000 pings/s. Other kinds
-    run their targets concurrently. A scheduler should hand over, per tick, the targets of a
-    check that fall due together.
-    """
-    if kind != "ping" or context.icmp is None or base.family_choice_or_none(params) == "both":
-        out: list[list[r.MonitoringResult]] = [[] for _ in targets]
-
-        async def single(i: int, target: str) -> None:
-            out[i] = await run_probe(kind, target, params, timeout, context, registry)
-
-        async with trio.open_nursery() as nursery:
-            for i, target in enumerate(targets):
-                nursery.start_soon(single, i, target)
-        return out
-    sw = Stopwatch()
-    results: list[list[r.MonitoringResult]] = [[] for _ in targets]
-    try:
-        check_params(kind, params, timeout)
-        choice = base.family_choice(params)
-        pp = PingParams.from_params(params, timeout)
-    except ProbeError as exc:
-        return [[_record(kind, context, t, None, sw, error_payload(kind, str(exc), None))]
-                for t in targets]  # fmt: skip
-    resolved: list[tuple[int, str] | None] = [None] * len(targets)
-    for i, target in enumerate(targets):
-        try:
-            host, _ = base.split_host_port(target, None)
-            family, address, why = (await base.resolve(host, choice))[0]
-            if address is None:
-                raise ResolveError(why or "no address")
-            resolved[i] = (family, address)
-        except ProbeError as exc:
-            results[i] = [_record(kind, context, target, None, sw,
-                                  error_payload(kind, str(exc), None))]  # fmt: skip
-    batch = [(x[1], x[0]) for x in resolved if x is not None]
-    rows = await context.icmp.ping_many(batch, count=pp.count, interval=pp.interval,
-                                        reply_timeout=pp.reply_timeout)  # fmt: skip
-    it = iter(rows)
-    for i, x in enumerate(resolved):
-        if x is not None:
-            results[i] = [_record(kind, context, targets[i], x[0], sw,
-                                  summarize(x[1], next(it)))]  # fmt: skip
-    return results
 
 
 _DEFAULT: list[ProbeRegistry] = []

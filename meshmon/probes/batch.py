@@ -1,0 +1,153 @@
+"""Many targets of one check at once: what the agent's scheduler runs every tick.
+
+Theory of operation
+-------------------
+The scheduler hands over, per tick (50 ms), the targets of a check that fell due together. For
+``ping`` the whole batch goes out through one :meth:`~meshmon.probes.icmp.IcmpEngine.ping_many`
+call: one task, one wake-up and one socket for all of them, which is what keeps an agent near
+a C pinger's cost per probe. Other kinds (and ``family = "both"``) run their targets
+concurrently through :func:`~meshmon.probes.registry.run_probe`.
+
+:func:`run_probe_batch_encoded` is the agent's path: the same run, with each result returned in
+its stored form. A ping batch's results are then written straight from the echoes
+(:func:`~meshmon.results.encoded.encode_ping`) without building result objects, the largest
+per-probe cost left once the engine batched the sends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import trio
+
+from meshmon import results as r
+from meshmon.probes import base
+from meshmon.probes.base import ProbeContext, ProbeError, ResolveError, Stopwatch
+from meshmon.probes.icmp import Echo
+from meshmon.probes.ping import PingParams, outcome, summarize
+from meshmon.probes.registry import (
+    ProbeRegistry,
+    check_params,
+    error_payload,
+    make_record,
+    run_probe,
+)
+from meshmon.results.encoded import EncodedResult, encode_ping
+
+
+async def run_probe_batch(kind: str, targets: Sequence[str], params: Mapping[str, Any],
+                          timeout: float,  # noqa: ASYNC109 - expiry gives error results
+                          context: ProbeContext, registry: ProbeRegistry | None = None,
+                          ) -> list[list[r.MonitoringResult]]:  # fmt: skip
+    """Run one check against many targets at once; results per target, in order.
+
+    Same contract as :func:`run_probe`. For ``ping`` the whole batch goes out in one
+    :meth:`~meshmon.probes.icmp.IcmpEngine.ping_many` call — one task and one wake-up instead of
+    one per target. Other kinds run their targets concurrently. A scheduler should hand over,
+    per tick, the targets of a check that fall due together (the agent uses
+    :func:`run_probe_batch_encoded`, the same run with results in their stored form).
+    """
+    if not _pings_together(kind, params, context):
+        out: list[list[r.MonitoringResult]] = [[] for _ in targets]
+
+        async def single(i: int, target: str) -> None:
+            out[i] = await run_probe(kind, target, params, timeout, context, registry)
+
+        async with trio.open_nursery() as nursery:
+            for i, target in enumerate(targets):
+                nursery.start_soon(single, i, target)
+        return out
+    sw, outcomes = await _ping_batch(targets, params, timeout, context)
+    out = []
+    for target, o in zip(targets, outcomes, strict=True):
+        if isinstance(o, tuple):
+            out.append([make_record(kind, context, target, o[0], sw, summarize(o[1], o[2]))])
+        else:
+            out.append([make_record(kind, context, target, None, sw, error_payload(kind, o, None))])
+    return out
+
+
+async def run_probe_batch_encoded(kind: str, targets: Sequence[str], params: Mapping[str, Any],
+                                  timeout: float,  # noqa: ASYNC109 - expiry gives error results
+                                  context: ProbeContext, registry: ProbeRegistry | None = None,
+                                  *, record_as: Sequence[str] | None = None,
+                                  ) -> list[list[EncodedResult]]:  # fmt: skip
+    """:func:`run_probe_batch` with each result in its stored form (compact CBOR).
+
+    What the agent runs, 1000 times a second on a busy host: a ``ping`` batch's results are
+    written straight from the echoes (:func:`~meshmon.results.encoded.encode_ping`, the same
+    bytes :func:`~meshmon.results.encode_result` gives for the objects), without building the
+    objects. Other kinds are run and encoded as usual.
+
+    Args:
+        record_as: the target recorded for each one (default: the target itself); the agent
+            records a mesh target's name while it probes its address.
+    """
+    names = targets if record_as is None else record_as
+    if not _pings_together(kind, params, context):
+        rows = await run_probe_batch(kind, targets, params, timeout, context, registry)
+        return [[_encoded(x if x.target == name else dataclasses.replace(x, target=name))
+                 for x in row] for row, name in zip(rows, names, strict=True)]  # fmt: skip
+    sw, outcomes = await _ping_batch(targets, params, timeout, context)
+    agent, check, started = context.agent, context.check, sw.started_at
+    duration = sw.elapsed_ms()
+    out: list[list[EncodedResult]] = []
+    for name, o in zip(names, outcomes, strict=True):
+        if isinstance(o, tuple):
+            family, address, echoes = o
+            samples, errors = outcome(echoes)
+            data = encode_ping(agent, check, name, family, started, duration, address, samples,
+                               errors)  # fmt: skip
+            out.append([EncodedResult("ping", started, data)])
+        else:
+            out.append([_encoded(make_record(kind, context, name, None, sw,
+                                         error_payload(kind, str(o), None)))])  # fmt: skip
+    return out
+
+
+def _encoded(record: r.MonitoringResult) -> EncodedResult:
+    return EncodedResult(record.kind, record.started_at, r.encode_result(record))
+
+
+def _pings_together(kind: str, params: Mapping[str, Any], context: ProbeContext) -> bool:
+    """Whether a batch of ``kind`` goes out through one ``ping_many`` call."""
+    return (kind == "ping" and context.icmp is not None
+            and base.family_choice_or_none(params) != "both")  # fmt: skip
+
+
+async def _ping_batch(targets: Sequence[str], params: Mapping[str, Any],
+                      timeout: float,  # noqa: ASYNC109 - expiry gives error results
+                      context: ProbeContext,
+                      ) -> tuple[Stopwatch, list[tuple[int, str, list[Echo]] | str]]:  # fmt: skip
+    """Ping every target in one ``ping_many`` call: per target ``(family, address, echoes)``,
+    or why it was not pinged (bad params, a name that does not resolve)."""
+    assert context.icmp is not None
+    sw = Stopwatch()
+    try:
+        check_params("ping", params, timeout)
+        choice = base.family_choice(params)
+        pp = PingParams.from_params(params, timeout)
+    except ProbeError as exc:
+        return sw, [str(exc)] * len(targets)
+    resolved: list[tuple[int, str] | str] = []
+    for target in targets:
+        try:
+            host, _ = base.split_host_port(target, None)
+            family, address = base.literal_address(host)
+            if not family or choice not in ("auto", str(family)):  # a name, or a mismatch
+                family, name_address, why = (await base.resolve(host, choice))[0]
+                if name_address is None:
+                    raise ResolveError(why or "no address")
+                address = name_address
+            resolved.append((family, address))
+        except ProbeError as exc:
+            resolved.append(str(exc))
+    batch = [(x[1], x[0]) for x in resolved if isinstance(x, tuple)]
+    rows = iter(await context.icmp.ping_many(batch, count=pp.count, interval=pp.interval,
+                                             reply_timeout=pp.reply_timeout))  # fmt: skip
+    out: list[tuple[int, str, list[Echo]] | str] = []
+    for x in resolved:
+        out.append((x[0], x[1], next(rows)) if isinstance(x, tuple) else x)
+    return sw, out

@@ -1,0 +1,89 @@
+"""Results written straight in their stored form: the same bytes as the objects' encoding."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshmon import results as r
+from meshmon.probes.icmp import Echo
+from meshmon.probes.ping import outcome, summarize
+from meshmon.results.encoded import EncodedResult, encode_ping, stored_value
+
+ENV = dict(agent="probe-1", check="ping-1k", target="127.1.0.1", family=4,
+           started_at=1763849000.123456, duration_ms=51.25)  # fmt: skip
+
+
+def by_objects(echoes: list[Echo], address: str | None = "127.1.0.1", **env: object) -> bytes:
+    """What the agent stored before: the result objects, then their compact encoding."""
+    fields = {**ENV, **env}
+    payload = summarize(address, echoes)  # type: ignore[arg-type]
+    return r.encode_result(r.Ping(**fields, result=payload))  # type: ignore[arg-type]
+
+
+def directly(echoes: list[Echo], address: str | None = "127.1.0.1", **env: object) -> bytes:
+    fields: dict = {**ENV, **env}  # type: ignore[type-arg]
+    samples, errors = outcome(echoes)
+    return encode_ping(fields["agent"], fields["check"], fields["target"], fields["family"],
+                       fields["started_at"], fields["duration_ms"], address, samples, errors)
+
+
+def reply(rtt: float) -> Echo:
+    return Echo("reply", rtt, "127.1.0.1", None)
+
+
+LOST = Echo("timeout", None, None, None)
+UNREACH = Echo("unreachable", 0.4, "10.0.0.1", "host unreachable")
+
+
+@pytest.mark.parametrize("echoes", [
+    [reply(0.0345)], [LOST], [reply(0.0)], [reply(1234.5)], [UNREACH],
+    [reply(0.1), LOST, reply(0.3)], [LOST, LOST, LOST], [UNREACH, UNREACH, LOST],
+    [reply(0.1), reply(0.2), reply(0.4), reply(0.8)], [reply(0.5)] * 300,
+    [Echo("send_error", None, None, "network unreachable (no route)")],
+], ids=lambda e: f"{len(e)}x{e[0].kind}")  # fmt: skip
+def test_the_same_bytes_as_the_objects(echoes: list[Echo]) -> None:
+    data = directly(echoes)
+    assert data == by_objects(echoes)
+    assert r.decode_result(data) == r.decode_result(by_objects(echoes))
+
+
+@pytest.mark.parametrize("env", [
+    {"family": None}, {"family": 6, "target": "::1"}, {"target": "node-ä" * 20},
+    {"agent": "a" * 300}, {"check": ""}, {"started_at": 0.0, "duration_ms": 0.0},
+], ids=str)  # fmt: skip
+def test_the_same_bytes_for_any_envelope(env: dict[str, object]) -> None:
+    for echoes in ([reply(0.2)], [LOST], [reply(0.1), LOST]):
+        assert directly(echoes, **env) == by_objects(echoes, **env)
+    assert directly([LOST], None) == by_objects([LOST], None)
+
+
+rtts = st.one_of(st.none(), st.floats(min_value=0.0, max_value=60_000.0))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(rtts, min_size=1, max_size=40), st.sampled_from([4, 6, None]),
+       st.floats(min_value=0, max_value=4e9), st.floats(min_value=0, max_value=1e6))  # fmt: skip
+def test_the_same_bytes_for_any_burst(samples: list[float | None], family: int | None,
+                                      started: float, duration: float) -> None:  # fmt: skip
+    echoes = [LOST if s is None else reply(s) for s in samples]
+    env = {"family": family, "started_at": started, "duration_ms": duration}
+    assert directly(echoes, **env) == by_objects(echoes, **env)
+
+
+def test_an_encoded_result_decodes_to_the_result() -> None:
+    data = directly([reply(0.25)])
+    one = EncodedResult("ping", ENV["started_at"], data)  # type: ignore[arg-type]
+    back = one.decode()
+    assert isinstance(back, r.Ping) and back.result.success_latencies == (0.25,)
+    assert (back.target, back.family, back.result.loss_pct) == ("127.1.0.1", 4, 0.0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 65535, 65536, 70000])
+@pytest.mark.parametrize("degraded", [False, True])
+def test_stored_value_is_the_cbor_of_the_pair(size: int, degraded: bool) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert stored_value(data, degraded) == cbor2.dumps([data, degraded])
+    assert cbor2.loads(stored_value(data, degraded)) == [data, degraded]
