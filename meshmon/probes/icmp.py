@@ -61,6 +61,7 @@ ICMP_FILTER = 1
 ICMP6_FILTER = 1
 _ANC_BUF = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(16 + 28) + 64
 _MAX_PACKET = 2048
+_ID_SEQ = struct.Struct("!HH")
 _FAIR_BATCH = 256
 """Sends (and 4× as many receives) between checkpoints: long enough that a batch costs one
 wake-up, short enough that other tasks wait at most a few milliseconds."""
@@ -145,7 +146,7 @@ class _Pending:
         self.sent_wall = 0
         self.sent_mono = 0
         self.answer: Echo | None = None
-        self.key: tuple[int, int, int] | None = None
+        self.key: int | None = None
 
     def finish(self, answer: Echo) -> None:
         self.answer = answer
@@ -266,7 +267,8 @@ class IcmpEngine:
         self.config = config or IcmpConfig()
         self._socks: dict[int, _FamilySocket] = {}
         self._open_errors: dict[int, str] = {}
-        self._pending: dict[tuple[int, int, int], _Pending] = {}
+        self._pending: dict[int, _Pending] = {}
+        """Requests in flight by :func:`_key` (an int: cheaper to hash than a tuple)."""
         self._payload = bytes(range(256))[: self.config.payload_size].ljust(
             self.config.payload_size, b"\0"
         )
@@ -344,7 +346,7 @@ class IcmpEngine:
         for _ in range(0x10000):
             seq = fs.next_seq
             fs.next_seq = (seq + 1) & 0xFFFF
-            if (fs.family, fs.ident, seq) not in self._pending:
+            if _key(fs.family, fs.ident, seq) not in self._pending:
                 return seq
         raise IcmpEngineError("65536 echo requests in flight on one socket; lower concurrency")
 
@@ -358,28 +360,28 @@ class IcmpEngine:
         total += total >> 16
         return struct.pack("!BBHHH", 8, 0, ~total & 0xFFFF, fs.ident, seq) + self._payload
 
-    async def _send(self, pending: _Pending) -> None:
-        """Send one request (waiting only if the socket buffer is full); settle send errors."""
+    def _try_send(self, pending: _Pending) -> bool:
+        """Send one request, or settle it with its send error; False when the socket buffer is
+        full (nothing sent: :meth:`_send` waits and tries again)."""
         family = pending.family
         fs = self._socks.get(family)
         if fs is None:
             pending.finish(Echo("send_error", None, None, self.family_error(family), pending.ttl))
-            return
+            return True
         seq = self._allocate(fs)
-        key = (family, fs.ident, seq)
         packet = self._packet(fs, seq)
         address = pending.dest
         dest = (address, 0) if family == 4 else (address, 0, 0, 0)
         retried = False
         while True:
-            fs.set_ttl(pending.ttl)
+            if pending.ttl != fs.ttl:
+                fs.set_ttl(pending.ttl)
             pending.sent_wall = time.time_ns()
             pending.sent_mono = time.monotonic_ns()
             try:
                 fs.sock.sendto(packet, dest)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(fs.sock)
-                continue
+                return False
             except OSError as exc:
                 # A datagram socket reports an earlier ICMP error of *another* probe once
                 # (sk_err) on the next call; retry once before blaming this request.
@@ -387,11 +389,17 @@ class IcmpEngine:
                     retried = True
                     continue
                 pending.finish(Echo("send_error", None, None, _send_error_text(exc), pending.ttl))
-                return
+                return True
             break
         self.stats["sent"] += 1
-        pending.key = key
+        key = pending.key = _key(family, fs.ident, seq)
         self._pending[key] = pending
+        return True
+
+    async def _send(self, pending: _Pending) -> None:
+        """Send one request (waiting only if the socket buffer is full); settle send errors."""
+        while not self._try_send(pending):
+            await trio.lowlevel.wait_writable(self._socks[pending.family].sock)
 
     async def ping_many(self, targets: Sequence[tuple[str, int]], *, count: int = 1,
                         interval: float = 1.0, reply_timeout: float = 1.0,
@@ -418,10 +426,14 @@ class IcmpEngine:
                 for n, (row, (address, family)) in enumerate(zip(rows, targets, strict=True)):
                     pending = _Pending(address, family, ttl, batch)
                     row.append(pending)
-                    await self._send(pending)
+                    if not self._try_send(pending):
+                        await self._send(pending)
                     if n % _FAIR_BATCH == _FAIR_BATCH - 1:
                         await trio.lowlevel.checkpoint()  # let other tasks (and replies) in
                 last_deadline = trio.current_time() + reply_timeout
+                if batch.remaining:  # the replies already in (all of them, on a LAN) are read
+                    for fs in self._socks.values():  # now: no wake-up of the receiver for them
+                        self._drain(fs)
             if batch.remaining:
                 batch.event = trio.Event()  # an earlier round may have completed (and set) it
                 with trio.move_on_at(last_deadline + self._coalesce):
@@ -471,32 +483,47 @@ class IcmpEngine:
     # -- receiving ----------------------------------------------------------------------------
 
     async def _receiver(self, fs: _FamilySocket) -> None:
-        sock = fs.sock
-        has_ip = fs.family == 4 and fs.mode == "raw"
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            await trio.lowlevel.wait_readable(fs.sock)
             if self._coalesce:
                 await trio.sleep(self._coalesce)
-            if fs.mode == "dgram":
-                self._drain_errqueue(fs)
-            for _ in range(_FAIR_BATCH * 4):  # then yield, so a flood cannot starve the agent
-                try:
-                    data, anc, _flags, addr = sock.recvmsg(_MAX_PACKET, _ANC_BUF)
-                except BlockingIOError:
-                    break
-                except OSError as exc:  # a queued error (datagram socket); keep serving
-                    log.debug("ICMP receive error ignored: %s", exc)
+            self._drain(fs)
+
+    def _drain(self, fs: _FamilySocket) -> None:
+        """Read and route what is readable now, up to a bound (then the caller yields, so a
+        flood cannot starve the agent)."""
+        if fs.mode == "dgram":
+            self._drain_errqueue(fs)
+        sock = fs.sock
+        has_ip = fs.family == 4 and fs.mode == "raw"
+        reply_type = pk.ECHO_REPLY[fs.family]
+        ours = _key(fs.family, fs.ident, 0)  # | seq: the key of one of our requests
+        pending_get = self._pending.get
+        at = 20 if has_ip else 0
+        for _ in range(_FAIR_BATCH * 4):
+            try:
+                data, anc, _flags, addr = sock.recvmsg(_MAX_PACKET, _ANC_BUF)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # a queued error (datagram socket); keep serving
+                log.debug("ICMP receive error ignored: %s", exc)
+                continue
+            now_mono = time.monotonic_ns()
+            # The usual packet, a reply to one of our requests from its target, is matched
+            # without parsing it into a message; anything else takes the general path.
+            if len(data) >= at + 8 and data[at] == reply_type and (
+                not has_ip or data[0] == 0x45  # IPv4 without options
+            ):
+                ident, seq = _ID_SEQ.unpack_from(data, at + 4)
+                pending = pending_get(ours | seq) if ident == fs.ident else None
+                if pending is not None and addr[0] == pending.dest:
+                    self._answer(ours | seq, pending, "reply", None, addr[0], anc, now_mono)
                     continue
-                now_mono = time.monotonic_ns()
-                msg = pk.parse(fs.family, data, has_ip_header=has_ip)
-                if msg is None or msg.kind == "other":
-                    self.stats["ignored"] += 1
-                    continue
-                if msg.proto not in (1, 58):
-                    self.stats["ignored"] += 1
-                    continue
-                ident = msg.ident
-                self._deliver(fs, ident, msg.seq, msg, addr[0], anc, now_mono)
+            msg = pk.parse(fs.family, data, has_ip_header=has_ip)
+            if msg is None or msg.kind == "other" or msg.proto not in (1, 58):
+                self.stats["ignored"] += 1
+                continue
+            self._deliver(fs, msg.ident, msg.seq, msg, addr[0], anc, now_mono)
 
     def _drain_errqueue(self, fs: _FamilySocket) -> None:
         while True:
@@ -525,7 +552,7 @@ class IcmpEngine:
     def _deliver(self, fs: _FamilySocket, ident: int, seq: int, msg: pk.IcmpMessage,
                  source: str, anc: list[tuple[int, int, bytes]], now_mono: int,
                  ) -> None:  # fmt: skip
-        key = (fs.family, ident, seq)
+        key = _key(fs.family, ident, seq)
         pending = self._pending.get(key)
         if pending is None:
             self.stats["ignored" if ident != fs.ident else "late"] += 1
@@ -537,15 +564,25 @@ class IcmpEngine:
         elif msg.original_dst is not None and not pk.same_address(msg.original_dst, pending.dest):
             self.stats["ignored"] += 1
             return
+        error = None if msg.kind == "reply" else pk.describe_error(fs.family, msg.icmp_type,
+                                                                     msg.code)  # fmt: skip
+        self._answer(key, pending, msg.kind, error, source, anc, now_mono)
+
+    def _answer(self, key: int, pending: _Pending, kind: str, error: str | None, source: str,
+                anc: list[tuple[int, int, bytes]], now_mono: int) -> None:  # fmt: skip
+        """Settle ``pending`` (in flight under ``key``) with what came back."""
         del self._pending[key]
         rtt = _rtt_ms(pending, anc, now_mono)
         if self._coalesce and not anc:
             log.warning("ICMP engine: no kernel receive timestamps; reading replies at once")
             self._coalesce = 0.0
-        error = None if msg.kind == "reply" else pk.describe_error(fs.family, msg.icmp_type,
-                                                                     msg.code)  # fmt: skip
-        pending.finish(Echo(msg.kind, rtt, source, error, pending.ttl))
+        pending.finish(Echo(kind, rtt, source, error, pending.ttl))
         self.stats["received"] += 1
+
+
+def _key(family: int, ident: int, seq: int) -> int:
+    """The key of a request in flight: family, identifier and sequence in one int."""
+    return family << 32 | ident << 16 | seq
 
 
 def _rtt_ms(pending: _Pending, anc: list[tuple[int, int, bytes]], now_mono: int) -> float:
