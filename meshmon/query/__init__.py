@@ -103,3 +103,42 @@ the replies, ``loss_pct`` as in the matrix. ``records`` is how many results fell
 client can tell when older history must come from the aggregator. Agents that never probed
 the series answer with no points.
 """
+
+from meshmon.query.answers import Context, ResultSource, answer, check_answer, fit
+from meshmon.query.gather import REASONS, Gather, Missing, Outcome
+from meshmon.query.service import HistoryArchive, Peer, QueryConfig, QueryService, render
+from meshmon.query.wire import (
+    KIND,
+    History,
+    Latest,
+    Matrix,
+    QueryFormatError,
+    Question,
+    decode_request,
+    encode_request,
+)
+
+__all__ = [
+    "KIND",
+    "REASONS",
+    "Context",
+    "Gather",
+    "History",
+    "HistoryArchive",
+    "Latest",
+    "Matrix",
+    "Missing",
+    "Outcome",
+    "Peer",
+    "QueryConfig",
+    "QueryFormatError",
+    "QueryService",
+    "Question",
+    "ResultSource",
+    "answer",
+    "check_answer",
+    "decode_request",
+    "encode_request",
+    "fit",
+    "render",
+]
