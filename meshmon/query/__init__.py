@@ -84,7 +84,9 @@ the asker's view, sorted: the rows and columns of the matrix) to the envelope; p
      "truncated": false}
 
 ``samples`` counts results in the window; ``loss_pct`` is over probes sent (ICMP echoes for
-ping, results for other kinds); ``rtt_*`` over the replies (null when none).
+ping, results for other kinds); ``rtt_*`` over the replies (null when none). A target with no
+result from the agent in the window has no row. At most 2,000 results per cell and 20,000 per
+answer are read (``truncated`` when cells were left out).
 
 ``history`` adds ``"check"``, ``"target"``, ``"since"``, ``"until"`` (epoch seconds; until may
 be null: now), ``"points"`` (the limit) and ``"archive": null`` (reserved for the aggregator)
@@ -98,7 +100,7 @@ to the envelope; per agent (oldest first)::
 A point is one result (``n`` = 1) or, when ``downsampled``, a bucket of ``step_s`` seconds
 starting at ``t`` holding ``n`` results of which ``ok`` succeeded; ``rtt_ms`` is the mean of
 the replies, ``loss_pct`` as in the matrix. ``records`` is how many results fell in the range
-(at most 20,000 are read: beyond that the oldest are left out and ``truncated`` is true);
+(at most 10,000 are read: beyond that the oldest are left out and ``truncated`` is true);
 ``oldest`` is the oldest result this agent holds for the series at all (null if none), so a
 client can tell when older history must come from the aggregator. Agents that never probed
 the series answer with no points.
