@@ -155,7 +155,7 @@ class _Stats:
 def answer_matrix(store: ResultSource, q: Matrix, ctx: Context) -> dict[str, Any]:
     """Recent statistics toward each member carrying the tag, per mesh check."""
     targets = sorted(set(ctx.tagged(q.tag)))
-    rows = []
+    rows: list[dict[str, Any]] = []
     budget = MATRIX_TOTAL
     for check in ctx.checks:
         if q.tag not in check.target_tags or (q.check is not None and check.name != q.check):
