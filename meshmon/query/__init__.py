@@ -23,7 +23,9 @@ Only mesh members may ask. The TLS handshake already requires a certificate of t
 that is not revoked or expired; the answering agent then requires that the certificate's node
 is a current member (alive or suspect) of *its* view, with the certificate fingerprint the
 member announced. A valid certificate of a node that never joined, or that was expelled or
-revoked, gets a refusal (:mod:`meshmon.query.service`).
+revoked, gets a refusal (:mod:`meshmon.query.service`); ``/v1/status`` counts them under
+``queries.refused`` by reason (``not_member``, ``not_live``, ``revoked``,
+``other_certificate``), beside ``queries.served``.
 
 Questions (answers built by :mod:`meshmon.query.answers` from the agent's ring store):
 
@@ -73,7 +75,9 @@ Every answer has this envelope::
      "truncated": false}
 
 ``loss_pct`` and ``jitter_ms`` are null for kinds without them (loss of a non-ping result is
-not measured per result; ``success`` says it).
+not measured per result; ``success`` says it). ``full=1`` with a ``check``/``target`` filter is
+how to get bulky results such as a traceroute's hops (``result["result"]["hops"]``) from each
+of its probers.
 
 ``matrix`` adds ``"tag"``, ``"window_s"`` and ``"agents"`` (the members carrying the tag in
 the asker's view, sorted: the rows and columns of the matrix) to the envelope; per agent::
