@@ -110,7 +110,7 @@ def history_table(data: dict[str, Any]) -> str:
         if not points:
             continue
         step = answer.get("step_s")
-        how = f"buckets of {step:g}s" if step else "each result"
+        how = f"buckets of {f'{step:.1f}'.removesuffix('.0')}s" if step else "each result"
         rows = [(_time(p.get("t")), p.get("n"), p.get("ok"), _ms(p.get("rtt_ms")),
                  _ms(p.get("rtt_min_ms")), _ms(p.get("rtt_max_ms")), _pct(p.get("loss_pct")))
                 for p in points]  # fmt: skip

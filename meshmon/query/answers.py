@@ -310,8 +310,8 @@ def check_answer(kind: str, data: dict[str, Any]) -> dict[str, Any]:
             if not (isinstance(v, _SCALAR) or (k == "result" and isinstance(v, dict))):
                 raise QueryFormatError(f"{key}[{i}].{k} is not a plain value")
         kept.append(row)
-    out: dict[str, Any] = {k: v for k, v in data.items() if isinstance(v, _SCALAR)}
-    out[key] = kept
+    out: dict[str, Any] = {key: kept}
+    out.update((k, v) for k, v in data.items() if k != key and isinstance(v, _SCALAR))
     out["truncated"] = data.get("truncated") is True
     return out
 
