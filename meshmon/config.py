@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from meshmon.alerts.notify import AlertmanagerConfig, CommandConfig, WebhookConfig
 from meshmon.alerts.rules import AlertRule, Silence
 from meshmon.configload import ByteSize, ConfigError, FieldError, FieldErrors, Seconds, decode
 from meshmon.membership.config import PROFILES, MembershipConfig
@@ -315,6 +316,19 @@ class AlertsConfig:
     impaired_min_targets: int = 3
     """...when that is at least this many targets."""
     silences: tuple[Silence, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
+    alertmanagers: tuple[AlertmanagerConfig, ...] = ()
+    commands: tuple[CommandConfig, ...] = ()
+    max_backoff: Seconds = Seconds(300.0)
+    """Longest wait between retries to a receiver that is down."""
+    alertmanager_repeat: Seconds = Seconds(60.0)
+    """Re-post firing alerts to Alertmanager this often (it expires alerts not re-sent, after
+    its resolve_timeout, 5 minutes by default)."""
+
+    @property
+    def receivers(self) -> tuple[WebhookConfig | AlertmanagerConfig | CommandConfig, ...]:
+        """Every receiver, in a stable order."""
+        return (*self.webhooks, *self.alertmanagers, *self.commands)
 
     def __post_init__(self) -> None:
         errors: list[FieldError] = []
