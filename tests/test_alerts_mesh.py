@@ -4,6 +4,9 @@ and notify a webhook on loopback. The target is taken down by setting its link d
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness import LocalMesh, wait_for
+from meshmon import pki
+from tests.harness import AgentProc, LocalMesh, wait_for
 from tests.netns import add_namespace, sh
 
 NS = "mm-alert"
@@ -23,7 +27,7 @@ HOST_IP, TARGET_IP = "10.231.0.1", "10.231.0.2"
 class Webhook:
     """A receiver that keeps every notification it is sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.bodies: list[dict[str, Any]] = []
         hook = self
 
@@ -37,8 +41,8 @@ class Webhook:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def events(self) -> list[tuple[str, str]]:
@@ -192,6 +196,104 @@ resolve_for = "6s"
         wait_for("the incident resolved", lambda: any(
             b["event"] == "resolved" for b in hook.bodies), timeout=40)
         assert [e for e, _ in hook.events()] == ["firing", "resolved"]
+    finally:
+        mesh.close()
+        hook.close()
+
+
+# --- a prober whose own link is cut ------------------------------------------------------------
+
+VNS = "mm-vantage"
+ROOT_SIDE = "10.232.0.1"
+CUT_AGENT = "10.232.0.2"
+PEERS = ("10.232.0.11", "10.232.0.12")
+TARGETS = tuple(f"10.232.0.{20 + i}" for i in range(5))
+
+
+class NetnsAgent(AgentProc):
+    """An agent process inside a network namespace."""
+
+    def start(self) -> None:
+        self.write_config()
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", VNS, sys.executable, "-m", "meshmon", "agent", "run", "-c",
+             str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        log.close()
+
+
+@pytest.fixture
+def vantage_net() -> Iterator[None]:
+    sh("ip", "netns", "del", VNS) if Path(f"/run/netns/{VNS}").exists() else None
+    add_namespace(VNS)
+    sh("ip", "link", "add", "mm-vant0", "type", "veth", "peer", "name", "mm-vant1")
+    sh("ip", "link", "set", "mm-vant1", "netns", VNS)
+    for address in (ROOT_SIDE, *PEERS, *TARGETS):
+        sh("ip", "addr", "add", f"{address}/24", "dev", "mm-vant0")
+    sh("ip", "link", "set", "mm-vant0", "up")
+    sh("ip", "-n", VNS, "addr", "add", f"{CUT_AGENT}/24", "dev", "mm-vant1")
+    sh("ip", "-n", VNS, "link", "set", "mm-vant1", "up")
+    try:
+        yield
+    finally:
+        sh("ip", "netns", "del", VNS)
+
+
+@pytest.mark.slow
+def test_cut_prober_reports_itself_not_its_targets(vantage_net: None, tmp_path: Path) -> None:
+    hook = Webhook(ROOT_SIDE)  # reachable from inside the namespace too
+    hook_url = hook.url
+    extra = f"""
+[[checks]]
+name = "ping-hosts"
+kind = "ping"
+interval = "1s"
+timeout = "0.8s"
+targets = [{", ".join(f'"{t}"' for t in TARGETS)}]
+replicas = 0
+params = {{ count = 1 }}
+
+[alerts]
+webhooks = [{{ url = "{hook_url}" }}]
+
+[[alerts.rules]]
+{DOWN_RULE.replace('"ping-target"', '"ping-hosts"')}
+"""
+    mesh = LocalMesh(tmp_path, port=18200)
+    agents = []
+    for name, address, cls in (("v-1", PEERS[0], AgentProc), ("v-2", PEERS[1], AgentProc),
+                               ("v-cut", CUT_AGENT, NetnsAgent)):
+        folder = tmp_path / name
+        pki.issue_cert(mesh.ca_dir, name, folder / "certs", ips=[address])
+        seeds = [f"{PEERS[0]}:18200"] if name != "v-1" else []
+        agent = cls(name, address, 18200, folder, extra, seeds)
+        mesh.agents[name] = agent
+        agents.append(agent)
+        agent.start()
+    cut = mesh.agents["v-cut"]
+    try:
+        for agent in agents:
+            mesh.wait_up(agent)
+        wait_for("v-cut probing every target", lambda: len(
+            {r["target"] for r in cut.api("results", latest=1) if r["success"]}) == 5, timeout=40)
+        sh("ip", "-n", VNS, "link", "set", "mm-vant1", "down")
+        wait_for("v-cut to call itself impaired", lambda: cut.api("alerts")["impaired"],
+                 timeout=30)  # fmt: skip
+        assert cut.api("alerts")["failing_here"] == [], "target verdicts are withheld"
+        sh("ip", "-n", VNS, "link", "set", "mm-vant1", "up")
+        try:
+            wait_for("the vantage incident fired and resolved", lambda: [
+                b["event"] for b in hook.bodies] == ["firing", "resolved"], timeout=60)
+        except AssertionError:
+            print(hook.bodies, cut.api("alerts"))
+            print("\n".join(line for line in cut.log_text().splitlines()
+                            if "alert" in line or "incident" in line or "impaired" in line))
+            raise
+        assert {(b["kind"], b["target"]) for b in hook.bodies} == {("vantage", "v-cut")}
+        for agent in agents:  # and no target incident anywhere
+            assert all(i["kind"] == "vantage" for i in agent.api("alerts")["recent"]
+                       + agent.api("alerts")["firing"])
     finally:
         mesh.close()
         hook.close()
