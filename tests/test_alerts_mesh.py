@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -297,3 +300,74 @@ webhooks = [{{ url = "{hook_url}" }}]
     finally:
         mesh.close()
         hook.close()
+
+
+# --- a real Alertmanager ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        pytest.fail("prometheus-alertmanager is not installed (apt-get install "
+                    "prometheus-alertmanager; .ci/run installs it)")
+    config = tmp_path / "alertmanager.yml"
+    config.write_text("route:\n  receiver: default\n  group_wait: 1s\nreceivers:\n"
+                      "  - name: default\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([binary, f"--config.file={config}",
+                             f"--storage.path={tmp_path / 'am-data'}",
+                             f"--web.listen-address=127.0.0.1:{port}",
+                             "--cluster.listen-address="],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for("Alertmanager to answer", lambda: _get_json(f"{url}/api/v2/status"), timeout=30)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _get_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return json.loads(resp.read())
+    except OSError:
+        return None
+
+
+@pytest.mark.slow
+def test_alert_reaches_a_real_alertmanager(target: None, alertmanager: str,
+                                           tmp_path: Path) -> None:  # fmt: skip
+    mesh = LocalMesh(tmp_path, port=18300)
+    extra = alert_config("http://127.0.0.1:9/unused", DOWN_RULE + 'labels = { team = "net" }\n')
+    extra = extra.replace('webhooks = [{ url = "http://127.0.0.1:9/unused" }]',
+                          f'alertmanagers = [{{ url = "{alertmanager}" }}]')
+    seed = None
+    for i, name in enumerate(("am-1", "am-2", "am-3")):
+        mesh.add(name, 81 + i, seeds=[seed] if seed else [], extra_config=extra).start()
+        seed = seed or mesh.seed_of(name)
+    try:
+        for agent in mesh.agents.values():
+            mesh.wait_up(agent)
+        wait_for("everyone probing the target", lambda: all(
+            any(r["target"] == TARGET_IP and r["success"] for r in a.api("results", latest=1))
+            for a in mesh.agents.values()), timeout=30)
+        link(False)
+
+        def firing() -> list[dict[str, Any]]:
+            alerts = _get_json(f"{alertmanager}/api/v2/alerts?active=true") or []
+            return [a for a in alerts if a["labels"].get("alertname") == "target-down"
+                    and a["status"]["state"] == "active"]
+
+        (alert,) = wait_for("the alert in Alertmanager", firing, timeout=40)
+        assert alert["labels"]["meshmon_target"] == TARGET_IP
+        assert alert["labels"]["team"] == "net" and alert["labels"]["severity"] == "critical"
+        assert "is down" in alert["annotations"]["summary"]
+        link(True)
+        wait_for("the alert resolved in Alertmanager", lambda: not firing(), timeout=40)
+    finally:
+        mesh.close()
