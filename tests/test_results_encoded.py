@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshmon import results as r
+from meshmon.alerts.observe import observation
 from meshmon.probes.icmp import Echo
 from meshmon.probes.ping import outcome, summarize
-from meshmon.results.encoded import EncodedResult, encode_ping, stored_value
+from meshmon.results.encoded import encode_ping, encoded, ping_result, stored_value
 
 ENV = dict(agent="probe-1", check="ping-1k", target="127.1.0.1", family=4,
            started_at=1763849000.123456, duration_ms=51.25)  # fmt: skip
@@ -74,11 +75,29 @@ def test_the_same_bytes_for_any_burst(samples: list[float | None], family: int |
 
 
 def test_an_encoded_result_decodes_to_the_result() -> None:
-    data = directly([reply(0.25)])
-    one = EncodedResult("ping", ENV["started_at"], data)  # type: ignore[arg-type]
+    one = ping_result("probe-1", "ping-1k", "127.1.0.1", 4, 1.7e9, 2.0, "127.1.0.1", (0.25,))
     back = one.decode()
     assert isinstance(back, r.Ping) and back.result.success_latencies == (0.25,)
     assert (back.target, back.family, back.result.loss_pct) == ("127.1.0.1", 4, 0.0)
+
+
+@pytest.mark.parametrize("echoes", [
+    [reply(0.3)], [LOST], [UNREACH], [reply(0.1), LOST, reply(0.3)], [LOST, UNREACH],
+], ids=lambda e: f"{len(e)}x{e[0].kind}")  # fmt: skip
+def test_what_alert_rules_read_is_what_the_objects_say(echoes: list[Echo]) -> None:
+    samples, errors = outcome(echoes)
+    one = ping_result("a", "c", "t", 4, 1.7e9, 2.0, "127.0.0.1", samples, errors)
+    record = r.decode_result(by_objects(echoes, "127.0.0.1", agent="a", check="c", target="t",
+                                        started_at=1.7e9, duration_ms=2.0))  # fmt: skip
+    assert isinstance(record, r.Ping)
+    assert one.data == r.encode_result(record)
+    assert (one.kind, one.check, one.started_at) == ("ping", "c", 1.7e9)
+    assert (one.success, one.response_time_ms, one.loss_pct) == (
+        record.is_successful(), record.response_time_ms(), record.result.loss_pct)
+    assert encoded(record) == one
+    other = r.TcpConnect(**ENV, result=r.TcpConnectResult(True, 1.5, None, "127.0.0.1", 22))
+    assert encoded(other) == ("tcp", "ping-1k", ENV["started_at"], r.encode_result(other), True,
+                              1.5, None)  # fmt: skip
 
 
 @pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 65535, 65536, 70000])
@@ -87,3 +106,15 @@ def test_stored_value_is_the_cbor_of_the_pair(size: int, degraded: bool) -> None
     data = bytes(range(256)) * (size // 256) + bytes(size % 256)
     assert stored_value(data, degraded) == cbor2.dumps([data, degraded])
     assert cbor2.loads(stored_value(data, degraded)) == [data, degraded]
+
+
+@pytest.mark.parametrize("echoes", [[reply(0.3)], [LOST], [reply(0.1), LOST, UNREACH]],
+                         ids=lambda e: f"{len(e)}x{e[0].kind}")  # fmt: skip
+def test_alert_rules_observe_an_encoded_result_as_its_objects(echoes: list[Echo]) -> None:
+    samples, errors = outcome(echoes)
+    one = ping_result("a", "c", "t", 4, 1.7e9, 2.0, "127.0.0.1", samples, errors)
+    assert observation(one, "node-7", ("core",)) == observation(one.decode(), "node-7", ("core",))
+    tls = r.TlsCertificate(**ENV, result=r.TlsCertResult(True, True, None, "CN=x", "CN=x", 1.0,
+                                                        2.0, 30.0, 12.5, None, "127.0.0.1"))
+    assert observation(encoded(tls), "t") == observation(tls, "t")
+    assert observation(encoded(tls), "t").tls_days == 30.0

@@ -10,7 +10,7 @@ concurrently through :func:`~meshmon.probes.registry.run_probe`.
 
 :func:`run_probe_batch_encoded` is the agent's path: the same run, with each result returned in
 its stored form. A ping batch's results are then written straight from the echoes
-(:func:`~meshmon.results.encoded.encode_ping`) without building result objects, the largest
+(:func:`~meshmon.results.encoded.ping_result`) without building result objects, the largest
 per-probe cost left once the engine batched the sends.
 """
 
@@ -34,7 +34,7 @@ from meshmon.probes.registry import (
     make_record,
     run_probe,
 )
-from meshmon.results.encoded import EncodedResult, encode_ping
+from meshmon.results.encoded import EncodedResult, encoded, ping_result
 
 
 async def run_probe_batch(kind: str, targets: Sequence[str], params: Mapping[str, Any],
@@ -77,7 +77,7 @@ async def run_probe_batch_encoded(kind: str, targets: Sequence[str], params: Map
     """:func:`run_probe_batch` with each result in its stored form (compact CBOR).
 
     What the agent runs, 1000 times a second on a busy host: a ``ping`` batch's results are
-    written straight from the echoes (:func:`~meshmon.results.encoded.encode_ping`, the same
+    written straight from the echoes (:func:`~meshmon.results.encoded.ping_result`, the same
     bytes :func:`~meshmon.results.encode_result` gives for the objects), without building the
     objects. Other kinds are run and encoded as usual.
 
@@ -88,7 +88,7 @@ async def run_probe_batch_encoded(kind: str, targets: Sequence[str], params: Map
     names = targets if record_as is None else record_as
     if not _pings_together(kind, params, context):
         rows = await run_probe_batch(kind, targets, params, timeout, context, registry)
-        return [[_encoded(x if x.target == name else dataclasses.replace(x, target=name))
+        return [[encoded(x if x.target == name else dataclasses.replace(x, target=name))
                  for x in row] for row, name in zip(rows, names, strict=True)]  # fmt: skip
     sw, outcomes = await _ping_batch(targets, params, timeout, context)
     agent, check, started = context.agent, context.check, sw.started_at
@@ -98,17 +98,12 @@ async def run_probe_batch_encoded(kind: str, targets: Sequence[str], params: Map
         if isinstance(o, tuple):
             family, address, echoes = o
             samples, errors = outcome(echoes)
-            data = encode_ping(agent, check, name, family, started, duration, address, samples,
-                               errors)  # fmt: skip
-            out.append([EncodedResult("ping", started, data)])
+            out.append([ping_result(agent, check, name, family, started, duration, address,
+                                    samples, errors)])  # fmt: skip
         else:
-            out.append([_encoded(make_record(kind, context, name, None, sw,
-                                         error_payload(kind, str(o), None)))])  # fmt: skip
+            out.append([encoded(make_record(kind, context, name, None, sw,
+                                            error_payload(kind, o, None)))])  # fmt: skip
     return out
-
-
-def _encoded(record: r.MonitoringResult) -> EncodedResult:
-    return EncodedResult(record.kind, record.started_at, r.encode_result(record))
 
 
 def _pings_together(kind: str, params: Mapping[str, Any], context: ProbeContext) -> bool:

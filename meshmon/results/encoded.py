@@ -15,7 +15,8 @@ small general writer. The statistics come from :mod:`meshmon.results.stats`, the
 ``tests/test_results_encoded.py`` checks the bytes against
 :func:`~meshmon.results.encode_result` over many bursts.
 
-:class:`EncodedResult` carries such bytes with the fields the store indexes them by;
+:class:`EncodedResult` carries such bytes with the fields the store indexes them by and the
+few that alert rules read (:func:`ping_result` makes one);
 :func:`stored_value` is the payload the agent stores per result (the CBOR of
 ``[encoded result, degraded]``), also written without ``cbor2``.
 
@@ -33,23 +34,55 @@ from typing import Any, NamedTuple
 import cbor2
 
 from meshmon.results import stats
-from meshmon.results.codec import COMPACT_VERSION, decode_result
-from meshmon.results.model import MonitoringResult
+from meshmon.results.codec import COMPACT_VERSION, decode_result, encode_result
+from meshmon.results.model import MonitoringResult, Ping
 
 
 class EncodedResult(NamedTuple):
-    """A result in its stored form (compact CBOR, as :func:`~meshmon.results.encode_result`)."""
+    """A result in its stored form (compact CBOR, as :func:`~meshmon.results.encode_result`),
+    with the few values read from it while it is fresh (alert rules) without decoding it."""
 
     kind: str
     """The variant tag (``ping``...)."""
+    check: str
+    """The check's name."""
     started_at: float
     """Wall-clock Unix seconds when the probe started (the store's timestamp)."""
     data: bytes
     """The compact CBOR of the whole result."""
+    success: bool
+    """``is_successful()`` of the result."""
+    response_time_ms: float | None
+    """``response_time_ms()`` of the result."""
+    loss_pct: float | None = None
+    """A ping's ``loss_pct`` (``None`` for other kinds)."""
 
     def decode(self) -> MonitoringResult:
         """The result as objects (checked, as any stored record)."""
         return decode_result(self.data)
+
+
+def encoded(record: MonitoringResult) -> EncodedResult:
+    """A result built as objects, in its stored form."""
+    loss = record.result.loss_pct if isinstance(record, Ping) else None
+    return EncodedResult(record.kind, record.check, record.started_at, encode_result(record),
+                         record.is_successful(), record.response_time_ms(), loss)  # fmt: skip
+
+
+def ping_result(agent: str, check: str, target: str, family: int | None, started_at: float,
+                duration_ms: float, address: str | None, samples: Sequence[float | None],
+                errors: Sequence[str] = ()) -> EncodedResult:  # fmt: skip
+    """A ``ping`` result in its stored form, straight from its RTTs (see :func:`encode_ping`)."""
+    data = encode_ping(agent, check, target, family, started_at, duration_ms, address, samples,
+                       errors)  # fmt: skip
+    if len(samples) == 1:
+        rtt = samples[0]
+        return EncodedResult("ping", check, started_at, data, rtt is not None, rtt,
+                             0.0 if rtt is not None else 100.0)  # fmt: skip
+    rtts = [s for s in samples if s is not None]
+    return EncodedResult("ping", check, started_at, data, bool(rtts),
+                         sum(rtts) / len(rtts) if rtts else None,
+                         stats.loss_pct(len(samples), len(rtts)))  # fmt: skip
 
 
 _NULL = b"\xf6"
