@@ -6,7 +6,8 @@ Theory of operation
   an assignment's phase inside its interval comes from a stable hash of (check, target), so
   1000 assignments of a 30 s check start spread over the 30 s rather than together
   (goldpinger #69), and every restart keeps the same phase. Jitter is bounded
-  (``jitter_fraction`` of the interval) and deterministic per (assignment, round).
+  (``jitter_fraction`` of the interval) and deterministic per (assignment, round): a seed
+  hashed once per assignment, mixed with the round number (SplitMix64) for each run.
 * The driver (:class:`Scheduler`) is one task over a heap of wake times, not a task per
   assignment: a sleeping task per target costs a wake-up, a cancel scope and a context switch
   per probe, which at 1000 probes/s was most of the agent's CPU. The driver wakes at most once
@@ -34,7 +35,7 @@ import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
@@ -90,9 +91,26 @@ def phase_offset(check: str, target: str, interval: float) -> float:
     return (stable_hash(f"{check}\0{target}") / 2**64) * interval
 
 
+_M64 = 2**64 - 1
+
+
+def jitter_seed(check: str, target: str) -> int:
+    """An assignment's jitter seed: hashed once, when it is scheduled."""
+    return stable_hash(f"{check}\0{target}\0jitter")
+
+
+def jitter_share(seed: int, round_no: int) -> float:
+    """Round ``round_no``'s share of the jitter window, in [0, 1): the SplitMix64 output for
+    ``(seed, round)``, a few integer operations instead of a hash per probe."""
+    x = (seed + (round_no + 1) * 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return float(((x ^ (x >> 31)) >> 11) * 2.0**-53)
+
+
 def jitter(check: str, target: str, round_no: int, interval: float, fraction: float) -> float:
     """Deterministic jitter in [0, fraction * interval) for one round."""
-    return (stable_hash(f"{check}\0{target}\0{round_no}") / 2**64) * fraction * interval
+    return jitter_share(jitter_seed(check, target), round_no) * fraction * interval
 
 
 def first_due(now: float, interval: float, offset: float) -> float:
@@ -109,10 +127,14 @@ def next_due(previous: float, interval: float, now: float) -> float:
     return due
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Job:
     check: CheckConfig
     assignment: Assignment
+    interval: float = 0.0
+    """``check.interval`` in seconds."""
+    seed: int = 0
+    """:func:`jitter_seed` of the assignment."""
     due: float = 0.0
     """The current slot (without jitter)."""
     wake: float = 0.0
@@ -120,7 +142,12 @@ class _Job:
     runs: int = 0
     active: bool = True
     """False once removed by an update; its queued wake-up is then ignored."""
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    scope: trio.CancelScope | None = None
+    """The cancel scope of its run in flight (a batch's shared one), ``None`` between runs."""
+
+    def __post_init__(self) -> None:
+        self.interval = float(self.check.interval)
+        self.seed = jitter_seed(self.assignment.check, self.assignment.target)
 
 
 class Scheduler:
@@ -193,7 +220,8 @@ class Scheduler:
         for key, job in list(self._jobs.items()):
             if key not in new or new[key] != (job.check, job.assignment):
                 job.active = False
-                job.scope.cancel()
+                if job.scope is not None:
+                    job.scope.cancel()
                 del self._jobs[key]
         for key, (check, assignment) in new.items():
             if key not in self._jobs:
@@ -205,15 +233,14 @@ class Scheduler:
     # --- the driver -------------------------------------------------------------------------
 
     def _start(self, job: _Job, now: float) -> None:
-        a, interval = job.assignment, float(job.check.interval)
+        a, interval = job.assignment, job.interval
         self.started += 1
         job.due = first_due(now, interval, phase_offset(a.check, a.target, interval))
         self._queue(job)
 
     def _queue(self, job: _Job) -> None:
-        a, interval = job.assignment, float(job.check.interval)
-        job.wake = job.due + jitter(a.check, a.target, job.runs, interval,
-                                    self.config.jitter_fraction)  # fmt: skip
+        job.wake = job.due + (jitter_share(job.seed, job.runs)
+                              * self.config.jitter_fraction * job.interval)  # fmt: skip
         heapq.heappush(self._heap, (job.wake, next(self._order), job))
         if self._asked is not None and job.wake < self._asked:
             self._kick.set()
@@ -254,14 +281,13 @@ class Scheduler:
                 if now >= asked:  # woke on time or late, not kicked: that lateness is lag
                     self._record_lag(now, now - asked)
             last = now
-            due: list[_Job] = []
-            while self._heap and self._heap[0][0] <= now:
-                job = heapq.heappop(self._heap)[2]
-                if job.active:
-                    due.append(job)
-            batches: dict[str, list[_Job]] = {}
-            for job in due:
-                if self._batch_runner is not None and job.check.kind in self.config.batch_kinds:
+            heap, batches = self._heap, dict[str, list[_Job]]()
+            batch_kinds = self.config.batch_kinds if self._batch_runner is not None else ()
+            while heap and heap[0][0] <= now:
+                job = heapq.heappop(heap)[2]
+                if not job.active:
+                    continue
+                if job.check.kind in batch_kinds:
                     batches.setdefault(job.check.name, []).append(job)
                 else:
                     self._nursery.start_soon(self._run_one, job)
@@ -271,7 +297,9 @@ class Scheduler:
     async def _run_one(self, job: _Job) -> None:
         a, check = job.assignment, job.check
         result = None
-        with job.scope:
+        if not job.active:  # dropped by an update before it started
+            return
+        with trio.CancelScope() as job.scope:
             async with self._limiter:
                 try:
                     with trio.fail_after(float(check.timeout) * 2):
@@ -319,8 +347,8 @@ class Scheduler:
             except Exception:
                 log.exception("storing %d result(s) failed", len(items))
         for job in jobs:
-            job.scope = trio.CancelScope()
+            job.scope = None
             if job.active:
                 job.runs += 1
-                job.due = next_due(job.due, float(job.check.interval), now)
+                job.due = next_due(job.due, job.interval, now)
                 self._queue(job)

@@ -19,6 +19,8 @@ from meshmon.scheduler import (
     SchedulerConfig,
     first_due,
     jitter,
+    jitter_seed,
+    jitter_share,
     next_due,
     phase_offset,
 )
@@ -51,6 +53,22 @@ def test_offsets_spread_across_interval() -> None:
     assert min(buckets) > 60 and max(buckets) < 140  # ~100 each, no herd
     js = [jitter("c", "t", r, 30.0, 0.05) for r in range(200)]
     assert all(0 <= j < 1.5 for j in js) and len(set(js)) > 150
+    assert js == [jitter("c", "t", r, 30.0, 0.05) for r in range(200)]  # deterministic
+
+
+def test_jitter_shares_are_uniform_over_rounds_and_assignments() -> None:
+    seeds = [jitter_seed("c", f"t{i}") for i in range(100)]
+    shares = [jitter_share(s, r) for s in seeds for r in range(100)]
+    assert all(0.0 <= x < 1.0 for x in shares)
+    buckets = [0] * 10
+    for x in shares:
+        buckets[int(x * 10)] += 1
+    assert min(buckets) > 850 and max(buckets) < 1150  # ~1000 each
+    for s in seeds[:10]:  # one assignment's rounds do not repeat a pattern
+        gaps = {round(jitter_share(s, r + 1) - jitter_share(s, r), 6) for r in range(50)}
+        assert len(gaps) == 50
+    assert jitter_share(0, 0) == jitter_share(0, 0) != jitter_share(0, 1)
+    assert jitter_share(2**64 - 1, 2**40) < 1.0
 
 
 def pairs(n: int, interval: float = 10.0) -> list[tuple[CheckConfig, Assignment]]:
