@@ -314,22 +314,31 @@ class Scheduler:
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
         assert self._batch_runner is not None
-        check = jobs[0].check
+        check, limiter = jobs[0].check, self._limiter
         results: Sequence[Any] = [None] * len(jobs)
+        # One scope serves both ends: an update that drops any of the jobs cancels it (the
+        # batch must not wait), and its deadline cuts a batch off at twice the timeout. The
+        # limiter is taken without a checkpoint when a token is free: each trio checkpoint is
+        # one more pass of the run loop per tick.
         with trio.CancelScope() as scope:
-            for job in jobs:  # an update that drops any of them must not wait for the batch
+            for job in jobs:
                 job.scope = scope
-            async with self._limiter:
-                try:
-                    with trio.fail_after(float(check.timeout) * 2):
-                        results = await self._batch_runner(check, [j.assignment for j in jobs])
-                except trio.TooSlowError:
-                    log.warning("probe batch %s (%d targets) overran twice its timeout",
-                                check.name, len(jobs))  # fmt: skip
-                except Exception:
-                    log.exception("probe batch %s raised; fix the probe or its params",
-                                  check.name)  # fmt: skip
-        if scope.cancelled_caught:  # one was dropped: re-run the others on their next slot
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                await limiter.acquire()
+            try:
+                scope.deadline = trio.current_time() + float(check.timeout) * 2
+                results = await self._batch_runner(check, [j.assignment for j in jobs])
+            except Exception:
+                log.exception("probe batch %s raised; fix the probe or its params",
+                              check.name)  # fmt: skip
+            finally:
+                limiter.release()
+        if scope.cancelled_caught:  # dropped (re-run the others on their next slot) or late
+            if all(job.active for job in jobs):
+                log.warning("probe batch %s (%d targets) overran twice its timeout",
+                            check.name, len(jobs))  # fmt: skip
             results = [None] * len(jobs)
         await self._finish(jobs, results)
 

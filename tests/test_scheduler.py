@@ -293,3 +293,53 @@ async def test_dropping_an_assignment_mid_batch(autojump_clock: trio.testing.Moc
     assert all("t0" not in batch for batch in seen[first + 1:])
     assert "t0" not in {t for t, _ in rec.results}
     assert any(t == "t1" for t, _ in rec.results)
+
+
+async def test_a_batch_that_overruns_is_cut_off_and_runs_again(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs: list[float] = []
+
+    async def stuck_once(check: CheckConfig, assignments: Any) -> list[Any]:
+        runs.append(trio.current_time())
+        if len(runs) == 1:
+            await trio.sleep_forever()
+        return [{"ok": True} for _ in assignments]
+
+    rec = Recorder()
+    sched = Scheduler("me", rec.run, rec.sink, batch_runner=stuck_once)
+    sched.set_assignments(pairs(1, interval=10.0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        await trio.sleep(25.0)
+        nursery.cancel_scope.cancel()
+    assert "overran twice its timeout" in caplog.text
+    assert len(runs) >= 2 and runs[1] - runs[0] >= 2.0  # cut at 2 x 1 s, re-run next slot
+    assert len(rec.results) == len(runs) - 1  # the cut run stored nothing
+
+
+async def test_batches_wait_for_the_concurrency_cap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    running, peak = 0, 0
+
+    async def slow(check: CheckConfig, assignments: Any) -> list[Any]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await trio.sleep(3.0)
+        running -= 1
+        return [{"ok": True} for _ in assignments]
+
+    rec = Recorder()
+    sched = Scheduler("me", rec.run, rec.sink, SchedulerConfig(max_concurrent=2),
+                      batch_runner=slow)  # fmt: skip
+    checks = [CheckConfig(name=f"c{i}", kind="ping", targets=("t",), interval=10.0,
+                          timeout=2.0) for i in range(6)]  # type: ignore[arg-type]
+    sched.set_assignments([(c, Assignment(c.name, "t", "t")) for c in checks])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        await trio.sleep(30.0)
+        nursery.cancel_scope.cancel()
+    # 6 batches of 3 s each per 10 s on 2 tokens: they queue, none is cut off while queued
+    assert peak == 2 and {a for a, _ in rec.results} == {"t"} and len(rec.results) >= 12

@@ -17,6 +17,7 @@ per-probe cost left once the engine batched the sends.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -120,18 +121,16 @@ async def _ping_batch(targets: Sequence[str], params: Mapping[str, Any],
     or why it was not pinged (bad params, a name that does not resolve)."""
     assert context.icmp is not None
     sw = Stopwatch()
-    try:
-        check_params("ping", params, timeout)
-        choice = base.family_choice(params)
-        pp = PingParams.from_params(params, timeout)
-    except ProbeError as exc:
-        return sw, [str(exc)] * len(targets)
+    setup = _ping_setup(params, timeout)
+    if isinstance(setup, str):
+        return sw, [setup] * len(targets)
+    choice, pp = setup
     resolved: list[tuple[int, str] | str] = []
     for target in targets:
         try:
-            host, _ = base.split_host_port(target, None)
-            family, address = base.literal_address(host)
+            family, address = _literal_target(target)
             if not family or choice not in ("auto", str(family)):  # a name, or a mismatch
+                host, _ = base.split_host_port(target, None)
                 family, name_address, why = (await base.resolve(host, choice))[0]
                 if name_address is None:
                     raise ResolveError(why or "no address")
@@ -146,3 +145,45 @@ async def _ping_batch(targets: Sequence[str], params: Mapping[str, Any],
     for x in resolved:
         out.append((x[0], x[1], next(rows)) if isinstance(x, tuple) else x)
     return sw, out
+
+
+_Setup = tuple[base.FamilyChoice, PingParams] | str
+"""A ping check's family choice and parsed params, or why they are wrong."""
+
+
+def _ping_setup(params: Mapping[str, Any], timeout: float) -> _Setup:
+    """The family choice and parsed params of a ping check, or why they are wrong.
+
+    Validated once per distinct ``(params, timeout)``, not on every tick: the checks walk the
+    param schema, which costs more than a batch's share of a tick.
+    """
+    try:
+        key = (tuple(sorted(params.items())), timeout)
+        hash(key)
+    except TypeError:  # an unhashable value: validate as it comes
+        return _validate_ping(params, timeout)
+    return _validated_ping(key)
+
+
+@functools.lru_cache(maxsize=256)
+def _validated_ping(key: tuple[tuple[tuple[str, Any], ...], float]) -> _Setup:
+    return _validate_ping(dict(key[0]), key[1])
+
+
+def _validate_ping(params: Mapping[str, Any], timeout: float) -> _Setup:
+    try:
+        check_params("ping", params, timeout)
+        return base.family_choice(params), PingParams.from_params(params, timeout)
+    except ProbeError as exc:
+        return str(exc)
+
+
+@functools.lru_cache(maxsize=65536)
+def _literal_target(target: str) -> tuple[int, str]:
+    """``(family, address)`` of a target that is an IP literal (with or without a port), else
+    ``(0, "")``: names resolve every time, and bad syntax is reported by the full path."""
+    try:
+        host, _ = base.split_host_port(target, None)
+    except ProbeError:
+        return 0, ""
+    return base.literal_address(host)
