@@ -78,10 +78,13 @@ class SchedulerConfig:
     """Loop lag (s) above which results are marked degraded: 200 ms dwarfs LAN RTTs."""
     lag_tick: float = 1.0
     """Longest an idle driver sleeps, so loop lag is sampled even with nothing due."""
-    tick: float = 0.05
-    """Driver granularity: assignments due within one tick go out together. Each wake-up of a
-    trio loop costs ~0.25 ms of CPU here, so 20/s cost 0.5 % of a core where one per probe at
-    1000 probes/s would cost 25 %; 50 ms is within the default jitter of any interval >= 1 s."""
+    tick: float = 0.1
+    """Driver granularity: assignments due within one tick go out together, so a probe leaves
+    at most one tick after its jittered slot. Each tick costs ~0.5 ms of CPU on a busy 2-core
+    VM, whatever the batch size (the run loop, the batch and the store run with caches gone
+    cold while the process slept), against ~30 us per probe: at 1000 probes/s, 50 ms ticks
+    took ~5 % of a core and 100 ms ones ~4.2 % (benchmarks/agent_cost). 100 ms is twice the
+    default jitter of a 1 s interval and a small share of any longer one."""
     batch_kinds: frozenset[str] = frozenset({"ping"})
     """Check kinds whose due assignments go to the batch runner together."""
 
