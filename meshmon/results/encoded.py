@@ -7,18 +7,18 @@ objects (a :class:`~meshmon.results.PingResult` computing its statistics, a
 :class:`~meshmon.results.Ping` envelope, both frozen dataclasses), then walking them for the
 compact CBOR form and encoding that with ``cbor2`` cost ~17 us per result, more than sending
 and receiving the echo. :func:`encode_ping` writes the very same bytes straight from the RTTs
-with a few precompiled ``struct`` formats (~1 us): the envelope's constant head (version,
-kind, agent, check, target, family) is encoded once per target and cached, the common bursts
-of one request (answered, or lost) have a fixed layout, and any other burst goes through a
-small general writer. The statistics come from :mod:`meshmon.results.stats`, the functions
-:class:`PingResult` uses, so :func:`~meshmon.results.decode_result` gives equal values;
-``tests/test_results_encoded.py`` checks the bytes against
-:func:`~meshmon.results.encode_result` over many bursts.
+with a few precompiled ``struct`` formats (~1 us): what every run of a target writes alike (the
+envelope's version, kind, agent, check, target and family, and the address) is encoded once and
+cached, the common bursts of one request (answered, or lost) have a fixed layout, and any other
+burst goes through a small general writer. The statistics come from
+:mod:`meshmon.results.stats`, the functions :class:`PingResult` uses, so
+:func:`~meshmon.results.decode_result` gives equal values; ``tests/test_results_encoded.py``
+checks the bytes against :func:`~meshmon.results.encode_result` over many bursts.
 
 :class:`EncodedResult` carries such bytes with the fields the store indexes them by and the
-few that alert rules read (:func:`ping_result` makes one);
-:func:`stored_value` is the payload the agent stores per result (the CBOR of
-``[encoded result, degraded]``), also written without ``cbor2``.
+few that alert rules read (:func:`ping_result` makes one); :func:`stored_value` is the payload
+the agent stores per result (the CBOR of ``[encoded result, degraded]``), also written
+without ``cbor2``.
 
 Only what CBOR needs here is written by hand: unsigned integers, text, arrays, doubles (``cbor2``
 writes every float as a double) and null; anything else goes to ``cbor2``.
@@ -136,10 +136,13 @@ def _array(values: Sequence[Any]) -> bytes:
 
 
 @functools.lru_cache(maxsize=65536)
-def _envelope_head(agent: str, check: str, target: str, family: int | None) -> bytes:
-    """The array header and the first fields of a ping record: the same for every run."""
-    return _head(4, _ENVELOPE_FIELDS) + b"".join(
+def _constant_parts(agent: str, check: str, target: str, family: int | None,
+                    address: str | None) -> tuple[bytes, bytes]:  # fmt: skip
+    """What every run of one ping target writes alike: the array header and first fields of
+    the envelope, and the address inside the payload."""
+    head = _head(4, _ENVELOPE_FIELDS) + b"".join(
         map(_item, (COMPACT_VERSION, "ping", agent, check, target, family)))  # fmt: skip
+    return head, _item(address)
 
 
 def encode_ping(agent: str, check: str, target: str, family: int | None, started_at: float,
@@ -152,7 +155,7 @@ def encode_ping(agent: str, check: str, target: str, family: int | None, started
         samples: per request in send order, the RTT in ms (float) or ``None`` when lost.
         errors: the payload's ``errors`` (as :func:`meshmon.probes.ping.summarize` words them).
     """
-    head = _envelope_head(agent, check, target, family)
+    head, at = _constant_parts(agent, check, target, family, address)
     if len(samples) == 1 and not errors and type(started_at) is float \
             and type(duration_ms) is float:  # fmt: skip
         rtt = samples[0]
@@ -161,7 +164,7 @@ def encode_ping(agent: str, check: str, target: str, family: int | None, started
                 head,
                 _REPLY_1.pack(0xFB, started_at, 0xFB, duration_ms, 0xF6, 0x80 | _PING_FIELDS,
                               1, 0, 0x81, 0xFB, rtt, 0x80, 0xFB, rtt),
-                _item(address),
+                at,
                 _REPLY_1_TAIL.pack(0x81, 0xFB, rtt, 0xFB, rtt, 0xFB, rtt, 0xFB, rtt, 0xFB, 0.0,
                                    0xF6, 0xFB, 0.0),
             ))  # fmt: skip
@@ -170,7 +173,7 @@ def encode_ping(agent: str, check: str, target: str, family: int | None, started
                 head,
                 _LOST_1.pack(0xFB, started_at, 0xFB, duration_ms, 0xF6, 0x80 | _PING_FIELDS,
                              0, 1, 0x80, 0x80, 0xF6),
-                _item(address),
+                at,
                 _LOST_1_TAIL,
             ))  # fmt: skip
     return b"".join((head, _item(started_at), _item(duration_ms), _NULL,
