@@ -8,8 +8,9 @@ replies. This engine keeps the socket side in our hands instead:
 * One socket per address family, shared by every probe in the agent. We prefer an unprivileged
   datagram ICMP socket (Linux "ping socket", allowed when the process's group is inside
   ``net.ipv4.ping_group_range``; the sysctl governs IPv6 too) and fall back to a raw socket
-  (root or ``CAP_NET_RAW``). When neither opens, :class:`IcmpPermissionError` says what to set.
-  The mode in use is :attr:`IcmpEngine.modes`; ``IcmpConfig.mode`` can force one.
+  (root or ``CAP_NET_RAW``), opened by :mod:`meshmon.probes.icmp_socket`. When neither opens,
+  :class:`IcmpPermissionError` says what to set. The mode in use is :attr:`IcmpEngine.modes`;
+  ``IcmpConfig.mode`` can force one.
 * Every echo request is keyed by ``(identifier, sequence)``. On a raw socket the identifier is
   ours (random per engine, so two engines or another ping on the host never collide); on a
   datagram socket the kernel overwrites it with the socket's local "port", which we read back
@@ -20,6 +21,12 @@ replies. This engine keeps the socket side in our hands instead:
   probe by key. Echo requests (our own, seen on loopback by raw sockets) and other hosts'
   traffic are dropped; on raw sockets the kernel's ``ICMP_FILTER``/``ICMP6_FILTER`` drops most of
   it before it reaches Python. A reply whose source is not the probed address is ignored.
+  An echo reply to one of our requests, by far the most common packet, is matched by key
+  without being parsed into a message.
+* :meth:`IcmpEngine.ping_many` sends a round's requests back to back without yielding, then
+  drains the sockets itself before it waits: on a LAN most replies are in by then (all of
+  them on loopback), and are read without waking the receiver task. Each wake-up of a task
+  costs far more CPU than reading a packet, since caches go cold while the process sleeps.
 * RTTs use the kernel's receive timestamp (``SO_TIMESTAMPNS``, wall clock in ns) against the
   wall time read just before ``sendto``, so Python's scheduling delay is not measured. Because a
   wall-clock step could corrupt that difference, it is cross-checked against the monotonic
@@ -34,10 +41,8 @@ The engine is a trio service: ``engine = await nursery.start(IcmpEngine(config).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
-import random
 import socket
 import struct
 import time
@@ -48,17 +53,18 @@ from typing import Literal
 import trio
 
 from meshmon.probes import icmp_packet as pk
+from meshmon.probes.icmp_socket import (
+    IP_RECVERR,
+    IPV6_RECVERR,
+    MSG_ERRQUEUE,
+    SO_TIMESTAMPNS,
+    FamilySocket,
+    open_socket,
+    permission_message,
+)
 
 log = logging.getLogger(__name__)
 
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
-IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
-MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
-SOL_RAW = 255
-ICMP_FILTER = 1
-ICMP6_FILTER = 1
 _ANC_BUF = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(16 + 28) + 64
 _MAX_PACKET = 2048
 _ID_SEQ = struct.Struct("!HH")
@@ -153,119 +159,12 @@ class _Pending:
         self.batch.done_one()
 
 
-def _permission_message(family: int, errors: Sequence[str]) -> str:
-    return (
-        f"cannot open an ICMPv{family} socket ({'; '.join(errors)}). Either allow unprivileged "
-        f"ping sockets for this process's group, e.g. `sysctl -w net.ipv4.ping_group_range="
-        f"\"0 2147483647\"`, or run with CAP_NET_RAW (e.g. `setcap cap_net_raw+ep` on the "
-        f"interpreter, or AmbientCapabilities=CAP_NET_RAW in the systemd unit) or as root"
-    )
-
-
-class _FamilySocket:
-    """One family's socket and its bookkeeping."""
-
-    def __init__(self, family: int, sock: socket.socket, mode: str, ident: int) -> None:
-        self.family = family
-        self.sock = sock
-        self.mode = mode
-        self.ident = ident
-        self.next_seq = random.randrange(0x10000)
-        self.ttl: int | None = None
-        self.default_ttl = sock.getsockopt(*self._ttl_opt())
-
-    def _ttl_opt(self) -> tuple[int, int]:
-        if self.family == 4:
-            return socket.IPPROTO_IP, socket.IP_TTL
-        return socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS
-
-    def set_ttl(self, ttl: int | None) -> None:
-        if ttl != self.ttl:
-            self.sock.setsockopt(*self._ttl_opt(), self.default_ttl if ttl is None else ttl)
-            self.ttl = ttl
-
-
-def _open_socket(family: int, mode: str, config: IcmpConfig) -> tuple[socket.socket, str, int]:
-    """Open one family's socket in ``mode`` (``dgram`` or ``raw``); return it, mode, ident."""
-    af = socket.AF_INET if family == 4 else socket.AF_INET6
-    proto = socket.IPPROTO_ICMP if family == 4 else socket.IPPROTO_ICMPV6
-    kind = socket.SOCK_DGRAM if mode == "dgram" else socket.SOCK_RAW
-    sock = socket.socket(af, kind, proto)
-    try:
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, config.receive_buffer)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, config.receive_buffer)
-        if config.kernel_timestamps:
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        if mode == "dgram":
-            sock.bind(("0.0.0.0", 0) if family == 4 else ("::", 0))
-            ident = sock.getsockname()[1]  # the kernel writes this into every request
-            if family == 4:
-                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-            else:
-                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
-        else:
-            ident = random.randrange(1, 0x10000)
-            if family == 4:  # bitmask of types the kernel should NOT deliver
-                allowed = (1 << 0) | (1 << 3) | (1 << 11)
-                sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~allowed & 0xFFFFFFFF))
-            else:
-                blocked = [0xFFFFFFFF] * 8
-                for t in (1, 2, 3, 129):
-                    blocked[t >> 5] &= ~(1 << (t & 31))
-                sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *blocked))
-            _attach_ident_filter(sock, family, ident)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, mode, ident
-
-
-SO_ATTACH_FILTER = 26
-
-
-def _bpf_program(family: int, ident: int) -> list[tuple[int, int, int, int]]:
-    """Classic BPF: pass echo replies carrying ``ident`` and every error; drop other replies.
-
-    A raw socket receives every ICMP packet for the host, including other pingers' replies;
-    this keeps them in the kernel. Errors quote our identifier deeper in the packet, and are
-    rare, so they all pass and Python sorts them out.
-    """
-    ret_all, ret_none = (0x06, 0, 0, 0xFFFF), (0x06, 0, 0, 0)
-    if family == 4:  # the packet starts with the IPv4 header
-        return [(0xB1, 0, 0, 0),        # ldxb 4*([0]&0xf): X = IP header length
-                (0x50, 0, 0, 0),        # ldb [x+0]: ICMP type
-                (0x15, 0, 2, 0),        # jeq #0 (echo reply) ? next : accept
-                (0x48, 0, 0, 4),        # ldh [x+4]: identifier
-                (0x15, 0, 1, ident),    # jeq #ident ? accept : drop
-                ret_all, ret_none]  # fmt: skip
-    return [(0x30, 0, 0, 0),            # ldb [0]: ICMPv6 type
-            (0x15, 0, 2, 129),          # jeq #129 (echo reply) ? next : accept
-            (0x28, 0, 0, 4),            # ldh [4]: identifier
-            (0x15, 0, 1, ident),        # jeq #ident ? accept : drop
-            ret_all, ret_none]  # fmt: skip
-
-
-def _attach_ident_filter(sock: socket.socket, family: int, ident: int) -> None:
-    """Attach :func:`_bpf_program`; harmless to skip where unsupported (Python filters too)."""
-    program = _bpf_program(family, ident)
-    code = b"".join(struct.pack("=HBBI", *ins) for ins in program)
-    buf = ctypes.create_string_buffer(code)
-    fprog = struct.pack("=HxxxxxxQ", len(program), ctypes.addressof(buf))
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-    except OSError as exc:  # pragma: no cover - only on kernels without socket filters
-        log.info("ICMP engine: no kernel filter (%s); filtering in Python", exc)
-
-
 class IcmpEngine:
     """Shared ICMP sockets and the receiver tasks that route answers to waiting probes."""
 
     def __init__(self, config: IcmpConfig | None = None) -> None:
         self.config = config or IcmpConfig()
-        self._socks: dict[int, _FamilySocket] = {}
+        self._socks: dict[int, FamilySocket] = {}
         self._open_errors: dict[int, str] = {}
         self._pending: dict[int, _Pending] = {}
         """Requests in flight by :func:`_key` (an int: cheaper to hash than a tuple)."""
@@ -300,17 +199,18 @@ class IcmpEngine:
             errors: list[str] = []
             for mode in modes:
                 try:
-                    sock, used, ident = _open_socket(family, mode, self.config)
+                    sock, used, ident = open_socket(family, mode, self.config.receive_buffer,
+                                                   self.config.kernel_timestamps)
                 except PermissionError as exc:
                     errors.append(f"{mode}: {exc.strerror}")
                     continue
                 except OSError as exc:
                     errors.append(f"{mode}: {exc.strerror or exc}")
                     continue
-                self._socks[family] = _FamilySocket(family, sock, used, ident)
+                self._socks[family] = FamilySocket(family, sock, used, ident)
                 break
             else:
-                self._open_errors[family] = _permission_message(family, errors)
+                self._open_errors[family] = permission_message(family, errors)
         if not self._socks:
             msgs = "; ".join(self._open_errors.values())
             raise IcmpPermissionError(msgs)
@@ -342,7 +242,7 @@ class IcmpEngine:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def _allocate(self, fs: _FamilySocket) -> int:
+    def _allocate(self, fs: FamilySocket) -> int:
         for _ in range(0x10000):
             seq = fs.next_seq
             fs.next_seq = (seq + 1) & 0xFFFF
@@ -350,7 +250,7 @@ class IcmpEngine:
                 return seq
         raise IcmpEngineError("65536 echo requests in flight on one socket; lower concurrency")
 
-    def _packet(self, fs: _FamilySocket, seq: int) -> bytes:
+    def _packet(self, fs: FamilySocket, seq: int) -> bytes:
         # The checksum of a fixed payload plus (type, id, seq) is a few additions; the kernel
         # fills it for ICMPv6 and datagram sockets anyway.
         if fs.family == 6:
@@ -482,14 +382,14 @@ class IcmpEngine:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    async def _receiver(self, fs: _FamilySocket) -> None:
+    async def _receiver(self, fs: FamilySocket) -> None:
         while True:
             await trio.lowlevel.wait_readable(fs.sock)
             if self._coalesce:
                 await trio.sleep(self._coalesce)
             self._drain(fs)
 
-    def _drain(self, fs: _FamilySocket) -> None:
+    def _drain(self, fs: FamilySocket) -> None:
         """Read and route what is readable now, up to a bound (then the caller yields, so a
         flood cannot starve the agent)."""
         if fs.mode == "dgram":
@@ -525,7 +425,7 @@ class IcmpEngine:
                 continue
             self._deliver(fs, msg.ident, msg.seq, msg, addr[0], anc, now_mono)
 
-    def _drain_errqueue(self, fs: _FamilySocket) -> None:
+    def _drain_errqueue(self, fs: FamilySocket) -> None:
         while True:
             try:
                 data, anc, _flags, _addr = fs.sock.recvmsg(_MAX_PACKET, _ANC_BUF, MSG_ERRQUEUE)
@@ -549,7 +449,7 @@ class IcmpEngine:
             msg = pk.IcmpMessage(kind, err.icmp_type, err.code, ident, seq, 1, None)
             self._deliver(fs, ident, seq, msg, err.offender or "", anc, now_mono)
 
-    def _deliver(self, fs: _FamilySocket, ident: int, seq: int, msg: pk.IcmpMessage,
+    def _deliver(self, fs: FamilySocket, ident: int, seq: int, msg: pk.IcmpMessage,
                  source: str, anc: list[tuple[int, int, bytes]], now_mono: int,
                  ) -> None:  # fmt: skip
         key = _key(fs.family, ident, seq)

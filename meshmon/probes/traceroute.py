@@ -54,15 +54,8 @@ import trio
 
 from meshmon.probes import icmp_packet as pk
 from meshmon.probes.base import ParamError, param
-from meshmon.probes.icmp import (
-    _ANC_BUF,
-    IP_RECVERR,
-    IPV6_RECVERR,
-    MSG_ERRQUEUE,
-    SO_TIMESTAMPNS,
-    Echo,
-    IcmpEngine,
-)
+from meshmon.probes.icmp import _ANC_BUF, Echo, IcmpEngine
+from meshmon.probes.icmp_socket import IP_RECVERR, IPV6_RECVERR, MSG_ERRQUEUE, SO_TIMESTAMPNS
 from meshmon.probes.params import FAMILY, PORT, Param, ParamSchema, host_target
 from meshmon.results import TracerouteHop, TracerouteResult
 
