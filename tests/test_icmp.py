@@ -249,3 +249,39 @@ def test_parsers_never_raise_on_arbitrary_bytes(data: bytes, family: int, ip: bo
     assert msg is None or msg.kind in ("reply", "time_exceeded", "unreachable", "too_big")
     err = pk.parse_extended_err(family, data)
     assert err is None or isinstance(err.icmp_type, int)
+
+
+async def test_the_agent_path_stores_what_the_objects_say() -> None:
+    from meshmon.probes import ProbeContext, run_probe_batch_encoded
+    from meshmon.results import Ping
+
+    async with trio.open_nursery() as nursery:
+        engine = await nursery.start(IcmpEngine().run)
+        ctx = ProbeContext(agent="n", check="c", icmp=engine)
+        targets = ["127.1.0.1", "127.1.0.2:7", "::1", "127.1.0.3:x"]
+        params = {"count": 2, "interval": 0.01}
+        with trio.fail_after(10):
+            rows = await run_probe_batch_encoded("ping", targets, params, 2.0, ctx,
+                                                 record_as=["a", "b", "c", "d"])  # fmt: skip
+            bad = await run_probe_batch_encoded("ping", targets[:1], {"count": True}, 2.0, ctx)
+            good = await run_probe_batch_encoded("ping", targets[:1], {"count": 1}, 2.0, ctx)
+            bad_again = await run_probe_batch_encoded("ping", targets[:1], {"count": True}, 2.0,
+                                                      ctx)  # fmt: skip
+        nursery.cancel_scope.cancel()
+    assert [len(row) for row in rows] == [1, 1, 1, 1]
+    decoded = [row[0].decode() for row in rows]
+    assert all(isinstance(x, Ping) for x in decoded)
+    assert [x.target for x in decoded] == ["a", "b", "c", "d"]  # recorded as asked
+    assert [x.family for x in decoded] == [4, 4, 6, None]
+    assert [x.is_successful() for x in decoded] == [True, True, True, False]
+    assert "port must be a number" in (decoded[3].error_message() or "")
+    for one, x in zip((row[0] for row in rows), decoded, strict=True):
+        assert isinstance(x, Ping) and (one.check, one.kind) == ("c", "ping")
+        assert (one.success, one.response_time_ms) == (x.is_successful(), x.response_time_ms())
+        assert one.loss_pct == x.result.loss_pct and one.started_at == x.started_at
+    first = decoded[0]
+    assert isinstance(first, Ping) and first.result.sent == 2 and first.result.loss_pct == 0.0
+    assert first.result.resolved_ip == "127.1.0.1" and first.agent == "n"
+    # params are validated once per distinct set, and 1 is not True to the cache
+    assert not bad[0][0].success and "count" in (bad[0][0].decode().error_message() or "")
+    assert good[0][0].success and not bad_again[0][0].success

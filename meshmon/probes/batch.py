@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The scheduler hands over, per tick (50 ms), the targets of a check that fell due together. For
+The scheduler hands over, per tick (100 ms), the targets of a check that fell due together. For
 ``ping`` the whole batch goes out through one :meth:`~meshmon.probes.icmp.IcmpEngine.ping_many`
 call: one task, one wake-up and one socket for all of them, which is what keeps an agent near
 a C pinger's cost per probe. Other kinds (and ``family = "both"``) run their targets
@@ -157,17 +157,17 @@ def _ping_setup(params: Mapping[str, Any], timeout: float) -> _Setup:
     Validated once per distinct ``(params, timeout)``, not on every tick: the checks walk the
     param schema, which costs more than a batch's share of a tick.
     """
-    try:
-        key = (tuple(sorted(params.items())), timeout)
+    try:  # with the types: 1, 1.0 and True are equal keys but not equally valid params
+        key = (tuple(sorted((k, type(v), v) for k, v in params.items())), timeout)
         hash(key)
-    except TypeError:  # an unhashable value: validate as it comes
+    except TypeError:  # an unhashable value (or key): validate as it comes
         return _validate_ping(params, timeout)
     return _validated_ping(key)
 
 
 @functools.lru_cache(maxsize=256)
-def _validated_ping(key: tuple[tuple[tuple[str, Any], ...], float]) -> _Setup:
-    return _validate_ping(dict(key[0]), key[1])
+def _validated_ping(key: tuple[tuple[tuple[str, type, Any], ...], float]) -> _Setup:
+    return _validate_ping({k: v for k, _, v in key[0]}, key[1])
 
 
 def _validate_ping(params: Mapping[str, Any], timeout: float) -> _Setup:
