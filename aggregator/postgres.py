@@ -268,6 +268,13 @@ class EmbeddedPostgres:
             except subprocess.TimeoutExpired:
                 log.warning("PostgreSQL did not stop within %.0f s after %s", wait, sig.name)
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (for tests): its files stay as they were."""
+        proc, self._process = self._process, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
     def restart(self) -> None:
         """Stop and start again on the same port."""
         self.stop()
@@ -355,17 +362,22 @@ class EmbeddedPostgres:
         install = binaries.bindir.parent
         copy = self.directory / f"runtime-{binaries.major}"
         stamp = copy / ".source"
+        # The wheel's binaries find their vendored libraries at $ORIGIN/../../../<pkg>.libs:
+        # keep that layout (site-packages/<pkg>/pginstall/bin, site-packages/<pkg>.libs).
+        package = install.parent
+        target = copy / package.name / install.name
+        libs = package.parent / f"{package.name}.libs"
         if not (stamp.exists() and stamp.read_text() == str(install)):
             log.info("copying PostgreSQL %d binaries to %s (the %s user cannot reach %s)",
                      binaries.major, copy, self._run_as.name, install)  # fmt: skip
             shutil.rmtree(copy, ignore_errors=True)
-            for part in ("bin", "lib", "share"):
-                if (install / part).exists():
-                    shutil.copytree(install / part, copy / part, symlinks=True)
+            shutil.copytree(install, target, symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, copy / libs.name, symlinks=True)
             stamp.write_text(str(install))
             for path in (copy, *copy.rglob("*")):
                 os.lchown(path, self._run_as.uid, self._run_as.gid)
-        return Binaries(copy / "bin", binaries.major, f"{binaries.source}, copied")
+        return Binaries(target / "bin", binaries.major, f"{binaries.source}, copied")
 
     def _initdb(self) -> None:
         log.info("creating a PostgreSQL %d cluster in %s (first start; this takes a few seconds)",
