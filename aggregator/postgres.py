@@ -52,6 +52,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -483,7 +484,8 @@ class EmbeddedPostgres:
 
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
 
-    def _spawn(self, cmd: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    def _spawn(self, cmd: list[str], stdout: IO[bytes] | int,
+               stderr: IO[bytes] | int) -> subprocess.Popen[bytes]:  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
         run_as = self._run_as
@@ -491,10 +493,10 @@ class EmbeddedPostgres:
             env["HOME"] = run_as.home
             env["USER"] = env["LOGNAME"] = run_as.name
         try:
-            return subprocess.Popen(  # noqa: S603 - fixed binaries, our own arguments
+            return subprocess.Popen(
                 cmd, env=env, cwd=self.directory, start_new_session=True, stdin=subprocess.DEVNULL,
-                user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
-                extra_groups=[] if run_as else None, **kwargs)  # type: ignore[call-overload]
+                stdout=stdout, stderr=stderr, user=run_as.uid if run_as else None,
+                group=run_as.gid if run_as else None, extra_groups=[] if run_as else None)
         except OSError as exc:
             raise EmbeddedPostgresError(f"cannot run {cmd[0]}: {exc.strerror}") from None
 

@@ -60,7 +60,7 @@ def test_concurrent_migrations_apply_each_version_once(pg_empty: Db) -> None:
             with pg_empty.connect() as conn:
                 start.wait()
                 results.append(migrate(conn))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             results.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(4)]
