@@ -36,6 +36,7 @@ reconnects on its next batch).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import time
@@ -43,9 +44,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbor2
 import psycopg
 import trio
 from psycopg import errors as pgerrors
+from psycopg.types.json import Jsonb
 
 from aggregator import partitions
 from aggregator.errors import DatabaseUnavailable, IngestRefused
@@ -53,7 +56,7 @@ from aggregator.schema import SchemaInfo
 from aggregator.summary import Summary, summarize
 from aggregator.summary import fast as summary_fast
 from meshmon.results import ResultDecodeError
-from meshmon.wire.ingest import Ack, Batch
+from meshmon.wire.ingest import INCIDENT_CHECK, Ack, Batch, SyncRecord
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +209,7 @@ class BatchWriter:
         cutoff = self._cutoff()
         lo, hi = math.inf, -math.inf
         inserted = expired = 0
+        incidents: list[SyncRecord] = []
         try:
             with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
                 copy.set_types(COPY_TYPES)
@@ -217,6 +221,9 @@ class BatchWriter:
                                             "a time between the years 1 and 9999")  # fmt: skip
                     if ts < cutoff:
                         expired += 1
+                        continue
+                    if rec.check == INCIDENT_CHECK:
+                        incidents.append(rec)
                         continue
                     derived = fast(rec.payload)
                     if derived is None:
@@ -239,6 +246,7 @@ class BatchWriter:
             if "no partition" in str(exc):
                 raise _MissingPartition from None
             raise
+        inserted += _insert_incidents(conn, batch, incidents)
         out.inserted, out.expired, out.lo, out.hi = inserted, expired, lo, hi
         return out
 
@@ -298,6 +306,33 @@ class BatchWriter:
             partitions.create_days(conn, missing)
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"database busy creating partitions: {_short(exc)}") from exc
+
+
+def _insert_incidents(conn: psycopg.Connection[Any], batch: Batch,
+                      records: list[SyncRecord]) -> int:  # fmt: skip
+    """Incident history records (check ``_alerts``) into ``incidents``; a malformed one is
+    refused like a malformed result (422, nothing written)."""
+    rows = []
+    for rec in records:
+        where = f"records[{rec.seq - batch.first}].payload"
+        try:
+            d = cbor2.loads(rec.payload)
+            rows.append((dt.datetime.fromtimestamp(rec.ts, dt.UTC), batch.agent, batch.store,
+                         rec.seq, str(d["id"]), str(d["event"]), str(d["kind"]), str(d["rule"]),
+                         str(d["check"]), str(d["target"]),
+                         dt.datetime.fromtimestamp(float(d["opened_at"]), dt.UTC),
+                         None if d.get("resolved_at") is None
+                         else dt.datetime.fromtimestamp(float(d["resolved_at"]), dt.UTC),
+                         [str(p) for p in d.get("probers", [])], Jsonb(d)))  # fmt: skip
+        except (ValueError, TypeError, KeyError, OverflowError, cbor2.CBORDecodeError) as exc:
+            raise IngestRefused(422, f"{where}: not an incident record ({exc})") from None
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO incidents (time, agent, store, seq, incident_id, event, kind, rule, "
+                "check_name, target, opened_at, resolved_at, probers, detail) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+    return len(rows)
 
 
 def _never(payload: bytes) -> Summary | None:
