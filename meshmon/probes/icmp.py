@@ -48,6 +48,7 @@ from typing import Literal
 import trio
 
 from meshmon.probes import icmp_packet as pk
+from meshmon.probes.capabilities import CAP_NET_RAW, raise_effective
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,8 @@ def _open_socket(family: int, mode: str, config: IcmpConfig) -> tuple[socket.soc
     af = socket.AF_INET if family == 4 else socket.AF_INET6
     proto = socket.IPPROTO_ICMP if family == 4 else socket.IPPROTO_ICMPV6
     kind = socket.SOCK_DGRAM if mode == "dgram" else socket.SOCK_RAW
+    if mode == "raw":  # a file capability (cap_net_raw+p) leaves CAP_NET_RAW to be raised
+        raise_effective(CAP_NET_RAW)
     sock = socket.socket(af, kind, proto)
     try:
         sock.setblocking(False)
