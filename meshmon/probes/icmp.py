@@ -157,7 +157,7 @@ def _permission_message(family: int, errors: Sequence[str]) -> str:
     return (
         f"cannot open an ICMPv{family} socket ({'; '.join(errors)}). Either allow unprivileged "
         f"ping sockets for this process's group, e.g. `sysctl -w net.ipv4.ping_group_range="
-        f"\"0 2147483647\"`, or run with CAP_NET_RAW (e.g. `setcap cap_net_raw+ep` on the "
+        f"\"0 2147483647\"`, or run with CAP_NET_RAW (e.g. `setcap cap_net_raw+p` on the "
         f"interpreter, or AmbientCapabilities=CAP_NET_RAW in the systemd unit) or as root"
     )
 
