@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -34,13 +35,16 @@ from cryptography.hazmat.primitives import serialization
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ASGIFramework, ConnectionState
+from hypercorn.typing import ConnectionState
 
 from aggregator.app import TLS_PEER_DER
 from meshmon import pki
 from meshmon.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
+
+AsgiApp = Callable[[Any, Any, Any], Awaitable[None]]
+"""An ASGI 3 application."""
 _handshakes = RateLimitedLog(log, interval=30.0)
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -69,7 +73,7 @@ def server_context(identity: pki.NodeIdentity, trust: pki.Trust) -> ssl.SSLConte
 class _TlsScope:
     """hypercorn's app wrapper interface, adding the connection's ``tls`` extension."""
 
-    def __init__(self, app: ASGIFramework, tls: dict[str, Any]) -> None:
+    def __init__(self, app: AsgiApp, tls: dict[str, Any]) -> None:
         self.app = app
         self.tls = tls
 
@@ -109,7 +113,7 @@ def _handshake_problem(exc: BaseException) -> str:
 
 
 async def serve_https(
-    app: ASGIFramework,
+    app: AsgiApp,
     ssl_context: ssl.SSLContext,
     host: str,
     port: int,

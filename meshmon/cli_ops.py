@@ -24,6 +24,14 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="The agen
                                                 "(to find its control socket).")]  # fmt: skip
 SocketOpt = Annotated[Path | None, typer.Option("--socket", help="The agent's control socket.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+AggregatorOpt = Annotated[str | None, typer.Option(
+    "--aggregator", help="Ask this aggregator (https://HOST:PORT) instead of the local agent; "
+    "trusts the mesh CA from --ca or the -c config, authenticates with --token or the -c "
+    "config's certificate.")]  # fmt: skip
+TokenOpt = Annotated[str | None, typer.Option("--token", help="With --aggregator: a bearer "
+                                              "token (env MESHMON_TOKEN).")]  # fmt: skip
+CaOpt = Annotated[Path | None, typer.Option("--ca", help="With --aggregator: the mesh CA "
+                                            "certificate (env MESHMON_CA_CERT).")]  # fmt: skip
 
 
 def socket_path(config: Path | None, socket: Path | None) -> Path:
@@ -152,9 +160,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command("members")
     def members(
-        config: ConfigOpt = None, socket: SocketOpt = None, as_json: JsonOpt = False
-    ) -> None:
-        """List the mesh members as this agent sees them."""
+        config: ConfigOpt = None, socket: SocketOpt = None, as_json: JsonOpt = False,
+        aggregator: AggregatorOpt = None, token: TokenOpt = None, ca: CaOpt = None,
+        reporter: Annotated[str | None, typer.Option(
+            help="With --aggregator: only this agent's view.")] = None,
+    ) -> None:  # fmt: skip
+        """List the mesh members as this agent sees them (or, with --aggregator, as every
+        agent last reported them)."""
+        if aggregator is not None:
+            from meshmon.cli_aggregator import members_from_aggregator
+
+            members_from_aggregator(aggregator, token, ca, config, reporter, as_json)
+            return
         data = fetch(config, socket, "members")
         typer.echo(json.dumps(data, indent=2) if as_json else members_table(data))
 
@@ -187,8 +204,19 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[int, typer.Option(help="At most this many (newest).")] = 50,
         latest: Annotated[bool, typer.Option(help="Only the newest per target.")] = False,
         as_json: JsonOpt = False,
-    ) -> None:
-        """Show results from the agent's local store."""
+        aggregator: AggregatorOpt = None, token: TokenOpt = None, ca: CaOpt = None,
+        agent: Annotated[str | None, typer.Option(
+            help="With --aggregator: only results measured by this agent.")] = None,
+    ) -> None:  # fmt: skip
+        """Show results from the agent's local store (or, with --aggregator, from the central
+        history of every agent; --since defaults to 1h there)."""
+        if aggregator is not None:
+            from meshmon.cli_aggregator import results_from_aggregator
+
+            results_from_aggregator(aggregator, token, ca, config, check=check, target=target,
+                                    agent=agent, since=since, limit=limit, latest=latest,
+                                    as_json=as_json)  # fmt: skip
+            return
         data = fetch(config, socket, "results", check=check, target=target, since=since,
                      limit=limit, latest=1 if latest else None)  # fmt: skip
         if as_json:

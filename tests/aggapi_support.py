@@ -127,6 +127,9 @@ def database(postgres: Postgres) -> str:
 
 
 
+_servers = itertools.count(1)
+
+
 @dataclass
 class Served:
     """An aggregator app on real HTTPS on loopback, over a real database."""
@@ -160,9 +163,10 @@ class Served:
 
 
 async def serve(nursery: trio.Nursery, mesh: Mesh, database: str, *, ingestor: object = None,
-                token_ttl: float = 5.0, query: QueryConfig | None = None) -> Served:
-    """Start the API on 127.0.0.1 (a free port) with a fresh aggregator certificate."""
-    node = mesh.node("aggregator-1", tags=("aggregator",))
+                token_ttl: float = 5.0, query: QueryConfig | None = None,
+                tags: tuple[str, ...] = ("aggregator",)) -> Served:
+    """Start the API on 127.0.0.1 (a free port) with a fresh server certificate."""
+    node = mesh.node(f"server-{next(_servers)}", tags=tags)
     identity, trust = mesh.identity(node)
     pool = Pool(database, 2)
     auth = Authenticator(pool, CrlWatch(trust, mesh.crl, interval=0.0), token_ttl=token_ttl)
