@@ -79,7 +79,7 @@ class Services:
     refusal_types: tuple[type[Exception], ...] = ()
     """Exceptions from the ingestor that carry an HTTP ``status`` (the writer's
     ``IngestRefused``): answered with that status and their JSON fields."""
-    _certs_seen: dict[str, str] = field(default_factory=dict)
+    certs_recorded: dict[str, str] = field(default_factory=dict)
     """agent → fingerprint of the certificate last recorded in ``agent_certs``."""
 
 
@@ -397,9 +397,9 @@ def create_app(services: Services) -> FastAPI:
                            f"certificate ({peer.name!r})")  # fmt: skip
         if services.ingestor is None:
             raise ApiError(503, "ingest is not enabled on this server")
-        if services._certs_seen.get(peer.name) != peer.fingerprint:
+        if services.certs_recorded.get(peer.name) != peer.fingerprint:
             await services.pool.run(queries.record_certificate, peer)
-            services._certs_seen[peer.name] = peer.fingerprint
+            services.certs_recorded[peer.name] = peer.fingerprint
         try:
             ack = await services.ingestor.ingest(peer.name, batch)
         except services.refusal_types as exc:
