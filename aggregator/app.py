@@ -47,7 +47,8 @@ from starlette.exceptions import HTTPException
 from aggregator import auth, queries
 from aggregator.auth import Authenticator, AuthError, Principal, TokenError
 from aggregator.config import QueryConfig
-from aggregator.dbpool import DatabaseUnavailable, Pool
+from aggregator.dbpool import Pool
+from aggregator.errors import DatabaseUnavailable, IngestRefused
 from meshmon.configload import parse_duration
 from meshmon.logs import RateLimitedLog
 from meshmon.version import __version__
@@ -76,9 +77,6 @@ class Services:
     ingestor: Ingestor | None = None
     """None: this process serves queries only (ingest answers 503)."""
     query: QueryConfig = field(default_factory=QueryConfig)
-    refusal_types: tuple[type[Exception], ...] = ()
-    """Exceptions from the ingestor that carry an HTTP ``status`` (the writer's
-    ``IngestRefused``): answered with that status and their JSON fields."""
     certs_recorded: dict[str, str] = field(default_factory=dict)
     """agent → fingerprint of the certificate last recorded in ``agent_certs``."""
 
@@ -402,12 +400,10 @@ def create_app(services: Services) -> FastAPI:
             services.certs_recorded[peer.name] = peer.fingerprint
         try:
             ack = await services.ingestor.ingest(peer.name, batch)
-        except services.refusal_types as exc:
-            status = int(getattr(exc, "status", 400))
-            extra = dict(getattr(exc, "extra", {}) or {})
+        except IngestRefused as exc:
             _refusals.warning(f"refused:{peer.name}", "ingest from %s refused (%d): %s",
-                              peer.name, status, exc)  # fmt: skip
-            raise ApiError(status, str(exc), **extra) from None
+                              peer.name, exc.status, exc.message)  # fmt: skip
+            raise ApiError(exc.status, exc.message, **exc.extra) from None
         return Response(wire.encode_ack(ack), media_type=wire.CONTENT_TYPE)
 
     async def _ingest_peer(request: Request) -> Any:

@@ -3,15 +3,23 @@
 Every field has a default with its reason beside it, so an aggregator runs from a file that
 names only its TLS files (or from none, with ``--data`` and ``--db`` on the command line).
 Decoding and error reporting are the agent's (:mod:`meshmon.configload`): every error names the
-file and the key path (``aggregator.retention_days``). A whole file looks like::
+file and the key path (``aggregator.retention.raw_days``). A whole file looks like::
 
     [aggregator]
     address = "0.0.0.0"
     port = 7947
     data_dir = "/var/lib/meshmon-aggregator"
     database_url = ""                 # empty: a private PostgreSQL under data_dir
-    retention_days = 90
-    rollup_interval = "1m"
+
+    [aggregator.retention]            # days; 0 keeps for ever
+    raw_days = 30
+    minute_days = 90
+    hour_days = 730
+
+    [aggregator.rollups]              # plain PostgreSQL (TimescaleDB runs its own policies)
+    minute_interval = "30s"
+    hour_interval = "5m"
+    maintain_interval = "1h"
 
     [aggregator.tls]                  # the same layout as the agent's [tls]
     ca_cert = "certs/ca.crt"
@@ -36,6 +44,7 @@ it likes and keep the database password out of the file.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -92,6 +101,60 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long each level of history is kept, in days; 0 keeps it for ever. Raw results go
+    first, rollups later: a rollup is recomputed from raw rows, so each level must be kept at
+    least as long as the one below it."""
+
+    raw_days: int = 30
+    """Raw results: a month of full detail (a 100-agent mesh at 10 results/s each writes
+    ~2.6 M rows a day, ~0.6 GB). Dropped as whole day partitions (or TimescaleDB chunks)."""
+    minute_days: int = 90
+    """The 1-minute rollup: a quarter, for zooming into past incidents."""
+    hour_days: int = 730
+    """The 1-hour rollup: two years of trends."""
+
+    def __post_init__(self) -> None:
+        levels = [("raw_days", self.raw_days), ("minute_days", self.minute_days),
+                  ("hour_days", self.hour_days)]  # fmt: skip
+        errors = [FieldError(name, "must be 0 (keep for ever) or a number of days")
+                  for name, value in levels if value < 0]  # fmt: skip
+        for (short, a), (long, b) in itertools.pairwise(levels):
+            if errors or b == 0 or (a and b >= a):
+                continue
+            kept = f"{a} days" if a else "for ever (0)"
+            errors.append(FieldError(long, f"{b} days is shorter than {short} ({kept}); rollups "
+                                     "are recomputed from the level below, so keep each at least "
+                                     "as long"))  # fmt: skip
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise FieldErrors(errors)
+
+    def days(self, name: str) -> float | None:
+        """A level's retention in days, None for ever."""
+        value: int = getattr(self, name)
+        return float(value) if value else None
+
+
+@dataclass(frozen=True)
+class RollupsConfig:
+    """When the aggregator's own jobs run on plain PostgreSQL."""
+
+    minute_interval: Seconds = Seconds(30.0)
+    """Between 1-minute rollup runs: the freshest minute rows lag by up to this."""
+    hour_interval: Seconds = Seconds(300.0)
+    """Between 1-hour rollup runs (each recomputes up to an hour of raw rows per series)."""
+    maintain_interval: Seconds = Seconds(3600.0)
+    """Between retention and partition-ahead runs."""
+
+    def __post_init__(self) -> None:
+        for name in ("minute_interval", "hour_interval", "maintain_interval"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, "must be at least 1s")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """The aggregator service: where it listens, where it keeps data, how long."""
 
@@ -104,18 +167,13 @@ class ServerConfig:
     database_url: str = ""
     """A psycopg conninfo or ``postgresql://`` URL; empty starts a private PostgreSQL under
     ``data_dir`` and stops it on exit (the embedded default)."""
-    retention_days: int = 90
-    """Raw results older than this are dropped (whole day partitions, or TimescaleDB's
-    retention policy); 0 keeps them for ever. Rollups are kept as long as raw results."""
-    rollup_interval: Seconds = Seconds(60.0)
-    """How often the 1-minute and 1-hour rollups catch up on plain PostgreSQL (TimescaleDB's
-    continuous aggregates refresh on their own policy). A minute keeps the 1-minute rollup at
-    most two buckets behind."""
     db_connections: int = 4
     """PostgreSQL connections the query API and authentication may hold (the ingest writer
     has its own). Each query blocks one worker thread while it runs."""
     tls: TlsConfig = field(default_factory=TlsConfig)
     """The aggregator's mesh identity; the certificate must carry the tag ``aggregator``."""
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    rollups: RollupsConfig = field(default_factory=RollupsConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -127,10 +185,6 @@ class ServerConfig:
             errors.append(FieldError("address", f"{self.address!r} is not an IP address"))
         if not 0 <= self.port < 65536:
             errors.append(FieldError("port", f"{self.port} is not a port; use 1-65535"))
-        if self.retention_days < 0:
-            errors.append(FieldError("retention_days", "must be 0 (keep for ever) or more"))
-        if self.rollup_interval <= 0:
-            errors.append(FieldError("rollup_interval", "must be greater than zero"))
         if not 1 <= self.db_connections <= 100:
             errors.append(FieldError("db_connections", "must be between 1 and 100"))
         if len(errors) == 1:

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import psycopg
 import trio
 
+from aggregator.errors import DatabaseUnavailable
+
 log = logging.getLogger(__name__)
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
@@ -29,10 +31,6 @@ T = TypeVar("T")
 
 CONNECT_TIMEOUT = 5
 """Seconds to wait for PostgreSQL to accept a connection before calling it unavailable."""
-
-
-class DatabaseUnavailable(Exception):
-    """PostgreSQL cannot be reached or failed; the message says what happened."""
 
 
 class Pool:

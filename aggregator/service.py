@@ -26,7 +26,6 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -112,7 +111,6 @@ async def run_service(
     from aggregator.app import Services, create_app
     from aggregator.auth import Authenticator, CrlWatch
     from aggregator.dbpool import Pool
-    from aggregator.errors import IngestRefused
     from aggregator.https import serve_https, server_context
     from aggregator.writer import Ingestor, IngestorConfig
 
@@ -132,11 +130,11 @@ async def run_service(
                  "TimescaleDB" if info.timescale else "plain PostgreSQL")  # fmt: skip
         pool = Pool(url, config.db_connections)
         stack.callback(pool.close)
-        retention = float(config.retention_days) if config.retention_days else None
-        ingestor = Ingestor(url, info, IngestorConfig(raw_retention_days=retention))
+        retention = config.retention
+        ingestor = Ingestor(url, info, IngestorConfig(
+            raw_retention_days=retention.days("raw_days")))
         auth = Authenticator(pool, CrlWatch(trust, config.tls.crl))
-        services = Services(pool=pool, auth=auth, ingestor=ingestor, query=config.query,
-                            refusal_types=(IngestRefused,))  # fmt: skip
+        services = Services(pool=pool, auth=auth, ingestor=ingestor, query=config.query)
         app = create_app(services)
         context = server_context(identity, trust)
         async with trio.open_nursery() as nursery:
@@ -153,10 +151,13 @@ async def run_service(
                 bound = await nursery.start(serve)
             except OSError as exc:
                 raise _listen_error(config, exc) from None
-            for host, port in bound:
-                log.info("listening on https://%s:%d (agents: mesh TLS; readers: tokens or "
-                         "mesh certificates)", host if ":" not in host else f"[{host}]",
-                         port)  # fmt: skip
+            urls = [f"https://{host if ':' not in host else f'[{host}]'}:{port}"
+                    for host, port in bound]  # fmt: skip
+            for url_ in urls:
+                log.info("listening on %s (agents: mesh TLS; readers: tokens or mesh "
+                         "certificates)", url_)  # fmt: skip
+            _write_listening(config, urls)
+            stack.callback(_remove_listening, config)
             task_status.started(bound)
     log.info("stopped")
 
@@ -182,18 +183,46 @@ async def _start_embedded(config: ServerConfig, stack: contextlib.AsyncExitStack
 
 async def _start_maintenance(nursery: trio.Nursery, config: ServerConfig, url: str,
                              info: Any) -> None:  # fmt: skip
-    """Rollups and retention (the database layer's job; started here)."""
+    """Rollups and retention: the aggregator's own jobs on plain PostgreSQL, TimescaleDB's
+    policies (configured here) on TimescaleDB."""
+    from aggregator.rollups import Retention, RollupConfig, Rollups
+
+    r, every = config.retention, config.rollups
+    retention = Retention(raw_days=r.days("raw_days"), minute_days=r.days("minute_days"),
+                          hour_days=r.days("hour_days"))  # fmt: skip
+    jobs = RollupConfig(minute_interval=every.minute_interval, hour_interval=every.hour_interval,
+                        maintain_interval=every.maintain_interval)  # fmt: skip
+    await nursery.start(Rollups(url, info, retention, jobs).run)
+    kept = ", ".join(f"{name.removesuffix('_days')} {getattr(r, name) or 'for ever'}"
+                     for name in ("raw_days", "minute_days", "hour_days"))  # fmt: skip
+    log.info("rollups and retention running (kept days: %s)", kept)
+
+
+LISTENING = "listening"
+"""File in ``data_dir`` with the URLs the running aggregator serves (one a line), so that
+``meshmon aggregator status -c CONFIG`` finds it even on a wildcard address or port 0."""
+
+
+def _write_listening(config: ServerConfig, urls: list[str]) -> None:
     try:
-        from aggregator import rollups
-    except ImportError:  # pragma: no cover - until the database layer has it
-        log.warning("rollup maintenance is not available in this build")
-        return
-    runner = getattr(rollups, "run_maintenance", None)
-    if runner is None:  # pragma: no cover
-        log.warning("rollup maintenance is not available in this build")
-        return
-    await nursery.start(partial(runner, url, info, interval=config.rollup_interval,
-                                retention_days=config.retention_days))  # fmt: skip
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        (config.data_dir / LISTENING).write_text("\n".join(urls) + "\n")
+    except OSError as exc:
+        log.warning("cannot write %s: %s", config.data_dir / LISTENING, exc)
+
+
+def _remove_listening(config: ServerConfig) -> None:
+    with contextlib.suppress(OSError):
+        (config.data_dir / LISTENING).unlink()
+
+
+def listening_url(config: ServerConfig) -> str | None:
+    """The first URL the running aggregator of ``config`` said it serves, if any."""
+    try:
+        lines = (config.data_dir / LISTENING).read_text().split()
+    except OSError:
+        return None
+    return lines[0] if lines else None
 
 
 def _listen_error(config: ServerConfig, exc: OSError) -> ServiceError:

@@ -116,6 +116,12 @@ def ask(client: AggregatorClient, method: str, path: str, params: dict[str, Any]
 
 
 def _local_url(cfg: ServerConfig) -> str:
+    """The running aggregator's URL (as it recorded it), else its configured address."""
+    from aggregator.service import listening_url
+
+    running = listening_url(cfg)
+    if running:
+        return running
     host = cfg.address
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"

@@ -13,10 +13,8 @@ import trio
 
 from meshmon import pki
 from meshmon.wire import ingest as wire
-from tests.aggapi_support import Served, database, postgres, serve  # noqa: F401
+from tests.aggapi_support import Served, database, serve  # noqa: F401
 from tests.conftest import Mesh
-
-pytestmark = pytest.mark.usefixtures("postgres")
 
 
 @pytest.fixture

@@ -14,10 +14,8 @@ import trio
 from aggregator import queries
 from meshmon.results import Ping, PingResult
 from meshmon.results.codec import encode_result
-from tests.aggapi_support import Served, database, postgres, serve  # noqa: F401
+from tests.aggapi_support import Served, database, serve  # noqa: F401
 from tests.conftest import Mesh
-
-pytestmark = pytest.mark.usefixtures("postgres")
 
 NOW = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
 T0 = NOW - dt.timedelta(minutes=30)

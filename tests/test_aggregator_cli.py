@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 
 import psycopg
-import pytest
 import trio
 
 from aggregator import queries
-from tests.aggapi_support import Served, database, postgres, serve  # noqa: F401
+from tests.aggapi_support import Served, database, serve  # noqa: F401
 from tests.conftest import Mesh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,8 +129,11 @@ async def test_client_mistakes_are_one_line(
 async def test_run_refuses_bad_config_in_one_line_per_problem(tmp_path: Path) -> None:
     config = tmp_path / "agg.toml"
     for text, expected in (
-        ('[aggregator]\nport = 70000\nretention_days = -1\naddress = "here"\n',
-         {"aggregator.port", "aggregator.retention_days", "aggregator.address"}),
+        ('[aggregator]\nport = 70000\naddress = "here"\n',
+         {"aggregator.port", "aggregator.address"}),
+        ('[aggregator.retention]\nraw_days = -1\n[aggregator.rollups]\nhour_interval = "0s"\n',
+         {"aggregator.retention.raw_days", "aggregator.rollups.hour_interval"}),
+        ('[aggregator.retention]\nraw_days = 120\n', {"aggregator.retention.minute_days"}),
         ('[aggregator]\nfoo = 1\n[aggregator.query]\nraw_max_range = "soon"\n',
          {"aggregator.foo", "aggregator.query.raw_max_range"}),
     ):
@@ -162,5 +164,3 @@ async def test_run_refuses_a_certificate_without_the_aggregator_tag(
     proc = await cli("aggregator", "run", "-c", str(config), cwd=tmp_path, ok=False)
     assert "aggregator.tls:" in proc.stderr and "nope.crt" in proc.stderr
 
-
-pytestmark = pytest.mark.usefixtures("postgres")
