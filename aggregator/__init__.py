@@ -2,5 +2,5 @@
 the aggregator bulk-loads them into PostgreSQL/TimescaleDB and answers queries over HTTPS.
 
 Agents run fully serverless without it. Entry point: ``meshmon aggregator run``
-(:mod:`aggregator.service`); the HTTP API is :mod:`aggregator.app`.
+(:mod:`aggregator.server`); the HTTP API is :mod:`aggregator.app`.
 """

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 _refusals = RateLimitedLog(log, interval=30.0)
 
 TLS_PEER_DER = "meshmon.client_cert_der"
-"""Key in the ASGI ``tls`` extension where :mod:`aggregator.server` puts the client certificate
+"""Key in the ASGI ``tls`` extension where :mod:`aggregator.https` puts the client certificate
 in DER (the standard ``client_cert_chain`` holds it as PEM too)."""
 
 

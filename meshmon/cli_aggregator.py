@@ -117,7 +117,7 @@ def ask(client: AggregatorClient, method: str, path: str, params: dict[str, Any]
 
 def _local_url(cfg: ServerConfig) -> str:
     """The running aggregator's URL (as it recorded it), else its configured address."""
-    from aggregator.service import listening_url
+    from aggregator.server import listening_url
 
     running = listening_url(cfg)
     if running:
@@ -145,7 +145,7 @@ def run(
     Starts the embedded PostgreSQL when no database URL is configured, applies the schema
     migrations, then serves agents' uploads and the query API over HTTPS (mesh TLS).
     """
-    from aggregator.service import run_command
+    from aggregator.server import run_command
 
     cfg = _load(config, db, data)
     code = run_command(cfg, log_level, log_format)
@@ -169,7 +169,7 @@ def status(
     """Agents that upload to the aggregator: last sync, lag, records, losses."""
     if db is not None:
         from aggregator import queries
-        from aggregator.service import direct_call
+        from aggregator.server import direct_call
 
         agents = direct_call(db, queries.agents)
         health = {"status": "ok", "database": "ok (read directly)"}
@@ -217,7 +217,7 @@ def agents_table(agents: list[dict[str, Any]]) -> str:
 def _token_call(config: Path | None, db: str | None, data: Path | None, fn: Any,
                 *args: Any) -> Any:  # fmt: skip
     from aggregator.auth import TokenError
-    from aggregator.service import ServiceError, database_call
+    from aggregator.server import ServiceError, database_call
 
     cfg = _load(config, db, data)
     try:
