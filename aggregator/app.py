@@ -41,7 +41,6 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from aggregator import auth, queries
@@ -49,6 +48,20 @@ from aggregator.auth import Authenticator, AuthError, Principal, TokenError
 from aggregator.config import QueryConfig
 from aggregator.dbpool import Pool
 from aggregator.errors import DatabaseUnavailable, IngestRefused
+from aggregator.models import (
+    ERRORS,
+    AgentOut,
+    ErrorOut,
+    Health,
+    MatrixOut,
+    MemberOut,
+    ResultsOut,
+    TokenCreated,
+    TokenOut,
+    TokenRequest,
+    UptimeOut,
+    WhoAmI,
+)
 from meshmon.configload import parse_duration
 from meshmon.logs import RateLimitedLog
 from meshmon.version import __version__
@@ -88,170 +101,6 @@ class ApiError(Exception):
         self.status = status
         self.body = {"error": message, **extra}
         super().__init__(message)
-
-
-# --- response models (the OpenAPI document; handlers build plain JSON for speed) ------------
-
-
-class StoreOut(BaseModel):
-    store: str
-    high_water: int
-    records: int | None
-    skipped: int | None
-    lost_total: int | None
-    first_sync: str | None
-    last_sync: str | None
-    last_sent_at: str | None
-    last_record_time: str | None
-
-
-class AgentOut(BaseModel):
-    agent: str
-    tags: list[str] | None
-    """The agent's certificate tags (None until it uploaded)."""
-    last_sync: str | None
-    last_record_time: str | None
-    since_sync_s: float | None
-    lag_s: float | None
-    """Age of the newest result held centrally for this agent."""
-    records: int
-    skipped: int
-    lost_total: int
-    stores: list[StoreOut]
-
-
-class MemberOut(BaseModel):
-    reporter: str
-    name: str
-    state: str
-    incarnation: int
-    address: str
-    tags: list[str]
-    version: str
-    reported_at: str | None
-    certificate_tags: list[str] | None
-
-
-class RawResult(BaseModel):
-    time: str
-    agent: str
-    check: str
-    target: str
-    kind: str
-    success: bool
-    rtt_ms: float | None
-    loss: float | None
-    error: str | None
-    result: dict[str, Any] | None = None
-    """The decoded result (``detail=true`` only)."""
-
-
-class RollupResult(BaseModel):
-    time: str
-    agent: str
-    check: str
-    target: str
-    count: int
-    failures: int
-    loss: float | None
-    rtt_min_ms: float | None
-    rtt_avg_ms: float | None
-    rtt_max_ms: float | None
-    rtt_p50_ms: float | None
-    rtt_p95_ms: float | None
-    rtt_p99_ms: float | None
-
-
-class ResultsOut(BaseModel):
-    start: str
-    end: str
-    resolution: Literal["raw", "1m", "1h"]
-    truncated: bool
-    rows: list[RawResult] | list[RollupResult]
-
-
-class Cell(BaseModel):
-    count: int
-    failures: int
-    loss: float | None
-    rtt_avg_ms: float | None
-    rtt_min_ms: float | None
-    rtt_max_ms: float | None
-
-
-class CheckMatrix(BaseModel):
-    check: str
-    cells: list[list[Cell | None]]
-    """``cells[i][j]``: row agent i probing column agent j."""
-
-
-class MatrixOut(BaseModel):
-    tag: str
-    start: str
-    end: str
-    resolution: Literal["raw", "1m", "1h"]
-    rows: list[str]
-    columns: list[str]
-    matrices: list[CheckMatrix]
-
-
-class UptimeRow(Cell):
-    check: str
-    target: str
-    uptime_pct: float | None
-    first: str | None
-    last: str | None
-
-
-class UptimeOut(BaseModel):
-    start: str
-    end: str
-    resolution: Literal["raw", "1m", "1h"]
-    targets: list[UptimeRow]
-
-
-class TokenOut(BaseModel):
-    id: int
-    name: str
-    scope: Literal["read", "admin"]
-    created_at: str | None
-    last_used: str | None
-
-
-class TokenCreated(TokenOut):
-    token: str
-    """The secret: shown once, stored only hashed."""
-
-
-class TokenRequest(BaseModel):
-    name: str
-    scope: Literal["read", "admin"] = "read"
-
-
-class WhoAmI(BaseModel):
-    kind: Literal["token", "certificate"]
-    name: str
-    scope: Literal["read", "admin"]
-    certificate: str | None
-    """The node name of the client certificate, if one was presented."""
-
-
-class Health(BaseModel):
-    status: Literal["ok", "degraded"]
-    database: str
-    version: str
-
-
-class ErrorOut(BaseModel):
-    error: str
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "A parameter is wrong (named in the message)."},
-    401: {"model": ErrorOut, "description": "No credentials, or an unknown token."},
-    403: {"model": ErrorOut, "description": "Refused certificate or insufficient scope."},
-    503: {"model": ErrorOut, "description": "The database is unavailable."},
-}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -373,7 +222,7 @@ def create_app(services: Services) -> FastAPI:
     @app.post("/v1/ingest", tags=["ingest"], response_class=Response, responses={
         200: {"content": {wire.CONTENT_TYPE: {}},
               "description": "CBOR acknowledgement `{high_water, inserted}`."},
-        **_ERRORS,
+        **ERRORS,
         409: {"description": "Undeclared sequence gap; `expected` is where to resume."},
         413: {"model": ErrorOut, "description": "Body too large."},
     }, openapi_extra={"requestBody": {"required": True, "content": {
@@ -422,13 +271,13 @@ def create_app(services: Services) -> FastAPI:
 
     # --- queries -----------------------------------------------------------------------------
 
-    @app.get("/v1/agents", tags=["query"], response_model=list[AgentOut], responses=_ERRORS)
+    @app.get("/v1/agents", tags=["query"], response_model=list[AgentOut], responses=ERRORS)
     async def agents(_: Principal = Depends(reader)) -> Response:
         """Every agent that ever uploaded: its certificate tags, streams (one per store),
         last sync, and lag (age of its newest result held here)."""
         return _json(await services.pool.run(queries.agents))
 
-    @app.get("/v1/members", tags=["query"], response_model=list[MemberOut], responses=_ERRORS)
+    @app.get("/v1/members", tags=["query"], response_model=list[MemberOut], responses=ERRORS)
     async def members(
         _: Principal = Depends(reader),
         reporter: Annotated[str | None, Query(description="Only this agent's view.")] = None,
@@ -439,7 +288,7 @@ def create_app(services: Services) -> FastAPI:
         certificate said when it last uploaded."""
         return _json(await services.pool.run(queries.members, reporter, name))
 
-    @app.get("/v1/results", tags=["query"], response_model=ResultsOut, responses=_ERRORS)
+    @app.get("/v1/results", tags=["query"], response_model=ResultsOut, responses=ERRORS)
     async def results(
         _: Principal = Depends(reader),
         start: StartQ = None, end: EndQ = None, since: SinceQ = None,
@@ -468,7 +317,7 @@ def create_app(services: Services) -> FastAPI:
                                        order == "desc", detail and res == "raw", latest)
         return _json({"start": queries.iso(lo), "end": queries.iso(hi), **data})
 
-    @app.get("/v1/matrix", tags=["query"], response_model=MatrixOut, responses=_ERRORS)
+    @app.get("/v1/matrix", tags=["query"], response_model=MatrixOut, responses=ERRORS)
     async def matrix(
         tag: Annotated[str, Query(description="The group: agents whose certificate carries "
                                   "this tag are the columns (targets).")],
@@ -489,7 +338,7 @@ def create_app(services: Services) -> FastAPI:
         return _json({"tag": tag, "start": queries.iso(lo), "end": queries.iso(hi),
                       "resolution": res, **{k: v for k, v in data.items() if k != "tag"}})
 
-    @app.get("/v1/uptime", tags=["query"], response_model=UptimeOut, responses=_ERRORS)
+    @app.get("/v1/uptime", tags=["query"], response_model=UptimeOut, responses=ERRORS)
     async def uptime(
         _: Principal = Depends(reader),
         start: StartQ = None, end: EndQ = None, since: SinceQ = None,
@@ -507,7 +356,7 @@ def create_app(services: Services) -> FastAPI:
         return _json({"start": queries.iso(lo), "end": queries.iso(hi), "resolution": res,
                       "targets": rows})  # fmt: skip
 
-    @app.get("/v1/whoami", tags=["auth"], response_model=WhoAmI, responses=_ERRORS)
+    @app.get("/v1/whoami", tags=["auth"], response_model=WhoAmI, responses=ERRORS)
     async def whoami(principal: Principal = Depends(reader)) -> Response:
         """The caller as the aggregator authenticated it."""
         return _json({"kind": principal.kind, "name": principal.name, "scope": principal.scope,
@@ -520,13 +369,13 @@ def create_app(services: Services) -> FastAPI:
                 "created_at": queries.iso(info.created_at),
                 "last_used": queries.iso(info.last_used)}  # fmt: skip
 
-    @app.get("/v1/tokens", tags=["auth"], response_model=list[TokenOut], responses=_ERRORS)
+    @app.get("/v1/tokens", tags=["auth"], response_model=list[TokenOut], responses=ERRORS)
     async def list_tokens(_: Principal = Depends(admin)) -> Response:
         """Every API token (names and scopes; secrets are never shown again)."""
         return _json([_token_json(t) for t in await services.pool.run(auth.list_tokens)])
 
     @app.post("/v1/tokens", tags=["auth"], status_code=201, response_model=TokenCreated,
-              responses=_ERRORS)  # fmt: skip
+              responses=ERRORS)  # fmt: skip
     async def create_token(body: TokenRequest, _: Principal = Depends(admin)) -> Response:
         """Create a token; the answer holds its secret, shown this once."""
         try:
@@ -536,7 +385,7 @@ def create_app(services: Services) -> FastAPI:
         return _json({**_token_json(info), "token": token}, 201)
 
     @app.delete("/v1/tokens/{name}", tags=["auth"], status_code=204, response_class=Response,
-                responses=_ERRORS)  # fmt: skip
+                responses=ERRORS)  # fmt: skip
     async def revoke_token(name: str, _: Principal = Depends(admin)) -> Response:
         """Revoke (delete) a token; it stops working at once on this server."""
         if not await services.pool.run(auth.revoke_token, name):
