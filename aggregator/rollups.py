@@ -30,6 +30,7 @@ creates the coming days' partitions.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -85,7 +86,7 @@ class Retention:
         for name, value in levels:
             if value is not None and not (value >= 1 and math.isfinite(value)):
                 raise RetentionError(f"retention {name}: {value} must be at least 1 day")
-        for (short, a), (long, b) in zip(levels, levels[1:], strict=False):
+        for (short, a), (long, b) in itertools.pairwise(levels):
             if a is None and b is not None:
                 raise RetentionError(f"retention {long}: {b} days, but {short} keeps for ever; "
                                      f"{long} must be at least as long as {short}")

@@ -23,8 +23,10 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import psycopg
 
@@ -75,7 +77,7 @@ def latest_version() -> int:
     return max(m.version for m in migrations())
 
 
-def migrate(conn: psycopg.Connection[object], *, timescale: bool | None = None) -> SchemaInfo:
+def migrate(conn: psycopg.Connection[Any], *, timescale: bool | None = None) -> SchemaInfo:
     """Bring the database to the latest schema.
 
     Args:
@@ -103,7 +105,7 @@ def migrate(conn: psycopg.Connection[object], *, timescale: bool | None = None) 
         conn.autocommit = was_autocommit
 
 
-def schema_info(conn: psycopg.Connection[object]) -> SchemaInfo:
+def schema_info(conn: psycopg.Connection[Any]) -> SchemaInfo:
     """The version and variant of an already migrated database (without changing it)."""
     applied = _applied(conn)
     if not applied:
@@ -112,7 +114,7 @@ def schema_info(conn: psycopg.Connection[object]) -> SchemaInfo:
     return SchemaInfo(max(applied), _recorded_variant(applied.values()) == TIMESCALE)
 
 
-def _migrate_locked(conn: psycopg.Connection[object], timescale: bool | None) -> SchemaInfo:
+def _migrate_locked(conn: psycopg.Connection[Any], timescale: bool | None) -> SchemaInfo:
     conn.execute("""
         CREATE TABLE IF NOT EXISTS schema_migrations (
             version    integer     PRIMARY KEY,
@@ -139,7 +141,7 @@ def _migrate_locked(conn: psycopg.Connection[object], timescale: bool | None) ->
                 continue
         log.info("applying schema migration %s", migration.name)
         with conn.transaction():
-            conn.execute(migration.sql)  # type: ignore[arg-type]  # trusted file, no parameters
+            conn.execute(migration.sql.encode())  # a file we ship; no parameters
             conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                          (migration.version, migration.name))  # fmt: skip
         applied[migration.version] = migration.name
@@ -149,23 +151,23 @@ def _migrate_locked(conn: psycopg.Connection[object], timescale: bool | None) ->
     return info
 
 
-def _applied(conn: psycopg.Connection[object]) -> dict[int, str]:
+def _applied(conn: psycopg.Connection[Any]) -> dict[int, str]:
     exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
     if not exists or not exists[0]:
         return {}
     rows = conn.execute("SELECT version, name FROM schema_migrations").fetchall()
-    return {int(v): str(n) for v, n in rows}  # type: ignore[call-overload]
+    return {int(v): str(n) for v, n in rows}
 
 
-def _recorded_variant(names: object) -> str | None:
-    for name in names:  # type: ignore[attr-defined]
+def _recorded_variant(names: Iterable[str]) -> str | None:
+    for name in names:
         for variant in (PLAIN, TIMESCALE):
             if str(name).endswith("." + variant):
                 return variant
     return None
 
 
-def _choose_variant(conn: psycopg.Connection[object], timescale: bool | None) -> str:
+def _choose_variant(conn: psycopg.Connection[Any], timescale: bool | None) -> str:
     if timescale is False:
         return PLAIN
     problem = timescale_problem(conn)
@@ -178,7 +180,7 @@ def _choose_variant(conn: psycopg.Connection[object], timescale: bool | None) ->
     return PLAIN
 
 
-def timescale_problem(conn: psycopg.Connection[object]) -> str | None:
+def timescale_problem(conn: psycopg.Connection[Any]) -> str | None:
     """Why TimescaleDB cannot be used on this server, or None when it can."""
     row = conn.execute(
         "SELECT (SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'), "

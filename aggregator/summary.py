@@ -48,7 +48,7 @@ def _plan() -> tuple[dict[str, tuple[type, tuple[str, ...]]], int]:
             raise RuntimeError("result variants disagree on the payload's position")
         index = where
         payload = typing.get_type_hints(cls)["result"]
-        if not hasattr(payload, "__dict__") or getattr(payload, "__slots__", ()):
+        if "__slots__" in vars(payload):
             continue  # pragma: no cover - slotted payloads take the slow road
         plan[kind] = (payload, tuple(f.name for f in dataclasses.fields(payload)))
     return plan, index + 2
@@ -68,9 +68,9 @@ def summarize(payload: bytes, *, strict: bool = False) -> Summary:
         ResultDecodeError: the bytes are not a valid result (the message says what is wrong).
     """
     if not strict:
-        fast = _fast(payload)
-        if fast is not None:
-            return fast
+        answer = fast(payload)
+        if answer is not None:
+            return answer
     record = decode_result(payload)
     summary = _from_record(record)
     if summary is None:  # pragma: no cover - decode_result checked every type
@@ -78,7 +78,8 @@ def summarize(payload: bytes, *, strict: bool = False) -> Summary:
     return summary
 
 
-def _fast(payload: bytes) -> Summary | None:
+def fast(payload: bytes) -> Summary | None:
+    """The fast road alone: the summary, or None where :func:`summarize` must decide."""
     try:
         obj = cbor2.loads(payload)
         if type(obj) is not list or len(obj) <= _PAYLOAD_AT or obj[0] != COMPACT_VERSION:
@@ -100,7 +101,7 @@ def _fast(payload: bytes) -> Summary | None:
         cls, names = plan
         if len(values) != len(names):
             return None  # an older record (defaults to fill) or a newer one: the slow road
-        result = cls.__new__(cls)
+        result: Any = object.__new__(cls)
         result.__dict__.update(zip(names, values, strict=True))
         return _checked(kind, result)
     except Exception:

@@ -34,7 +34,6 @@ reconnects on its next batch).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 import time
@@ -49,7 +48,8 @@ from psycopg import errors as pgerrors
 from aggregator import partitions
 from aggregator.errors import DatabaseUnavailable, IngestRefused
 from aggregator.schema import SchemaInfo
-from aggregator.summary import summarize
+from aggregator.summary import Summary, summarize
+from aggregator.summary import fast as summary_fast
 from meshmon.results import ResultDecodeError
 from meshmon.wire.ingest import Ack, Batch
 
@@ -60,8 +60,12 @@ __all__ = ["Ack", "BatchWriter", "DatabaseUnavailable", "IngestRefused", "Ingest
 
 COPY_SQL = ("COPY results (time, agent, store, seq, check_name, target, kind, success, rtt_ms, "
             "loss, error, payload) FROM STDIN (FORMAT BINARY)")  # fmt: skip
-COPY_TYPES = ["timestamptz", "text", "text", "int8", "text", "text", "text", "bool", "float8",
+COPY_TYPES = ["int8", "text", "text", "int8", "text", "text", "text", "bool", "float8",
               "float8", "text", "bytea"]  # fmt: skip
+PG_EPOCH = 946_684_800.0
+"""2000-01-01 00:00 UTC, the origin of PostgreSQL's timestamps, in Unix seconds."""
+TS_MIN, TS_MAX = -62_135_596_800.0, 253_402_300_799.0
+"""Years 1 to 9999: what Python's datetime (and so every reader of the table) can hold."""
 _RETRIES = 3
 """Attempts of one batch after a deadlock, a serialisation failure or a missing partition."""
 
@@ -196,9 +200,8 @@ class BatchWriter:
         out = _Outcome()
         agent, store, first = batch.agent, batch.store, batch.first
         strict = self.config.strict_payloads
+        fast = summary_fast if not strict else _never
         cutoff = self._cutoff()
-        fromts = dt.datetime.fromtimestamp
-        utc = dt.UTC
         lo, hi = math.inf, -math.inf
         inserted = expired = 0
         try:
@@ -207,25 +210,28 @@ class BatchWriter:
                 write_row: Callable[[tuple[Any, ...]], None] = copy.write_row
                 for rec in batch.records[start:]:
                     ts = rec.ts
+                    if not TS_MIN <= ts <= TS_MAX:  # also NaN
+                        raise IngestRefused(422, f"records[{rec.seq - first}].ts: {ts!r} is not "
+                                            "a time between the years 1 and 9999")  # fmt: skip
                     if ts < cutoff:
                         expired += 1
                         continue
-                    try:
-                        when = fromts(ts, utc)
-                    except (ValueError, OverflowError, OSError):
-                        raise IngestRefused(422, f"records[{rec.seq - first}].ts: {ts!r} is not "
-                                            "a representable time") from None  # fmt: skip
-                    try:
-                        kind, ok, rtt, loss, error = summarize(rec.payload, strict=strict)
-                    except ResultDecodeError as exc:
-                        raise IngestRefused(422, f"records[{rec.seq - first}].payload: "
-                                            f"{exc}") from None  # fmt: skip
+                    derived = fast(rec.payload)
+                    if derived is None:
+                        try:
+                            derived = summarize(rec.payload, strict=strict)
+                        except ResultDecodeError as exc:
+                            raise IngestRefused(422, f"records[{rec.seq - first}].payload: "
+                                                f"{exc}") from None  # fmt: skip
                     if ts < lo:
                         lo = ts
                     if ts > hi:
                         hi = ts
-                    write_row((when, agent, store, rec.seq, rec.check, rec.target, kind, ok, rtt,
-                               loss, error, rec.payload))  # fmt: skip
+                    kind, ok, rtt, loss, error = derived
+                    # timestamptz in binary COPY is int64 microseconds since 2000-01-01 UTC:
+                    # written as int8, it skips a datetime per row (~10 % of the row's cost).
+                    write_row((round((ts - PG_EPOCH) * 1e6), agent, store, rec.seq, rec.check,
+                               rec.target, kind, ok, rtt, loss, error, rec.payload))  # fmt: skip
                     inserted += 1
         except pgerrors.CheckViolation as exc:
             if "no partition" in str(exc):
@@ -290,6 +296,10 @@ class BatchWriter:
             partitions.create_days(conn, missing)
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"database busy creating partitions: {_short(exc)}") from exc
+
+
+def _never(payload: bytes) -> Summary | None:
+    return None
 
 
 class _MissingPartition(Exception):
