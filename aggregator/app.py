@@ -213,6 +213,12 @@ def create_app(services: Services) -> FastAPI:
         name = ".".join(where) or "request"
         return _json({"error": f"{name}: {first.get('msg', 'invalid')}", "parameter": name}, 400)
 
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        # the traceback is logged by the server (hypercorn re-raises it to its error log)
+        return _json({"error": f"internal error ({type(exc).__name__}); the aggregator's log "
+                      "has the details"}, 500)  # fmt: skip
+
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
         return _json({"error": str(exc.detail)}, exc.status_code)
@@ -347,8 +353,9 @@ def create_app(services: Services) -> FastAPI:
         agent: Annotated[str | None, Query(description="Only this agent's results.")] = None,
         resolution: ResolutionQ = "auto",
     ) -> Response:  # fmt: skip
-        """Uptime per check and target over a range: the percentage of results that
-        succeeded, from every probing agent together (or one, with `agent`)."""
+        """Uptime per check and target over a range (default: the last 24 hours): the
+        percentage of results that succeeded, from every probing agent together (or one,
+        with `agent`)."""
         lo, hi = _range(start, end, since, default=86400.0)
         res = _resolution(resolution, lo, hi, services.query)
         rows = await services.pool.run(queries.uptime, queries.Filters(lo, hi, check, target,

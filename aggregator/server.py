@@ -60,7 +60,8 @@ def load_identity(config: ServerConfig) -> tuple[pki.NodeIdentity, pki.Trust]:
     try:
         identity, trust = pki.load_identity(tls.ca_cert, tls.cert, tls.key, tls.crl)
     except pki.PkiError as exc:
-        raise ServiceError(f"aggregator.tls: {exc}") from None
+        raise ServiceError(f"aggregator.tls: {exc} (the [aggregator.tls] files of the config "
+                           "given with -c)") from None  # fmt: skip
     if TAG not in identity.peer.tags:
         raise ServiceError(
             f"{tls.cert}: the certificate of {identity.name!r} lacks the tag {TAG!r}, so agents "
@@ -75,10 +76,19 @@ def embedded_dir(config: ServerConfig) -> Path:
 
 
 def _migrate(url: str) -> Any:
-    from aggregator.schema import migrate
+    """Bring the database to the current schema.
+
+    Raises:
+        ServiceError: the schema cannot be brought up to date (newer, other variant).
+        psycopg.Error: the database cannot be reached.
+    """
+    from aggregator.schema import SchemaError, migrate
 
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-        return migrate(conn)
+        try:
+            return migrate(conn)
+        except SchemaError as exc:
+            raise ServiceError(f"database schema: {exc}") from None
 
 
 def _connect_error(url: str, exc: Exception) -> ServiceError:

@@ -86,7 +86,8 @@ def client_for(url: str | None, token: str | None, ca: Path | None,
 
     url = url or os.environ.get("MESHMON_AGGREGATOR")
     if not url:
-        _fail("pass --aggregator https://HOST:PORT (or set MESHMON_AGGREGATOR)")
+        _fail("pass --aggregator https://HOST:PORT (or set MESHMON_AGGREGATOR), or -c with the "
+              "aggregator's config on its host")  # fmt: skip
     token = token or os.environ.get("MESHMON_TOKEN") or None
     ca = ca or (Path(os.environ["MESHMON_CA_CERT"]) if os.environ.get("MESHMON_CA_CERT")
                 else None) or (tls.ca_cert if tls is not None else None)  # fmt: skip
