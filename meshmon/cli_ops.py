@@ -172,6 +172,8 @@ def register(app: typer.Typer) -> None:
 
             members_from_aggregator(aggregator, token, ca, config, reporter, as_json)
             return
+        if reporter is not None or token is not None or ca is not None:
+            raise typer.BadParameter("--reporter, --token and --ca go with --aggregator URL")
         data = fetch(config, socket, "members")
         typer.echo(json.dumps(data, indent=2) if as_json else members_table(data))
 
@@ -217,6 +219,8 @@ def register(app: typer.Typer) -> None:
                                     agent=agent, since=since, limit=limit, latest=latest,
                                     as_json=as_json)  # fmt: skip
             return
+        if agent is not None or token is not None or ca is not None:
+            raise typer.BadParameter("--agent, --token and --ca go with --aggregator URL")
         data = fetch(config, socket, "results", check=check, target=target, since=since,
                      limit=limit, latest=1 if latest else None)  # fmt: skip
         if as_json:

@@ -124,6 +124,9 @@ async def test_client_mistakes_are_one_line(
     err = (await cli("results", "--aggregator", closed, "--token", "x", "--ca",
                      str(mesh.ca_cert), cwd=tmp_path, ok=False)).stderr  # fmt: skip
     assert "cannot connect" in err and err.count("\n") == 1
+    # aggregator-only options without --aggregator are a usage error, not silently ignored
+    proc = await cli("results", "--agent", "edge-1", cwd=tmp_path, ok=False)
+    assert proc.returncode == 2 and "go with --aggregator URL" in proc.stderr
 
 
 async def test_run_refuses_bad_config_in_one_line_per_problem(tmp_path: Path) -> None:
