@@ -4,7 +4,9 @@ Every field has a default with its reason beside it, so an agent runs from a nea
 ``meshmon config check FILE`` prints the effective result. Decoding and error reporting live in
 :mod:`meshmon.configload`. Secrets paths may be overridden from the environment
 (``MESHMON_CA_CERT``, ``MESHMON_CERT``, ``MESHMON_KEY``, ``MESHMON_CRL``) so that a container
-can mount them where it likes without editing the file.
+can mount them where it likes without editing the file; so may the node's name and addresses
+(``MESHMON_NODE_NAME``, ``MESHMON_LISTEN_ADDRESS``, ``MESHMON_ADVERTISE``), so that one file
+serves every node of a Kubernetes DaemonSet (filled in from the downward API).
 """
 
 from __future__ import annotations
@@ -14,11 +16,22 @@ import ipaddress
 import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from meshmon.configload import ByteSize, ConfigError, FieldError, FieldErrors, Seconds, decode
+from meshmon.alerts.notify import AlertmanagerConfig, CommandConfig, WebhookConfig
+from meshmon.alerts.rules import AlertRule, Silence
+from meshmon.configload import (
+    ByteSize,
+    ConfigError,
+    ConfigErrors,
+    FieldError,
+    FieldErrors,
+    Seconds,
+    decode,
+)
 from meshmon.membership.config import PROFILES, MembershipConfig
 from meshmon.probes.params import host_problem, split_target
 from meshmon.probes.registry import default_registry
@@ -33,6 +46,14 @@ ENV_OVERRIDES = {
     "MESHMON_CRL": ("tls", "crl"),
     "MESHMON_DATA_DIR": ("node", "data_dir"),
 }
+"""Environment variable → (table, key) of a path; the value is made absolute."""
+
+ENV_VALUES = {
+    "MESHMON_NODE_NAME": ("node", "name"),
+    "MESHMON_LISTEN_ADDRESS": ("listen", "address"),
+    "MESHMON_ADVERTISE": ("listen", "advertise"),
+}
+"""Environment variable → (table, key) taken as written (checked like the file's value)."""
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -302,9 +323,47 @@ class CheckConfig:
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    """Alert rules and notifiers (filled in by the alerting work)."""
+    """Alert rules, agreement across vantage points, and silences (see :mod:`meshmon.alerts`)."""
 
     enabled: bool = True
+    rules: tuple[AlertRule, ...] = ()
+    quorum: int | None = None
+    """m: how many of a target's k probers must call it failing; default a majority of k."""
+    impaired_fraction: float = 0.5
+    """A prober that sees this share of its targets fail at once reports itself impaired (one
+    event) instead of alerting on each target."""
+    impaired_min_targets: int = 3
+    """...when that is at least this many targets."""
+    silences: tuple[Silence, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
+    alertmanagers: tuple[AlertmanagerConfig, ...] = ()
+    commands: tuple[CommandConfig, ...] = ()
+    max_backoff: Seconds = Seconds(300.0)
+    """Longest wait between retries to a receiver that is down."""
+    alertmanager_repeat: Seconds = Seconds(60.0)
+    """Re-post firing alerts to Alertmanager this often (it expires alerts not re-sent, after
+    its resolve_timeout, 5 minutes by default)."""
+
+    @property
+    def receivers(self) -> tuple[WebhookConfig | AlertmanagerConfig | CommandConfig, ...]:
+        """Every receiver, in a stable order."""
+        return (*self.webhooks, *self.alertmanagers, *self.commands)
+
+    def __post_init__(self) -> None:
+        errors: list[FieldError] = []
+        if self.quorum is not None and self.quorum < 1:
+            errors.append(FieldError("quorum", "must be 1 or more (or left out for a majority)"))
+        if not 0 < self.impaired_fraction <= 1:
+            errors.append(FieldError("impaired_fraction", "must be in (0, 1]"))
+        if self.impaired_min_targets < 1:
+            errors.append(FieldError("impaired_min_targets", "must be 1 or more"))
+        seen: dict[str, int] = {}
+        for i, rule in enumerate(self.rules):
+            if rule.name in seen:
+                errors.append(FieldError(f"rules[{i}].name", f"{rule.name!r} is already used by "
+                                         f"rules[{seen[rule.name]}]"))  # fmt: skip
+            seen.setdefault(rule.name, i)
+        _raise_all(errors)
 
 
 @dataclass(frozen=True)
@@ -370,13 +429,34 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"not valid TOML: {exc}") from None
     env = os.environ if environ is None else environ
-    for var, (section, key) in ENV_OVERRIDES.items():
+    for var, (section, key) in (*ENV_OVERRIDES.items(), *ENV_VALUES.items()):
         if env.get(var):
             table = data.setdefault(section, {})
             if not isinstance(table, dict):
                 raise ConfigError(source, section, "expected a table")
-            table[key] = str(Path(env[var]).absolute())
-    return decode(AgentConfig, data, source, path.parent.absolute())
+            table[key] = str(Path(env[var]).absolute()) if var in ENV_OVERRIDES else env[var]
+    try:
+        return decode(AgentConfig, data, source, path.parent.absolute())
+    except ConfigError as exc:
+        raise _name_environment(exc, env) from None
+
+
+def _name_environment(exc: ConfigError, env: Mapping[str, str]) -> ConfigError:
+    """Say which variable set a wrong value, since the file does not show it."""
+    by_key = {f"{section}.{key}": var
+              for var, (section, key) in (*ENV_OVERRIDES.items(), *ENV_VALUES.items())
+              if env.get(var)}  # fmt: skip
+    if not by_key:
+        return exc
+
+    def named(error: ConfigError) -> ConfigError:
+        var = by_key.get(error.key)
+        return ConfigError(error.source, f"{error.key} (set by {var})", error.problem) \
+            if var else error  # fmt: skip
+
+    if isinstance(exc, ConfigErrors):
+        return ConfigErrors([named(e) for e in exc.errors], exc.partial)
+    return named(exc)
 
 
 def config_from_dict(data: dict[str, Any], base_dir: Path, source: str = "<memory>") -> AgentConfig:

@@ -247,3 +247,25 @@ async def test_ingest_refusals_reach_the_caller(pg_db: Db) -> None:
                 await ing.ingest("a1", batch("a1", STORE, records("a1", 3, 2, time.time())))
             assert info.value.status == 409
             nursery.cancel_scope.cancel()
+
+
+def test_incident_history_lands_in_its_own_table(pg_db: Db) -> None:
+    import cbor2
+
+    t0 = time.time() - 60
+    recs = list(records("a1", 1, 3, t0))
+    event = {"event": "firing", "id": "abcd1234abcd1234", "kind": "target", "rule": "down",
+             "check": "ping", "target": "10.0.0.9", "opened_at": t0, "resolved_at": None,
+             "probers": ["a1", "a2"], "notifier": "a1"}  # fmt: skip
+    recs.append(SyncRecord(4, t0 + 5, "_alerts", "10.0.0.9", cbor2.dumps(event)))
+    assert writer(pg_db).write("a1", batch("a1", STORE, recs)) == Ack(high_water=4, inserted=4)
+    with pg_db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM results").fetchone() == (3,)
+        assert conn.execute("SELECT incident_id, event, rule, target, probers FROM incidents"
+                            ).fetchall() == [("abcd1234abcd1234", "firing", "down", "10.0.0.9",
+                                              ["a1", "a2"])]  # fmt: skip
+    bad = SyncRecord(5, t0 + 6, "_alerts", "10.0.0.9", cbor2.dumps({"event": "firing"}))
+    with pytest.raises(IngestRefused) as err:
+        writer(pg_db).write("a1", batch("a1", STORE, [bad], after=4))
+    assert err.value.status == 422 and "records[0].payload" in str(err.value.body())
+    assert stream(pg_db)[0] == 4  # nothing written, the mark did not move

@@ -19,6 +19,9 @@ after a lost acknowledgement inserts nothing twice, and two aggregators on one d
 serialise on the mark's row lock. A batch that starts above ``high_water + 1`` without
 declaring the gap is refused (409, ``expected`` tells the agent where to resume).
 
+Records whose check is ``_alerts`` carry alert incident history (one CBOR map per event, see
+:mod:`meshmon.alerts.service`) instead of a result; the aggregator keeps them apart.
+
 Bodies are CBOR maps; the request may be ``Content-Encoding: deflate`` (zlib) when that pays.
 """
 
@@ -40,6 +43,9 @@ MAX_RECORDS = 50_000
 """Most records in one batch."""
 COMPRESS_MIN = 1024
 """Bodies smaller than this are sent as is: compressing them costs more than it saves."""
+
+INCIDENT_CHECK = "_alerts"
+"""Records of this check are alert incident history (a CBOR map per event), not results."""
 
 _STORE_ID = re.compile(r"^[0-9a-f]{32}$")
 

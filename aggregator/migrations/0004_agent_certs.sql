@@ -1,7 +1,7 @@
 -- Each agent's certificate as the aggregator last saw it at ingest (written by the API layer,
 -- aggregator/app.py). Its tags are the agent's group membership for the query API (the tag
 -- matrix): the CA grants tags in certificates, so only these count, never what a member report
--- claims. Numbered 0010 to stay clear of the database layer's own sequence.
+-- claims.
 
 CREATE TABLE agent_certs (
     agent       text        PRIMARY KEY,   -- the certificate's node name
