@@ -335,3 +335,18 @@ async def test_an_aggregator_ahead_of_the_cursor_moves_it_forward(
                 await until(up, lambda: up.status()["cursor"] == 26)
             assert exactly_once(agg, store) == list(range(21, 26))  # 1-20 never twice
         nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_too_large_for_the_aggregator_is_split(
+        mesh: Mesh, nodes: dict[str, Node], tmp_path: Path) -> None:  # fmt: skip
+    agg = aggregator(mesh, nodes["agg"])
+    agg.refuse = [(413, {"error": "body: larger than the aggregator takes"})]
+    async with trio.open_nursery() as nursery, open_store(tmp_path / "store") as store:
+        await nursery.start(agg.serve)
+        async with uploading(mesh, nodes, store, sync_config(agg.url)) as up:
+            with trio.fail_after(30):
+                await append(store, 10)
+                await until(up, lambda: up.status()["cursor"] == 11)
+            assert [(b.first, b.last) for b in agg.batches] == [(1, 10), (1, 5), (6, 10)]
+            assert exactly_once(agg, store) == list(range(1, 11))
+        nursery.cancel_scope.cancel()

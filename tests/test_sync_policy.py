@@ -24,6 +24,7 @@ from meshmon.sync.policy import (
     resync,
 )
 from meshmon.wire import urls
+from meshmon.wire.ingest import BatchError, decode_payload
 
 
 @pytest.mark.parametrize("failures, low, high, ceiling", [
@@ -156,6 +157,13 @@ def test_bad_urls_in_metadata_are_refused(ninth: object, words: str) -> None:
     raw = [codec.VERSION, [4, 1, [*codec._meta_list(META), ninth], b""]]
     with pytest.raises(codec.MalformedMessage, match=words):
         codec.decode_datagram(cbor2.dumps(raw))
+
+
+@pytest.mark.parametrize("payload", [b"", b"\xff", cbor2.dumps([b"junk", False]),
+                                     cbor2.dumps({"kind": "nope"})])
+def test_a_payload_without_a_result_is_named(payload: bytes) -> None:
+    with pytest.raises(BatchError, match="payload: not a stored meshmon result"):
+        decode_payload(payload)
 
 
 # --- [sync] ---------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ owner keeps appending.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -595,7 +596,8 @@ class RingStore:
             UnknownCursor: no such cursor.
             ValueError: ``last_seq`` is beyond the newest durable record.
         """
-        with self._cursor_io:
+        # a lazy commit only marks the cursor dirty: it must not wait for a sync's cursor I/O
+        with self._cursor_io if durable else contextlib.nullcontext():
             with self._mutex:
                 self._check_open()
                 oldest = self.oldest_seq or self._next_seq

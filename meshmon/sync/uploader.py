@@ -22,7 +22,8 @@ The aggregator is authoritative about what it holds:
   this store uploaded it, or our cursor save was lost) or back (its database lost some: what the
   ring still holds is sent again, the rest declared).
 * another 4xx: the batch or this agent is refused; logged (once per problem and quarter of an
-  hour), the cursor stays, the next aggregator is tried, then backoff.
+  hour), the cursor stays, the next aggregator is tried, then backoff. (413, a batch too large
+  for it, halves the batch instead.)
 * 5xx, connection errors, timeouts, a server that is not an aggregator: next URL, then backoff.
 
 Backoff is exponential with full jitter between ``backoff_min`` and ``backoff_max``, counted in
@@ -99,6 +100,8 @@ class Uploader:
         self.members = members
         self.rng = rng or random.Random()
         self.chooser = UrlChooser()
+        self.limit = config.batch_size
+        """Most records per batch: ``batch_size``, halved by each 413 (payload too large)."""
         self.acked = 0
         """Every seq up to this one is committed at the aggregator, as far as we know."""
         self.state = "starting"
@@ -153,7 +156,10 @@ class Uploader:
         try:
             while True:
                 await self._wait_due()
-                await self._attempt(client)
+                try:
+                    await self._attempt(client)
+                except Exception as exc:  # a bug or an unforeseen failure: never stop the agent
+                    await self._unexpected(exc)
         finally:
             with trio.CancelScope(shield=True):
                 await client.aclose()
@@ -179,13 +185,13 @@ class Uploader:
                 with trio.move_on_after(IDLE_RECHECK):
                     await self.store.wait_durable_past(durable)
                 continue
-            due = due_at(pending, self.config.batch_size, self.config.max_delay, now,
+            due = due_at(pending, self.limit, self.config.max_delay, now,
                          *self._oldest_pending(position, now))  # fmt: skip
             if due is not None and due <= now:
                 return
             self.state = "waiting"
             with trio.move_on_at(due if due is not None else now + IDLE_RECHECK):
-                await self.store.wait_durable_past(position + self.config.batch_size - 2)
+                await self.store.wait_durable_past(position + self.limit - 2)
 
     def _oldest_pending(self, position: int, now: float) -> tuple[float, float]:
         """(first seen, age by its timestamp) of the oldest pending record."""
@@ -225,13 +231,18 @@ class Uploader:
                 await self._failed(url, urls, f"the aggregator answered 409 {self._conflicts} "
                                    f"times in a row ({outcome.message})")  # fmt: skip
         else:
+            if isinstance(outcome, Refused) and outcome.status == 413 and len(batch.records) > 1:
+                self.limit = max(1, len(batch.records) // 2)  # too large for it: halve
+                log.warning("sync: %s finds %d records too large a batch; sending at most %d",
+                            url, len(batch.records), self.limit)  # fmt: skip
+                return
             await self._failed(url, urls, _describe(outcome), outcome)
 
     def _build(self, members: tuple[MemberReport, ...] | None,
                ) -> tuple[Batch, bytes, str | None] | None:  # fmt: skip
         """Read the next batch from the cursor and encode it (runs in a worker thread)."""
         core = self.store.core
-        records = core.read_cursor(CURSOR, self.config.batch_size, READ_BYTES)
+        records = core.read_cursor(CURSOR, self.limit, READ_BYTES)
         if not records:
             return None
         records = records[: contiguous([r.seq for r in records])]
@@ -331,6 +342,19 @@ class Uploader:
         await trio.sleep(self.backoff)
         self.retry_at = None
         self._notify()
+
+    async def _unexpected(self, exc: Exception) -> None:
+        mono = time.monotonic()
+        if mono - self._refusals.get("unexpected", -REFUSED_LOG_INTERVAL) >= REFUSED_LOG_INTERVAL:
+            self._refusals["unexpected"] = mono
+            log.exception("sync: upload failed unexpectedly (%s); retrying with backoff", exc)
+        self.last_error, self.last_error_at = f"unexpected: {exc!r}", time.time()
+        self.failures += 1
+        self.backoff = backoff_delay(self.failures, self.config.backoff_min,
+                                     self.config.backoff_max, self.rng)  # fmt: skip
+        self.state = "backoff"
+        self._notify()
+        await trio.sleep(self.backoff)
 
     def _log_failure(self, url: str, message: str, outcome: Outcome | None) -> None:
         mono = time.monotonic()

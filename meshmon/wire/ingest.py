@@ -31,6 +31,8 @@ from typing import Any
 
 import cbor2
 
+from meshmon.results import MonitoringResult, decode_result
+
 VERSION = 1
 PATH = "/v1/ingest"
 CONTENT_TYPE = "application/cbor"
@@ -57,7 +59,10 @@ class SyncRecord:
     check: str
     target: str
     payload: bytes
-    """The stored result, CBOR-encoded by :func:`meshmon.results.codec.encode_result`."""
+    """The record's payload exactly as the agent's store holds it. For an agent's results
+    that is the CBOR array ``[result, degraded]``: ``result`` the bytes of
+    :func:`meshmon.results.codec.encode_result`, ``degraded`` true when the agent's event loop
+    lagged while it probed; :func:`decode_payload` reads it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +200,25 @@ def decode_batch(data: bytes, content_encoding: str | None = None) -> Batch:
         raise
     except (TypeError, ValueError) as exc:
         raise BatchError(f"body: {exc}") from None
+
+
+def decode_payload(payload: bytes) -> tuple[MonitoringResult, bool]:
+    """The result in a record's payload and its ``degraded`` flag (see :class:`SyncRecord`).
+
+    A payload that is a bare :func:`~meshmon.results.codec.encode_result` encoding is read too
+    (``degraded`` false).
+
+    Raises:
+        BatchError: the payload holds no meshmon result.
+    """
+    try:
+        value = cbor2.loads(payload)
+        if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], bytes)
+                and isinstance(value[1], bool)):  # fmt: skip
+            return decode_result(value[0]), value[1]
+        return decode_result(payload), False
+    except Exception as exc:  # cbor2 and the result decoder raise several types
+        raise BatchError(f"payload: not a stored meshmon result ({exc})") from None
 
 
 def encode_ack(ack: Ack) -> bytes:
