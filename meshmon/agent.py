@@ -102,6 +102,7 @@ class Agent:
         self.uploader: Uploader | None = None
         """Runs once an aggregator URL is known; never in a serverless mesh."""
         self._nursery: trio.Nursery | None = None
+        self._reports: tuple[MemberReport, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -249,6 +250,7 @@ class Agent:
 
     def _view_changed(self) -> None:
         self.scheduler.update(self.config.checks, self.view())
+        self._reports = None
         if self.mesh is not None:
             live = (State.ALIVE, State.SUSPECT)
             advertised = [(m.meta.name, m.meta.sync_urls) for m in self.mesh.core.members()
@@ -272,13 +274,16 @@ class Agent:
         self._nursery.start_soon(self.uploader.run)
 
     def _member_reports(self) -> tuple[MemberReport, ...]:
-        """The membership view as the aggregator keeps it (this agent's own view)."""
+        """The membership view as the aggregator keeps it (this agent's own view; rebuilt only
+        after a change of the view)."""
         if self.mesh is None:
             return ()
-        return tuple(
-            MemberReport(m.meta.name, m.state.name.lower(), m.incarnation, m.meta.address,
-                         tuple(m.meta.tags), m.meta.version)
-            for m in sorted(self.mesh.core.members(), key=lambda m: m.meta.name))  # fmt: skip
+        if self._reports is None:
+            self._reports = tuple(
+                MemberReport(m.meta.name, m.state.name.lower(), m.incarnation, m.meta.address,
+                             tuple(m.meta.tags), m.meta.version)
+                for m in sorted(self.mesh.core.members(), key=lambda m: m.meta.name))  # fmt: skip
+        return self._reports
 
     def _context(self, check: str) -> ProbeContext:
         assert self.probe_context is not None

@@ -16,10 +16,14 @@ from pathlib import Path
 
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from meshmon import pki
 from meshmon.config import StoreConfig, SyncConfig
 from meshmon.store import AsyncRingStore, open_store
 from meshmon.sync import CURSOR, Uploader
+from meshmon.sync.client import aggregator_problem
 from tests.conftest import Mesh, Node
 from tests.sync_aggregator import TestAggregator, server_context
 
@@ -350,3 +354,41 @@ async def test_a_batch_too_large_for_the_aggregator_is_split(
             assert [(b.first, b.last) for b in agg.batches] == [(1, 10), (1, 5), (6, 10)]
             assert exactly_once(agg, store) == list(range(1, 11))
         nursery.cancel_scope.cancel()
+
+
+async def test_an_aggregator_revoked_after_start_gets_nothing(
+        mesh: Mesh, nodes: dict[str, Node], tmp_path: Path) -> None:  # fmt: skip
+    agg = aggregator(mesh, nodes["agg"])
+    identity, trust = mesh.identity(nodes["agent"])
+    async with trio.open_nursery() as nursery, open_store(tmp_path / "store") as store:
+        await nursery.start(agg.serve)
+        config = sync_config(agg.url)
+        uploader = Uploader(store, identity, trust, config, lambda: config.all_urls)
+        await nursery.start(uploader.run)
+        with trio.fail_after(30):
+            await append(store, 10)
+            await until(uploader, lambda: uploader.status()["cursor"] == 11)
+        pki.revoke(mesh.ca_dir, "agg1")  # the CA revokes it; the agent learns the new CRL
+        assert trust.update_crl(x509.load_pem_x509_crl(mesh.crl.read_bytes()))
+        sent = len(agg.batches)
+        with trio.fail_after(30):
+            await append(store, 10)
+            await until(uploader, lambda: uploader.failures >= 2)
+        assert len(agg.batches) == sent  # its open connection was dropped, the next refused
+        assert "revoked" in uploader.status()["last_error"]
+        assert uploader.status()["cursor"] == 11
+        nursery.cancel_scope.cancel()
+
+
+def test_the_aggregator_check_names_each_problem(mesh: Mesh, nodes: dict[str, Node]) -> None:
+    _, trust = mesh.identity(nodes["agent"])
+    der = {name: x509.load_pem_x509_certificate(nodes[name].cert.read_bytes()).public_bytes(
+        serialization.Encoding.DER) for name in ("agg", "plain")}  # fmt: skip
+    assert aggregator_problem(trust, der["agg"]) == (None, "agg1")
+    problem, name = aggregator_problem(trust, der["plain"])
+    assert name == "plain1" and problem is not None and "without the tag 'aggregator'" in problem
+    assert aggregator_problem(trust, None)[0] == "the server presented no certificate"
+    pki.revoke(mesh.ca_dir, "agg1")
+    trust.update_crl(x509.load_pem_x509_crl(mesh.crl.read_bytes()))
+    problem, _ = aggregator_problem(trust, der["agg"])
+    assert problem is not None and "revoked" in problem

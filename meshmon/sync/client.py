@@ -154,16 +154,25 @@ class AggregatorClient:
     """POSTs batches to aggregators; one keep-alive connection per aggregator at a time."""
 
     def __init__(self, identity: pki.NodeIdentity, trust: pki.Trust, timeout: float) -> None:
-        self.context = aggregator_context(identity, trust)
+        self.identity = identity
+        self.trust = trust
         self.timeout = timeout
-        self._http = httpx.AsyncClient(
-            verify=self.context, trust_env=False, follow_redirects=False,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        self._http, self._crl_number = self._client()
+
+    def _client(self) -> tuple[httpx.AsyncClient, int]:
+        http = httpx.AsyncClient(
+            verify=aggregator_context(self.identity, self.trust), trust_env=False,
+            follow_redirects=False, timeout=httpx.Timeout(self.timeout,
+                                                          connect=min(self.timeout, 10.0)),
             limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
         )  # fmt: skip
+        return http, self.trust.crl_number
 
     async def post(self, url: str, body: bytes, encoding: str | None) -> Outcome:
         """Send one encoded batch to ``url`` (the ingest URL) and classify the answer."""
+        if self.trust.crl_number != self._crl_number:  # a newer CRL: verify servers afresh
+            await self._http.aclose()
+            self._http, self._crl_number = self._client()
         headers = {"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE}
         if encoding:
             headers["Content-Encoding"] = encoding
