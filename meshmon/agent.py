@@ -251,7 +251,7 @@ class Agent:
     def _view_changed(self) -> None:
         self.scheduler.update(self.config.checks, self.view())
         self._reports = None
-        if self.mesh is not None:
+        if self.mesh is not None and self.sync_urls.learn:
             live = (State.ALIVE, State.SUSPECT)
             advertised = [(m.meta.name, m.meta.sync_urls) for m in self.mesh.core.members()
                           if m.meta.sync_urls and m.state in live and m.meta.name != self.name]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import collections
 import json
+import random
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +48,22 @@ class Stream:
     payloads: dict[int, bytes] = field(default_factory=dict)
     inserts: collections.Counter[int] = field(default_factory=collections.Counter)
     members: tuple[object, ...] | None = None
+
+
+def free_port(host: str) -> int:
+    """A port free for TCP and UDP on ``host``, with the next one free for UDP (echo)."""
+    for _ in range(100):
+        port = random.randrange(20000, 60000)
+        try:
+            with socket.socket() as t, socket.socket(type=socket.SOCK_DGRAM) as u, \
+                    socket.socket(type=socket.SOCK_DGRAM) as e:  # fmt: skip
+                t.bind((host, port))
+                u.bind((host, port))
+                e.bind((host, port + 1))
+                return port
+        except OSError:
+            continue
+    raise AssertionError(f"no free port on {host}")
 
 
 def server_context(cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:

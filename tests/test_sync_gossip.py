@@ -5,7 +5,6 @@ refuses to learn. The one without finds the aggregator in the other's signed met
 from __future__ import annotations
 
 import random
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,7 @@ from meshmon.agent import Agent
 from meshmon.config import config_from_dict
 from meshmon.wire.ingest import decode_payload
 from tests.conftest import Mesh, Node
-from tests.sync_aggregator import TestAggregator, server_context
-
-
-def free_port(host: str) -> int:
-    """A port free for TCP and UDP on ``host``, with the next one free for UDP (echo)."""
-    for _ in range(100):
-        port = random.randrange(20000, 60000)
-        try:
-            with socket.socket() as t, socket.socket(type=socket.SOCK_DGRAM) as u, \
-                    socket.socket(type=socket.SOCK_DGRAM) as e:  # fmt: skip
-                t.bind((host, port))
-                u.bind((host, port))
-                e.bind((host, port + 1))
-                return port
-        except OSError:
-            continue
-    raise AssertionError(f"no free port on {host}")
+from tests.sync_aggregator import TestAggregator, free_port, server_context
 
 
 def agent_config(node: Node, mesh: Mesh, data: Path, address: str, port: int,

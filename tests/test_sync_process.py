@@ -17,10 +17,11 @@ import trio
 from meshmon import pki
 from meshmon.store import RingStore
 from tests.harness import LocalMesh, wait_for
-from tests.sync_aggregator import TestAggregator, server_context
+from tests.sync_aggregator import TestAggregator, free_port, server_context
 
 T = TypeVar("T")
-PORT = 19646  # a port of its own: other suites may run alongside
+HOST = 211
+"""The agent runs on 127.0.0.211, on a port found free (other suites may run alongside)."""
 
 
 class ThreadedAggregator:
@@ -52,7 +53,7 @@ class ThreadedAggregator:
 
 @pytest.fixture
 def local(tmp_path: Path) -> Iterator[LocalMesh]:
-    mesh = LocalMesh(tmp_path, port=PORT)
+    mesh = LocalMesh(tmp_path, port=free_port(f"127.0.0.{HOST}"))
     yield mesh
     mesh.close()
 
@@ -65,7 +66,7 @@ def test_a_killed_agent_resumes_and_every_record_arrives_exactly_once(local: Loc
         agg_dir / pki.NODE_CERT, agg_dir / pki.NODE_KEY, local.ca_dir / pki.CA_CERT)))
     server.start()
     try:
-        agent = local.add("s1", 61, extra_config=f"""
+        agent = local.add("s1", HOST, extra_config=f"""
 [sync]
 url = "{server.agg.url}"
 batch_size = 20
