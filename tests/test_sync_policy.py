@@ -23,8 +23,8 @@ from meshmon.sync.policy import (
     due_at,
     resync,
 )
+from meshmon.sync.uploader import result_bytes
 from meshmon.wire import urls
-from meshmon.wire.ingest import BatchError, decode_payload
 
 
 @pytest.mark.parametrize("failures, low, high, ceiling", [
@@ -159,11 +159,14 @@ def test_bad_urls_in_metadata_are_refused(ninth: object, words: str) -> None:
         codec.decode_datagram(cbor2.dumps(raw))
 
 
-@pytest.mark.parametrize("payload", [b"", b"\xff", cbor2.dumps([b"junk", False]),
-                                     cbor2.dumps({"kind": "nope"})])
-def test_a_payload_without_a_result_is_named(payload: bytes) -> None:
-    with pytest.raises(BatchError, match="payload: not a stored meshmon result"):
-        decode_payload(payload)
+@pytest.mark.parametrize("stored, sent", [
+    (cbor2.dumps([b"\x82\x02result", False]), b"\x82\x02result"),  # the agent's results
+    (cbor2.dumps([b"\x82\x02result", True]), b"\x82\x02result"),
+    (cbor2.dumps({"other": 1}), cbor2.dumps({"other": 1})),  # anything else goes as it is
+    (b"\xff\x00", b"\xff\x00"),
+])  # fmt: skip
+def test_records_travel_as_the_encoded_result(stored: bytes, sent: bytes) -> None:
+    assert result_bytes(stored) == sent
 
 
 # --- [sync] ---------------------------------------------------------------------------------

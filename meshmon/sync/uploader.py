@@ -8,6 +8,8 @@ pending or the oldest has waited ``max_delay``, reads at most one batch from the
 worker thread, with its encoding), and POSTs it (:mod:`meshmon.wire.ingest`). Memory is bounded
 by one batch whatever the backlog: after days offline it works through the ring batch by batch.
 
+Records travel as the wire protocol defines them: the ``encode_result`` bytes of each result
+(the agent stores them with a ``degraded`` flag, which protocol version 1 does not carry).
 The batch says what the agent believes the aggregator holds (``after``); records between that
 and the batch's first that the ring overwrote meanwhile are declared (``skipped_before``), and
 the store cursor's loss counter goes with every batch (``lost_total``): losses are reported,
@@ -42,6 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import cbor2
 import trio
 
 from meshmon import pki
@@ -251,7 +254,8 @@ class Uploader:
         batch = Batch(
             agent=self.identity.name, store=core.store_id, after=min(self.acked, first - 1),
             first=first, last=records[-1].seq,
-            records=tuple(SyncRecord(r.seq, r.ts, r.check, r.target, r.payload) for r in records),
+            records=tuple(SyncRecord(r.seq, r.ts, r.check, r.target, result_bytes(r.payload))
+                          for r in records),
             skipped_before=first - min(self.acked, first - 1) - 1,
             lost_total=core.cursors.get(CURSOR).lost, sent_at=time.time(), members=members,
         )  # fmt: skip
@@ -403,6 +407,19 @@ def _describe(outcome: Outcome) -> str:
     if isinstance(outcome, Unavailable):
         return outcome.message
     return repr(outcome)
+
+
+def result_bytes(payload: bytes) -> bytes:
+    """What a record carries on the wire: the agent stores ``[encode_result(...), degraded]``
+    and the protocol carries the ``encode_result`` bytes (version 1 has no place for
+    ``degraded``, which stays in the local store). Any other payload goes as it is."""
+    try:
+        value = cbor2.loads(payload)
+    except Exception:  # not CBOR at all: the aggregator will say what it thinks of it
+        return payload
+    if type(value) is list and len(value) == 2 and type(value[0]) is bytes:
+        return value[0]
+    return payload
 
 
 def _within_budget(records: Sequence[Record]) -> int:

@@ -19,6 +19,9 @@ after a lost acknowledgement inserts nothing twice, and two aggregators on one d
 serialise on the mark's row lock. A batch that starts above ``high_water + 1`` without
 declaring the gap is refused (409, ``expected`` tells the agent where to resume).
 
+Records whose check is ``_alerts`` carry alert incident history (one CBOR map per event, see
+:mod:`meshmon.alerts.service`) instead of a result; the aggregator keeps them apart.
+
 Bodies are CBOR maps; the request may be ``Content-Encoding: deflate`` (zlib) when that pays.
 """
 
@@ -31,8 +34,6 @@ from typing import Any
 
 import cbor2
 
-from meshmon.results import MonitoringResult, decode_result
-
 VERSION = 1
 PATH = "/v1/ingest"
 CONTENT_TYPE = "application/cbor"
@@ -42,6 +43,9 @@ MAX_RECORDS = 50_000
 """Most records in one batch."""
 COMPRESS_MIN = 1024
 """Bodies smaller than this are sent as is: compressing them costs more than it saves."""
+
+INCIDENT_CHECK = "_alerts"
+"""Records of this check are alert incident history (a CBOR map per event), not results."""
 
 _STORE_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -59,10 +63,7 @@ class SyncRecord:
     check: str
     target: str
     payload: bytes
-    """The record's payload exactly as the agent's store holds it. For an agent's results
-    that is the CBOR array ``[result, degraded]``: ``result`` the bytes of
-    :func:`meshmon.results.codec.encode_result`, ``degraded`` true when the agent's event loop
-    lagged while it probed; :func:`decode_payload` reads it."""
+    """The stored result, CBOR-encoded by :func:`meshmon.results.codec.encode_result`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,25 +201,6 @@ def decode_batch(data: bytes, content_encoding: str | None = None) -> Batch:
         raise
     except (TypeError, ValueError) as exc:
         raise BatchError(f"body: {exc}") from None
-
-
-def decode_payload(payload: bytes) -> tuple[MonitoringResult, bool]:
-    """The result in a record's payload and its ``degraded`` flag (see :class:`SyncRecord`).
-
-    A payload that is a bare :func:`~meshmon.results.codec.encode_result` encoding is read too
-    (``degraded`` false).
-
-    Raises:
-        BatchError: the payload holds no meshmon result.
-    """
-    try:
-        value = cbor2.loads(payload)
-        if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], bytes)
-                and isinstance(value[1], bool)):  # fmt: skip
-            return decode_result(value[0]), value[1]
-        return decode_result(payload), False
-    except Exception as exc:  # cbor2 and the result decoder raise several types
-        raise BatchError(f"payload: not a stored meshmon result ({exc})") from None
 
 
 def encode_ack(ack: Ack) -> bytes:
