@@ -24,8 +24,10 @@ import trio
 from cryptography import x509
 
 from meshmon import pki
+from meshmon.alerts.observe import observation
+from meshmon.alerts.service import STORE_CHECK, AlertService
 from meshmon.config import AgentConfig, CheckConfig, split_host_port
-from meshmon.control import ResultQuery, serve_control
+from meshmon.control import ControlError, MeshQuery, ResultQuery, serve_control
 from meshmon.membership import NodeMeta, State
 from meshmon.membership.identity import address_allowed
 from meshmon.mesh import MeshService
@@ -34,6 +36,7 @@ from meshmon.placement import AgentInfo, Assignment
 from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_probe_batch
 from meshmon.probes.echo_guard import mesh_codec
 from meshmon.probes.services import run_probe_services
+from meshmon.query import Context, Peer, QueryService, Question, answer
 from meshmon.results import MonitoringResult, ResultDecodeError, decode_result, encode_result
 from meshmon.scheduler import Scheduler
 from meshmon.seeds import SeedWatch
@@ -86,6 +89,7 @@ class Agent:
         self.store: AsyncRingStore | None = None
         self.mesh: MeshService | None = None
         self.transport: MeshTransport | None = None
+        self.query: QueryService | None = None
         self.probe_context: ProbeContext | None = None
         self.scheduler = Scheduler(self.name, self._run_check, self._store_results,
                                    batch_runner=self._run_batch)
@@ -103,6 +107,7 @@ class Agent:
         """Runs once an aggregator URL is known; never in a serverless mesh."""
         self._nursery: trio.Nursery | None = None
         self._reports: tuple[MemberReport, ...] | None = None
+        self.alerts: AlertService | None = None
 
     @property
     def name(self) -> str:
@@ -163,7 +168,15 @@ class Agent:
                                         self.trust, seeds, on_change=self._view_changed)
                 seed_watch = SeedWatch(seeds, max_delay=cfg.mesh.membership().reconnect_interval)
                 self.mesh.on_seed_failure = seed_watch.failed
+                self.query = QueryService(transport, self._peers, self._answer, self.trust)
+                self.query.install()
+                if cfg.alerts.enabled:
+                    self.alerts = AlertService(cfg.alerts, _AlertHost(self, self.mesh))
+                    self.mesh.core.user_filter = self.alerts.accept
+                    self.mesh.on_user = self.alerts.received
                 await nursery.start(self.mesh.run)
+                if self.alerts is not None:
+                    await nursery.start(self.alerts.run)
                 nursery.start_soon(seed_watch.run, self.mesh)
                 await nursery.start(self.scheduler.run)
                 self._nursery = nursery
@@ -326,6 +339,8 @@ class Agent:
 
     async def _store_results(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
         assert self.store is not None
+        if self.alerts is not None and self.alerts.active:
+            self._observe(items)
         records = [(one.started_at, a.check, a.target, [encode_result(one), degraded])
                    for a, results, degraded in items for one in results]  # fmt: skip
         try:
@@ -399,6 +414,8 @@ class Agent:
         if self.transport is not None:
             status["dropped_datagrams"] = dict(self.transport.drops)
             status["refused_connections"] = dict(self.transport.admission.counts)
+        if self.query is not None:  # mesh queries answered for peers, and askers turned away
+            status["queries"] = {"served": self.query.served, "refused": dict(self.query.refused)}
         if self.mesh is not None:
             core = self.mesh.core
             status["membership"] = {"live": core.num_live(), "awareness": core.awareness,
@@ -409,6 +426,25 @@ class Agent:
                                     "certificates": {k: v for k, v in sorted(core.stats.items())
                                                      if "cert" in k}}  # fmt: skip
         return status
+
+    def _observe(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
+        """Feed alert rules; results taken while degraded say nothing about targets."""
+        assert self.alerts is not None
+        tags: dict[str, tuple[str, ...]] = {}
+        if any(a.mesh for a, _, _ in items):
+            tags = {a.name: tuple(sorted(a.tags)) for a in self.view()}
+        for a, results, degraded in items:
+            if degraded:
+                continue
+            for one in results:
+                self.alerts.observe(observation(one, a.target, tags.get(a.target, ())))
+
+    def api_alerts(self) -> dict[str, Any]:
+        """Alert rules, this prober's verdicts, firing and recent incidents."""
+        if self.alerts is None:
+            return {"enabled": False, "rules": [], "firing": [], "recent": [],
+                    "receivers": [], "failing_here": [], "impaired": False}  # fmt: skip
+        return self.alerts.status()
 
     def api_members(self) -> list[dict[str, Any]]:
         """The membership view."""
@@ -431,6 +467,29 @@ class Agent:
                                  "wanted": cov.wanted})  # fmt: skip
         return {"mine": mine, "coverage": coverage}
 
+    def _peers(self) -> list[Peer]:
+        """The membership view as mesh queries see it."""
+        if self.mesh is None:
+            return []
+        return [Peer(m.meta.name, m.meta.tcp_addr, m.state.name.lower(), m.meta.tags,
+                     m.meta.cert_fingerprint.hex()) for m in self.mesh.core.members()]  # fmt: skip
+
+    def _answer(self, question: Question, peers: Sequence[Peer]) -> dict[str, Any]:
+        """This agent's own answer to a mesh query (runs in a worker thread)."""
+        if self.store is None:
+            raise ControlError("the store is not open")
+
+        def tagged(tag: str) -> list[str]:
+            return [p.name for p in peers if tag in p.tags]
+
+        return answer(self.store, question, Context(time.time(), self.config.checks, tagged))
+
+    async def api_mesh(self, query: MeshQuery) -> dict[str, Any]:
+        """A mesh-wide question, asked of the other agents (see :mod:`meshmon.query`)."""
+        if self.query is None:
+            raise ControlError("the agent's mesh is still starting; ask again in a moment")
+        return await self.query.envelope(query.question, query.timeout, query.max_bytes)
+
     def api_results(self, query: ResultQuery) -> list[dict[str, Any]]:
         """Stored results matching ``query``, newest first."""
         if self.store is None:
@@ -442,6 +501,8 @@ class Agent:
                                        since=query.since, until=query.until, limit=query.limit)
         out = []
         for rec in records:
+            if rec.check == STORE_CHECK and query.check != STORE_CHECK:
+                continue  # incident history, not a result (ask for check=_alerts to see it)
             try:
                 encoded, degraded = rec.value()
                 result = decode_result(encoded)
@@ -456,3 +517,32 @@ class Agent:
                         "response_time_ms": result.response_time_ms(),
                         "error": result.error_message(), "degraded": bool(degraded)})  # fmt: skip
         return out[: query.limit]
+
+
+class _AlertHost:
+    """What the alert service needs from the agent (:class:`~meshmon.alerts.service.AlertHost`)."""
+
+    def __init__(self, agent: Agent, mesh: MeshService) -> None:
+        self.agent, self.mesh, self.name = agent, mesh, agent.name
+
+    def publish(self, key: str, version: int, payload: bytes) -> None:
+        self.mesh.core.publish(trio.current_time(), key, version, payload)
+        self.mesh.wake()
+
+    def member_meta(self, name: str) -> NodeMeta | None:
+        m = self.mesh.core.member(name)
+        return m.meta if m is not None and m.state in (State.ALIVE, State.SUSPECT) else None
+
+    def owners(self, check: str, target: str) -> tuple[str, ...]:
+        placement = self.agent.scheduler.placement
+        return () if placement is None else placement.owners(check, target)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.mesh.auth.sign_blob(data)
+
+    def verify(self, meta: NodeMeta, data: bytes, sig: bytes) -> str | None:
+        return self.mesh.auth.verify_blob(meta, data, sig)
+
+    async def record(self, ts: float, target: str, payload: Any) -> None:
+        if self.agent.store is not None:
+            await self.agent.store.append_batch([(ts, STORE_CHECK, target, payload)])

@@ -48,9 +48,10 @@ def socket_path(config: Path | None, socket: Path | None) -> Path:
         raise typer.Exit(2) from None
 
 
-def fetch(config: Path | None, socket: Path | None, endpoint: str, **params: Any) -> Any:
+def fetch(config: Path | None, socket: Path | None, endpoint: str, *,
+          client_timeout: float = 5.0, **params: Any) -> Any:  # fmt: skip
     """GET an endpoint or exit with the client's explanation."""
-    client = ControlClient(socket_path(config, socket))
+    client = ControlClient(socket_path(config, socket), timeout=client_timeout)
     try:
         return client.get(endpoint, **params)
     except BadParameter as exc:  # a usage error, as a bad option is
@@ -209,9 +210,22 @@ def register(app: typer.Typer) -> None:
         since: Annotated[str | None, typer.Option(help="Only newer than this, e.g. 10m.")] = None,
         limit: Annotated[int, typer.Option(help="At most this many (newest).")] = 50,
         latest: Annotated[bool, typer.Option(help="Only the newest per target.")] = False,
+        mesh: Annotated[bool, typer.Option("--mesh", help="The newest per target from every "
+                                           "agent of the mesh (asked over mTLS).")] = False,
+        timeout: Annotated[float | None, typer.Option(help="With --mesh: seconds to wait for "
+                                                      "the other agents.")] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Show results from the agent's local store."""
+        """Show results from the agent's local store (or, with --mesh, from every agent)."""
+        if mesh:
+            if since is not None:
+                typer.echo("error: --mesh shows the newest results; for a time range use "
+                           "meshmon history --check C --target T --since ...", err=True)
+                raise typer.Exit(2)
+            from meshmon.cli_mesh import mesh_results
+
+            mesh_results(config, socket, check, target, as_json, timeout)
+            return
         data = fetch(config, socket, "results", check=check, target=target, since=since,
                      limit=limit, latest=1 if latest else None)  # fmt: skip
         if as_json:
@@ -225,3 +239,40 @@ def register(app: typer.Typer) -> None:
             for r in data
         ]  # fmt: skip
         typer.echo(table(("TIME", "CHECK", "TARGET", "STATUS", "RTT_MS", "ERROR", ""), rows))
+
+    @app.command("alerts")
+    def alerts(config: ConfigOpt = None, socket: SocketOpt = None,
+               as_json: JsonOpt = False) -> None:  # fmt: skip
+        """Firing and recent incidents, and what this prober calls failing (exit 1 if firing)."""
+        data = fetch(config, socket, "alerts")
+        if as_json:
+            typer.echo(json.dumps(data, indent=2))
+        elif not data.get("enabled") or not data.get("rules"):
+            typer.echo("no alert rules configured (add [[alerts.rules]] to the agent config)")
+        else:
+            now = time.time()
+            if data.get("impaired"):
+                typer.echo("this prober is IMPAIRED: most of its targets failed at once; its "
+                           "target verdicts are withheld")  # fmt: skip
+            typer.echo(f"firing: {len(data['firing'])}")
+            if data["firing"]:
+                typer.echo(incident_table(data["firing"], now))
+            typer.echo(f"\nrecent: {len(data['recent'])}")
+            if data["recent"]:
+                typer.echo(incident_table(data["recent"][:20], now))
+            if data.get("failing_here"):
+                typer.echo("\nthis prober calls failing: " + ", ".join(
+                    f"{f['target']} ({f['rule']})" for f in data["failing_here"]))
+            if data.get("last_error"):
+                typer.echo(f"\nlast delivery error: {data['last_error']}")
+        if data.get("firing"):
+            raise typer.Exit(1)
+
+
+def incident_table(incidents: list[dict[str, Any]], now: float) -> str:
+    """Incidents as a table, one per line."""
+    return table(("ID", "RULE", "TARGET", "CHECK", "OPENED", "FOR", "NOTIFIER", "SENT"), [
+        (i["id"], i["rule"], i["target"], i["check"] or "-", ago(i["opened_at"], now),
+         f"{i['duration_s']:.0f}s", i["notifier"],
+         ("resolved" if i["resolved_sent"] else "firing" if i["firing_sent"] else "pending"))
+        for i in incidents])  # fmt: skip
