@@ -8,7 +8,9 @@ seq, so a test can prove that nothing arrived twice.
 
 Faults on demand: ``drop_after_commit`` (commit, then close the connection without answering:
 a lost acknowledgement), ``refuse`` (answer the next requests with a given 4xx/5xx).
-It is trio + h11, served by :func:`trio.serve_ssl_over_tcp`.
+It is trio + h11, served by :func:`trio.serve_ssl_over_tcp`. With a ``backend`` (the real
+aggregator's :meth:`aggregator.writer.Ingestor.ingest`), batches go to it instead of memory:
+the HTTP shell stays a double, the exactly-once bookkeeping is the real one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import random
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,8 +83,10 @@ class TestAggregator:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, context: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, context: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0,
+                 backend: Callable[[str, Batch], Awaitable[Ack]] | None = None) -> None:
         self.context = context
+        self.backend = backend
         self.host = host
         self.port = port
         self.streams: dict[tuple[str, str], Stream] = {}
@@ -124,6 +128,9 @@ class TestAggregator:
             task_status.started()
             await trio.serve_listeners(self._handle, listeners)
 
+    async def _backend(self, peer: str, batch: Batch) -> tuple[int, bytes, bool]:
+        return await _call_backend(self, peer, batch)
+
     def stop(self) -> None:
         """Close the listener and every connection (the server goes down)."""
         if self._scope is not None:
@@ -141,7 +148,7 @@ class TestAggregator:
                 if request is None:
                     return
                 self.requests += 1
-                status, answer, drop = self._ingest(peer, request, body)
+                status, answer, drop = await self._ingest(peer, request, body)
                 self._touch()
                 if drop:
                     await stream.aclose()
@@ -181,8 +188,8 @@ class TestAggregator:
             elif isinstance(event, h11.ConnectionClosed):
                 return None, b""
 
-    def _ingest(self, peer: str, request: h11.Request, body: bytes,
-                ) -> tuple[int, bytes, bool]:  # fmt: skip
+    async def _ingest(self, peer: str, request: h11.Request, body: bytes,
+                      ) -> tuple[int, bytes, bool]:  # fmt: skip
         """(status, body, drop the connection instead of answering)."""
         if request.method != b"POST" or request.target != PATH.encode():
             return 404, _json({"error": f"no route {request.target!r}"}), False
@@ -196,6 +203,8 @@ class TestAggregator:
         if self.refuse:
             status, answer = self.refuse.pop(0)
             return status, _json(answer), False
+        if self.backend is not None:
+            return await self._backend(peer, batch)
         if batch.agent != peer:
             return 403, _json({"error": f"agent: {batch.agent!r} is not the certificate's node "
                                         f"{peer!r}"}), False  # fmt: skip
@@ -219,6 +228,23 @@ class TestAggregator:
             self.drop_after_commit -= 1
             return 200, b"", True
         return 200, encode_ack(Ack(s.high_water, inserted)), False
+
+
+async def _call_backend(double: TestAggregator, peer: str, batch: Batch,
+                        ) -> tuple[int, bytes, bool]:  # fmt: skip
+    from aggregator.errors import DatabaseUnavailable, IngestRefused
+
+    assert double.backend is not None
+    try:
+        ack = await double.backend(peer, batch)
+    except IngestRefused as exc:
+        return exc.status, _json({"error": exc.message, **exc.extra}), False
+    except DatabaseUnavailable as exc:
+        return 503, _json({"error": f"database unavailable: {exc}"}), False
+    if double.drop_after_commit:
+        double.drop_after_commit -= 1
+        return 200, b"", True
+    return 200, encode_ack(ack), False
 
 
 def _json(obj: object) -> bytes:

@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from aggregator.summary import summarize
 from meshmon.agent import Agent
 from meshmon.config import config_from_dict
 from meshmon.results import decode_result
@@ -67,6 +68,7 @@ async def test_an_agent_without_the_url_learns_it_from_gossip(mesh: Mesh, tmp_pa
         for payload in stream.payloads.values():  # real results, as the aggregator reads them
             result = decode_result(payload)
             assert result.kind == "tcp" and not result.is_successful()
+            assert summarize(payload)[:2] == ("tcp", False)  # the real aggregator's reading
         reports = stream.members
         assert reports is not None and {m.name for m in reports} >= {"ga", "gb"}  # type: ignore[attr-defined]
         nursery.cancel_scope.cancel()
