@@ -146,6 +146,9 @@ def _cause(exc: BaseException) -> str:
                 "or revoked?)" if "alert" in reason else "")  # fmt: skip
         if isinstance(seen, OSError) and seen.strerror:
             return seen.strerror
+        if isinstance(seen, BaseExceptionGroup) and seen.exceptions:  # one per address tried
+            seen = seen.exceptions[0]
+            continue
         seen = seen.__cause__ or seen.__context__
     return str(exc) or type(exc).__name__
 
