@@ -60,7 +60,9 @@ def load_or_create(directory: Path) -> str:
     except FileNotFoundError:
         store_id = new_id()
         _write(directory, store_id)
-        log.info("store %s: new store, id %s", directory, store_id)
+        older = any(directory.glob("*.seg"))
+        log.info("store %s: %s, id %s", directory,
+                 "made before stores had ids; it gets one" if older else "new store", store_id)
         return store_id
     if _ID.match(text):
         return text
