@@ -137,6 +137,27 @@ def store_lines(store: dict[str, Any]) -> list[str]:
     return lines
 
 
+def sync_lines(sync: dict[str, Any]) -> list[str]:
+    """The upload to the aggregator in words: where, how far behind, what was lost, why not."""
+    state = sync.get("state", "off")
+    if state == "off":
+        return [f"sync: off ({sync.get('reason', 'no aggregator')})"]
+    if state == "no-aggregator":
+        return ["sync: waiting for an aggregator URL"]
+    where = sync.get("url") or "-"
+    if sync.get("aggregator"):
+        where += f" (aggregator {sync['aggregator']})"
+    lines = [f"sync: {state} to {where}: {sync.get('behind', 0)} results behind, cursor at seq "
+             f"{sync.get('cursor')}, {sync.get('lost', 0)} lost (overwritten before upload), "
+             f"last success {clock(sync.get('last_success'))}"]  # fmt: skip
+    if sync.get("last_error"):
+        lines.append(f"  last error {clock(sync.get('last_error_at'))}: {sync['last_error']}")
+    if state == "backoff":
+        lines.append(f"  retrying in {sync.get('backoff_s', 0):g}s "
+                     f"({sync.get('failures', 0)} failed round(s))")  # fmt: skip
+    return lines
+
+
 def register(app: typer.Typer) -> None:
     """Add the operator commands to the root ``meshmon`` app."""
 
@@ -151,6 +172,8 @@ def register(app: typer.Typer) -> None:
             return
         if "store" in data:
             typer.echo("\n".join(store_lines(data["store"])))
+        if "sync" in data:
+            typer.echo("\n".join(sync_lines(data["sync"])))
         for key, value in data.items():
             if isinstance(value, dict):
                 typer.echo(f"{key}:")
