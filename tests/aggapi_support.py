@@ -4,7 +4,12 @@ database layer's ``pg_db`` fixture: a fresh migrated database per test) and a me
 from __future__ import annotations
 
 import itertools
+import os
+import re
+import signal
 import ssl
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +25,7 @@ from aggregator.config import QueryConfig
 from aggregator.dbpool import Pool
 from aggregator.https import serve_https, server_context
 from tests.conftest import Mesh, Node
+from tests.harness import wait_for
 from tests.pg import Db
 
 _servers = itertools.count(1)
@@ -81,3 +87,59 @@ def database(pg_db: Db) -> str:
         today = partitions.day_of(time.time())
         partitions.create_days(conn, range(today - 8, today + 1))
     return pg_db.url
+
+
+# --- a real `meshmon aggregator run` process -----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("MESHMON_")},
+       "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+"""The environment of CLI processes: this checkout first, no stray ``MESHMON_*`` settings."""
+
+
+class AggregatorProc:
+    """``meshmon aggregator run`` on the embedded PostgreSQL in ``folder`` (which the server's
+    user must reach: use :func:`tests.pg.scratch_dir`), listening on 127.0.0.1, a free port."""
+
+    def __init__(self, folder: Path, mesh: Mesh, name: str = "agg-1", extra: str = "") -> None:
+        node = mesh.node(name, tags=("aggregator",))
+        self.folder = folder
+        self.config = folder / "aggregator.toml"
+        self.config.write_text(
+            f'[aggregator]\naddress = "127.0.0.1"\nport = 0\ndata_dir = "{folder / "data"}"\n'
+            f'[aggregator.tls]\nca_cert = "{mesh.ca_cert}"\ncert = "{node.cert}"\n'
+            f'key = "{node.key}"\ncrl = "{mesh.crl}"\n{extra}')
+        self.log = folder / "aggregator.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 120.0) -> str:
+        """Start and wait until it listens; its URL."""
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "meshmon", "aggregator", "run", "-c", str(self.config)],
+                stdout=out, stderr=subprocess.STDOUT, env=ENV)
+
+        def listening() -> str | None:
+            text = self.log.read_text()
+            assert self.proc is not None and self.proc.poll() is None, text
+            match = re.search(r"listening on (https://127\.0\.0\.1:\d+)", text)
+            return match.group(1) if match else None
+
+        self.url = wait_for("the aggregator to listen", listening, timeout=timeout)
+        return self.url
+
+    def stop(self) -> int:
+        """SIGTERM and wait; the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")

@@ -4,10 +4,8 @@ commands, a clean stop on SIGTERM; and token management directly on a database."
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -18,14 +16,12 @@ import httpx
 import pytest
 
 from meshmon.wire import ingest as wire
+from tests.aggapi_support import ENV, AggregatorProc
 from tests.batches import batch, records
 from tests.conftest import Mesh
 from tests.harness import wait_for
 from tests.pg import Db, scratch_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("MESHMON_")},
-       "PYTHONPATH": str(ROOT)}
 STORE = "0123456789abcdef0123456789abcdef"
 
 
@@ -49,24 +45,11 @@ def scratch() -> Path:
 
 
 def test_run_ingest_query_tokens_and_stop(mesh: Mesh, scratch: Path) -> None:
-    node = mesh.node("agg-1", tags=("aggregator",))
-    config = scratch / "aggregator.toml"
-    config.write_text(f'[aggregator]\naddress = "127.0.0.1"\nport = 0\n'
-                      f'data_dir = "{scratch / "data"}"\n[aggregator.tls]\n'
-                      f'ca_cert = "{mesh.ca_cert}"\ncert = "{node.cert}"\nkey = "{node.key}"\n'
-                      f'crl = "{mesh.crl}"\n[aggregator.rollups]\nminute_interval = "1s"\n')
-    log = scratch / "aggregator.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "meshmon", "aggregator", "run", "-c",
-                                 str(config)], stdout=out, stderr=subprocess.STDOUT, env=ENV)
+    agg = AggregatorProc(scratch, mesh, extra='[aggregator.rollups]\nminute_interval = "1s"\n')
+    config = agg.config
     try:
-        def listening() -> str | None:
-            match = re.search(r"listening on (https://127\.0\.0\.1:\d+)", log.read_text())
-            assert proc.poll() is None, log.read_text()
-            return match.group(1) if match else None
-
-        url = wait_for("the aggregator to listen", listening, timeout=120)
-        text = log.read_text()
+        url = agg.start()
+        text = agg.log_text()
         for step in ("starting the embedded PostgreSQL", "schema migration 0001_core",
                      "schema migration 0004_agent_certs", "database schema version 4",
                      "rollups and retention running"):
@@ -107,9 +90,8 @@ def test_run_ingest_query_tokens_and_stop(mesh: Mesh, scratch: Path) -> None:
         rows = wait_for("the minute rollup", rolled, timeout=60)
         assert sum(r["count"] for r in rows) == 30  # type: ignore[index]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)
-    text = log.read_text()
+        code = agg.stop()
+    text = agg.log_text()
     assert code == 0, text
     assert "stopping the embedded PostgreSQL" in text and "Traceback" not in text
     assert not (scratch / "data" / "postgres" / "pgdata" / "postmaster.pid").exists()
