@@ -37,9 +37,9 @@ def test_agents_sync_to_the_aggregator_and_the_api_shows_the_mesh(scratch: Path)
     agg = AggregatorProc(scratch, mesh)
     try:
         url = agg.start()
-        check = ('[sync]\nurls = ["%s"]\nmax_delay = "1s"\n[[checks]]\nname = "mesh-ping"\n'
+        check = (f'[sync]\nurls = ["{url}"]\nmax_delay = "1s"\n[[checks]]\nname = "mesh-ping"\n'
                  'kind = "ping"\ninterval = "1s"\ntimeout = "900ms"\ntarget_tags = ["edge"]\n'
-                 'replicas = 0\nparams = { count = 1 }\n') % url  # fmt: skip
+                 'replicas = 0\nparams = { count = 1 }\n')  # fmt: skip
         first = local.add("e1", HOSTS[0], tags=["edge"], extra_config=check)
         second = local.add("e2", HOSTS[1], seeds=[local.seed_of("e1")], tags=["edge"],
                            extra_config=check)  # fmt: skip
