@@ -198,8 +198,11 @@ resolve_for = "6s"
         link(True)
         # under heavy load, results taken while an agent was starved are left out (degraded),
         # so quorum may take longer: wait generously, the assertion is about the count
-        wait_for(f"the incident resolved (notifications so far: {hook.events()})", lambda: any(
-            b["event"] == "resolved" for b in hook.bodies), timeout=90)
+        try:
+            wait_for("the incident resolved", lambda: any(
+                b["event"] == "resolved" for b in hook.bodies), timeout=90)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; notifications: {hook.events()}") from None
         assert [e for e, _ in hook.events()] == ["firing", "resolved"]
     finally:
         mesh.close()
