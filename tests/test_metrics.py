@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,8 +18,8 @@ from meshmon.metrics.config import parse_listen
 from meshmon.metrics.exposition import Exposition
 from meshmon.metrics.health import is_self
 from meshmon.metrics.http import Response, json_response, serve_http
+from meshmon.metrics.listener import listen_error
 from meshmon.metrics.probes import RTT_BOUNDS_MS, ProbeSeries
-from meshmon.metrics.service import listen_error
 from meshmon.placement import Assignment
 from meshmon.results.connect import TcpConnectResult
 from meshmon.results.model import Ping, TcpConnect
@@ -126,7 +125,7 @@ def test_series_are_capped_and_counted_when_dropped() -> None:
     assert series.snapshot().series == [] and series.snapshot().checks == {}
 
 
-def test_exposition_passes_promtool() -> None:
+async def test_exposition_passes_promtool() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is not installed (apt-get install prometheus; .ci/run does)")
@@ -137,11 +136,14 @@ def test_exposition_passes_promtool() -> None:
     series.record([(Assignment("web", 'db:5432"\\', "10.0.0.9"), [tcp, tcp], False)])
     from meshmon.metrics.agent import _probe_families
 
-    exposition = Exposition(lambda: lambda: _probe_families(series.snapshot()))
-    text, content_type = exposition.render()
+    async def capture() -> Any:
+        return lambda: _probe_families(series.snapshot())
+
+    exposition = Exposition(capture)
+    text, content_type = await exposition.render()
     assert content_type.startswith("text/plain")
-    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                           timeout=30)  # fmt: skip
+    check = await trio.run_process([promtool, "check", "metrics"], stdin=text,
+                                   capture_stdout=True, capture_stderr=True, check=False)
     assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
     lines = text.decode().splitlines()
     assert 'meshmon_probe_rtt_seconds_bucket{check="web",le="0.002",target="db:5432\\"\\\\"} 2.0' \
@@ -149,7 +151,7 @@ def test_exposition_passes_promtool() -> None:
     assert 'meshmon_probe_rtt_seconds_bucket{check="web",le="0.001",target="db:5432\\"\\\\"} 0.0' \
         in lines  # fmt: skip
     assert any(line.startswith("process_resident_memory_bytes ") for line in lines)
-    om, om_type = exposition.render("application/openmetrics-text;version=1.0.0")
+    om, om_type = await exposition.render("application/openmetrics-text;version=1.0.0")
     assert om_type.startswith("application/openmetrics-text") and om.endswith(b"# EOF\n")
 
 

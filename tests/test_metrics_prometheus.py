@@ -1,5 +1,6 @@
-"""Real agents scraped by a real Prometheus (Debian's), their series read back through its query
-API; the health endpoints as the kubelet and Docker's HEALTHCHECK see them.
+"""Real agents and a real aggregator (on its embedded PostgreSQL) scraped by a real Prometheus
+(Debian's), their series read back through its query API; the health endpoints as the kubelet
+and Docker's HEALTHCHECK see them.
 
 Agents run on 127.0.0.141-144 (gossip port 18646) with their metrics listeners on port 19108 of
 their own address, as [metrics] listen = "<address>:19108".
@@ -8,7 +9,9 @@ their own address, as [metrics] listen = "<address>:19108".
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import urllib.error
@@ -18,9 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from tests.aggapi_support import AggregatorProc
+from tests.conftest import Mesh
 from tests.harness import AgentProc, LocalMesh, wait_for
+from tests.pg import scratch_dir
+from tests.sync_aggregator import free_port
 from tests.tmpfs import fill_disk, tmpfs
 
 PORT = 18646
@@ -80,7 +88,7 @@ def mesh(tmp_path: Path) -> Iterator[LocalMesh]:
 class Prometheus:
     """A Prometheus server on loopback scraping ``targets`` every second."""
 
-    def __init__(self, folder: Path, targets: list[str]) -> None:
+    def __init__(self, folder: Path, agents: list[str], aggregators: list[str]) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
             pytest.fail("prometheus is not installed (apt-get install prometheus; .ci/run does)")
@@ -90,8 +98,11 @@ class Prometheus:
         config = folder / "prometheus.yml"
         config.write_text(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
-            "scrape_configs:\n  - job_name: meshmon-agent\n    static_configs:\n"
-            f"      - targets: {json.dumps(targets)}\n")  # fmt: skip
+            "scrape_configs:\n"
+            "  - job_name: meshmon-agent\n    static_configs:\n"
+            f"      - targets: {json.dumps(agents)}\n"
+            "  - job_name: meshmon-aggregator\n    static_configs:\n"
+            f"      - targets: {json.dumps(aggregators)}\n")  # fmt: skip
         self.log = (folder / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
@@ -120,8 +131,8 @@ class Prometheus:
 def prometheus_for(tmp_path: Path) -> Iterator[Any]:
     servers: list[Prometheus] = []
 
-    def start(targets: list[str]) -> Prometheus:
-        servers.append(Prometheus(tmp_path, targets))
+    def start(agents: list[str], aggregators: list[str]) -> Prometheus:
+        servers.append(Prometheus(tmp_path, agents, aggregators))
         return servers[-1]
 
     yield start
@@ -129,19 +140,63 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
         server.close()
 
 
-def test_prometheus_scrapes_a_two_agent_mesh(mesh: LocalMesh, prometheus_for: Any) -> None:
-    a = add(mesh, "ma", 141)
-    b = add(mesh, "mb", 142, seeds=[mesh.seed_of("ma")])
-    a.start()
-    b.start()
-    mesh.wait_up(a)
-    mesh.wait_up(b)
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    path = scratch_dir("meshmon-metrics-")  # the embedded PostgreSQL's user must reach it
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_prometheus_scrapes_agents_and_the_aggregator(mesh: LocalMesh, prometheus_for: Any,
+                                                      scratch: Path) -> None:  # fmt: skip
+    agg_port = free_port("127.0.0.1")
+    agg = AggregatorProc(scratch, Mesh(mesh.ca_dir, scratch),
+                         extra=f'[aggregator.metrics]\nlisten = "127.0.0.1:{agg_port}"\n')
+    try:
+        url = agg.start()
+        sync = f'[sync]\nurls = ["{url}"]\nmax_delay = "1s"\n'
+        a = add(mesh, "ma", 141, extra=sync)
+        b = add(mesh, "mb", 142, seeds=[mesh.seed_of("ma")], extra=sync)
+        a.start()
+        b.start()
+        mesh.wait_up(a)
+        mesh.wait_up(b)
+        check_agents(prometheus_for, a, b, f"127.0.0.1:{agg_port}")
+        # an upload without a client certificate is refused, and counted by its status
+        refused = httpx.post(f"{url}/v1/ingest", content=b"x", verify=False, timeout=20)
+        assert refused.status_code == 401
+        status, body = get(f"http://127.0.0.1:{agg_port}/metrics")
+        assert b'\nmeshmon_aggregator_ingest_batches_total{status="401"} 1.0\n' in body
+        # readiness follows the database: ready, then not once PostgreSQL is gone
+        status, ready = get(f"http://127.0.0.1:{agg_port}/readyz")
+        assert status == 200, ready
+        assert json.loads(ready)["checks"]["database"]["reason"] == "answers"
+        pid = int((scratch / "data/postgres/pgdata/postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGQUIT)  # PostgreSQL's immediate shutdown
+        status, ready = wait_for("the aggregator not ready without its database", lambda: (
+            (r := get(f"http://127.0.0.1:{agg_port}/readyz"))[0] == 503 and r), 60)
+        checks = json.loads(ready)["checks"]
+        assert not checks["database"]["ok"] and checks["https"]["ok"]
+        assert get(f"http://127.0.0.1:{agg_port}/healthz")[0] == 200  # alive all the same
+        _, body = get(f"http://127.0.0.1:{agg_port}/metrics")
+        assert b"\nmeshmon_aggregator_database_up 0.0\n" in body
+    finally:
+        mesh.close()
+        agg.stop()
+
+
+def check_agents(prometheus_for: Any, a: AgentProc, b: AgentProc, aggregator: str) -> None:
+    """What Prometheus reads from two agents syncing to the aggregator, and from it."""
     instances = [f"{x.address}:{METRICS_PORT}" for x in (a, b)]
-    prom = prometheus_for(instances)
+    prom = prometheus_for(instances, [aggregator])
 
     def every(promql: str, expected: float) -> dict[str, float] | None:
-        values = prom.query(promql)
+        values = {k: v for k, v in prom.query(promql).items() if k != aggregator}
         return values if values == dict.fromkeys(instances, expected) else None
+
+    def aggregator_says(promql: str) -> float | None:
+        values = prom.query(promql)
+        return values.get(aggregator)
 
     wait_for("both agents scraped", lambda: every('up{job="meshmon-agent"}', 1), 60)
     # membership: each sees both alive, nobody suspect
@@ -167,21 +222,38 @@ def test_prometheus_scrapes_a_two_agent_mesh(mesh: LocalMesh, prometheus_for: An
     assert every('meshmon_check_results_total{check="closed-port",result="failure"} > bool 0', 1)
     # the rest of the agent, as far as a healthy pair can show it
     assert every("meshmon_probe_assignments", 2)  # the peer and the closed port
-    assert every("meshmon_store_writable", 1) and every("meshmon_sync_enabled", 0)
+    assert every("meshmon_store_writable", 1)
     assert every('meshmon_store_records_lost_total{reason="unsynced"}', 0)
     assert every("meshmon_results_stored_total > bool 0", 1)
     assert every('meshmon_build_info{version!=""}', 1)
     assert every("meshmon_event_loop_lag_seconds_count > bool 0", 1)
     assert every("meshmon_probe_series", 2) and every("meshmon_probe_series_limit", 1000)
     assert every('meshmon_membership_refused_total{reason="bad-signature"}', 0)
-    nodes = prom.query("meshmon_node_info")
-    assert len(nodes) == 2
+    assert len(prom.query("meshmon_node_info")) == 2
+    # sync, seen from both ends
+    assert every("meshmon_sync_enabled", 1)
+    wait_for("uploads accepted", lambda: every(
+        "meshmon_sync_uploaded_records_total > bool 0", 1), 60)
+    assert every("meshmon_sync_last_success_timestamp_seconds > bool 0", 1)
+    wait_for("the aggregator scraped", lambda: aggregator_says(
+        'up{job="meshmon-aggregator"}') == 1, 60)  # fmt: skip
+    wait_for("both agents' streams at the aggregator",
+             lambda: aggregator_says("meshmon_aggregator_agents") == 2, 60)  # fmt: skip
+    assert aggregator_says("meshmon_aggregator_database_up") == 1
+    assert (aggregator_says('meshmon_aggregator_ingest_batches_total{status="200"}') or 0) > 0
+    assert aggregator_says('meshmon_aggregator_ingest_batches_total{status="409"}') == 0
+    assert (aggregator_says("meshmon_aggregator_ingest_rows_inserted_total") or 0) > 0
+    assert (aggregator_says("meshmon_aggregator_copy_seconds_count") or 0) > 0
+    lags = prom.series("meshmon_aggregator_stream_lag_seconds")
+    assert sorted(labels["agent"] for labels, _ in lags) == ["ma", "mb"]
+    assert all(0 <= lag < 120 for _, lag in lags)  # results of the last two minutes
     # Prometheus negotiated OpenMetrics; promtool checks the text format of the same exposition
-    status, text = get(f"http://{a.address}:{METRICS_PORT}/metrics")
-    assert status == 200
-    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
-                           timeout=30)  # fmt: skip
-    assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
+    for where in (instances[0], aggregator):
+        status, text = get(f"http://{where}/metrics")
+        assert status == 200
+        check = subprocess.run(["promtool", "check", "metrics"], input=text,
+                               capture_output=True, timeout=30)  # fmt: skip
+        assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
 
 
 def test_ready_only_once_joined(mesh: LocalMesh) -> None:

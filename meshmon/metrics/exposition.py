@@ -18,7 +18,7 @@ nothing here keeps state between scrapes, so no label value outlives what the se
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import trio
@@ -37,8 +37,8 @@ from meshmon.metrics.http import Response
 
 Build = Callable[[], Iterable[Metric]]
 """Makes the families from captured numbers (in a worker thread)."""
-Capture = Callable[[], Build]
-"""Copies the numbers (on the service's loop)."""
+Capture = Callable[[], Awaitable[Build]]
+"""Copies the numbers (on the service's loop; it may await a database query)."""
 
 
 def gauge(name: str, doc: str, value: float | None = None, labels: Sequence[str] = (),
@@ -104,16 +104,16 @@ class Exposition:
         GCCollector(registry=self.registry)
         self._lock = trio.Lock()
 
-    def render(self, accept: str = "") -> tuple[bytes, str]:
-        """The exposition and its content type, built on the calling thread (tests, tools)."""
-        return self._encode(self.capture(), accept)
+    async def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition and its content type (as ``/metrics`` answers it)."""
+        async with self._lock:
+            build = await self.capture()
+            return await trio.to_thread.run_sync(self._encode, build, accept)
 
     async def handle(self, request: Any) -> Response:
         """The ``/metrics`` route (:mod:`meshmon.metrics.http`)."""
         accept = next((v.decode("latin-1") for k, v in request.headers if k == b"accept"), "")
-        async with self._lock:
-            build = self.capture()
-            body, content_type = await trio.to_thread.run_sync(self._encode, build, accept)
+        body, content_type = await self.render(accept)
         return Response(200, body, content_type)
 
     def _encode(self, build: Build, accept: str) -> tuple[bytes, str]:
