@@ -151,7 +151,7 @@ async def _query(pool: Pool | None, fn: Callable[..., Any], *args: Any) -> tuple
     return None, f"the database did not answer within {QUERY_TIMEOUT:g}s"
 
 
-async def capture(observed: Observed, lag: LoopLag) -> Callable[[], Iterator[Metric]]:
+async def capture(observed: Observed, lag: LoopLag) -> Callable[[], Iterator[Metric | str]]:
     """Copy the counters and read the streams (on the loop); the result builds the families."""
     streams, _ = await _query(observed.pool, _streams, observed.config.metrics.max_series)
     batches = dict(observed.batches)
@@ -159,7 +159,7 @@ async def capture(observed: Observed, lag: LoopLag) -> Callable[[], Iterator[Met
                observed.write_total, observed.queued())
     loop = (list(lag.counts), lag.total, lag.max_recent)
 
-    def build() -> Iterator[Metric]:
+    def build() -> Iterator[Metric | str]:
         from meshmon.metrics import loop as loop_
         from meshmon.metrics.exposition import by_reason, counter, gauge, histogram
 
@@ -246,7 +246,7 @@ async def serve_metrics(config: ServerConfig, node: str,
 
     lag = LoopLag()
 
-    async def scrape() -> Callable[[], Iterator[Metric]]:
+    async def scrape() -> Callable[[], Iterator[Metric | str]]:
         return await capture(observed, lag)
 
     def ready(_: Any) -> Awaitable[Any]:

@@ -11,15 +11,17 @@ from typing import Any, NamedTuple
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshmon.config import config_from_dict
 from meshmon.configload import ConfigError
 from meshmon.metrics.config import parse_listen
-from meshmon.metrics.exposition import Exposition
+from meshmon.metrics.exposition import Exposition, gauge
 from meshmon.metrics.health import is_self
 from meshmon.metrics.http import Response, json_response, serve_http
 from meshmon.metrics.listener import listen_error
 from meshmon.metrics.probes import RTT_BOUNDS_MS, ProbeSeries
+from meshmon.metrics.text import probe_text
 from meshmon.placement import Assignment
 from meshmon.results.connect import TcpConnectResult
 from meshmon.results.model import Ping, TcpConnect
@@ -125,7 +127,7 @@ def test_series_are_capped_and_counted_when_dropped() -> None:
     assert series.snapshot().series == [] and series.snapshot().checks == {}
 
 
-async def test_exposition_passes_promtool() -> None:
+async def test_exposition_passes_promtool_and_parses_back() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is not installed (apt-get install prometheus; .ci/run does)")
@@ -133,26 +135,41 @@ async def test_exposition_passes_promtool() -> None:
     tcp = TcpConnect(agent="a", check="web", target="db:5432", family=4, started_at=9.0,
                      duration_ms=2.0, result=TcpConnectResult(connected=True, connect_time_ms=1.5,
                                                               error=None, resolved_ip="10.0.0.9"))
-    series.record([(Assignment("web", 'db:5432"\\', "10.0.0.9"), [tcp, tcp], False)])
-    from meshmon.metrics.agent import _probe_families
+    odd = 'db:5432 "quoted" back\\slash\nnewline'
+    series.record([(Assignment("web", odd, "10.0.0.9"), [tcp, tcp], False),
+                   (Assignment("web", "b", "10.0.0.8"), [Stored(5.0, False, None)], False),
+                   (Assignment("web", "b", "10.0.0.8"), [Stored(6.0, True, 3000.0)], True)])
+    snap = series.snapshot()
 
     async def capture() -> Any:
-        return lambda: _probe_families(series.snapshot())
+        return lambda: [gauge("meshmon_checks", "Checks.", 1), probe_text(snap)]
 
-    exposition = Exposition(capture)
-    text, content_type = await exposition.render()
-    assert content_type.startswith("text/plain")
+    text = await Exposition(capture).render()
     check = await trio.run_process([promtool, "check", "metrics"], stdin=text,
                                    capture_stdout=True, capture_stderr=True, check=False)
     assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
-    lines = text.decode().splitlines()
-    assert 'meshmon_probe_rtt_seconds_bucket{check="web",le="0.002",target="db:5432\\"\\\\"} 2.0' \
-        in lines  # fmt: skip
-    assert 'meshmon_probe_rtt_seconds_bucket{check="web",le="0.001",target="db:5432\\"\\\\"} 0.0' \
-        in lines  # fmt: skip
-    assert any(line.startswith("process_resident_memory_bytes ") for line in lines)
-    om, om_type = await exposition.render("application/openmetrics-text;version=1.0.0")
-    assert om_type.startswith("application/openmetrics-text") and om.endswith(b"# EOF\n")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text.decode())
+               for s in family.samples}  # fmt: skip
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    # the label values survive escaping; cumulative buckets, sum and count agree
+    assert value("meshmon_probe_rtt_seconds_bucket", check="web", target=odd, le="0.001") == 0
+    assert value("meshmon_probe_rtt_seconds_bucket", check="web", target=odd, le="0.002") == 2
+    assert value("meshmon_probe_rtt_seconds_bucket", check="web", target=odd, le="+Inf") == 2
+    assert value("meshmon_probe_rtt_seconds_count", check="web", target=odd) == 2
+    assert value("meshmon_probe_rtt_seconds_sum", check="web", target=odd) == pytest.approx(0.003)
+    assert value("meshmon_probe_success", check="web", target=odd) == 1
+    assert value("meshmon_probe_success", check="web", target="b") == 0
+    assert value("meshmon_probe_last_result_timestamp_seconds", check="web", target="b") == 5.0
+    assert value("meshmon_probe_results_total", check="web", target="b", result="failure") == 1
+    assert value("meshmon_probe_rtt_seconds_count", check="web", target="b") == 0
+    assert value("meshmon_check_results_total", check="web", result="success") == 2
+    assert value("meshmon_check_results_total", check="web", result="degraded") == 1
+    assert value("meshmon_probe_series") == 2 and value("meshmon_checks") == 1
+    assert ("process_resident_memory_bytes", ()) in samples  # the process collector's
 
 
 # --- seeds that are this node ------------------------------------------------------------------

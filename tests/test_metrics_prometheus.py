@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ from tests.pg import scratch_dir
 from tests.sync_aggregator import free_port
 from tests.tmpfs import fill_disk, tmpfs
 
+README = Path(__file__).parent.parent / "README.md"
 PORT = 18646
 METRICS_PORT = 19108
 CHECKS = """
@@ -247,13 +249,17 @@ def check_agents(prometheus_for: Any, a: AgentProc, b: AgentProc, aggregator: st
     lags = prom.series("meshmon_aggregator_stream_lag_seconds")
     assert sorted(labels["agent"] for labels, _ in lags) == ["ma", "mb"]
     assert all(0 <= lag < 120 for _, lag in lags)  # results of the last two minutes
-    # Prometheus negotiated OpenMetrics; promtool checks the text format of the same exposition
+    # Prometheus negotiated OpenMetrics; promtool checks the text format of the same exposition,
+    # and the README's table documents every family in it
+    documented = set(re.findall(r"`(meshmon_[a-z_]+)`", README.read_text()))
     for where in (instances[0], aggregator):
         status, text = get(f"http://{where}/metrics")
         assert status == 200
         check = subprocess.run(["promtool", "check", "metrics"], input=text,
                                capture_output=True, timeout=30)  # fmt: skip
         assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
+        families = set(re.findall(r"^# TYPE (meshmon_\w+)", text.decode(), re.MULTILINE))
+        assert len(families) > 10 and families <= documented, families - documented
 
 
 def test_ready_only_once_joined(mesh: LocalMesh) -> None:

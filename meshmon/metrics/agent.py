@@ -22,20 +22,8 @@ from meshmon.membership import State
 from meshmon.membership.auth import REASONS
 from meshmon.metrics import loop
 from meshmon.metrics.exposition import by_reason, counter, gauge, histogram
-from meshmon.metrics.probes import (
-    BUCKETS,
-    C_DEGRADED,
-    C_FAILURE,
-    C_SUCCESS,
-    FAILURE,
-    LAST_OK,
-    LAST_TS,
-    RTT_BOUNDS_MS,
-    SUCCESS,
-    SUM_MS,
-    ProbeSeries,
-    Snapshot,
-)
+from meshmon.metrics.probes import ProbeSeries, Snapshot
+from meshmon.metrics.text import probe_text
 from meshmon.version import __version__
 
 if TYPE_CHECKING:
@@ -75,7 +63,7 @@ class _Agent:
     started_at: float
     store: AsyncRingStore | None
 
-    def build(self) -> Iterator[Metric]:
+    def build(self) -> Iterator[Metric | str]:
         """Every family of the agent."""
         yield gauge("meshmon_build_info", "meshmon's version and the Python running it (1).",
                     labels=["version", "python"],
@@ -142,7 +130,7 @@ class _Agent:
             yield by_reason("meshmon_queries_refused_total",
                             "Mesh queries refused, by reason.", self.queries[1])  # fmt: skip
 
-    def _probing(self) -> Iterator[Metric]:
+    def _probing(self) -> Iterator[Metric | str]:
         yield gauge("meshmon_checks", "Checks configured.", len(self.checks))
         yield gauge("meshmon_check_interval_seconds", "Each check's interval, by kind.",
                     labels=["check", "kind"],
@@ -159,7 +147,7 @@ class _Agent:
                     "1 while the scheduler lags more than it tolerates (results are marked "
                     "degraded).", int(self.last_lag > self.degraded_lag))  # fmt: skip
         if self.probes is not None:
-            yield from _probe_families(self.probes)
+            yield probe_text(self.probes)
 
     def _store(self) -> Iterator[Metric]:
         yield counter("meshmon_results_stored_total", "Results written to the store.",
@@ -237,38 +225,6 @@ class _Agent:
         yield counter("meshmon_alert_digests_refused_total",
                       "Alert digests from peers refused (not signed by their prober).",
                       a["refused"])  # fmt: skip
-
-
-def _probe_families(p: Snapshot) -> Iterator[Metric]:
-    yield counter("meshmon_check_results_total",
-                  "Results per check: success, failure, or degraded (taken while this agent "
-                  "lagged; not counted per target).", labels=["check", "result"],
-                  rows=[([check, result], t[i]) for check, t in sorted(p.checks.items())
-                        for result, i in (("success", C_SUCCESS), ("failure", C_FAILURE),
-                                          ("degraded", C_DEGRADED))])  # fmt: skip
-    labels = ["check", "target"]
-    series = sorted(p.series, key=lambda row: (row[0], row[1]))
-    yield gauge("meshmon_probe_success", "Whether the latest result was a success (1) or not.",
-                labels=labels, rows=[([c, t], s[LAST_OK]) for c, t, s in series])
-    yield gauge("meshmon_probe_last_result_timestamp_seconds",
-                "When the latest result's probe started (Unix time).", labels=labels,
-                rows=[([c, t], s[LAST_TS]) for c, t, s in series])  # fmt: skip
-    yield counter("meshmon_probe_results_total", "Results per check and target.",
-                  labels=[*labels, "result"],
-                  rows=[([c, t, r], s[i]) for c, t, s in series
-                        for r, i in (("success", SUCCESS), ("failure", FAILURE))])  # fmt: skip
-    yield histogram("meshmon_probe_rtt_seconds",
-                    "Response time of successful results (ping: the burst's average RTT; "
-                    "tcp: connect; http: total).", labels,
-                    [b / 1000 for b in RTT_BOUNDS_MS],
-                    (([c, t], s[BUCKETS:], s[SUM_MS] / 1000) for c, t, s in series))
-    yield gauge("meshmon_probe_series", "Check x target pairs with series of their own.",
-                len(p.series))  # fmt: skip
-    yield gauge("meshmon_probe_series_limit", "Most pairs given series (metrics.max_series).",
-                p.limit)  # fmt: skip
-    yield counter("meshmon_probe_series_dropped_results_total",
-                  "Results of pairs beyond the limit: in the per-check totals only.",
-                  p.dropped_results)  # fmt: skip
 
 
 def capture(agent: Agent, probes: ProbeSeries | None, lag: loop.LoopLag) -> _Agent:

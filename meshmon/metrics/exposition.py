@@ -5,15 +5,16 @@ Theory of operation
 A service's numbers live in objects its trio loop mutates, so they are read on the loop; but
 writing a few thousand lines of exposition there would stall probes for milliseconds. A scrape
 therefore has two phases. :data:`Capture` runs on the loop and copies what it needs (plain
-numbers, small dicts: well under a millisecond for a thousand probe series) into a closure;
-that closure, a :data:`Build`, runs in a worker thread and turns the copy into metric families,
-which ``prometheus_client`` encodes there too (text format, or OpenMetrics when the scraper
-asks for it). Reads that are thread-safe by themselves (the store's counters under its own
-mutex, ``/proc`` for the process collector) are left to the build. One scrape is built at a
-time; another one waits for it rather than doubling the CPU.
+numbers, small dicts: about a millisecond for a thousand probe series) into a closure; that
+closure, a :data:`Build`, runs in a worker thread and turns the copy into metric families,
+which ``prometheus_client`` encodes there too, with the process collectors' families. A build
+may also yield text already in the exposition format (the bulky probe series, see
+:mod:`meshmon.metrics.text`), appended as it is; so the answer is always Prometheus text
+0.0.4, which every Prometheus accepts, whatever the scraper's ``Accept``. Reads that are
+thread-safe by themselves (the store's counters under its own mutex, ``/proc``) are left to the
+build. One scrape is built at a time; another one waits for it rather than doubling the CPU.
 
-The families are ``prometheus_client``'s own (``GaugeMetricFamily``...), built afresh per scrape:
-nothing here keeps state between scrapes, so no label value outlives what the service reports.
+Nothing here keeps state between scrapes, so no label value outlives what the service reports.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import trio
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -35,8 +36,8 @@ from prometheus_client.utils import floatToGoString
 
 from meshmon.metrics.http import Response
 
-Build = Callable[[], Iterable[Metric]]
-"""Makes the families from captured numbers (in a worker thread)."""
+Build = Callable[[], Iterable[Metric | str]]
+"""Makes the families from captured numbers (in a worker thread); a ``str`` is exposition text."""
 Capture = Callable[[], Awaitable[Build]]
 """Copies the numbers (on the service's loop; it may await a database query)."""
 
@@ -83,14 +84,14 @@ def histogram(name: str, doc: str, labels: Sequence[str], bounds: Sequence[float
 
 
 class _Scrape(Collector):
-    """One scrape: the process collectors, then the service's families."""
+    """One scrape's families: the process collectors', then the service's."""
 
-    def __init__(self, registry: CollectorRegistry, build: Build) -> None:
-        self.registry, self.build = registry, build
+    def __init__(self, registry: CollectorRegistry, families: list[Metric]) -> None:
+        self.registry, self.families = registry, families
 
     def collect(self) -> Iterator[Metric]:
         yield from self.registry.collect()
-        yield from self.build()
+        yield from self.families
 
 
 class Exposition:
@@ -104,18 +105,22 @@ class Exposition:
         GCCollector(registry=self.registry)
         self._lock = trio.Lock()
 
-    async def render(self, accept: str = "") -> tuple[bytes, str]:
-        """The exposition and its content type (as ``/metrics`` answers it)."""
+    async def render(self) -> bytes:
+        """The exposition, as ``/metrics`` answers it."""
         async with self._lock:
             build = await self.capture()
-            return await trio.to_thread.run_sync(self._encode, build, accept)
+            return await trio.to_thread.run_sync(self._encode, build)
 
     async def handle(self, request: Any) -> Response:
         """The ``/metrics`` route (:mod:`meshmon.metrics.http`)."""
-        accept = next((v.decode("latin-1") for k, v in request.headers if k == b"accept"), "")
-        body, content_type = await self.render(accept)
-        return Response(200, body, content_type)
+        return Response(200, await self.render(), CONTENT_TYPE_PLAIN_0_0_4)
 
-    def _encode(self, build: Build, accept: str) -> tuple[bytes, str]:
-        encoder, content_type = choose_encoder(accept)
-        return encoder(_Scrape(self.registry, build)), content_type
+    def _encode(self, build: Build) -> bytes:
+        families: list[Metric] = []
+        texts: list[str] = []
+        for item in build():
+            if isinstance(item, str):
+                texts.append(item)
+            else:
+                families.append(item)
+        return generate_latest(_Scrape(self.registry, families)) + "".join(texts).encode()
