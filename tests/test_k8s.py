@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from aggregator.config import load_config as load_aggregator_config
 from meshmon import pki
 from meshmon.configcheck import load_checked
 
@@ -135,24 +135,6 @@ def pod_env(workload: dict[str, Any], name: str) -> dict[str, str]:
     return env
 
 
-def without_metrics(text: str, table: str) -> str:
-    """``text`` without ``[table]``, while the aggregator's config does not know it yet.
-
-    The aggregator's metrics listener ([aggregator.metrics], key ``listen``) comes with its
-    server; until then its table is checked here for the agreed shape and left out of the rest.
-    """
-    data = tomllib.loads(text)
-    section = data.get("aggregator", data) if table.startswith("aggregator.") else data
-    assert section["metrics"] == {"listen": "0.0.0.0:9108"}
-    lines, skipping = [], False
-    for line in text.splitlines():
-        if line.startswith("["):
-            skipping = line.strip() == f"[{table}]"
-        if not skipping:
-            lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
 def test_agent_config_passes_the_agent_check_as_each_pod_sees_it(tmp_path: Path) -> None:
     ds = find("DaemonSet", "meshmon-agent")
     path = tmp_path / "agent.toml"
@@ -187,19 +169,23 @@ def test_agent_config_passes_the_agent_check_as_each_pod_sees_it(tmp_path: Path)
 
 
 def test_aggregator_config_passes_the_aggregator_check(tmp_path: Path) -> None:
-    agg_config = pytest.importorskip("aggregator.config", reason="the aggregator is not merged")
-    text = find("ConfigMap", "meshmon-aggregator")["data"]["aggregator.toml"]
-    if "metrics" not in agg_config.ServerConfig.__dataclass_fields__:
-        text = without_metrics(text, "aggregator.metrics")
     path = tmp_path / "aggregator.toml"
-    path.write_text(text)
-    cfg = agg_config.load_config(path, environ={"MESHMON_DATABASE_URL": "postgresql://x@db/m"})
+    path.write_text(find("ConfigMap", "meshmon-aggregator")["data"]["aggregator.toml"])
+    cfg = load_aggregator_config(path, environ={"MESHMON_DATABASE_URL": "postgresql://x@db/m"})
     assert cfg.database_url == "postgresql://x@db/m"
     deploy = find("Deployment", "meshmon-aggregator")
     cert_dir = Path(pod_env(deploy, "certificate")["MESHMON_CERT_DIR"])
     assert cfg.tls.cert == cert_dir / "node.crt"
     svc = find("Service", "meshmon-aggregator")
     assert cfg.port == next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "https")
+    # the probes ask the metrics listener, which the Service also exposes to Prometheus
+    agg = container(deploy, "aggregator")
+    metrics = next(p for p in agg["ports"] if p["name"] == "metrics")
+    assert cfg.metrics.address == ("0.0.0.0", metrics["containerPort"])
+    assert any(p["name"] == "metrics" and p["targetPort"] == "metrics"
+               for p in svc["spec"]["ports"])  # fmt: skip
+    assert agg["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert agg["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
 
 # --- the certificate script of the init containers, run for real ---------------------------

@@ -2,7 +2,7 @@
 (Debian's), their series read back through its query API; the health endpoints as the kubelet
 and Docker's HEALTHCHECK see them.
 
-Agents run on 127.0.0.141-144 (gossip port 18646) with their metrics listeners on port 19108 of
+Agents run on 127.0.0.141-147 (gossip port 18646) with their metrics listeners on port 19108 of
 their own address, as [metrics] listen = "<address>:19108".
 """
 
@@ -273,11 +273,15 @@ def test_ready_only_once_joined(mesh: LocalMesh) -> None:
     assert not body["checks"]["mesh"]["ok"] and "alone" in body["checks"]["mesh"]["reason"]
     assert f"127.0.0.144:{PORT}" in body["checks"]["mesh"]["reason"]
     assert body["checks"]["store"]["ok"]
-    seed = add(mesh, "rb", 144)  # no seeds: alone by design, so ready at once
+    alone = add(mesh, "rc", 147, seeds=[f"127.0.0.147:{PORT}"])  # its only seed is itself
+    alone.start()
+    mesh.wait_up(alone)
+    status, body = health(alone, "/readyz")
+    assert status == 200 and body["checks"]["mesh"]["reason"].startswith("alone by design")
+    seed = add(mesh, "rb", 144)  # no seeds: ready at once, alone or already joined by ra
     seed.start()
     mesh.wait_up(seed)
-    status, body = health(seed, "/readyz")
-    assert status == 200 and body["checks"]["mesh"]["reason"].startswith("alone by design")
+    assert health(seed, "/readyz")[0] == 200
     wait_for("ra ready once the seed let it join", lambda: health(a, "/readyz")[0] == 200, 60)
     assert health(a, "/readyz")[1]["checks"]["mesh"]["reason"].startswith("joined: 2 live")
 
