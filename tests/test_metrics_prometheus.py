@@ -237,6 +237,8 @@ def check_agents(prometheus_for: Any, a: AgentProc, b: AgentProc, aggregator: st
     wait_for("uploads accepted", lambda: every(
         "meshmon_sync_uploaded_records_total > bool 0", 1), 60)
     assert every("meshmon_sync_last_success_timestamp_seconds > bool 0", 1)
+    assert every("meshmon_sync_lag_seconds < bool 30", 1)  # uploads within a second or two
+    assert every("meshmon_sync_consecutive_failures", 0)
     wait_for("the aggregator scraped", lambda: aggregator_says(
         'up{job="meshmon-aggregator"}') == 1, 60)  # fmt: skip
     wait_for("both agents' streams at the aggregator",

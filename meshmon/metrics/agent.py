@@ -60,7 +60,6 @@ class _Agent:
     queries: tuple[int, dict[str, int]] | None
     alerts: dict[str, Any] | None
     sync: dict[str, Any] | None
-    started_at: float
     store: AsyncRingStore | None
 
     def build(self) -> Iterator[Metric | str]:
@@ -186,21 +185,32 @@ class _Agent:
         if s is None:
             return
         behind = int(s.get("behind") or 0)
-        last = s.get("last_success")
-        lag = 0.0 if not behind else time.time() - (last or self.started_at)
         yield gauge("meshmon_sync_pending_records", "Stored results not uploaded yet.", behind)
-        yield gauge("meshmon_sync_lag_seconds",
-                    "While results wait: seconds since the last successful upload (or since "
-                    "start); 0 when nothing waits.", max(0.0, lag))  # fmt: skip
-        if last:
+        lag = self._oldest_pending_age(s.get("cursor")) if behind else 0.0
+        if lag is not None:
+            yield gauge("meshmon_sync_lag_seconds",
+                        "Age of the oldest stored result not uploaded yet (0 when none waits).",
+                        lag)  # fmt: skip
+        if s.get("last_success"):
             yield gauge("meshmon_sync_last_success_timestamp_seconds",
-                        "When an upload last succeeded (Unix time).", last)  # fmt: skip
+                        "When an upload last succeeded (Unix time).", s["last_success"])
         yield counter("meshmon_sync_uploaded_records_total", "Results the aggregator accepted.",
                       s.get("records", 0))  # fmt: skip
         yield counter("meshmon_sync_uploaded_batches_total", "Batches the aggregator accepted.",
                       s.get("batches", 0))  # fmt: skip
         yield gauge("meshmon_sync_consecutive_failures", "Upload rounds failed in a row.",
                     s.get("failures", 0))  # fmt: skip
+
+    def _oldest_pending_age(self, cursor: int | None) -> float | None:
+        """Seconds since the oldest record at or past the upload cursor was taken (one record
+        read, under the store's mutex); None when it cannot be read now."""
+        if cursor is None or self.store is None:
+            return None
+        try:
+            found = self.store.core.read(cursor, limit=1, max_bytes=1)
+        except Exception:  # a closing or failing store: no number rather than a wrong one
+            return None
+        return max(0.0, time.time() - found[0].ts) if found else 0.0
 
     def _alerts(self) -> Iterator[Metric]:
         a = self.alerts
@@ -242,7 +252,6 @@ def capture(agent: Agent, probes: ProbeSeries | None, lag: loop.LoopLag) -> _Age
                         "malformed": mesh.counters.get("malformed", 0),
                         "stream_failures": mesh.counters.get("stream_failures", 0)}  # fmt: skip
     transport = agent.transport
-    uploader = getattr(agent, "uploader", None)  # the aggregator uploader, where there is one
     sched = agent.scheduler
     return _Agent(
         node=agent.name, tags=",".join(agent.identity.peer.tags),
@@ -258,8 +267,9 @@ def capture(agent: Agent, probes: ProbeSeries | None, lag: loop.LoopLag) -> _Age
         transport=None if transport is None else {"drops": dict(transport.drops),
                                                   "refused": dict(transport.admission.counts)},
         queries=None if agent.query is None else (agent.query.served, dict(agent.query.refused)),
-        alerts=_alerts(agent), sync=uploader.status() if uploader is not None else None,
-        started_at=agent.started_at, store=agent.store,
+        alerts=_alerts(agent),
+        sync=agent.uploader.status() if agent.uploader is not None else None,
+        store=agent.store,
     )  # fmt: skip
 
 
