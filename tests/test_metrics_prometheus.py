@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,7 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.aggapi_support import AggregatorProc
+from meshmon import pki
+from tests.aggapi_support import ENV, AggregatorProc
 from tests.conftest import Mesh
 from tests.harness import AgentProc, LocalMesh, wait_for
 from tests.pg import scratch_dir
@@ -322,3 +324,22 @@ def test_a_taken_metrics_port_is_one_line_naming_the_key(mesh: LocalMesh) -> Non
     text = agent.log_text()
     assert f"metrics.listen: TCP port {METRICS_PORT} on 127.0.0.146 is already in use" in text
     assert "Traceback" not in text
+
+
+def test_a_taken_aggregator_metrics_port_is_one_line_naming_the_key(scratch: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        pki.init_ca(scratch / "ca")
+        agg = AggregatorProc(scratch, Mesh(scratch / "ca", scratch),
+                             extra=f'[aggregator.metrics]\nlisten = "127.0.0.1:{port}"\n')
+        proc = subprocess.run([sys.executable, "-m", "meshmon", "aggregator", "run", "-c",
+                               str(agg.config)], capture_output=True, text=True, timeout=120,
+                              env=ENV)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: aggregator.metrics.listen: TCP port {port} on 127.0.0.1 is already in use "
+        f"(another agent or program: `ss -ltnp 'sport = :{port}'`); stop it or choose another "
+        "port")
+    assert "Traceback" not in proc.stderr
