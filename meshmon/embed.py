@@ -96,9 +96,8 @@ class _Agent(Agent):
 class EmbeddedAgent:
     """A running agent, as :func:`open_agent` yields it. Do not build one directly."""
 
-    def __init__(self, agent: _Agent, source: str) -> None:
+    def __init__(self, agent: _Agent) -> None:
         self._agent = agent
-        self._source = source
         self._scope = trio.CancelScope()
         self._done = trio.Event()
         self._stopping = False
@@ -155,23 +154,39 @@ class EmbeddedAgent:
         """Start running a check, on this agent and, by placement, across the mesh.
 
         Args:
-            check: a :class:`CheckConfig`, or a dict written like a ``[[checks]]`` table of the
-                config file (``{"name": "lo", "kind": "ping", "targets": ["127.0.0.1"],
-                "interval": "10s"}``); relative paths in it are taken from the working folder.
+            check: a dict written like a ``[[checks]]`` table of the config file
+                (``{"name": "lo", "kind": "ping", "targets": ["127.0.0.1"], "interval": "10s"}``;
+                relative paths in it are taken from the working folder), or a
+                :class:`CheckConfig` (which checks its own fields when it is built, raising
+                ``ValueError`` there).
 
         Returns:
             The check as the agent runs it.
 
         Raises:
-            ConfigError: the check is invalid or its name is already used, as a config file
-                with it would be (the key is ``checks[N]...`` in the new check list).
+            ConfigError: the check is invalid, a file it names is unusable, or its name is
+                already used: the error a config file with it would give, under the source
+                ``add_check`` and the key it would have in the file (``checks[N]...``).
             trio.ClosedResourceError: the agent was stopped.
         """
         self._check_running()
-        index = len(self.checks)
+        source, index = "add_check", len(self.checks)
         if not isinstance(check, CheckConfig):
-            check = _decode_check(check, index)
-        self._apply((*self.checks, check))
+            check = _decode_check(check, source, index)
+        checks = (*self.checks, check)
+        try:  # the config's own checks: a name used twice
+            config = dataclasses.replace(self._agent.config, checks=checks)
+        except FieldError as exc:
+            raise ConfigErrors([ConfigError(source, exc.field, exc.problem)]) from None
+        except FieldErrors as exc:
+            raise ConfigErrors([ConfigError(source, e.field, e.problem)
+                                for e in exc.errors]) from None  # fmt: skip
+        issues, _ = check_files({"checks": (check,)})  # files it names (ca_file), as at start
+        if issues:
+            raise ConfigErrors([ConfigError(source, key.replace("checks[0]", f"checks[{index}]",
+                                                                1), problem)
+                                for key, problem in issues])  # fmt: skip
+        self._agent.reload(config)  # what a config reload applies: only the changed assignments
         return check
 
     async def remove_check(self, name: str) -> CheckConfig:
@@ -193,25 +208,11 @@ class EmbeddedAgent:
             raise UnknownCheckError(f"no check named {name!r} runs in agent {self.name} "
                                     f"(its checks: {names})")  # fmt: skip
         in_flight = set(self._agent.sinking)
-        self._apply(tuple(c for c in self.checks if c.name != name))
+        checks = tuple(c for c in self.checks if c.name != name)
+        self._agent.reload(dataclasses.replace(self._agent.config, checks=checks))
         while in_flight & self._agent.sinking:  # handed to the store before the removal
             await self._agent.stored.wait()
         return found[0]
-
-    def _apply(self, checks: tuple[CheckConfig, ...]) -> None:
-        """Validate ``checks`` as a reload validates a file's, then reload them."""
-        source = f"agent {self.name} checks"
-        try:
-            config = dataclasses.replace(self._agent.config, checks=checks)
-        except FieldError as exc:
-            raise ConfigErrors([ConfigError(source, exc.field, exc.problem)]) from None
-        except FieldErrors as exc:
-            raise ConfigErrors([ConfigError(source, e.field, e.problem)
-                                for e in exc.errors]) from None  # fmt: skip
-        issues, _ = check_files({"checks": checks})  # files the checks name (ca_file)
-        if issues:
-            raise ConfigErrors([ConfigError(source, key, problem) for key, problem in issues])
-        self._agent.reload(config)
 
     # --- results ---------------------------------------------------------------------------
 
@@ -264,7 +265,8 @@ class EmbeddedAgent:
         """
         if self._done.is_set():
             return
-        with trio.move_on_after(LEAVE_TIMEOUT, shield=True):
+        with trio.move_on_after(LEAVE_TIMEOUT) as scope:
+            scope.shield = True
             if not self._stopping:
                 self._stopping = True
                 await self._agent.stop()
@@ -339,9 +341,8 @@ def decode_records(records: Iterable[Record], skip_degraded: bool = False
     return out
 
 
-def _decode_check(data: Mapping[str, Any], index: int) -> CheckConfig:
+def _decode_check(data: Mapping[str, Any], source: str, index: int) -> CheckConfig:
     """A ``[[checks]]`` table as a :class:`CheckConfig`, with the errors a file would give."""
-    source = "add_check"
     try:
         return decode(CheckConfig, dict(data), source, Path.cwd())
     except ConfigErrors as exc:
@@ -350,10 +351,10 @@ def _decode_check(data: Mapping[str, Any], index: int) -> CheckConfig:
                                         e.problem) for e in exc.errors]) from None  # fmt: skip
 
 
-def _checked(config: AgentConfig | str | os.PathLike[str]) -> tuple[AgentConfig, str]:
+def _checked(config: AgentConfig | str | os.PathLike[str]) -> AgentConfig:
     """The config, checked as agent start checks a file (TLS files, data folder, ca_file)."""
     if not isinstance(config, AgentConfig):
-        return load_checked(config), str(config)
+        return load_checked(config)
     source = "open_agent config"
     sections = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     issues, cert_tags = check_files(sections)
@@ -362,7 +363,7 @@ def _checked(config: AgentConfig | str | os.PathLike[str]) -> tuple[AgentConfig,
     if cert_tags and not config.node.tags:
         config = dataclasses.replace(config, node=dataclasses.replace(config.node,
                                                                       tags=cert_tags))
-    return config, source
+    return config
 
 
 def _single_leaf(exc: BaseException) -> BaseException | None:
@@ -392,8 +393,7 @@ async def open_agent(config: AgentConfig | str | os.PathLike[str]
             it cannot bind, a data folder another agent uses...).
         PkiError: the certificate files cannot be used.
     """
-    checked, source = _checked(config)
-    handle = EmbeddedAgent(_Agent(checked), source)
+    handle = EmbeddedAgent(_Agent(_checked(config)))
     leaf: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

@@ -82,8 +82,8 @@ async def test_embedded_agent_adds_reads_and_removes_a_check(mesh: Mesh, tmp_pat
             assert len(agent.results(check="lo")) >= 3  # what was stored stays readable
 
             # errors that mean one thing, as a config file gives them
-            with pytest.raises(ConfigError, match=r"checks\[1\]\.name: 'keep' is already used "
-                                                  r"by checks\[0\]"):  # fmt: skip
+            with pytest.raises(ConfigError, match=r"add_check: checks\[1\]\.name: 'keep' is "
+                                                  r"already used by checks\[0\]"):  # fmt: skip
                 agent.add_check(ping("keep", "127.0.0.2"))
             with pytest.raises(ConfigError, match=r"add_check: checks\[1\]\.interval: must be "
                                                   r"greater than zero"):  # fmt: skip
