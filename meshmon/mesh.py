@@ -319,5 +319,7 @@ class MeshService:
                 "incarnation": m.incarnation, "tags": list(m.meta.tags),
                 "version": m.meta.version, "since": wall - max(0.0, now - m.since),
             })  # fmt: skip
+            if m.meta.sync_urls:
+                out[-1]["sync_urls"] = list(m.meta.sync_urls)
         return out
 

@@ -184,7 +184,7 @@ def decode_batch(data: bytes, content_encoding: str | None = None) -> Batch:
     if obj.get("v") != VERSION:
         raise BatchError(f"v: protocol version {obj.get('v')!r}, this aggregator speaks {VERSION}")
     try:
-        records = tuple(_record(i, r) for i, r in enumerate(_get(obj, "records", list)))
+        records = _records(_get(obj, "records", list))
         members_raw = obj.get("members")
         members = None if members_raw is None else tuple(
             _member(i, m) for i, m in enumerate(_typed("members", members_raw, list)))
@@ -237,6 +237,22 @@ def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+
+
+def _records(raw: list[Any]) -> tuple[SyncRecord, ...]:
+    """Every record; well-formed ones take a fast road (exact type checks: ``bool`` is not an
+    ``int`` here), anything else goes through :func:`_record`, which names the problem."""
+    out = []
+    for i, item in enumerate(raw):
+        if type(item) is list and len(item) == 5:
+            seq, ts, check, target, payload = item
+            kind = type(ts)
+            if (type(seq) is int and (kind is float or kind is int) and type(check) is str
+                    and type(target) is str and type(payload) is bytes):  # fmt: skip
+                out.append(SyncRecord(seq, float(ts), check, target, payload))
+                continue
+        out.append(_record(i, item))
+    return tuple(out)
 
 
 def _record(i: int, raw: Any) -> SyncRecord:
