@@ -24,11 +24,13 @@ import psycopg
 import pytest
 import yaml
 
+from aggregator import queries as agg_queries
 from aggregator.rollups import Rollups
 from aggregator.writer import BatchWriter
 from meshmon import results as r
 from meshmon.wire.ingest import MemberReport, SyncRecord
 from tests.batches import batch, result_for
+from tests.conftest import Mesh
 from tests.pg import Db
 
 GRAFANA = Path(__file__).parent.parent / "examples" / "grafana"
@@ -144,10 +146,14 @@ def incident(ident: str, event: str, opened: float, resolved: float | None,
             "probers": ["a1", "a2"], "notifier": "a1"}  # fmt: skip
 
 
-def fill(db: Db, t0: float, t1: float) -> None:
+def fill(db: Db, mesh: Mesh, t0: float, t1: float) -> None:
     """Three agents probing each other and two static targets every STEP seconds from t0 to t1,
-    their member views, two incidents, then the rollups."""
+    their member views, two incidents, their certificates as ingest records them, then the
+    rollups."""
     assert db.schema is not None
+    with db.connect() as conn:
+        for agent in AGENTS:
+            agg_queries.record_certificate(conn, mesh.identity(mesh.node(agent))[0].peer)
     writer = BatchWriter(db.url, db.schema)
     members = tuple(MemberReport(a, "alive", 1, f"127.0.0.{i + 2}", ("mesh",), "0.1.0")
                     for i, a in enumerate(AGENTS))  # fmt: skip
@@ -189,7 +195,7 @@ METRIC = ("metric", {"text"})
 FLOAT, INT, TEXT, TS = {"float8"}, {"int8"}, {"text"}, {"timestamptz"}
 EXPECTED: dict[str, list[tuple[str, set[str]]]] = {
     "Uptime % per target": [("check", TEXT), ("target", TEXT), ("uptime %", FLOAT),
-                            ("success %", FLOAT), ("probes", INT), ("probers", INT)],
+                            ("minutes up %", FLOAT), ("probes", INT), ("probers", INT)],
     "Agent x agent: average RTT (ms)": [("from", TEXT), ("to", TEXT), ("rtt ms", FLOAT)],
     "Agent x agent: loss %": [("from", TEXT), ("to", TEXT), ("loss %", FLOAT)],
     "Latency p50 / p95 (1-minute rollup)": [TIME, METRIC, ("p50", FLOAT), ("p95", FLOAT)],
@@ -256,11 +262,12 @@ def test_the_dashboard_is_provisioned_for_its_data_source() -> None:
 
 
 @pytest.mark.parametrize("selection", ["all", "one"])
-def test_every_panel_query_returns_rows_of_the_expected_shape(pg_db: Db, selection: str) -> None:
+def test_every_panel_query_returns_rows_of_the_expected_shape(pg_db: Db, mesh: Mesh,
+                                                              selection: str) -> None:
     end = dt.datetime.now(dt.UTC).replace(microsecond=0)
     start = end - dt.timedelta(hours=2)
     t1 = (end - dt.timedelta(minutes=1)).timestamp()
-    fill(pg_db, (start + dt.timedelta(minutes=5)).timestamp(), t1)
+    fill(pg_db, mesh, (start + dt.timedelta(minutes=5)).timestamp(), t1)
     with pg_db.connect() as conn:
         conn.execute("DROP ROLE IF EXISTS meshmon_grafana")
         conn.execute((GRAFANA / "grafana-reader.sql").read_text())  # type: ignore[arg-type]
@@ -312,16 +319,19 @@ def test_every_panel_query_returns_rows_of_the_expected_shape(pg_db: Db, selecti
     assert sorted((row[0], row[1]) for row in matrix) == [
         (a, b) for a in AGENTS for b in AGENTS if a != b]
     with pg_db.connect() as conn:
-        direct = dict(((c, t), (100 * s, 100 * lo)) for c, t, s, lo in conn.execute(
-            "SELECT check_name, target, avg(success::int), avg(loss) FROM results "
-            "GROUP BY 1, 2").fetchall())  # fmt: skip
-        pair_loss = {(a, t): 100 * lo for a, t, lo in conn.execute(
-            "SELECT agent, target, avg(loss) FROM results WHERE check_name = 'mesh' "
-            "GROUP BY 1, 2").fetchall()}  # fmt: skip
-    for check, target, _, success, *_ in uptime:  # the rollup's figures are the raw ones
-        assert math.isclose(success, direct[(check, target)][0], rel_tol=1e-9)
+        success = {(c, t): 100 * v for c, t, v in conn.execute(
+            "SELECT check_name, target, avg(success::int) FROM results GROUP BY 1, 2")}
+        pairs = {(a, t): (100 * lo, rtt) for a, t, lo, rtt in conn.execute(
+            "SELECT agent, target, avg(loss), avg(rtt_ms) FROM results WHERE check_name = 'mesh' "
+            "GROUP BY 1, 2")}  # fmt: skip
+    for check, target, up, minutes_up, *_ in uptime:  # the rollup's figures are the raw ones
+        assert math.isclose(up, success[(check, target)], rel_tol=1e-9)
+        assert up <= minutes_up <= 100
     for prober, target, loss in matrix:
-        assert math.isclose(loss, pair_loss[(prober, target)], rel_tol=1e-9)
+        assert math.isclose(loss, pairs[(prober, target)][0], rel_tol=1e-9)
+    _, rtt = found["Agent x agent: average RTT (ms)"]
+    for prober, target, ms in rtt:
+        assert math.isclose(ms, pairs[(prober, target)][1], rel_tol=1e-9)
     _, incidents = found["Incidents"]
     assert sorted((row[1], row[5]) for row in incidents) == [
         ("firing", "a3"), ("firing", "a3"), ("resolved", "a3")]

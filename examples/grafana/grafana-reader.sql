@@ -3,4 +3,5 @@
 --   psql "$MESHMON_DATABASE_URL" -f examples/grafana/grafana-reader.sql
 --   psql "$MESHMON_DATABASE_URL" -c '\password meshmon_grafana'
 CREATE ROLE meshmon_grafana LOGIN;
-GRANT SELECT ON results, results_1m, results_1h, incidents, members, streams TO meshmon_grafana;
+GRANT SELECT ON results, results_1m, results_1h, incidents, members, streams, agent_certs
+    TO meshmon_grafana;
