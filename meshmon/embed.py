@@ -272,7 +272,8 @@ class EmbeddedAgent:
                 await self._agent.stop()
             self._scope.cancel()
             await self._done.wait()
-        self._scope.cancel()
+        self._scope.cancel()  # the leave overran: stop without it
+        await self._done.wait()
 
     def _check_running(self) -> None:
         if not self.running:

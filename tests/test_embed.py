@@ -159,6 +159,14 @@ async def test_open_agent_errors_come_out_unwrapped(mesh: Mesh, tmp_path: Path) 
                                               r"match the certificate"):  # fmt: skip
             async with meshmon.open_agent(wrong):
                 pass
+        async with meshmon.open_agent(cfg) as agent:  # stopped early, from the body
+            await agent.stop()
+            assert not agent.running
+            with pytest.raises(trio.ClosedResourceError):
+                agent.status()
+            await agent.stop()  # a second stop does nothing
+            async with meshmon.open_agent(cfg):  # the data folder is free again
+                pass
         with pytest.raises(ValueError, match="from the body"):  # the body's own exception
             async with meshmon.open_agent(cfg) as agent:
                 raise ValueError("from the body")
