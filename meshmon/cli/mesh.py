@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meshmon.cli_ops import ConfigOpt, JsonOpt, SocketOpt, fetch, table
+from meshmon.cli.common import ConfigOpt, JsonOpt, SocketOpt, fetch, table
 
 TimeoutOpt = Annotated[float | None, typer.Option(
     "--timeout", help="Seconds to wait for the other agents (default 2).")]  # fmt: skip
