@@ -35,6 +35,10 @@ from meshmon import cli_ops  # noqa: E402 - after the root app exists
 
 cli_ops.register(app)
 
+from meshmon import cli_tui  # noqa: E402 - after the root app exists
+
+cli_tui.register(app)
+
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="text or json (one object a line).")]
 

@@ -13,7 +13,8 @@ Endpoints (all ``GET``, all JSON):
                       (``state`` ok/failing/failed, ``since``, ``reason``, ``advice``,
                       ``buffered``, ``lost``, ``last_outage``, ``recovery_report``), loss
                       counters, degraded flag (and ``degraded_reason`` when the store fails)
-``/v1/members``       the membership view
+``/v1/members``       the membership view; ``rtt_ms`` is the latest direct gossip ping's round
+                      trip from this agent (null for itself and members not yet pinged)
 ``/v1/assignments``   what this agent probes, who probes what, coverage per target
 ``/v1/results``       stored results; query ``check``, ``target``, ``since`` (seconds, or a
                       duration like ``10m``), ``until``, ``limit``, ``latest=1``
