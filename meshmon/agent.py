@@ -25,7 +25,7 @@ from cryptography import x509
 
 from meshmon import pki
 from meshmon.config import AgentConfig, CheckConfig, split_host_port
-from meshmon.control import ResultQuery, serve_control
+from meshmon.control import ControlError, MeshQuery, ResultQuery, serve_control
 from meshmon.membership import NodeMeta, State
 from meshmon.membership.identity import address_allowed
 from meshmon.mesh import MeshService
@@ -34,6 +34,7 @@ from meshmon.placement import AgentInfo, Assignment
 from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_probe_batch
 from meshmon.probes.echo_guard import mesh_codec
 from meshmon.probes.services import run_probe_services
+from meshmon.query import Context, Peer, QueryService, Question, answer
 from meshmon.results import MonitoringResult, ResultDecodeError, decode_result, encode_result
 from meshmon.scheduler import Scheduler
 from meshmon.seeds import SeedWatch
@@ -84,6 +85,7 @@ class Agent:
         self.store: AsyncRingStore | None = None
         self.mesh: MeshService | None = None
         self.transport: MeshTransport | None = None
+        self.query: QueryService | None = None
         self.probe_context: ProbeContext | None = None
         self.scheduler = Scheduler(self.name, self._run_check, self._store_results,
                                    batch_runner=self._run_batch)
@@ -154,6 +156,8 @@ class Agent:
                                         self.trust, seeds, on_change=self._view_changed)
                 seed_watch = SeedWatch(seeds, max_delay=cfg.mesh.membership().reconnect_interval)
                 self.mesh.on_seed_failure = seed_watch.failed
+                self.query = QueryService(transport, self._peers, self._answer, self.trust)
+                self.query.install()
                 await nursery.start(self.mesh.run)
                 nursery.start_soon(seed_watch.run, self.mesh)
                 await nursery.start(self.scheduler.run)
@@ -347,6 +351,8 @@ class Agent:
         if self.transport is not None:
             status["dropped_datagrams"] = dict(self.transport.drops)
             status["refused_connections"] = dict(self.transport.admission.counts)
+        if self.query is not None:  # mesh queries answered for peers, and askers turned away
+            status["queries"] = {"served": self.query.served, "refused": dict(self.query.refused)}
         if self.mesh is not None:
             core = self.mesh.core
             status["membership"] = {"live": core.num_live(), "awareness": core.awareness,
@@ -378,6 +384,29 @@ class Agent:
                                  "owners": list(placement.owners(check.name, target)),
                                  "wanted": cov.wanted})  # fmt: skip
         return {"mine": mine, "coverage": coverage}
+
+    def _peers(self) -> list[Peer]:
+        """The membership view as mesh queries see it."""
+        if self.mesh is None:
+            return []
+        return [Peer(m.meta.name, m.meta.tcp_addr, m.state.name.lower(), m.meta.tags,
+                     m.meta.cert_fingerprint.hex()) for m in self.mesh.core.members()]  # fmt: skip
+
+    def _answer(self, question: Question, peers: Sequence[Peer]) -> dict[str, Any]:
+        """This agent's own answer to a mesh query (runs in a worker thread)."""
+        if self.store is None:
+            raise ControlError("the store is not open")
+
+        def tagged(tag: str) -> list[str]:
+            return [p.name for p in peers if tag in p.tags]
+
+        return answer(self.store, question, Context(time.time(), self.config.checks, tagged))
+
+    async def api_mesh(self, query: MeshQuery) -> dict[str, Any]:
+        """A mesh-wide question, asked of the other agents (see :mod:`meshmon.query`)."""
+        if self.query is None:
+            raise ControlError("the agent's mesh is still starting; ask again in a moment")
+        return await self.query.envelope(query.question, query.timeout, query.max_bytes)
 
     def api_results(self, query: ResultQuery) -> list[dict[str, Any]]:
         """Stored results matching ``query``, newest first."""

@@ -35,6 +35,10 @@ from meshmon import cli_ops  # noqa: E402 - after the root app exists
 
 cli_ops.register(app)
 
+from meshmon import cli_mesh  # noqa: E402 - after the root app exists
+
+cli_mesh.register(app)
+
 from meshmon import cli_tui  # noqa: E402 - after the root app exists
 
 cli_tui.register(app)

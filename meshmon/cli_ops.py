@@ -48,9 +48,10 @@ def socket_path(config: Path | None, socket: Path | None) -> Path:
         raise typer.Exit(2) from None
 
 
-def fetch(config: Path | None, socket: Path | None, endpoint: str, **params: Any) -> Any:
+def fetch(config: Path | None, socket: Path | None, endpoint: str, *,
+          client_timeout: float = 5.0, **params: Any) -> Any:  # fmt: skip
     """GET an endpoint or exit with the client's explanation."""
-    client = ControlClient(socket_path(config, socket))
+    client = ControlClient(socket_path(config, socket), timeout=client_timeout)
     try:
         return client.get(endpoint, **params)
     except BadParameter as exc:  # a usage error, as a bad option is
@@ -186,9 +187,22 @@ def register(app: typer.Typer) -> None:
         since: Annotated[str | None, typer.Option(help="Only newer than this, e.g. 10m.")] = None,
         limit: Annotated[int, typer.Option(help="At most this many (newest).")] = 50,
         latest: Annotated[bool, typer.Option(help="Only the newest per target.")] = False,
+        mesh: Annotated[bool, typer.Option("--mesh", help="The newest per target from every "
+                                           "agent of the mesh (asked over mTLS).")] = False,
+        timeout: Annotated[float | None, typer.Option(help="With --mesh: seconds to wait for "
+                                                      "the other agents.")] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Show results from the agent's local store."""
+        """Show results from the agent's local store (or, with --mesh, from every agent)."""
+        if mesh:
+            if since is not None:
+                typer.echo("error: --mesh shows the newest results; for a time range use "
+                           "meshmon history --check C --target T --since ...", err=True)
+                raise typer.Exit(2)
+            from meshmon.cli_mesh import mesh_results
+
+            mesh_results(config, socket, check, target, as_json, timeout)
+            return
         data = fetch(config, socket, "results", check=check, target=target, since=since,
                      limit=limit, latest=1 if latest else None)  # fmt: skip
         if as_json:
