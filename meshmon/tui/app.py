@@ -73,8 +73,10 @@ class MeshmonApp(App[None]):
     TITLE = "meshmon"
     MODES: ClassVar[dict[str, type[Screen[None]]]] = {name: cls for _, name, cls in SCREENS}  # type: ignore[assignment]
     DEFAULT_MODE = "mesh"
-    BINDINGS: ClassVar[list[BindingType]] = [
-        *(Binding(key, f"switch_mode('{name}')", cls.NAME) for key, name, cls in SCREENS),
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [  # the screens' keys are in the title bar
+        *(Binding(key, f"switch_mode('{name}')", cls.NAME, show=False)
+          for key, name, cls in SCREENS),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -86,6 +88,11 @@ class MeshmonApp(App[None]):
         self.connection = Connection()
         self.status: Status | None = None
         self._wake = asyncio.Event()
+
+    @property
+    def tabs(self) -> list[tuple[str, str]]:
+        """(key, name) of the top-level screens, for the title bar."""
+        return [(key, cls.NAME) for key, _, cls in SCREENS]
 
     def on_mount(self) -> None:
         self.poll()

@@ -84,6 +84,14 @@ def ago(ts: float | None, now: float) -> str:
     return f"{int(delta)}s"
 
 
+def shorten(text: str, width: int) -> str:
+    """``text`` cut in the middle to ``width`` characters (``http://10.…:8080/``)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (width - 1 - head):]}"
+
+
 def clock(ts: float) -> str:
     """``HH:MM:SS`` in local time."""
     return time.strftime("%H:%M:%S", time.localtime(ts))

@@ -57,6 +57,13 @@ class LiveTable(DataTable[Cell]):
         for name in self._column_names:
             self.add_column(name, key=name)
 
+    def reset(self) -> None:
+        """Drop every row and lay the columns out again (their widths only ever grow)."""
+        self.clear(columns=True)
+        self._shown, self.keys = [], []
+        for name in self._column_names:
+            self.add_column(name, key=name)
+
     def set_columns(self, columns: Sequence[str]) -> None:
         """Replace the columns (and so every row) when they differ: a structural change, rare
         (the Matrix screen's members change), unlike a refresh."""
@@ -97,27 +104,41 @@ class LiveTable(DataTable[Cell]):
 
 
 class TitleBar(Static):
-    """One line: which screen, which agent, connection state, time of the last update."""
+    """One line: the screens (keys, the current one highlighted), the agent, whether it
+    answers, the time of the last answer."""
 
     DEFAULT_CSS = """
     TitleBar { dock: top; height: 1; background: $primary-background; color: $text; }
     """
 
-    def show(self, screen: str, agent: str, live: bool | None, updated: float | None,
-             note: str = "") -> None:  # fmt: skip
-        """``live`` None: no attempt has ended yet."""
-        text = Text()
-        text.append(f" meshmon · {screen} ", style="bold")
-        text.append(f"· {agent} ")
+    def show(self, tabs: Sequence[tuple[str, str]], current: str, agent: str,
+             live: bool | None, updated: float | None, note: str = "") -> None:  # fmt: skip
+        """``tabs`` are (key, name); ``live`` None: no attempt has ended yet. Names of the other
+        screens shrink to their keys when the line would not fit."""
+        state = Text(f" │ {agent} ")
         if live is None:
-            text.append("… connecting", style="yellow")
+            state.append("… connecting", style="yellow")
         else:
-            text.append("● live" if live else "○ lost", style="green" if live else "bold red")
+            state.append("● live" if live else "○ lost", style="green" if live else "bold red")
         if updated:
-            text.append(f" · {clock(updated)}")
+            state.append(f" {clock(updated)}")
         if note:
-            text.append(f" · {note}", style="yellow")
-        self.update(text)
+            state.append(f" {note}", style="yellow")
+        for short in (False, True):
+            text = Text()
+            for key, name in tabs:
+                text.append(" ")
+                if name == current:
+                    text.append(f"{key} {name}", style="bold reverse")
+                else:
+                    text.append(key, style="bold")
+                    text.append("" if short else f" {name}", style="dim")
+            if current not in {name for _, name in tabs}:
+                text.append(" ")
+                text.append(current, style="bold reverse")
+            if text.cell_len + state.cell_len <= self.size.width:
+                break
+        self.update(text + state)
 
 
 class Banner(Static):

@@ -57,9 +57,13 @@ class LiveScreen(Screen[None]):
         app = self.tui
         conn = app.connection
         agent = app.status.node if app.status is not None else app.source.label
-        self.query_one(TitleBar).show(self.NAME, agent, conn.ok, conn.updated, self.title_note())
+        self.query_one(TitleBar).show(app.tabs, self.NAME, agent, conn.ok, conn.updated,
+                                      self.title_note())  # fmt: skip
         self.query_one(Banner).show(conn.ok, conn.reason, conn.retry_in, conn.lost_since,
                                     app.source.now())  # fmt: skip
+
+    def on_resize(self) -> None:
+        self.show_connection()
 
     def on_screen_resume(self) -> None:
         self.show_connection()

@@ -11,10 +11,10 @@ from textual.binding import Binding, BindingType
 from meshmon.tui.messages import CoverageFetched, Fetched
 from meshmon.tui.screens.base import LiveScreen
 from meshmon.tui.source import DataSource
-from meshmon.tui.summary import CoverageRow, coverage_rows
+from meshmon.tui.summary import CoverageRow, coverage_rows, shorten
 from meshmon.tui.widgets import STYLE, Cell, LiveTable, Note
 
-COLUMNS = ("CHECK", "TARGET", "LIVE", "WANTED", "PROBERS", "MINE")
+COLUMNS = ("CHECK", "TARGET", "LIVE/K", "MINE", "PROBERS")
 
 
 def owners_text(row: CoverageRow) -> Text:
@@ -71,10 +71,10 @@ class CoverageScreen(LiveScreen):
                  if (r.gap or not self.gaps_only) and (r.mine or not self.mine_only)]
         table: list[tuple[str, list[Cell]]] = []
         for r in shown:
-            live = Text(str(r.live), style="bold red" if r.gap else "green")
-            target = Text(r.target, style="bold red" if r.gap else "")
-            table.append((f"{r.check}\t{r.target}", [r.check, target, live, str(r.wanted),
-                                                     owners_text(r), "●" if r.mine else ""]))
+            live = Text(f"{r.live}/{r.wanted}", style="bold red" if r.gap else "green")
+            target = Text(shorten(r.target, 30), style="bold red" if r.gap else "")
+            table.append((f"{r.check}\t{r.target}", [r.check, target, live,
+                                                     "●" if r.mine else "", owners_text(r)]))
         self.query_one(LiveTable).show(table)
 
     def action_gaps(self) -> None:

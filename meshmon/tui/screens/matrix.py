@@ -102,7 +102,10 @@ class MatrixScreen(LiveScreen):
     def render_matrix(self) -> None:
         t = self.tui.config.thresholds
         table = self.query_one(LiveTable)
-        legend = Text(f"tag {self.tag or '-'} ({len(self.tags)} groups) · ", style="bold")
+        legend = Text(f"tag {self.tag or '-'}", style="bold")
+        if self.tag in self.tags:
+            legend.append(f" ({self.tags.index(self.tag) + 1} of {len(self.tags)}, t: next)")
+        legend.append(" · ")
         if self.matrix is None:
             legend.append(self.note, style="yellow")
             self.query_one("#legend", Note).update(legend)
@@ -112,12 +115,13 @@ class MatrixScreen(LiveScreen):
         m = self.matrix.data
         what = "median RTT ms" if self.metric == "rtt" else "loss"
         now = self.tui.source.now()
-        legend.append(f"{what} over {ago(now - m.window_s, now)} · ")
-        for grade, words in (("good", f"≤{t.rtt_warn_ms:g} ms, <{t.loss_warn_pct:g}% loss"),
-                             ("warn", f"≤{t.rtt_bad_ms:g} ms, <{t.loss_bad_pct:g}%"),
-                             ("bad", "worse"), ("none", "· no data")):  # fmt: skip
-            legend.append(f" {words} ", style=HEAT[grade])
+        legend.append(f"{what}, {ago(now - m.window_s, now)} ")
+        rtt = self.metric == "rtt"
+        for grade, words in (("good", f"≤{t.rtt_warn_ms:g}" if rtt else f"<{t.loss_warn_pct:g}%"),
+                             ("warn", f"≤{t.rtt_bad_ms:g}" if rtt else f"<{t.loss_bad_pct:g}%"),
+                             ("bad", "worse"), ("none", "· none")):  # fmt: skip
             legend.append(" ")
+            legend.append(f" {words} ", style=HEAT[grade])
         note = describe_answer(self.matrix.scope, self.matrix.missing, self.matrix.truncated)
         if note:
             legend.append(f"\n{note}", style="dim")

@@ -16,7 +16,7 @@ from meshmon.tui.source import DataSource, Unsupported
 from meshmon.tui.summary import ago, describe_answer, fmt_ms, fmt_pct, grade_loss, grade_rtt
 from meshmon.tui.widgets import Cell, LiveTable, Note, styled
 
-COLUMNS = ("#", "HOST", "LOSS", "AVG ms", "BEST", "WORST")
+COLUMNS = ("#", "HOST", "LOSS", "AVG", "WORST")
 
 
 def hop_cells(hop: Hop, screen: PathScreen) -> list[Cell]:
@@ -29,7 +29,7 @@ def hop_cells(hop: Hop, screen: PathScreen) -> list[Cell]:
     return [str(hop.ttl), Text(host, style="dim" if not hop.addresses else ""),
             styled(fmt_pct(hop.loss_pct), grade_loss(hop.loss_pct, t)),
             styled(fmt_ms(hop.avg_ms), grade_rtt(hop.avg_ms, t)),
-            fmt_ms(min(lat) if lat else None), fmt_ms(max(lat) if lat else None)]  # fmt: skip
+            fmt_ms(max(lat) if lat else None)]  # fmt: skip
 
 
 class PathScreen(LiveScreen):
@@ -37,14 +37,15 @@ class PathScreen(LiveScreen):
 
     NAME = "Path"
     SUMMARY = ("the latest traceroute of a target from each of its probers side by side, hop "
-               "by hop with loss and latency (mtr style); n and b step through traced targets")
+               "by hop with loss and latency in ms (mtr style); n and b step through traced "
+               "targets")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("n", "step(1)", "Next target"),
         Binding("b", "step(-1)", "Previous"),
     ]
     DEFAULT_CSS = """
     PathScreen #traces { height: 1fr; }
-    PathScreen .prober { width: 1fr; min-width: 34; }
+    PathScreen .prober { width: 1fr; min-width: 30; }
     PathScreen .prober Note { color: $text; }
     """
 

@@ -27,6 +27,7 @@ from meshmon.tui.summary import (
     fmt_pct,
     grade_loss,
     grade_rtt,
+    shorten,
     sort_targets,
     spark,
     summarise,
@@ -34,6 +35,9 @@ from meshmon.tui.summary import (
 from meshmon.tui.widgets import Cell, LiveTable, Note, spark_text, styled
 
 COLUMNS = ("CHECK", "TARGET", "STATUS", "RTT ms", "LOSS", "JITTER", "RECENT", "AGE")
+NARROW = 100
+"""Below this many columns, targets are cut in the middle and sparklines are shorter, so the
+whole line fits an 80-column terminal."""
 BACKFILL_PER_REFRESH = 4
 """Targets whose recent history is loaded per refresh (one history query each)."""
 
@@ -59,6 +63,7 @@ class ResultsScreen(LiveScreen):
         self.rows: list[TargetRow] = []
         self.sort_by = "target"
         self.problems_only = False
+        self._narrow: bool | None = None
 
     def on_mount(self) -> None:
         self.recent.span = self.tui.config.recent_span
@@ -92,9 +97,18 @@ class ResultsScreen(LiveScreen):
     def title_note(self) -> str:
         return "partial" if self.latest.partial else ""
 
+    def on_resize(self) -> None:
+        narrow = self.size.width < NARROW
+        if narrow != self._narrow:  # the columns' widths only grow: lay them out afresh
+            self._narrow = narrow
+            self.query_one(LiveTable).reset()
+            self.render_rows()
+
     def render_rows(self) -> None:
         cfg = self.tui.config
         now = self.tui.source.now()
+        narrow = self.size.width < NARROW
+        width, name_width = (cfg.spark_width // 2, 18) if narrow else (cfg.spark_width, 60)
         latest = self.latest
         note = describe_answer(latest.scope, latest.missing, latest.truncated)
         problems = sum(1 for r in self.rows if r.status not in ("ok", "stale"))
@@ -106,10 +120,11 @@ class ResultsScreen(LiveScreen):
             shown = [r for r in shown if r.status not in ("ok", "stale")]
         table: list[tuple[str, list[Cell]]] = []
         for r in shown:
-            series = buckets(self.recent.of(r.check, r.target), now, cfg.recent_span,
-                             cfg.spark_width)  # fmt: skip
+            series = buckets(self.recent.of(r.check, r.target), now, cfg.recent_span, width)
             table.append((f"{r.check}\t{r.target}", [
-                r.check, r.target, styled(r.status),
+                shorten(r.check, name_width),
+                shorten(r.target.split("://", 1)[-1] if narrow else r.target, name_width),
+                styled(r.status),
                 styled(fmt_ms(r.rtt_ms), grade_rtt(r.rtt_ms, cfg.thresholds)),
                 styled(fmt_pct(r.loss_pct), grade_loss(r.loss_pct, cfg.thresholds)),
                 fmt_ms(r.jitter_ms), spark_text(spark(series)), ago(r.last, now),
@@ -123,6 +138,10 @@ class ResultsScreen(LiveScreen):
     def action_problems(self) -> None:
         self.problems_only = not self.problems_only
         self.render_rows()
+
+    def on_data_table_row_selected(self, event: LiveTable.RowSelected) -> None:
+        event.stop()
+        self.action_drill()
 
     def action_drill(self) -> None:
         from meshmon.tui.screens.target import TargetScreen
