@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.server
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,7 +69,7 @@ class _Ok(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -119,8 +120,35 @@ def start(root: Path, web_port: int, port: int, first_host: int) -> LocalMesh:
     return mesh
 
 
+def record_snapshot_data(root: Path, out: Path) -> None:
+    """Make the snapshot tests' recording: the mesh with ``tui-4`` killed and declared dead (a
+    dead member, a target down everywhere), recorded from ``tui-1``'s control API."""
+    import asyncio
+
+    from meshmon.tui.recorded import record, save
+
+    with web_service() as web:
+        mesh = start(root, web, port=19846, first_host=80)
+        try:
+            time.sleep(100)  # history for the sparklines and the chart: nothing to wait on
+            mesh.agents["tui-4"].kill()
+            first = mesh.agents[NAMES[0]]
+            wait_for("tui-4 to be declared dead", lambda: first.member_states()["tui-4"] == "dead",
+                     timeout=60)
+            time.sleep(8)  # a few rounds of results with tui-4 gone: nothing to wait on
+            save(asyncio.run(record(first.socket)), out)
+        finally:
+            mesh.close()
+
+
 def main() -> None:
-    """``python -m tests.tui_mesh DIR``: run the mesh until Ctrl-C."""
+    """``python -m tests.tui_mesh DIR``: run the mesh until Ctrl-C;
+    ``python -m tests.tui_mesh --record OUT DIR``: write the snapshot tests' recording."""
+    if sys.argv[1] == "--record":
+        root = Path(sys.argv[3])
+        root.mkdir(parents=True, exist_ok=True)
+        record_snapshot_data(root, Path(sys.argv[2]))
+        return
     root = Path(sys.argv[1])
     root.mkdir(parents=True, exist_ok=True)
     with web_service() as web:

@@ -22,9 +22,9 @@ class TuiConfig:
     results per target at the usual 5-10 s intervals)."""
     spark_width: int = 16
     """Characters per sparkline: fits an 80-column terminal beside the other columns."""
-    history_window: float = 900.0
-    """Seconds the drill-down chart spans (fifteen minutes); ``w`` cycles through
-    :attr:`history_windows`."""
+    history_window: float = 300.0
+    """Seconds the drill-down chart spans at first (five minutes, as the sparklines); ``w``
+    cycles through :attr:`history_windows`."""
     history_windows: tuple[float, ...] = (300.0, 900.0, 3600.0)
     history_points: int = 200
     """Points per prober asked of the mesh for a chart: about one per terminal column of a wide

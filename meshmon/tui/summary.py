@@ -179,16 +179,22 @@ class Recent:
         return sorted(out, key=lambda s: s.timestamp)
 
     def interval(self, check: str, target: str, agent: str) -> float | None:
-        """The typical spacing of one prober's results (median gap), if it has several."""
-        series = sorted(self._series.get((check, target, agent), {}))
-        gaps = [b - a for a, b in itertools.pairwise(series) if b > a]
-        return statistics.median(gaps) if gaps else None
+        """The typical spacing of one prober's results, if it has several."""
+        return median_gap(self._series.get((check, target, agent), {}))
+
+
+def median_gap(timestamps: Iterable[float]) -> float | None:
+    """The median spacing of a series of times (None with fewer than two)."""
+    series = sorted(timestamps)
+    gaps = [b - a for a, b in itertools.pairwise(series) if b > a]
+    return statistics.median(gaps) if gaps else None
 
 
 # --- per-target verdicts ----------------------------------------------------------------------
 
-MIN_STALE = 15.0
-"""A prober's latest result counts as current for at least this long..."""
+MIN_STALE = 5.0
+"""A prober's latest result counts as current for at least this long (a mesh query's answer can
+be a second or two older than a 1 s check's newest result)..."""
 STALE_INTERVALS = 3.0
 """...or for this many of its own probing intervals, whichever is longer."""
 UNKNOWN_INTERVAL = 60.0
@@ -213,10 +219,14 @@ class TargetRow:
     error: str | None
 
 
+def stale_after(interval: float | None) -> float:
+    """How old a prober's latest result may be, given its spacing, and still be current."""
+    return max(MIN_STALE, STALE_INTERVALS * (interval or UNKNOWN_INTERVAL))
+
+
 def is_current(s: Sample, recent: Recent, now: float) -> bool:
     """A prober's latest result is still its current word on the target."""
-    interval = recent.interval(s.check, s.target, s.agent) or UNKNOWN_INTERVAL
-    return now - s.timestamp <= max(MIN_STALE, STALE_INTERVALS * interval)
+    return now - s.timestamp <= stale_after(recent.interval(s.check, s.target, s.agent))
 
 
 def _jitter(samples: Sequence[Sample]) -> float | None:
@@ -292,7 +302,7 @@ def prober_rows(history: Sequence[Sample], latest: Sequence[Sample], now: float,
             continue
         total = sum(s.count for s in mine)
         loss = (sum(s.loss * s.count for s in mine) / total) if total else last.loss
-        stale = now - last.timestamp > max(MIN_STALE, window / 4)
+        stale = now - last.timestamp > stale_after(median_gap(s.timestamp for s in mine))
         status = ("stale" if stale else "FAIL" if not last.success
                   else "LOSSY" if loss > 0 else "ok")  # fmt: skip
         rows.append(ProberRow(agent, status,
