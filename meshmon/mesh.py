@@ -50,6 +50,7 @@ from meshmon.membership import (
     Membership,
     MembershipConfig,
     NodeMeta,
+    State,
     StreamKind,
     StreamRequest,
     UserEvent,
@@ -305,14 +306,14 @@ class MeshService:
         rtt = self.core.rtt
         out = []
         for m in self.core.members():
-            seconds = rtt.get(m.meta.name)
+            seconds = rtt.get(m.meta.name) if m.state in (State.ALIVE, State.SUSPECT) else None
             out.append({
                 "name": m.meta.name, "address": m.meta.address, "udp_port": m.meta.udp_port,
                 "tcp_port": m.meta.tcp_port, "state": m.state.name.lower(),
                 "incarnation": m.incarnation, "tags": list(m.meta.tags),
                 "version": m.meta.version, "since": wall - max(0.0, now - m.since),
                 # the latest direct gossip ping's round trip from this agent (None: not yet,
-                # or this agent itself)
+                # this agent itself, or a member dead or gone)
                 "rtt_ms": None if seconds is None else round(seconds * 1000, 3),
             })  # fmt: skip
         return out

@@ -146,6 +146,9 @@ class MeshmonApp(App[None]):
             return
         screens: list[tuple[str, str, str, list[BindingType]]] = [
             (key, cls.NAME, cls.SUMMARY, list(cls.BINDINGS)) for key, _, cls in SCREENS]
-        screens.insert(3, ("Enter on Results", TargetScreen.NAME, TargetScreen.SUMMARY,
-                           list(TargetScreen.BINDINGS)))  # fmt: skip
-        self.push_screen(HelpScreen(help_table(list(self.BINDINGS), screens)))
+        screens.insert(3, ("enter", f"{TargetScreen.NAME} (from Results)",
+                           TargetScreen.SUMMARY, list(TargetScreen.BINDINGS)))  # fmt: skip
+        digits = {key for key, _, _ in SCREENS}
+        keys: list[BindingType] = [Binding("1-6", "", "the screens below, by number")]
+        keys += [b for b in self.BINDINGS if not (isinstance(b, Binding) and b.key in digits)]
+        self.push_screen(HelpScreen(help_table(keys, screens)))

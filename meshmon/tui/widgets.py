@@ -145,8 +145,7 @@ class Banner(Static):
     """A red line under the title while the source does not answer (hidden otherwise)."""
 
     DEFAULT_CSS = """
-    Banner { dock: top; height: auto; background: $error; color: $text; display: none;
-             padding: 0 1; }
+    Banner { height: auto; background: $error; color: $text; display: none; padding: 0 1; }
     """
 
     def show(self, ok: bool | None, reason: str, retry_in: float, since: float | None,
@@ -154,7 +153,7 @@ class Banner(Static):
         self.display = ok is False
         if not ok:
             lost = f" (lost {ago(since, now)} ago)" if since else ""
-            self.update(f"connection lost{lost}: {reason} · retrying in {retry_in:.0f}s")
+            self.update(f"connection lost{lost}: {reason} · retrying in {retry_in:.3g}s")
 
 
 class Note(Static):

@@ -28,7 +28,8 @@ ScreenKeys = tuple[str, str, str, list[BindingType]]
 
 
 def help_table(app_bindings: list[BindingType], screens: list[ScreenKeys]) -> Table:
-    """Keys in two columns: the global keys, then per screen its summary and its keys."""
+    """Keys in two columns: the global keys, then per screen the key that opens it, what it
+    shows, and its own keys."""
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
@@ -37,7 +38,9 @@ def help_table(app_bindings: list[BindingType], screens: list[ScreenKeys]) -> Ta
         table.add_row(key, what)
     for key, name, summary, bindings in screens:
         table.add_row("", "")
-        table.add_row(Text(f"{name} ({key})", style="bold"), Text(summary, style="dim"))
+        heading = Text(name, style="bold")
+        heading.append(f": {summary}", style="dim")
+        table.add_row(key, heading)
         for k, what in _keys(bindings):
             table.add_row(k, what)
     return table

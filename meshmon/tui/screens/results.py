@@ -51,7 +51,7 @@ class ResultsScreen(LiveScreen):
                "jitter and recent RTT; Enter opens the target's chart and per-prober "
                "breakdown")  # fmt: skip
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "drill", "Target"),
+        Binding("enter", "drill", "Open target"),
         Binding("s", "sort", "Sort"),
         Binding("g", "problems", "Problems only"),
     ]
