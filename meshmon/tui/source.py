@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 Screens ask a :class:`DataSource` for model values (:mod:`meshmon.tui.model`) and never see a
 transport. Every method is a coroutine on the TUI's asyncio loop; the agent source does its I/O
-with an asynchronous HTTP client over the agent's unix socket, so nothing blocks the UI.
+with an asynchronous HTTP client over the agent's unix socket, and decodes and parses answers in
+a worker thread, so neither a slow agent nor a big answer stalls the UI.
 
 Two kinds of failure, two exceptions:
 
@@ -22,6 +23,7 @@ query API; it is not built yet (``meshmon tui --aggregator`` says so).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -127,8 +129,8 @@ class JsonSource:
 
     async def _parse(self, path: str, parse: Any, **params: Any) -> Any:
         data = await self.get(path, **params)
-        try:
-            return parse(data)
+        try:  # a mesh-wide answer can be a megabyte: parse it off the UI's event loop
+            return await asyncio.to_thread(parse, data)
         except (FormatError, TypeError, ValueError) as exc:
             raise SourceError(f"/v1/{path}: an answer this TUI cannot read ({exc}); is the "
                               "agent a much newer or older meshmon?") from None  # fmt: skip
@@ -231,7 +233,7 @@ class AgentSource(JsonSource):
         if response.status_code == 404:
             raise Unsupported(f"/v1/{path}")
         try:
-            body = response.json()
+            body = await asyncio.to_thread(json.loads, response.content)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise SourceError(f"/v1/{path}: not JSON (HTTP {response.status_code})") from None
         if response.status_code != 200:
