@@ -24,6 +24,8 @@ import trio
 from cryptography import x509
 
 from meshmon import pki
+from meshmon.alerts.observe import observation
+from meshmon.alerts.service import STORE_CHECK, AlertService
 from meshmon.config import AgentConfig, CheckConfig, split_host_port
 from meshmon.control import ControlError, MeshQuery, ResultQuery, serve_control
 from meshmon.membership import NodeMeta, State
@@ -97,6 +99,7 @@ class Agent:
         self._sink_error_logged = -STORE_ERROR_LOG_EVERY
         self._sink_errors_logged = 0
         self._crl_mtime = 0.0
+        self.alerts: AlertService | None = None
 
     @property
     def name(self) -> str:
@@ -158,7 +161,13 @@ class Agent:
                 self.mesh.on_seed_failure = seed_watch.failed
                 self.query = QueryService(transport, self._peers, self._answer, self.trust)
                 self.query.install()
+                if cfg.alerts.enabled:
+                    self.alerts = AlertService(cfg.alerts, _AlertHost(self, self.mesh))
+                    self.mesh.core.user_filter = self.alerts.accept
+                    self.mesh.on_user = self.alerts.received
                 await nursery.start(self.mesh.run)
+                if self.alerts is not None:
+                    await nursery.start(self.alerts.run)
                 nursery.start_soon(seed_watch.run, self.mesh)
                 await nursery.start(self.scheduler.run)
                 self._view_changed()
@@ -286,6 +295,8 @@ class Agent:
 
     async def _store_results(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
         assert self.store is not None
+        if self.alerts is not None and self.alerts.active:
+            self._observe(items)
         records = [(one.started_at, a.check, a.target, [encode_result(one), degraded])
                    for a, results, degraded in items for one in results]  # fmt: skip
         try:
@@ -364,6 +375,25 @@ class Agent:
                                                      if "cert" in k}}  # fmt: skip
         return status
 
+    def _observe(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
+        """Feed alert rules; results taken while degraded say nothing about targets."""
+        assert self.alerts is not None
+        tags: dict[str, tuple[str, ...]] = {}
+        if any(a.mesh for a, _, _ in items):
+            tags = {a.name: tuple(sorted(a.tags)) for a in self.view()}
+        for a, results, degraded in items:
+            if degraded:
+                continue
+            for one in results:
+                self.alerts.observe(observation(one, a.target, tags.get(a.target, ())))
+
+    def api_alerts(self) -> dict[str, Any]:
+        """Alert rules, this prober's verdicts, firing and recent incidents."""
+        if self.alerts is None:
+            return {"enabled": False, "rules": [], "firing": [], "recent": [],
+                    "receivers": [], "failing_here": [], "impaired": False}  # fmt: skip
+        return self.alerts.status()
+
     def api_members(self) -> list[dict[str, Any]]:
         """The membership view."""
         return self.mesh.members_json() if self.mesh is not None else []
@@ -419,6 +449,8 @@ class Agent:
                                        since=query.since, until=query.until, limit=query.limit)
         out = []
         for rec in records:
+            if rec.check == STORE_CHECK and query.check != STORE_CHECK:
+                continue  # incident history, not a result (ask for check=_alerts to see it)
             try:
                 encoded, degraded = rec.value()
                 result = decode_result(encoded)
@@ -433,3 +465,32 @@ class Agent:
                         "response_time_ms": result.response_time_ms(),
                         "error": result.error_message(), "degraded": bool(degraded)})  # fmt: skip
         return out[: query.limit]
+
+
+class _AlertHost:
+    """What the alert service needs from the agent (:class:`~meshmon.alerts.service.AlertHost`)."""
+
+    def __init__(self, agent: Agent, mesh: MeshService) -> None:
+        self.agent, self.mesh, self.name = agent, mesh, agent.name
+
+    def publish(self, key: str, version: int, payload: bytes) -> None:
+        self.mesh.core.publish(trio.current_time(), key, version, payload)
+        self.mesh.wake()
+
+    def member_meta(self, name: str) -> NodeMeta | None:
+        m = self.mesh.core.member(name)
+        return m.meta if m is not None and m.state in (State.ALIVE, State.SUSPECT) else None
+
+    def owners(self, check: str, target: str) -> tuple[str, ...]:
+        placement = self.agent.scheduler.placement
+        return () if placement is None else placement.owners(check, target)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.mesh.auth.sign_blob(data)
+
+    def verify(self, meta: NodeMeta, data: bytes, sig: bytes) -> str | None:
+        return self.mesh.auth.verify_blob(meta, data, sig)
+
+    async def record(self, ts: float, target: str, payload: Any) -> None:
+        if self.agent.store is not None:
+            await self.agent.store.append_batch([(ts, STORE_CHECK, target, payload)])

@@ -98,8 +98,7 @@ def matrix_tables(data: dict[str, Any]) -> str:
         rows = [(prober, *[("x" if prober == t else grid.get((prober, t), "-")) for t in agents])
                 for prober in sorted(data.get("answers", {}))]  # fmt: skip
         out.append(f"{check} (median RTT ms / loss, last {data.get('window_s', 0):g}s; "
-                   "rows probe columns)")  # fmt: skip
-        out.append(table(("FROM \\ TO", *agents), rows))
+                   "rows probe columns)\n" + table(("FROM \\ TO", *agents), rows))  # fmt: skip
     return "\n\n".join(out)
 
 
@@ -111,12 +110,12 @@ def history_table(data: dict[str, Any]) -> str:
         if not points:
             continue
         step = answer.get("step_s")
-        how = f"buckets of {step:g}s" if step else "each result"
-        out.append(f"{agent}: {answer.get('records')} result(s), {how}")
-        out.append(table(("TIME", "N", "OK", "RTT_MS", "MIN", "MAX", "LOSS"), [
-            (_time(p.get("t")), p.get("n"), p.get("ok"), _ms(p.get("rtt_ms")),
-             _ms(p.get("rtt_min_ms")), _ms(p.get("rtt_max_ms")), _pct(p.get("loss_pct")))
-            for p in points]))  # fmt: skip
+        how = f"buckets of {f'{step:.1f}'.removesuffix('.0')}s" if step else "each result"
+        rows = [(_time(p.get("t")), p.get("n"), p.get("ok"), _ms(p.get("rtt_ms")),
+                 _ms(p.get("rtt_min_ms")), _ms(p.get("rtt_max_ms")), _pct(p.get("loss_pct")))
+                for p in points]  # fmt: skip
+        out.append(f"{agent}: {answer.get('records')} result(s), {how}\n"
+                   + table(("TIME", "N", "OK", "RTT_MS", "MIN", "MAX", "LOSS"), rows))
     return "\n\n".join(out) or (f"no agent holds results of {data.get('check')} toward "
                                 f"{data.get('target')} in that range")  # fmt: skip
 

@@ -216,3 +216,40 @@ def register(app: typer.Typer) -> None:
             for r in data
         ]  # fmt: skip
         typer.echo(table(("TIME", "CHECK", "TARGET", "STATUS", "RTT_MS", "ERROR", ""), rows))
+
+    @app.command("alerts")
+    def alerts(config: ConfigOpt = None, socket: SocketOpt = None,
+               as_json: JsonOpt = False) -> None:  # fmt: skip
+        """Firing and recent incidents, and what this prober calls failing (exit 1 if firing)."""
+        data = fetch(config, socket, "alerts")
+        if as_json:
+            typer.echo(json.dumps(data, indent=2))
+        elif not data.get("enabled") or not data.get("rules"):
+            typer.echo("no alert rules configured (add [[alerts.rules]] to the agent config)")
+        else:
+            now = time.time()
+            if data.get("impaired"):
+                typer.echo("this prober is IMPAIRED: most of its targets failed at once; its "
+                           "target verdicts are withheld")  # fmt: skip
+            typer.echo(f"firing: {len(data['firing'])}")
+            if data["firing"]:
+                typer.echo(incident_table(data["firing"], now))
+            typer.echo(f"\nrecent: {len(data['recent'])}")
+            if data["recent"]:
+                typer.echo(incident_table(data["recent"][:20], now))
+            if data.get("failing_here"):
+                typer.echo("\nthis prober calls failing: " + ", ".join(
+                    f"{f['target']} ({f['rule']})" for f in data["failing_here"]))
+            if data.get("last_error"):
+                typer.echo(f"\nlast delivery error: {data['last_error']}")
+        if data.get("firing"):
+            raise typer.Exit(1)
+
+
+def incident_table(incidents: list[dict[str, Any]], now: float) -> str:
+    """Incidents as a table, one per line."""
+    return table(("ID", "RULE", "TARGET", "CHECK", "OPENED", "FOR", "NOTIFIER", "SENT"), [
+        (i["id"], i["rule"], i["target"], i["check"] or "-", ago(i["opened_at"], now),
+         f"{i['duration_s']:.0f}s", i["notifier"],
+         ("resolved" if i["resolved_sent"] else "firing" if i["firing_sent"] else "pending"))
+        for i in incidents])  # fmt: skip

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from meshmon.alerts.notify import AlertmanagerConfig, CommandConfig, WebhookConfig
+from meshmon.alerts.rules import AlertRule, Silence
 from meshmon.configload import ByteSize, ConfigError, FieldError, FieldErrors, Seconds, decode
 from meshmon.membership.config import PROFILES, MembershipConfig
 from meshmon.probes.params import host_problem, split_target
@@ -302,9 +304,47 @@ class CheckConfig:
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    """Alert rules and notifiers (filled in by the alerting work)."""
+    """Alert rules, agreement across vantage points, and silences (see :mod:`meshmon.alerts`)."""
 
     enabled: bool = True
+    rules: tuple[AlertRule, ...] = ()
+    quorum: int | None = None
+    """m: how many of a target's k probers must call it failing; default a majority of k."""
+    impaired_fraction: float = 0.5
+    """A prober that sees this share of its targets fail at once reports itself impaired (one
+    event) instead of alerting on each target."""
+    impaired_min_targets: int = 3
+    """...when that is at least this many targets."""
+    silences: tuple[Silence, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
+    alertmanagers: tuple[AlertmanagerConfig, ...] = ()
+    commands: tuple[CommandConfig, ...] = ()
+    max_backoff: Seconds = Seconds(300.0)
+    """Longest wait between retries to a receiver that is down."""
+    alertmanager_repeat: Seconds = Seconds(60.0)
+    """Re-post firing alerts to Alertmanager this often (it expires alerts not re-sent, after
+    its resolve_timeout, 5 minutes by default)."""
+
+    @property
+    def receivers(self) -> tuple[WebhookConfig | AlertmanagerConfig | CommandConfig, ...]:
+        """Every receiver, in a stable order."""
+        return (*self.webhooks, *self.alertmanagers, *self.commands)
+
+    def __post_init__(self) -> None:
+        errors: list[FieldError] = []
+        if self.quorum is not None and self.quorum < 1:
+            errors.append(FieldError("quorum", "must be 1 or more (or left out for a majority)"))
+        if not 0 < self.impaired_fraction <= 1:
+            errors.append(FieldError("impaired_fraction", "must be in (0, 1]"))
+        if self.impaired_min_targets < 1:
+            errors.append(FieldError("impaired_min_targets", "must be 1 or more"))
+        seen: dict[str, int] = {}
+        for i, rule in enumerate(self.rules):
+            if rule.name in seen:
+                errors.append(FieldError(f"rules[{i}].name", f"{rule.name!r} is already used by "
+                                         f"rules[{seen[rule.name]}]"))  # fmt: skip
+            seen.setdefault(rule.name, i)
+        _raise_all(errors)
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,8 @@ class AgentApi(Protocol):
 
     def api_assignments(self) -> dict[str, Any]: ...
 
+    def api_alerts(self) -> dict[str, Any]: ...
+
     def api_results(self, query: ResultQuery) -> list[dict[str, Any]]: ...
 
     async def api_mesh(self, query: MeshQuery) -> dict[str, Any]:
@@ -291,6 +293,7 @@ class ControlApp:
             f"{API_PREFIX}/status": _no_params(self.agent.api_status),
             f"{API_PREFIX}/members": _no_params(self.agent.api_members),
             f"{API_PREFIX}/assignments": _no_params(self.agent.api_assignments),
+            f"{API_PREFIX}/alerts": _no_params(self.agent.api_alerts),
             f"{API_PREFIX}/results": lambda q: self.agent.api_results(
                 parse_result_query(q, time.time())
             ),

@@ -98,6 +98,8 @@ class MeshService:
         self.trust = trust
         self.seeds = list(seeds)
         self.on_change = on_change
+        self.on_user: Callable[[str, bytes], None] | None = None
+        """Application data (other than the CRL) learnt from peers: alert digests."""
         self.on_seed_failure: Callable[[Addr, Exception], None] = _warn_seed
         """Called when a join through a seed fails (the agent wires :mod:`meshmon.seeds`)."""
         self.auth = CertAuthenticator(transport.identity, trust)
@@ -108,6 +110,10 @@ class MeshService:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._leaving = False
+
+    def wake(self) -> None:
+        """Run the core now (something was published)."""
+        self._wake.set()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -264,7 +270,10 @@ class MeshService:
             log.info("member %s: %s (%s:%s)", meta.name, event.kind.name.lower(), meta.address,
                      meta.udp_port)  # fmt: skip
             self.on_change()
-        elif event.key == CRL_KEY:
+        elif event.key != CRL_KEY:
+            if self.on_user is not None:
+                self.on_user(event.key, event.payload)
+        else:
             try:
                 crl = x509.load_der_x509_crl(event.payload)
             except ValueError as exc:

@@ -278,3 +278,11 @@ def test_check_answer_drops_unknown_fields() -> None:
             "truncated": "yes"}  # fmt: skip
     assert check_answer("latest", data) == {"results": [{"check": "c", "result": {"x": 1}}],
                                             "truncated": False}  # fmt: skip
+
+
+def test_matrix_reads_at_most_its_budget(store: RingStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(answers, "MATRIX_TOTAL", 5)
+    put(store, *(ping(t, NOW - 10 - i, (1.0,)) for t in ("a", "b", "c") for i in range(3)))
+    data = answers.answer(store, Matrix("dc1"), Context(NOW, (MESH_PING,), tagged))
+    assert data["truncated"] is True
+    assert [(x["target"], x["samples"]) for x in data["rows"]] == [("a", 3), ("b", 2)]

@@ -30,7 +30,7 @@ import collections
 import contextlib
 import heapq
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from meshmon.membership import codec, timing
 from meshmon.membership.auth import Authenticator
@@ -74,7 +74,7 @@ from meshmon.membership.state import (
 )
 
 _USER_PREFIX = "\x00"  # queue keys: a member's name, or this prefix + a user key (names can't)
-_MAX_USER_KEYS = 1024
+_MAX_USER_KEYS = 16384  # the CRL and one alert digest per member (meshmon.alerts)
 _RELAY_NACK_FRACTION = 0.8
 _PROVEN = (ALIVE, LEFT)  # states whose push-pull entries carry the member's own proof
 
@@ -101,6 +101,8 @@ class Membership(MemberTable):
         self._streams: dict[int, tuple[StreamRequest, str | None]] = {}
         self._seeds: tuple[Addr, ...] = ()
         self._user: dict[str, tuple[int, bytes]] = {}
+        self.user_filter: Callable[[str, int, bytes], bool] | None = None
+        """Accepts or refuses application data from peers before it is kept or passed on."""
         self._pulling: dict[str, int] = {}
         self._state_cache: tuple[int, bool, bytes] | None = None
         self._datagrams: list[tuple[Addr, bytes]] = []
@@ -379,6 +381,10 @@ class Membership(MemberTable):
                  local: bool = False) -> bool:
         current = self._user.get(key)
         if current is not None and version <= current[0]:
+            return False
+        if not local and self.user_filter is not None and not self.user_filter(key, version,
+                                                                               payload):
+            self.stats["user_refused"] += 1  # e.g. an alert digest its prober did not sign
             return False
         if current is None and len(self._user) >= _MAX_USER_KEYS:
             self.stats["user_keys_full"] += 1

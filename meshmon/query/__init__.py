@@ -23,7 +23,9 @@ Only mesh members may ask. The TLS handshake already requires a certificate of t
 that is not revoked or expired; the answering agent then requires that the certificate's node
 is a current member (alive or suspect) of *its* view, with the certificate fingerprint the
 member announced. A valid certificate of a node that never joined, or that was expelled or
-revoked, gets a refusal (:mod:`meshmon.query.service`).
+revoked, gets a refusal (:mod:`meshmon.query.service`); ``/v1/status`` counts them under
+``queries.refused`` by reason (``not_member``, ``not_live``, ``revoked``,
+``other_certificate``), beside ``queries.served``.
 
 Questions (answers built by :mod:`meshmon.query.answers` from the agent's ring store):
 
@@ -73,7 +75,9 @@ Every answer has this envelope::
      "truncated": false}
 
 ``loss_pct`` and ``jitter_ms`` are null for kinds without them (loss of a non-ping result is
-not measured per result; ``success`` says it).
+not measured per result; ``success`` says it). ``full=1`` with a ``check``/``target`` filter is
+how to get bulky results such as a traceroute's hops (``result["result"]["hops"]``) from each
+of its probers.
 
 ``matrix`` adds ``"tag"``, ``"window_s"`` and ``"agents"`` (the members carrying the tag in
 the asker's view, sorted: the rows and columns of the matrix) to the envelope; per agent::
@@ -84,7 +88,9 @@ the asker's view, sorted: the rows and columns of the matrix) to the envelope; p
      "truncated": false}
 
 ``samples`` counts results in the window; ``loss_pct`` is over probes sent (ICMP echoes for
-ping, results for other kinds); ``rtt_*`` over the replies (null when none).
+ping, results for other kinds); ``rtt_*`` over the replies (null when none). A target with no
+result from the agent in the window has no row. At most 2,000 results per cell and 20,000 per
+answer are read (``truncated`` when cells were left out).
 
 ``history`` adds ``"check"``, ``"target"``, ``"since"``, ``"until"`` (epoch seconds; until may
 be null: now), ``"points"`` (the limit) and ``"archive": null`` (reserved for the aggregator)
@@ -98,7 +104,7 @@ to the envelope; per agent (oldest first)::
 A point is one result (``n`` = 1) or, when ``downsampled``, a bucket of ``step_s`` seconds
 starting at ``t`` holding ``n`` results of which ``ok`` succeeded; ``rtt_ms`` is the mean of
 the replies, ``loss_pct`` as in the matrix. ``records`` is how many results fell in the range
-(at most 20,000 are read: beyond that the oldest are left out and ``truncated`` is true);
+(at most 10,000 are read: beyond that the oldest are left out and ``truncated`` is true);
 ``oldest`` is the oldest result this agent holds for the series at all (null if none), so a
 client can tell when older history must come from the aggregator. Agents that never probed
 the series answer with no points.

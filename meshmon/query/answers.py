@@ -30,8 +30,13 @@ from meshmon.store import Record
 
 MATRIX_RECORDS = 2000
 """Results read per (check, target) for a matrix cell: a 5-minute window at 1 probe/s is 300."""
-HISTORY_RECORDS = 20_000
-"""Results read for one history answer (about 0.2 s of decoding); older ones are left out."""
+MATRIX_TOTAL = 20_000
+"""Results read for one matrix answer; cells beyond it are left out (``truncated``). Decoding
+a stored result with every field checked costs ~10-20 us idle, so this bounds an answer to
+a few hundred ms of a worker thread."""
+HISTORY_RECORDS = 10_000
+"""Results read for one history answer (the newest; ``truncated`` when older ones are left
+out): 2.8 hours at one probe a second, a few hundred ms of decoding at most."""
 
 
 class ResultSource(Protocol):
@@ -150,13 +155,17 @@ class _Stats:
 def answer_matrix(store: ResultSource, q: Matrix, ctx: Context) -> dict[str, Any]:
     """Recent statistics toward each member carrying the tag, per mesh check."""
     targets = sorted(set(ctx.tagged(q.tag)))
-    rows = []
+    rows: list[dict[str, Any]] = []
+    budget = MATRIX_TOTAL
     for check in ctx.checks:
         if q.tag not in check.target_tags or (q.check is not None and check.name != q.check):
             continue
         for target in targets:
+            if budget <= 0:
+                return {"rows": rows, "truncated": True}
             records = store.query(check=check.name, target=target, since=ctx.now - q.window,
-                                  limit=MATRIX_RECORDS)  # newest first  # fmt: skip
+                                  limit=min(MATRIX_RECORDS, budget))  # newest first  # fmt: skip
+            budget -= len(records)
             if not records:
                 continue
             stats = _Stats()
@@ -301,8 +310,8 @@ def check_answer(kind: str, data: dict[str, Any]) -> dict[str, Any]:
             if not (isinstance(v, _SCALAR) or (k == "result" and isinstance(v, dict))):
                 raise QueryFormatError(f"{key}[{i}].{k} is not a plain value")
         kept.append(row)
-    out: dict[str, Any] = {k: v for k, v in data.items() if isinstance(v, _SCALAR)}
-    out[key] = kept
+    out: dict[str, Any] = {key: kept}
+    out.update((k, v) for k, v in data.items() if k != key and isinstance(v, _SCALAR))
     out["truncated"] = data.get("truncated") is True
     return out
 
