@@ -248,13 +248,20 @@ def test_path_screen_shows_each_probers_hops(live: LocalMesh) -> None:
     run(socket_of(live), scenario)
 
 
-def test_alerts_screen_says_plainly_there_are_none(live: LocalMesh) -> None:
+def test_alerts_screen_shows_what_fires_and_what_does_not(live: LocalMesh) -> None:
     async def scenario(pilot: Pilot[None], app: MeshmonApp) -> None:
         await pilot.press("6")
-        text = await until(pilot, "the alerts note", lambda: isinstance(
-            app.screen, AlertsScreen) and note_text(app.screen.query_one("#state", Note)))
-        assert "not available in this agent version" in text
-        assert not app.screen.query_one(LiveTable).display
+        rows = await until(pilot, "the closed port firing", lambda: [
+            r for r in screen_rows(app, AlertsScreen) if r[0] == "firing"])
+        assert [(r[1], r[2], r[3]) for r in rows] == [("port-closed", "closed-tcp",
+                                                       "127.0.0.1:1")]
+        assert sorted(rows[0][6].split(",")) == sorted(
+            c["owners"] for c in live.agents["tui-1"].api("assignments")["coverage"]
+            if c["check"] == "closed-tcp")[0]  # both probers agreed
+        # only tui-2 fails the web service: no quorum, so nothing fires for it
+        assert not any(r[1] == "web-failing" for r in screen_rows(app, AlertsScreen))
+        text = note_text(app.screen.query_one("#state", Note))
+        assert "2 rules" in text and "1 firing" in text
 
     run(socket_of(live), scenario)
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from meshmon.tui import MeshmonApp, RecordedSource, SourceError, TuiConfig
+from meshmon.tui import MeshmonApp, RecordedSource, SourceError, TuiConfig, Unsupported
 from meshmon.tui.screens import (
     AlertsScreen,
     CoverageScreen,
@@ -126,13 +126,31 @@ def test_target_drilldown(snap_compare: Snap) -> None:
     assert snap_compare(app(), run_before=run_before, terminal_size=(100, 34))
 
 
-def test_alerts_not_available(snap_compare: Snap) -> None:
-    async def run_before(pilot: Pilot[None]) -> None:
+def alerts_shown(pilot: Pilot[None]) -> Awaitable[None]:
+    async def run_before() -> None:
         await pilot.press("6")
         await until(pilot, lambda: isinstance(pilot.app.screen, AlertsScreen)
                     and pilot.app.screen.alerts is not None, "the alerts state")
 
-    assert snap_compare(app(), run_before=run_before)
+    return run_before()
+
+
+def test_alerts(snap_compare: Snap) -> None:
+    assert snap_compare(app(), run_before=alerts_shown)
+
+
+class WithoutAlerting(RecordedSource):
+    """The recording as an agent of a version without alerting would answer it."""
+
+    async def get(self, path: str, **params: Any) -> Any:
+        if path == "alerts":
+            raise Unsupported("/v1/alerts")
+        return await super().get(path, **params)
+
+
+def test_alerts_not_available(snap_compare: Snap) -> None:
+    older = MeshmonApp(WithoutAlerting(RECORDING), FAST)
+    assert snap_compare(older, run_before=alerts_shown)
 
 
 def test_help(snap_compare: Snap) -> None:
@@ -183,5 +201,7 @@ def test_recording_replays_through_the_agent_parsing() -> None:
         web = [s for s in latest.data if s.check == "web-http"]
         assert sorted(s.agent for s in web if not s.success) == ["tui-2"]
         assert not any(s.success for s in latest.data if s.check == "closed-tcp")
+        alerts = await source.alerts()
+        assert [(a.state, a.rule) for a in alerts.alerts] == [("firing", "port-closed")]
 
     asyncio.run(main())

@@ -11,6 +11,7 @@ from meshmon.tui.model import (
     FormatError,
     Member,
     Sample,
+    parse_alerts,
     parse_members,
     parse_mesh_history,
     parse_mesh_latest,
@@ -209,6 +210,8 @@ def test_mesh_latest_names_the_missing() -> None:
                                         missing={"c": "timeout"},
                                         details={"c": "no answer within 2s"}))
     assert [s.agent for s in answer.data] == ["a", "b"]
+    internal = parse_mesh_latest(envelope({"a": {"results": [{**row, "check": "_alerts"}]}}))
+    assert internal.data == []  # the agent's own records are not probe results
     assert answer.partial and answer.missing == {"c": "timeout: no answer within 2s"}
     with pytest.raises(FormatError):
         parse_mesh_latest(envelope({"a": {"results": [{"target": "t"}]}}))
@@ -238,3 +241,31 @@ def test_traces_from_full_results() -> None:
     [trace] = traces.data
     assert trace.reached and [h.loss_pct for h in trace.hops] == [25.0, 100.0]
     assert trace.hops[0].avg_ms == 2.0 and trace.hops[1].avg_ms is None
+
+
+def test_alerts_parse_firing_failing_here_and_resolved() -> None:
+    incident = {"id": "x", "kind": "target", "opened_at": NOW - 60, "notifier": "a",
+                "probers": ["a", "b"], "rule": "down", "check": "c", "target": "t",
+                "duration_s": 60.0, "resolved_at": None}
+    alerts = parse_alerts({
+        "enabled": True, "rules": ["down", "slow"], "impaired": False,
+        "failing_here": [{"rule": "down", "check": "c", "target": "t", "since": NOW - 61},
+                         {"rule": "slow", "check": "c", "target": "u", "since": NOW - 5}],
+        "firing": [incident], "recent": [{**incident, "target": "v", "resolved_at": NOW}],
+        "receivers": ["webhook https://hooks"], "last_error": None})
+    assert [(a.state, a.rule, a.target) for a in alerts.alerts] == [
+        ("firing", "down", "t"), ("failing here", "slow", "u"), ("resolved", "down", "v")]
+    assert alerts.firing == 1 and alerts.rules == ("down", "slow")
+    assert alerts.alerts[0].probers == ("a", "b") and alerts.alerts[0].duration_s == 60.0
+    assert not parse_alerts({"enabled": False, "rules": [], "firing": [], "recent": []}).enabled
+
+
+def test_a_prober_with_one_old_result_is_stale_by_the_others_spacing() -> None:
+    recent = Recent()
+    recent.add([sample("a", ago_s=a) for a in (9, 7, 5, 3, 1)])  # every 2 s
+    recent.add([sample("b", ok=False, ago_s=58)])  # probed once, then moved elsewhere
+    [row] = summarise([sample("a", ago_s=1), sample("b", ok=False, ago_s=58)], recent, NOW)
+    assert row.status == "ok" and row.probers == 1
+    history = recent.of("c", "t")
+    rows = {r.agent: r.status for r in prober_rows(history, [], NOW, 300)}
+    assert rows == {"a": "ok", "b": "stale"}

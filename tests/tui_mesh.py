@@ -3,7 +3,9 @@
 Four agents (tags ``mesh`` and ``east``/``west``) on 127.0.0.x probe each other (ping, full
 mesh: the matrix), a local web service (all four: one of them, ``tui-2``, expects another status
 code, so its results fail while the others succeed: "one prober's path is bad"), a closed port
-(every prober fails: "target down"), and trace the ``east`` members (the Path screen).
+(every prober fails: "target down"), and trace the ``east`` members (the Path screen). Alert
+rules fire on the closed port (both its probers agree) but not on the web service (only
+``tui-2`` calls it failing: no quorum).
 Run ``python -m tests.tui_mesh DIR`` to start it by hand and watch it with ``meshmon tui``.
 """
 
@@ -54,6 +56,24 @@ timeout = "3s"
 target_tags = ["east"]
 replicas = 2
 params = {{ rounds = 2, interval = 0.3 }}
+
+[alerts]
+
+[[alerts.rules]]
+name = "port-closed"
+condition = "failures"
+check = "closed-tcp"
+fire = 2
+for = "2s"
+resolve_for = "2s"
+
+[[alerts.rules]]
+name = "web-failing"
+condition = "failures"
+check = "web-http"
+fire = 2
+for = "2s"
+resolve_for = "2s"
 """
 
 NAMES = ("tui-1", "tui-2", "tui-3", "tui-4")

@@ -185,24 +185,42 @@ class Matrix:
 
 @dataclass(frozen=True)
 class Alert:
-    """One alert, firing or recently resolved."""
+    """An incident (firing or resolved), or a rule this agent alone calls failing."""
 
-    name: str
-    target: str
     state: str
+    """``firing``, ``resolved`` or ``failing here`` (this prober's verdict, not the mesh's)."""
+    rule: str
+    check: str
+    target: str
     since: float | None
-    summary: str = ""
+    """When it opened (or when this prober started calling it failing)."""
+    duration_s: float | None = None
+    probers: tuple[str, ...] = ()
+    """The probers that agreed when it opened."""
+    notifier: str = ""
+    """The agent that notifies the receivers about it."""
 
 
 @dataclass(frozen=True)
 class Alerts:
-    """``available`` is False when the agent has no alerting; ``note`` says why in words."""
+    """``available`` is False when the agent has no alerting at all; ``note`` says why."""
 
     available: bool
-    rules: int = 0
-    firing: tuple[Alert, ...] = ()
-    recent: tuple[Alert, ...] = ()
+    enabled: bool = False
+    rules: tuple[str, ...] = ()
+    alerts: tuple[Alert, ...] = ()
+    """Firing first, then this prober's failing verdicts that no incident covers (the other
+    probers do not agree), then resolved."""
+    receivers: tuple[str, ...] = ()
+    impaired: bool = False
+    """This agent's own vantage point is impaired (its verdicts are set aside)."""
+    delivery_error: str = ""
     note: str = ""
+
+    @property
+    def firing(self) -> int:
+        """Incidents firing now."""
+        return sum(1 for a in self.alerts if a.state == "firing")
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -293,10 +311,19 @@ def sample_from_result(agent: str, data: Any, where: str) -> Sample:
     )  # fmt: skip
 
 
+INTERNAL_PREFIX = "_"
+"""Records under a check name starting with this are the agent's own (``_alerts``: incident
+history), not probe results: the screens leave them out."""
+
+
+def _probes_only(samples: list[Sample]) -> list[Sample]:
+    return [s for s in samples if not s.check.startswith(INTERNAL_PREFIX)]
+
+
 def parse_local_results(agent: str, data: Any) -> list[Sample]:
     """``/v1/results`` of the attached agent (results it measured itself)."""
-    return [sample_from_result(agent, r, f"results[{i}]")
-            for i, r in enumerate(_list(data, "results"))]  # fmt: skip
+    return _probes_only([sample_from_result(agent, r, f"results[{i}]")
+                         for i, r in enumerate(_list(data, "results"))])  # fmt: skip
 
 
 def _envelope(data: Any, question: str) -> tuple[Mapping[str, Any], Answer[None]]:
@@ -319,7 +346,7 @@ def parse_mesh_latest(data: Any) -> Answer[list[Sample]]:
         rows = _obj(answer, f"answers[{agent}]").get("results", [])
         out += [sample_from_result(str(agent), r, f"answers[{agent}].results[{i}]")
                 for i, r in enumerate(_list(rows, f"answers[{agent}].results"))]  # fmt: skip
-    return Answer(out, env.scope, env.missing, env.truncated)
+    return Answer(_probes_only(out), env.scope, env.missing, env.truncated)
 
 
 def parse_mesh_history(data: Any, check: str, target: str) -> Answer[list[Sample]]:
@@ -396,19 +423,31 @@ def parse_mesh_traces(data: Any) -> Answer[list[Trace]]:
     return Answer(out, env.scope, env.missing, env.truncated)
 
 
+def _incident(data: Any, state: str, where: str) -> Alert:
+    i = _obj(data, where)
+    return Alert(state=state, rule=str(i.get("rule", "")), check=str(i.get("check", "")),
+                 target=str(i.get("target", "")), since=_num(i.get("opened_at")),
+                 duration_s=_num(i.get("duration_s")), probers=_strings(i.get("probers")),
+                 notifier=str(i.get("notifier", "")))  # fmt: skip
+
+
 def parse_alerts(data: Any) -> Alerts:
-    """``/v1/alerts`` (the shape the alerts work will serve: rules, firing, recent)."""
+    """``/v1/alerts``: rules, incidents firing and recent, this prober's failing verdicts."""
     d = _obj(data, "alerts")
-
-    def alerts(key: str) -> tuple[Alert, ...]:
-        out = []
-        for i, item in enumerate(_list(d.get(key, []), f"alerts.{key}")):
-            a = _obj(item, f"alerts.{key}[{i}]")
-            out.append(Alert(name=_text(a, "name", f"alerts.{key}[{i}]"),
-                             target=str(a.get("target", "")), state=str(a.get("state", key)),
-                             since=_num(a.get("since")), summary=str(a.get("summary", ""))))
-        return tuple(out)
-
-    rules = d.get("rules", 0)
-    count = len(rules) if isinstance(rules, list) else int(_num(rules) or 0)
-    return Alerts(available=True, rules=count, firing=alerts("firing"), recent=alerts("recent"))
+    out = [_incident(x, "firing", f"alerts.firing[{n}]")
+           for n, x in enumerate(_list(d.get("firing", []), "alerts.firing"))]
+    firing = {(a.rule, a.check, a.target) for a in out}
+    for n, item in enumerate(_list(d.get("failing_here", []), "alerts.failing_here")):
+        f = _obj(item, f"alerts.failing_here[{n}]")
+        if (f.get("rule"), f.get("check"), f.get("target")) in firing:
+            continue  # this prober's part of an incident already shown as firing
+        out.append(Alert(state="failing here", rule=str(f.get("rule", "")),
+                         check=str(f.get("check", "")), target=str(f.get("target", "")),
+                         since=_num(f.get("since"))))  # fmt: skip
+    out += [_incident(x, "resolved", f"alerts.recent[{n}]")
+            for n, x in enumerate(_list(d.get("recent", []), "alerts.recent"))]
+    rules = d.get("rules", [])
+    return Alerts(available=True, enabled=bool(d.get("enabled", True)),
+                  rules=_strings(rules), alerts=tuple(out),
+                  receivers=_strings(d.get("receivers")), impaired=bool(d.get("impaired")),
+                  delivery_error=str(d.get("last_error") or ""))  # fmt: skip

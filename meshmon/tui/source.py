@@ -199,8 +199,8 @@ class JsonSource:
             status = await self.status()
             return Alerts(available=False, note=(
                 f"Alerts are not available in this agent version (meshmon {status.version} on "
-                f"{status.node}): it evaluates no alert rules, so nothing can fire. This screen "
-                "fills in once the agent serves /v1/alerts."))  # fmt: skip
+                f"{status.node}): it evaluates no alert rules, so nothing can fire. Upgrade the "
+                "agent to see alerts here."))  # fmt: skip
         return alerts
 
 

@@ -179,8 +179,15 @@ class Recent:
         return sorted(out, key=lambda s: s.timestamp)
 
     def interval(self, check: str, target: str, agent: str) -> float | None:
-        """The typical spacing of one prober's results, if it has several."""
-        return median_gap(self._series.get((check, target, agent), {}))
+        """The typical spacing of one prober's results; for a prober with too few, that of the
+        target's other probers (they run the same check)."""
+        own = median_gap(self._series.get((check, target, agent), {}))
+        if own is not None:
+            return own
+        others = [g for (c, t, a), series in self._series.items()
+                  if (c, t) == (check, target) and a != agent
+                  and (g := median_gap(series)) is not None]  # fmt: skip
+        return statistics.median(others) if others else None
 
 
 def median_gap(timestamps: Iterable[float]) -> float | None:
@@ -294,6 +301,9 @@ def prober_rows(history: Sequence[Sample], latest: Sequence[Sample], now: float,
     """Per prober: its latest result (when known) and its statistics over the window."""
     agents = sorted({s.agent for s in history} | {s.agent for s in latest})
     newest = {s.agent: s for s in sorted(latest, key=lambda s: s.timestamp)}
+    gaps = [g for a in agents
+            if (g := median_gap(s.timestamp for s in history if s.agent == a)) is not None]
+    usual = statistics.median(gaps) if gaps else None  # a prober with one sample: the others'
     rows = []
     for agent in agents:
         mine = tuple(s for s in history if s.agent == agent and s.timestamp >= now - window)
@@ -302,7 +312,8 @@ def prober_rows(history: Sequence[Sample], latest: Sequence[Sample], now: float,
             continue
         total = sum(s.count for s in mine)
         loss = (sum(s.loss * s.count for s in mine) / total) if total else last.loss
-        stale = now - last.timestamp > stale_after(median_gap(s.timestamp for s in mine))
+        stale = now - last.timestamp > stale_after(
+            median_gap(s.timestamp for s in mine) or usual)
         status = ("stale" if stale else "FAIL" if not last.success
                   else "LOSSY" if loss > 0 else "ok")  # fmt: skip
         rows.append(ProberRow(agent, status,

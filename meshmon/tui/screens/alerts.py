@@ -12,15 +12,17 @@ from meshmon.tui.source import DataSource
 from meshmon.tui.summary import ago
 from meshmon.tui.widgets import Cell, LiveTable, Note, styled
 
-COLUMNS = ("STATE", "ALERT", "TARGET", "SINCE", "SUMMARY")
+COLUMNS = ("STATE", "RULE", "CHECK", "TARGET", "SINCE", "FOR", "PROBERS")
+STATE_STYLE = {"firing": "DOWN", "failing here": "LOSSY", "resolved": "stale"}
 
 
 class AlertsScreen(LiveScreen):
-    """Firing and recent alerts (filled in by the agent's alerting)."""
+    """Firing and recent incidents, and what this agent alone calls failing."""
 
     NAME = "Alerts"
-    SUMMARY = ("alerts firing now, then those resolved recently; says so plainly when the "
-               "agent evaluates no alert rules")  # fmt: skip
+    SUMMARY = ("incidents firing now (the probers agreed), what this agent alone calls failing "
+               "(not agreed: a path of its own, perhaps), then resolved ones; says so plainly "
+               "when no rules are configured or the agent has no alerting")  # fmt: skip
 
     def __init__(self) -> None:
         super().__init__()
@@ -41,20 +43,30 @@ class AlertsScreen(LiveScreen):
             note.update(Text(a.note, style="yellow"))
             table.display = False
             return
-        table.display = True
-        if a.rules == 0:
-            note.update(Text("No alert rules configured: nothing can fire. Add rules to the "
-                             "agents' configs to be alerted.", style="yellow"))  # fmt: skip
-        else:
-            line = Text(f"{a.rules} rules · ")
-            line.append(f"{len(a.firing)} firing", style="bold red" if a.firing else "green")
-            line.append(f" · {len(a.recent)} recent")
-            note.update(line)
+        table.display = bool(a.alerts)
+        if not a.enabled or not a.rules:
+            note.update(Text("No alert rules configured: nothing can fire. Add [[alerts.rules]] "
+                             "to the agents' configs to be alerted." if a.enabled else
+                             "Alerting is switched off in this agent's config "
+                             "(alerts.enabled = false).", style="yellow"))  # fmt: skip
+            return
+        here = sum(1 for x in a.alerts if x.state == "failing here")
+        line = Text(f"{len(a.rules)} rules · ")
+        line.append(f"{a.firing} firing", style="bold red" if a.firing else "green")
+        line.append(f" · {here} failing here only · notifies "
+                    f"{', '.join(a.receivers) or 'nobody (no receivers)'}")
+        if a.impaired:
+            line.append("\nthis agent's vantage point is impaired: its own verdicts are set "
+                        "aside", style="yellow")  # fmt: skip
+        if a.delivery_error:
+            line.append(f"\nlast delivery error: {a.delivery_error}", style="red")
+        note.update(line)
         now = self.tui.source.now()
         rows: list[tuple[str, list[Cell]]] = [
-            (f"{group}\t{x.name}\t{x.target}",
-             [styled(x.state, "DOWN" if group == "firing" else "stale"), x.name, x.target,
-              ago(x.since, now), x.summary])
-            for group, items in (("firing", a.firing), ("recent", a.recent)) for x in items
+            (f"{x.state}\t{x.rule}\t{x.check}\t{x.target}\t{x.since}",
+             [styled(x.state, STATE_STYLE.get(x.state)), x.rule, x.check, x.target,
+              ago(x.since, now), ago(now - x.duration_s, now) if x.duration_s else "-",
+              ",".join(x.probers)])
+            for x in a.alerts
         ]  # fmt: skip
         table.show(rows)
