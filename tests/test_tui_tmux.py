@@ -85,6 +85,7 @@ def test_an_operator_walks_through_every_screen(mesh: LocalMesh, tmp_path: Path)
         assert "NAME" in screen and "127.0.0.93:19946" in screen
 
         term.keys("f")
+        term.shows("tag to show")  # the input line opens; then type, as a person would
         term.keys("west", "Enter")
         screen = term.shows("tag: west", "alive 2")
         assert "tui-1 " not in screen.split("NAME", 1)[1]  # only the west members listed

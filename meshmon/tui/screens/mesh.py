@@ -41,7 +41,8 @@ class MeshScreen(LiveScreen):
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
     DEFAULT_CSS = """
-    MeshScreen #tag { dock: bottom; display: none; }
+    MeshScreen #members { height: 1fr; }
+    MeshScreen #tag { display: none; }
     """
 
     def __init__(self) -> None:
