@@ -26,6 +26,7 @@ from typing import ClassVar
 from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from meshmon.tui.model import Status
@@ -127,7 +128,10 @@ class MeshmonApp(App[None]):
                 if message is not None:
                     screen.post_message(message)
             if isinstance(self.screen, LiveScreen):
-                self.screen.show_connection()
+                try:
+                    self.screen.show_connection()
+                except NoMatches:  # a screen still being composed: its resume draws it
+                    pass
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
