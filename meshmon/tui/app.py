@@ -128,10 +128,8 @@ class MeshmonApp(App[None]):
                 if message is not None:
                     screen.post_message(message)
             if isinstance(self.screen, LiveScreen):
-                try:
+                with contextlib.suppress(NoMatches):  # still being composed: resume draws it
                     self.screen.show_connection()
-                except NoMatches:  # a screen still being composed: its resume draws it
-                    pass
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
