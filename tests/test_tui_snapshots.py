@@ -114,6 +114,28 @@ def test_results_wide(snap_compare: Snap) -> None:
     assert snap_compare(app(), run_before=results_ready, terminal_size=(120, 30))
 
 
+class Partial(RecordedSource):
+    """The recording as if tui-3 had not answered the mesh-wide questions in time."""
+
+    async def get(self, path: str, **params: Any) -> Any:
+        body = await super().get(path, **params)
+        if not path.startswith("mesh/"):
+            return body
+        answers = {k: v for k, v in body["answers"].items() if k != "tui-3"}
+        return {**body, "answers": answers, "answered": len(answers), "partial": True,
+                "missing": {"tui-3": "timeout"}, "details": {"tui-3": "no answer within 1s"}}
+
+
+def test_results_partial(snap_compare: Snap) -> None:
+    partial = MeshmonApp(Partial(RECORDING), FAST)
+
+    async def run_before(pilot: Pilot[None]) -> None:
+        await results_ready(pilot)
+        assert "no answer from tui-3" in str(pilot.app.screen.query_one("#scope").content)
+
+    assert snap_compare(partial, run_before=run_before)
+
+
 def test_target_drilldown(snap_compare: Snap) -> None:
     async def run_before(pilot: Pilot[None]) -> None:
         await results_ready(pilot)

@@ -1,12 +1,14 @@
 """Results: one live line per target (every prober's latest), with a sparkline of recent RTT.
 
-Each refresh asks for every prober's latest result (one mesh-wide query); the sparklines grow
-from those answers, and each newly seen target's last few minutes are loaded once from its
-history, a few targets per refresh so that a big mesh does not stall the first one.
+Each refresh asks for every prober's latest result (one mesh-wide query) and shows it at once;
+the sparklines grow from those answers, and each newly seen target's last few minutes are
+loaded once from its history, a batch of targets per refresh, concurrently, so that neither a
+big mesh nor a slow agent holds up the first picture.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import ClassVar
 
 from textual.app import ComposeResult
@@ -38,8 +40,8 @@ COLUMNS = ("CHECK", "TARGET", "STATUS", "RTT ms", "LOSS", "JITTER", "RECENT", "A
 NARROW = 100
 """Below this many columns, targets are cut in the middle and sparklines are shorter, so the
 whole line fits an 80-column terminal."""
-BACKFILL_PER_REFRESH = 4
-"""Targets whose recent history is loaded per refresh (one history query each)."""
+BACKFILL_PER_REFRESH = 8
+"""Targets whose recent history is loaded per refresh (one history query each, concurrently)."""
 
 
 class ResultsScreen(LiveScreen):
@@ -74,15 +76,17 @@ class ResultsScreen(LiveScreen):
 
     async def fetch(self, source: DataSource) -> Fetched:
         latest = await source.latest()
+        todo = sorted({(s.check, s.target) for s in latest.data} - self.recent.backfilled)
+        if not todo:
+            return ResultsFetched(latest, [])
+        self.post_message(ResultsFetched(latest, []))  # show it now; history follows
         cfg = self.tui.config
         since = source.now() - cfg.recent_span
-        backfill: list[Sample] = []
-        todo = sorted({(s.check, s.target) for s in latest.data} - self.recent.backfilled)
-        for check, target in todo[:BACKFILL_PER_REFRESH]:
-            history = await source.history(check, target, since, cfg.history_points)
-            backfill += history.data
-            self.recent.backfilled.add((check, target))
-        return ResultsFetched(latest, backfill)
+        batch = todo[:BACKFILL_PER_REFRESH]  # asked at once: one slow agent delays them once
+        answers = await asyncio.gather(*(source.history(check, target, since, cfg.history_points)
+                                         for check, target in batch))  # fmt: skip
+        self.recent.backfilled.update(batch)
+        return ResultsFetched(latest, [s for answer in answers for s in answer.data])
 
     def on_results_fetched(self, message: ResultsFetched) -> None:
         now = self.tui.source.now()
