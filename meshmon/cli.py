@@ -10,6 +10,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from meshmon import pki
+from meshmon.cli_aggregator import aggregator_app
 from meshmon.cli_probe import probe_app
 from meshmon.configload import ConfigError, encode
 from meshmon.version import __version__
@@ -30,6 +31,7 @@ app.add_typer(cert_app, name="cert")
 app.add_typer(config_app, name="config")
 app.add_typer(agent_app, name="agent")
 app.add_typer(probe_app, name="probe")
+app.add_typer(aggregator_app, name="aggregator")
 
 from meshmon import cli_ops  # noqa: E402 - after the root app exists
 

@@ -24,6 +24,14 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="The agen
                                                 "(to find its control socket).")]  # fmt: skip
 SocketOpt = Annotated[Path | None, typer.Option("--socket", help="The agent's control socket.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+AggregatorOpt = Annotated[str | None, typer.Option(
+    "--aggregator", help="Ask this aggregator (https://HOST:PORT) instead of the local agent; "
+    "trusts the mesh CA from --ca or the -c config, authenticates with --token or the -c "
+    "config's certificate.")]  # fmt: skip
+TokenOpt = Annotated[str | None, typer.Option("--token", help="With --aggregator: a bearer "
+                                              "token (env MESHMON_TOKEN).")]  # fmt: skip
+CaOpt = Annotated[Path | None, typer.Option("--ca", help="With --aggregator: the mesh CA "
+                                            "certificate (env MESHMON_CA_CERT).")]  # fmt: skip
 
 
 def socket_path(config: Path | None, socket: Path | None) -> Path:
@@ -129,6 +137,27 @@ def store_lines(store: dict[str, Any]) -> list[str]:
     return lines
 
 
+def sync_lines(sync: dict[str, Any]) -> list[str]:
+    """The upload to the aggregator in words: where, how far behind, what was lost, why not."""
+    state = sync.get("state", "off")
+    if state == "off":
+        return [f"sync: off ({sync.get('reason', 'no aggregator')})"]
+    if state == "no-aggregator":
+        return ["sync: waiting for an aggregator URL"]
+    where = sync.get("url") or "-"
+    if sync.get("aggregator"):
+        where += f" (aggregator {sync['aggregator']})"
+    lines = [f"sync: {state} to {where}: {sync.get('behind', 0)} results behind, cursor at seq "
+             f"{sync.get('cursor')}, {sync.get('lost', 0)} lost (overwritten before upload), "
+             f"last success {clock(sync.get('last_success'))}"]  # fmt: skip
+    if sync.get("last_error"):
+        lines.append(f"  last error {clock(sync.get('last_error_at'))}: {sync['last_error']}")
+    if state == "backoff":
+        lines.append(f"  retrying in {sync.get('backoff_s', 0):g}s "
+                     f"({sync.get('failures', 0)} failed round(s))")  # fmt: skip
+    return lines
+
+
 def register(app: typer.Typer) -> None:
     """Add the operator commands to the root ``meshmon`` app."""
 
@@ -143,6 +172,8 @@ def register(app: typer.Typer) -> None:
             return
         if "store" in data:
             typer.echo("\n".join(store_lines(data["store"])))
+        if "sync" in data:
+            typer.echo("\n".join(sync_lines(data["sync"])))
         for key, value in data.items():
             if isinstance(value, dict):
                 typer.echo(f"{key}:")
@@ -153,9 +184,20 @@ def register(app: typer.Typer) -> None:
 
     @app.command("members")
     def members(
-        config: ConfigOpt = None, socket: SocketOpt = None, as_json: JsonOpt = False
-    ) -> None:
-        """List the mesh members as this agent sees them."""
+        config: ConfigOpt = None, socket: SocketOpt = None, as_json: JsonOpt = False,
+        aggregator: AggregatorOpt = None, token: TokenOpt = None, ca: CaOpt = None,
+        reporter: Annotated[str | None, typer.Option(
+            help="With --aggregator: only this agent's view.")] = None,
+    ) -> None:  # fmt: skip
+        """List the mesh members as this agent sees them (or, with --aggregator, as every
+        agent last reported them)."""
+        if aggregator is not None:
+            from meshmon.cli_aggregator import members_from_aggregator
+
+            members_from_aggregator(aggregator, token, ca, config, reporter, as_json)
+            return
+        if reporter is not None or token is not None or ca is not None:
+            raise typer.BadParameter("--reporter, --token and --ca go with --aggregator URL")
         data = fetch(config, socket, "members")
         typer.echo(json.dumps(data, indent=2) if as_json else members_table(data))
 
@@ -192,8 +234,24 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float | None, typer.Option(help="With --mesh: seconds to wait for "
                                                       "the other agents.")] = None,
         as_json: JsonOpt = False,
-    ) -> None:
-        """Show results from the agent's local store (or, with --mesh, from every agent)."""
+        aggregator: AggregatorOpt = None, token: TokenOpt = None, ca: CaOpt = None,
+        agent: Annotated[str | None, typer.Option(
+            help="With --aggregator: only results measured by this agent.")] = None,
+    ) -> None:  # fmt: skip
+        """Show results from the agent's local store (or, with --mesh, from every agent; with
+        --aggregator, from the central history of every agent, --since defaulting to 1h)."""
+        if aggregator is not None:
+            if mesh:
+                raise typer.BadParameter("--mesh and --aggregator are two different sources; "
+                                         "pick one")  # fmt: skip
+            from meshmon.cli_aggregator import results_from_aggregator
+
+            results_from_aggregator(aggregator, token, ca, config, check=check, target=target,
+                                    agent=agent, since=since, limit=limit, latest=latest,
+                                    as_json=as_json)  # fmt: skip
+            return
+        if agent is not None or token is not None or ca is not None:
+            raise typer.BadParameter("--agent, --token and --ca go with --aggregator URL")
         if mesh:
             if since is not None:
                 typer.echo("error: --mesh shows the newest results; for a time range use "

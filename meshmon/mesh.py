@@ -325,5 +325,7 @@ class MeshService:
                 # this agent itself, or a member dead or gone)
                 "rtt_ms": None if seconds is None else round(seconds * 1000, 3),
             })  # fmt: skip
+            if m.meta.sync_urls:
+                out[-1]["sync_urls"] = list(m.meta.sync_urls)
         return out
 
