@@ -37,7 +37,8 @@ from tests.harness import LocalMesh
 
 PORT = 19746
 SIZE = (120, 40)
-WAIT = 30.0
+WAIT = 60.0
+"""Seconds to wait for something to show: generous, the machine may be busy."""
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ class Tmux:
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", self.name)
 
-    def shows(self, *texts: str, timeout: float = 30.0) -> str:
+    def shows(self, *texts: str, timeout: float = 60.0) -> str:
         """Wait until the screen shows every one of ``texts`` (a text wrapped over two lines
         counts); the screen."""
         last = [""]
