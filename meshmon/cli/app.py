@@ -10,6 +10,7 @@ module                  commands
 :mod:`.mesh`            ``matrix``, ``history`` (and ``results --mesh``)
 :mod:`.probe`           ``probe ping | trace | tcp | udp | http | tls | ...``
 :mod:`.aggregator`      ``aggregator run | status | token``
+:mod:`.tui`             ``tui``
 ======================  ===========================================================
 
 Every read command takes ``--json``. Exit codes mean one thing each: 0 ok, 1 findings (a
@@ -24,7 +25,7 @@ from typing import Annotated
 
 import typer
 
-from meshmon.cli import agent, mesh, ops
+from meshmon.cli import agent, mesh, ops, tui
 from meshmon.cli.aggregator import aggregator_app
 from meshmon.cli.config import config_app
 from meshmon.cli.pki import ca_app, cert_app
@@ -45,6 +46,7 @@ app.add_typer(aggregator_app, name="aggregator")
 agent.register(app)
 ops.register(app)
 mesh.register(app)
+tui.register(app)
 
 
 def _version(value: bool) -> None:
