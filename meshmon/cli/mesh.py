@@ -130,7 +130,7 @@ def mesh_results(config: Path | None, socket: Path | None, check: str | None,
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``matrix`` and ``history`` to the root app (``results --mesh`` is in cli_ops)."""
+    """Add ``matrix`` and ``history`` to the root app (``results --mesh`` is in :mod:`.ops`)."""
 
     @app.command("matrix")
     def matrix(
