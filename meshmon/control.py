@@ -16,7 +16,9 @@ Endpoints (all ``GET``, all JSON):
                       ``sync``: the upload to the aggregator (``state``, ``url``, ``aggregator``,
                       ``cursor``, ``acked``, ``behind``, ``lost``, ``last_success``,
                       ``last_error``, ``failures``, ``backoff_s``..., see meshmon.sync)
-``/v1/members``       the membership view
+``/v1/members``       the membership view; ``rtt_ms`` is the latest direct gossip ping's round
+                      trip from this agent (null for itself, members not yet pinged, and
+                      members dead or gone)
 ``/v1/assignments``   what this agent probes, who probes what, coverage per target
 ``/v1/results``       stored results; query ``check``, ``target``, ``since`` (seconds, or a
                       duration like ``10m``), ``until``, ``limit``, ``latest=1``

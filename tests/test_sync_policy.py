@@ -9,7 +9,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from meshmon.cli_ops import sync_lines
+from meshmon.cli.ops import sync_lines
 from meshmon.config import load_config
 from meshmon.configload import ConfigError
 from meshmon.membership import codec

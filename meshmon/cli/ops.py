@@ -9,86 +9,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from meshmon.configload import ConfigError
-from meshmon.control import BadParameter, ControlClient, ControlError
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="The agent's config file "
-                                                "(to find its control socket).")]  # fmt: skip
-SocketOpt = Annotated[Path | None, typer.Option("--socket", help="The agent's control socket.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-AggregatorOpt = Annotated[str | None, typer.Option(
-    "--aggregator", help="Ask this aggregator (https://HOST:PORT) instead of the local agent; "
-    "trusts the mesh CA from --ca or the -c config, authenticates with --token or the -c "
-    "config's certificate.")]  # fmt: skip
-TokenOpt = Annotated[str | None, typer.Option("--token", help="With --aggregator: a bearer "
-                                              "token (env MESHMON_TOKEN).")]  # fmt: skip
-CaOpt = Annotated[Path | None, typer.Option("--ca", help="With --aggregator: the mesh CA "
-                                            "certificate (env MESHMON_CA_CERT).")]  # fmt: skip
-
-
-def socket_path(config: Path | None, socket: Path | None) -> Path:
-    """Where the agent's control API listens, from the options or the environment."""
-    if socket:
-        return socket
-    if os.environ.get("MESHMON_SOCKET"):
-        return Path(os.environ["MESHMON_SOCKET"])
-    config = config or (Path(os.environ["MESHMON_CONFIG"]) if os.environ.get("MESHMON_CONFIG")
-                        else None)  # fmt: skip
-    if config is None:
-        default = Path("/var/lib/meshmon/control.sock")
-        if default.exists():
-            return default
-        raise typer.BadParameter("pass --config AGENT.toml or --socket PATH of the running agent")
-    from meshmon.config import load_config
-
-    try:
-        return load_config(config).control_socket
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def fetch(config: Path | None, socket: Path | None, endpoint: str, *,
-          client_timeout: float = 5.0, **params: Any) -> Any:  # fmt: skip
-    """GET an endpoint or exit with the client's explanation."""
-    client = ControlClient(socket_path(config, socket), timeout=client_timeout)
-    try:
-        return client.get(endpoint, **params)
-    except BadParameter as exc:  # a usage error, as a bad option is
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except ControlError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    finally:
-        client.close()
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain aligned text table."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in cells)  # fmt: skip
-
-
-def ago(ts: float | None, now: float | None = None) -> str:
-    """``12s``, ``5m``, ``3h`` since ``ts``."""
-    if not ts:
-        return "-"
-    delta = max(0.0, (now or time.time()) - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if delta >= size:
-            return f"{delta / size:.0f}{unit}"
-    return f"{delta:.0f}s"
+from meshmon.cli.common import (
+    AggregatorOpt,
+    CaOpt,
+    ConfigOpt,
+    JsonOpt,
+    SocketOpt,
+    TokenOpt,
+    ago,
+    clock,
+    fetch,
+    table,
+)
 
 
 def members_table(members: list[dict[str, Any]]) -> str:
@@ -99,13 +36,6 @@ def members_table(members: list[dict[str, Any]]) -> str:
         for m in sorted(members, key=lambda m: m["name"])
     ]  # fmt: skip
     return table(("NAME", "ADDRESS", "STATE", "INC", "TAGS", "VERSION", "SINCE"), rows)
-
-
-def clock(ts: float | None) -> str:
-    """``HH:MM:SS`` (local time) and how long ago."""
-    if not ts:
-        return "-"
-    return f"{dt.datetime.fromtimestamp(ts).strftime('%H:%M:%S')} ({ago(ts)} ago)"
 
 
 def store_lines(store: dict[str, Any]) -> list[str]:
@@ -192,7 +122,7 @@ def register(app: typer.Typer) -> None:
         """List the mesh members as this agent sees them (or, with --aggregator, as every
         agent last reported them)."""
         if aggregator is not None:
-            from meshmon.cli_aggregator import members_from_aggregator
+            from meshmon.cli.aggregator import members_from_aggregator
 
             members_from_aggregator(aggregator, token, ca, config, reporter, as_json)
             return
@@ -244,7 +174,7 @@ def register(app: typer.Typer) -> None:
             if mesh:
                 raise typer.BadParameter("--mesh and --aggregator are two different sources; "
                                          "pick one")  # fmt: skip
-            from meshmon.cli_aggregator import results_from_aggregator
+            from meshmon.cli.aggregator import results_from_aggregator
 
             results_from_aggregator(aggregator, token, ca, config, check=check, target=target,
                                     agent=agent, since=since, limit=limit, latest=latest,
@@ -257,7 +187,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo("error: --mesh shows the newest results; for a time range use "
                            "meshmon history --check C --target T --since ...", err=True)
                 raise typer.Exit(2)
-            from meshmon.cli_mesh import mesh_results
+            from meshmon.cli.mesh import mesh_results
 
             mesh_results(config, socket, check, target, as_json, timeout)
             return

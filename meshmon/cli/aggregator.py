@@ -192,7 +192,7 @@ def status(
 
 def agents_table(agents: list[dict[str, Any]]) -> str:
     """Agents as a table: last sync, lag, records, skipped and lost counts."""
-    from meshmon.cli_ops import table
+    from meshmon.cli.common import table
 
     def age(seconds: float | None) -> str:
         if seconds is None:
@@ -230,7 +230,7 @@ def _token_call(config: Path | None, db: str | None, data: Path | None, fn: Any,
 
 
 def _print_tokens(rows: list[dict[str, Any]], as_json: bool) -> None:
-    from meshmon.cli_ops import table
+    from meshmon.cli.common import table
 
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -331,7 +331,7 @@ def results_from_aggregator(url: str, token: str | None, ca: Path | None, config
                             since: str | None, limit: int, latest: bool,
                             as_json: bool) -> None:  # fmt: skip
     """``meshmon results --aggregator URL``: the newest ``limit`` raw results in the range."""
-    from meshmon.cli_ops import table
+    from meshmon.cli.common import table
 
     client = client_for(url, token, ca, _agent_tls(config))
     data = ask(client, "GET", "/v1/results", {
@@ -353,7 +353,7 @@ def results_from_aggregator(url: str, token: str | None, ca: Path | None, config
 def members_from_aggregator(url: str, token: str | None, ca: Path | None, config: Path | None,
                             reporter: str | None, as_json: bool) -> None:  # fmt: skip
     """``meshmon members --aggregator URL``: every agent's last reported view."""
-    from meshmon.cli_ops import table
+    from meshmon.cli.common import table
 
     client = client_for(url, token, ca, _agent_tls(config))
     rows = ask(client, "GET", "/v1/members", {"reporter": reporter})
