@@ -31,6 +31,7 @@ from meshmon.control import ControlError, MeshQuery, ResultQuery, serve_control
 from meshmon.membership import NodeMeta, State
 from meshmon.membership.identity import address_allowed
 from meshmon.mesh import MeshService
+from meshmon.metrics.service import probe_series, serve_metrics
 from meshmon.net import PURPOSE_ECHO, ListenError, MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
 from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_probe_batch_encoded
@@ -49,7 +50,9 @@ from meshmon.startup import (
     open_data_store,
 )
 from meshmon.store import AsyncRingStore, RecordDropped
+from meshmon.sync import AggregatorUrls, Uploader
 from meshmon.version import __version__
+from meshmon.wire.ingest import MemberReport
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +103,14 @@ class Agent:
         self._sink_error_logged = -STORE_ERROR_LOG_EVERY
         self._sink_errors_logged = 0
         self._crl_mtime = 0.0
+        self.sync_urls = AggregatorUrls(config.sync.all_urls, config.sync.learn)
+        """Aggregators: configured, then learnt from members' metadata."""
+        self.uploader: Uploader | None = None
+        """Runs once an aggregator URL is known; never in a serverless mesh."""
+        self._nursery: trio.Nursery | None = None
+        self._reports: tuple[MemberReport, ...] | None = None
         self.alerts: AlertService | None = None
+        self.probe_metrics = probe_series(config.metrics)  # None without a metrics listener
 
     @property
     def name(self) -> str:
@@ -135,6 +145,7 @@ class Agent:
             name=self.name, address=listen.advertise_address, udp_port=listen.udp_port,
             tcp_port=self.tcp_port, tags=self.identity.peer.tags, version=__version__,
             cert_fingerprint=bytes.fromhex(self.identity.peer.fingerprint),
+            sync_urls=self.config.sync.all_urls if self.config.sync.advertise else (),
         )  # fmt: skip
 
     # --- running ------------------------------------------------------------------------------
@@ -144,7 +155,7 @@ class Agent:
         cfg = self.config
         listen = cfg.listen
         seeds = [split_host_port(s) for s in cfg.mesh.seeds]
-        async with open_data_store(cfg.node.data_dir, cfg.store) as store:
+        async with serve_metrics(self), open_data_store(cfg.node.data_dir, cfg.store) as store:
             self.store = store
             async with trio.open_nursery() as nursery:
                 transport = MeshTransport(self.identity, self.trust, TransportConfig(
@@ -171,6 +182,7 @@ class Agent:
                     await nursery.start(self.alerts.run)
                 nursery.start_soon(seed_watch.run, self.mesh)
                 await nursery.start(self.scheduler.run)
+                self._nursery = nursery
                 self._view_changed()
                 nursery.start_soon(self._watch_crl_file)
                 try:
@@ -254,6 +266,40 @@ class Agent:
 
     def _view_changed(self) -> None:
         self.scheduler.update(self.config.checks, self.view())
+        self._reports = None
+        if self.mesh is not None and self.sync_urls.learn:
+            live = (State.ALIVE, State.SUSPECT)
+            advertised = [(m.meta.name, m.meta.sync_urls) for m in self.mesh.core.members()
+                          if m.meta.sync_urls and m.state in live and m.meta.name != self.name]
+            if self.sync_urls.update(advertised):
+                log.info("aggregator URL(s) learnt from members: %s",
+                         "; ".join(f"{url} (from {', '.join(names)})"
+                                   for url, names in self.sync_urls.learnt.items()))  # fmt: skip
+                if self.uploader is not None:
+                    self.uploader.wake()
+        self._start_sync()
+
+    def _start_sync(self) -> None:
+        """Start the uploader once an aggregator URL is known (configured or learnt)."""
+        if self.uploader is not None or self._nursery is None or self.store is None:
+            return
+        if not self.sync_urls.all():
+            return
+        self.uploader = Uploader(self.store, self.identity, self.trust, self.config.sync,
+                                 self.sync_urls.all, self._member_reports)  # fmt: skip
+        self._nursery.start_soon(self.uploader.run)
+
+    def _member_reports(self) -> tuple[MemberReport, ...]:
+        """The membership view as the aggregator keeps it (this agent's own view; rebuilt only
+        after a change of the view)."""
+        if self.mesh is None:
+            return ()
+        if self._reports is None:
+            self._reports = tuple(
+                MemberReport(m.meta.name, m.state.name.lower(), m.incarnation, m.meta.address,
+                             tuple(m.meta.tags), m.meta.version)
+                for m in sorted(self.mesh.core.members(), key=lambda m: m.meta.name))  # fmt: skip
+        return self._reports
 
     def _context(self, check: str) -> ProbeContext:
         assert self.probe_context is not None
@@ -295,6 +341,8 @@ class Agent:
         assert self.store is not None
         if self.alerts is not None and self.alerts.active:
             self._observe(items)
+        if self.probe_metrics is not None:
+            self.probe_metrics.record(items)
         records = [(one.started_at, a.check, a.target,
                     stored_value(one.data if type(one) is EncodedResult else encode_result(one),
                                  degraded))
@@ -340,7 +388,8 @@ class Agent:
             stats = self.store.stats()
             health = stats.health
             status["store"] = {
-                "state": health["state"], "records": stats.records, "bytes": stats.bytes,
+                "state": health["state"], "id": stats.store_id, "records": stats.records,
+                "bytes": stats.bytes,
                 "capacity_bytes": stats.capacity_bytes, "segments": stats.segments,
                 "newest_seq": stats.newest_seq, "durable_seq": stats.durable_seq,
                 "dropped_records": stats.dropped_records, "buffered": health["buffered"],
@@ -359,6 +408,13 @@ class Agent:
                 status["degraded"] = True
                 status["degraded_reason"] = (f"store {health['state']}: "
                                              f"{health.get('reason', 'writes refused')}")
+        if self.uploader is not None:
+            status["sync"] = self.uploader.status()
+        else:
+            status["sync"] = {"state": "off",
+                              "reason": "no aggregator URL configured or learnt from members"}
+        if self.sync_urls.learnt:
+            status["sync"]["learnt"] = {u: list(n) for u, n in self.sync_urls.learnt.items()}
         if self.transport is not None:
             status["dropped_datagrams"] = dict(self.transport.drops)
             status["refused_connections"] = dict(self.transport.admission.counts)

@@ -12,8 +12,13 @@ Endpoints (all ``GET``, all JSON):
 ``/v1/status``        identity, uptime, version, config version, store stats and health
                       (``state`` ok/failing/failed, ``since``, ``reason``, ``advice``,
                       ``buffered``, ``lost``, ``last_outage``, ``recovery_report``), loss
-                      counters, degraded flag (and ``degraded_reason`` when the store fails)
-``/v1/members``       the membership view
+                      counters, degraded flag (and ``degraded_reason`` when the store fails),
+                      ``sync``: the upload to the aggregator (``state``, ``url``, ``aggregator``,
+                      ``cursor``, ``acked``, ``behind``, ``lost``, ``last_success``,
+                      ``last_error``, ``failures``, ``backoff_s``..., see meshmon.sync)
+``/v1/members``       the membership view; ``rtt_ms`` is the latest direct gossip ping's round
+                      trip from this agent (null for itself, members not yet pinged, and
+                      members dead or gone)
 ``/v1/assignments``   what this agent probes, who probes what, coverage per target
 ``/v1/results``       stored results; query ``check``, ``target``, ``since`` (seconds, or a
                       duration like ``10m``), ``until``, ``limit``, ``latest=1``

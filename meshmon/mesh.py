@@ -50,6 +50,7 @@ from meshmon.membership import (
     Membership,
     MembershipConfig,
     NodeMeta,
+    State,
     StreamKind,
     StreamRequest,
     UserEvent,
@@ -311,13 +312,20 @@ class MeshService:
         """The view for the control API."""
         now = trio.current_time()
         wall = time.time()
+        rtt = self.core.rtt
         out = []
         for m in self.core.members():
+            seconds = rtt.get(m.meta.name) if m.state in (State.ALIVE, State.SUSPECT) else None
             out.append({
                 "name": m.meta.name, "address": m.meta.address, "udp_port": m.meta.udp_port,
                 "tcp_port": m.meta.tcp_port, "state": m.state.name.lower(),
                 "incarnation": m.incarnation, "tags": list(m.meta.tags),
                 "version": m.meta.version, "since": wall - max(0.0, now - m.since),
+                # the latest direct gossip ping's round trip from this agent (None: not yet,
+                # this agent itself, or a member dead or gone)
+                "rtt_ms": None if seconds is None else round(seconds * 1000, 3),
             })  # fmt: skip
+            if m.meta.sync_urls:
+                out[-1]["sync_urls"] = list(m.meta.sync_urls)
         return out
 

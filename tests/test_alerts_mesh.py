@@ -196,8 +196,13 @@ resolve_for = "6s"
             link(up)
             time.sleep(2)
         link(True)
-        wait_for("the incident resolved", lambda: any(
-            b["event"] == "resolved" for b in hook.bodies), timeout=40)
+        # under heavy load, results taken while an agent was starved are left out (degraded),
+        # so quorum may take longer: wait generously, the assertion is about the count
+        try:
+            wait_for("the incident resolved", lambda: any(
+                b["event"] == "resolved" for b in hook.bodies), timeout=90)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; notifications: {hook.events()}") from None
         assert [e for e, _ in hook.events()] == ["firing", "resolved"]
     finally:
         mesh.close()

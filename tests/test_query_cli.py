@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshmon.cli_mesh import history_table, latest_table, matrix_tables, partial_lines
+from meshmon.cli.mesh import history_table, latest_table, matrix_tables, partial_lines
 
 
 def envelope(**extra: Any) -> dict[str, Any]:

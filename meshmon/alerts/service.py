@@ -40,12 +40,13 @@ from meshmon.alerts.notify import (
 from meshmon.alerts.quorum import Digest, VerdictBoard
 from meshmon.logs import RateLimitedLog
 from meshmon.membership import NodeMeta
+from meshmon.wire.ingest import INCIDENT_CHECK
 
 log = logging.getLogger("meshmon.alerts")
 
 KEY_PREFIX = "alerts/"
-STORE_CHECK = "_alerts"
-"""The ring store's reserved check name for incident history."""
+STORE_CHECK = INCIDENT_CHECK
+"""The ring store's reserved check name for incident history (synced to the aggregator)."""
 TICK = 1.0
 REFRESH = 20.0
 """A digest that lists something is re-published this often; receivers expire it after

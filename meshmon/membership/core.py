@@ -356,8 +356,9 @@ class Membership(MemberTable):
     def _on_ack(self, now: float, seq: int) -> None:
         probe = self._probe
         if probe is not None and probe.seq == seq:
-            if not probe.indirect:
+            if not probe.indirect:  # a direct answer: its delay is this member's round trip
                 self._change_awareness(-1)
+                self.rtt[probe.target.meta.name] = now - probe.started_at
             self._probe = None
             return
         relay = self._relays.pop(seq, None)
@@ -503,7 +504,7 @@ class Membership(MemberTable):
             return
         self._seq += 1
         timeout = timing.scale_by_awareness(cfg.probe_timeout, self._awareness)
-        self._probe = ProbeRound(self._seq, target, now + timeout, now + interval)
+        self._probe = ProbeRound(self._seq, target, now, now + timeout, now + interval)
         primary = [codec.encode_message(Ping(self._seq, target.meta.name, self._name))]
         if target.state is SUSPECT and cfg.lifeguard:  # the buddy rule: tell it, so it refutes
             primary.append(codec.encode_message(Suspect(target.incarnation, target.meta.name,
@@ -523,8 +524,7 @@ class Membership(MemberTable):
         probe.expected_nacks = len(helpers) if cfg.lifeguard else 0
         if cfg.tcp_ping:
             probe.tcp_token = self._request_stream(now, StreamKind.PING, target.tcp_addr,
-                                                   target.name, join=False,
-                                                   deadline=probe.end_at)
+                                                   target.name, join=False, deadline=probe.end_at)
 
     def _probe_end(self, now: float, probe: ProbeRound) -> None:
         self._probe = None

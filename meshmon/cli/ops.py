@@ -9,78 +9,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from meshmon.configload import ConfigError
-from meshmon.control import BadParameter, ControlClient, ControlError
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="The agent's config file "
-                                                "(to find its control socket).")]  # fmt: skip
-SocketOpt = Annotated[Path | None, typer.Option("--socket", help="The agent's control socket.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def socket_path(config: Path | None, socket: Path | None) -> Path:
-    """Where the agent's control API listens, from the options or the environment."""
-    if socket:
-        return socket
-    if os.environ.get("MESHMON_SOCKET"):
-        return Path(os.environ["MESHMON_SOCKET"])
-    config = config or (Path(os.environ["MESHMON_CONFIG"]) if os.environ.get("MESHMON_CONFIG")
-                        else None)  # fmt: skip
-    if config is None:
-        default = Path("/var/lib/meshmon/control.sock")
-        if default.exists():
-            return default
-        raise typer.BadParameter("pass --config AGENT.toml or --socket PATH of the running agent")
-    from meshmon.config import load_config
-
-    try:
-        return load_config(config).control_socket
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def fetch(config: Path | None, socket: Path | None, endpoint: str, *,
-          client_timeout: float = 5.0, **params: Any) -> Any:  # fmt: skip
-    """GET an endpoint or exit with the client's explanation."""
-    client = ControlClient(socket_path(config, socket), timeout=client_timeout)
-    try:
-        return client.get(endpoint, **params)
-    except BadParameter as exc:  # a usage error, as a bad option is
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except ControlError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    finally:
-        client.close()
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain aligned text table."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in cells)  # fmt: skip
-
-
-def ago(ts: float | None, now: float | None = None) -> str:
-    """``12s``, ``5m``, ``3h`` since ``ts``."""
-    if not ts:
-        return "-"
-    delta = max(0.0, (now or time.time()) - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if delta >= size:
-            return f"{delta / size:.0f}{unit}"
-    return f"{delta:.0f}s"
+from meshmon.cli.common import (
+    AggregatorOpt,
+    CaOpt,
+    ConfigOpt,
+    JsonOpt,
+    SocketOpt,
+    TokenOpt,
+    ago,
+    clock,
+    fetch,
+    table,
+)
 
 
 def members_table(members: list[dict[str, Any]]) -> str:
@@ -91,13 +36,6 @@ def members_table(members: list[dict[str, Any]]) -> str:
         for m in sorted(members, key=lambda m: m["name"])
     ]  # fmt: skip
     return table(("NAME", "ADDRESS", "STATE", "INC", "TAGS", "VERSION", "SINCE"), rows)
-
-
-def clock(ts: float | None) -> str:
-    """``HH:MM:SS`` (local time) and how long ago."""
-    if not ts:
-        return "-"
-    return f"{dt.datetime.fromtimestamp(ts).strftime('%H:%M:%S')} ({ago(ts)} ago)"
 
 
 def store_lines(store: dict[str, Any]) -> list[str]:
@@ -129,6 +67,27 @@ def store_lines(store: dict[str, Any]) -> list[str]:
     return lines
 
 
+def sync_lines(sync: dict[str, Any]) -> list[str]:
+    """The upload to the aggregator in words: where, how far behind, what was lost, why not."""
+    state = sync.get("state", "off")
+    if state == "off":
+        return [f"sync: off ({sync.get('reason', 'no aggregator')})"]
+    if state == "no-aggregator":
+        return ["sync: waiting for an aggregator URL"]
+    where = sync.get("url") or "-"
+    if sync.get("aggregator"):
+        where += f" (aggregator {sync['aggregator']})"
+    lines = [f"sync: {state} to {where}: {sync.get('behind', 0)} results behind, cursor at seq "
+             f"{sync.get('cursor')}, {sync.get('lost', 0)} lost (overwritten before upload), "
+             f"last success {clock(sync.get('last_success'))}"]  # fmt: skip
+    if sync.get("last_error"):
+        lines.append(f"  last error {clock(sync.get('last_error_at'))}: {sync['last_error']}")
+    if state == "backoff":
+        lines.append(f"  retrying in {sync.get('backoff_s', 0):g}s "
+                     f"({sync.get('failures', 0)} failed round(s))")  # fmt: skip
+    return lines
+
+
 def register(app: typer.Typer) -> None:
     """Add the operator commands to the root ``meshmon`` app."""
 
@@ -143,6 +102,8 @@ def register(app: typer.Typer) -> None:
             return
         if "store" in data:
             typer.echo("\n".join(store_lines(data["store"])))
+        if "sync" in data:
+            typer.echo("\n".join(sync_lines(data["sync"])))
         for key, value in data.items():
             if isinstance(value, dict):
                 typer.echo(f"{key}:")
@@ -153,9 +114,20 @@ def register(app: typer.Typer) -> None:
 
     @app.command("members")
     def members(
-        config: ConfigOpt = None, socket: SocketOpt = None, as_json: JsonOpt = False
-    ) -> None:
-        """List the mesh members as this agent sees them."""
+        config: ConfigOpt = None, socket: SocketOpt = None, as_json: JsonOpt = False,
+        aggregator: AggregatorOpt = None, token: TokenOpt = None, ca: CaOpt = None,
+        reporter: Annotated[str | None, typer.Option(
+            help="With --aggregator: only this agent's view.")] = None,
+    ) -> None:  # fmt: skip
+        """List the mesh members as this agent sees them (or, with --aggregator, as every
+        agent last reported them)."""
+        if aggregator is not None:
+            from meshmon.cli.aggregator import members_from_aggregator
+
+            members_from_aggregator(aggregator, token, ca, config, reporter, as_json)
+            return
+        if reporter is not None or token is not None or ca is not None:
+            raise typer.BadParameter("--reporter, --token and --ca go with --aggregator URL")
         data = fetch(config, socket, "members")
         typer.echo(json.dumps(data, indent=2) if as_json else members_table(data))
 
@@ -192,14 +164,30 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float | None, typer.Option(help="With --mesh: seconds to wait for "
                                                       "the other agents.")] = None,
         as_json: JsonOpt = False,
-    ) -> None:
-        """Show results from the agent's local store (or, with --mesh, from every agent)."""
+        aggregator: AggregatorOpt = None, token: TokenOpt = None, ca: CaOpt = None,
+        agent: Annotated[str | None, typer.Option(
+            help="With --aggregator: only results measured by this agent.")] = None,
+    ) -> None:  # fmt: skip
+        """Show results from the agent's local store (or, with --mesh, from every agent; with
+        --aggregator, from the central history of every agent, --since defaulting to 1h)."""
+        if aggregator is not None:
+            if mesh:
+                raise typer.BadParameter("--mesh and --aggregator are two different sources; "
+                                         "pick one")  # fmt: skip
+            from meshmon.cli.aggregator import results_from_aggregator
+
+            results_from_aggregator(aggregator, token, ca, config, check=check, target=target,
+                                    agent=agent, since=since, limit=limit, latest=latest,
+                                    as_json=as_json)  # fmt: skip
+            return
+        if agent is not None or token is not None or ca is not None:
+            raise typer.BadParameter("--agent, --token and --ca go with --aggregator URL")
         if mesh:
             if since is not None:
                 typer.echo("error: --mesh shows the newest results; for a time range use "
                            "meshmon history --check C --target T --since ...", err=True)
                 raise typer.Exit(2)
-            from meshmon.cli_mesh import mesh_results
+            from meshmon.cli.mesh import mesh_results
 
             mesh_results(config, socket, check, target, as_json, timeout)
             return

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meshmon.cli_ops import ConfigOpt, JsonOpt, SocketOpt, fetch, table
+from meshmon.cli.common import ConfigOpt, JsonOpt, SocketOpt, fetch, table
 
 TimeoutOpt = Annotated[float | None, typer.Option(
     "--timeout", help="Seconds to wait for the other agents (default 2).")]  # fmt: skip
@@ -130,7 +130,7 @@ def mesh_results(config: Path | None, socket: Path | None, check: str | None,
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``matrix`` and ``history`` to the root app (``results --mesh`` is in cli_ops)."""
+    """Add ``matrix`` and ``history`` to the root app (``results --mesh`` is in :mod:`.ops`)."""
 
     @app.command("matrix")
     def matrix(
