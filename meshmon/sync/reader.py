@@ -186,7 +186,8 @@ class AggregatorReader:
         status = response.status_code
         if status == 200 and body is not None:
             return body
-        message = body.get("error") if isinstance(body, dict) else None
+        message = (body.get("error") or body.get("database")) if isinstance(body, dict) \
+            else None  # fmt: skip
         if status == 200:
             raise ReadError(ERROR, f"{where}: the answer is not JSON", status)
         reason = REFUSED if status in (401, 403) else ERROR
