@@ -35,6 +35,9 @@ file and the key path (``aggregator.retention.raw_days``). A whole file looks li
     level = "info"
     format = "text"
 
+    [aggregator.metrics]              # Prometheus /metrics, /healthz, /readyz
+    listen = ""                       # e.g. "0.0.0.0:9108"; empty: no listener
+
 Paths and the database URL may be overridden from the environment, as the agent's are
 (``MESHMON_CA_CERT``, ``MESHMON_CERT``, ``MESHMON_KEY``, ``MESHMON_CRL``,
 ``MESHMON_AGGREGATOR_DATA``, ``MESHMON_DATABASE_URL``), so a container can mount secrets where
@@ -53,6 +56,7 @@ from typing import Any
 
 from meshmon.config import LogConfig, TlsConfig
 from meshmon.configload import ConfigError, FieldError, FieldErrors, Seconds, decode
+from meshmon.metrics.config import MetricsConfig
 
 DEFAULT_PORT = 7947
 """One above the agents' 7946, so one firewall rule range covers a meshmon deployment."""
@@ -176,6 +180,8 @@ class ServerConfig:
     rollups: RollupsConfig = field(default_factory=RollupsConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Prometheus metrics and health endpoints (:mod:`aggregator.metrics`); off by default."""
 
     def __post_init__(self) -> None:
         errors = []

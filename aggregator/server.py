@@ -122,11 +122,14 @@ async def run_service(
     from aggregator.auth import Authenticator, CrlWatch
     from aggregator.dbpool import Pool
     from aggregator.https import serve_https, server_context
+    from aggregator.metrics import serve_metrics
     from aggregator.writer import Ingestor, IngestorConfig
 
     log.info("identity %s (tags %s), CA %s, CRL number %d", identity.name,
              ",".join(identity.peer.tags), config.tls.ca_cert, trust.crl_number)  # fmt: skip
     async with contextlib.AsyncExitStack() as stack:
+        observed = await stack.enter_async_context(serve_metrics(config, identity.name,
+                                                                 ServiceError))  # fmt: skip
         url = config.database_url
         if not url:
             url = await _start_embedded(config, stack)
@@ -138,14 +141,16 @@ async def run_service(
             raise _connect_error(url, exc) from None
         log.info("database schema version %d (%s)", info.version,
                  "TimescaleDB" if info.timescale else "plain PostgreSQL")  # fmt: skip
-        pool = Pool(url, config.db_connections)
+        pool = observed.pool = Pool(url, config.db_connections)
         stack.callback(pool.close)
         retention = config.retention
         ingestor = Ingestor(url, info, IngestorConfig(
             raw_retention_days=retention.days("raw_days")))
         auth = Authenticator(pool, CrlWatch(trust, config.tls.crl))
-        services = Services(pool=pool, auth=auth, ingestor=ingestor, query=config.query)
-        app = create_app(services)
+        ingestor.on_write, observed.queued = observed.observe_write, ingestor.queued
+        services = Services(pool=pool, auth=auth, ingestor=observed.wrap_ingestor(ingestor),
+                            query=config.query)  # fmt: skip
+        app = observed.wrap_app(create_app(services))
         context = server_context(identity, trust)
         async with trio.open_nursery() as nursery:
 
@@ -167,6 +172,7 @@ async def run_service(
                 log.info("listening on %s (agents: mesh TLS; readers: tokens or mesh "
                          "certificates)", url_)  # fmt: skip
             _write_listening(config, urls)
+            observed.listening = bound
             stack.callback(_remove_listening, config)
             task_status.started(bound)
     log.info("stopped")

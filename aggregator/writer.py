@@ -384,6 +384,13 @@ class Ingestor:
         self.schema = schema
         self.config = config
         self._send: trio.MemorySendChannel[_Job] | None = None
+        self.on_write: Callable[[float], None] | None = None
+        """Called with the seconds of each batch's transaction (the COPY latency metric)."""
+
+    def queued(self) -> int:
+        """Batches waiting for a writer."""
+        send = self._send
+        return 0 if send is None else send.statistics().current_buffer_used
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the writers until cancelled (the batches in hand finish; queued ones get
@@ -433,11 +440,13 @@ class Ingestor:
         assert job.ack is not None
         return job.ack
 
-    @staticmethod
-    async def _work(writer: BatchWriter, receive: trio.MemoryReceiveChannel[_Job]) -> None:
+    async def _work(self, writer: BatchWriter, receive: trio.MemoryReceiveChannel[_Job]) -> None:
         async for job in receive:
+            started = time.perf_counter()
             try:
                 job.ack = await trio.to_thread.run_sync(writer.write, job.peer, job.batch)
+                if self.on_write is not None:
+                    self.on_write(time.perf_counter() - started)
             except (IngestRefused, DatabaseUnavailable) as exc:
                 job.error = exc
             except Exception as exc:

@@ -31,6 +31,7 @@ from meshmon.control import ControlError, MeshQuery, ResultQuery, serve_control
 from meshmon.membership import NodeMeta, State
 from meshmon.membership.identity import address_allowed
 from meshmon.mesh import MeshService
+from meshmon.metrics.service import probe_series, serve_metrics
 from meshmon.net import PURPOSE_ECHO, ListenError, MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
 from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_probe_batch
@@ -111,6 +112,7 @@ class Agent:
         self._nursery: trio.Nursery | None = None
         self._reports: tuple[MemberReport, ...] | None = None
         self.alerts: AlertService | None = None
+        self.probe_metrics = probe_series(config.metrics)  # None without a metrics listener
 
     @property
     def name(self) -> str:
@@ -155,7 +157,7 @@ class Agent:
         cfg = self.config
         listen = cfg.listen
         seeds = [split_host_port(s) for s in cfg.mesh.seeds]
-        async with open_data_store(cfg.node.data_dir, cfg.store) as store:
+        async with serve_metrics(self), open_data_store(cfg.node.data_dir, cfg.store) as store:
             self.store = store
             async with trio.open_nursery() as nursery:
                 transport = MeshTransport(self.identity, self.trust, TransportConfig(
@@ -347,6 +349,8 @@ class Agent:
         assert self.store is not None
         if self.alerts is not None and self.alerts.active:
             self._observe(items)
+        if self.probe_metrics is not None:
+            self.probe_metrics.record(items)
         records = [(one.started_at, a.check, a.target, [encode_result(one), degraded])
                    for a, results, degraded in items for one in results]  # fmt: skip
         try:

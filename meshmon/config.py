@@ -33,6 +33,7 @@ from meshmon.configload import (
     decode,
 )
 from meshmon.membership.config import PROFILES, MembershipConfig
+from meshmon.metrics.config import MetricsConfig
 from meshmon.probes.params import host_problem, split_target
 from meshmon.probes.registry import default_registry
 from meshmon.wire import ingest, urls
@@ -448,6 +449,8 @@ class AgentConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Prometheus metrics and health endpoints (:mod:`meshmon.metrics`); off by default."""
     checks: tuple[CheckConfig, ...] = ()
 
     def __post_init__(self) -> None:

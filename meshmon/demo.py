@@ -94,6 +94,23 @@ targets = ["http://127.0.0.1:{SERVICE_PORT}/"]
 replicas = 2
 params = {{ expect_status = 200 }}
 
+# alerts: a target is down when a majority of its probers agree (no receivers in the demo:
+# incidents show in `meshmon alerts` and the TUI's Alerts screen)
+[[alerts.rules]]
+name = "agent-unreachable"
+check = "mesh-ping"
+condition = "loss"
+fire = 50
+resolve = 10
+for = "15s"
+
+[[alerts.rules]]
+name = "web-down"
+check = "web-*"
+condition = "failures"
+fire = 2
+for = "10s"
+
 [[checks]]
 name = "web-tcp"
 kind = "tcp"
@@ -352,8 +369,21 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(directory: Path, count: int) -> None:
-    """Start the demo mesh, show it live, stop everything on Ctrl-C."""
+def _run_tui(config: Path, socket: Path, seed: subprocess.Popen[bytes], console: Any) -> None:
+    """Open the TUI on the first agent in this terminal; quitting it stops the demo."""
+    _wait_for_socket(socket, seed)
+    console.print(f"meshmon demo: opening the TUI on {config.parent.name} (q quits and stops the "
+                  f"demo; from another terminal: meshmon tui -c {config})")  # fmt: skip
+    tui = subprocess.run([sys.executable, "-m", "meshmon", "tui", "-c", str(config)], check=False)
+    if tui.returncode not in (0, 130):
+        raise DemoError(f"the TUI exited with status {tui.returncode}; the mesh is still "
+                        "inspectable with `meshmon status -c ...` next time (run the demo with "
+                        "--plain for the plain live table)", exit_code=1)  # fmt: skip
+
+
+def run_demo(directory: Path, count: int, tui: bool = True) -> None:
+    """Start the demo mesh, show it live (the TUI, or a plain table), stop everything on
+    Ctrl-C or when the TUI quits."""
     from rich.console import Console
     from rich.live import Live
 
@@ -378,6 +408,9 @@ def run_demo(directory: Path, count: int) -> None:
                     ))  # fmt: skip
                 if i == 0:  # the seed first, so the others join at once
                     _wait_for_socket(sockets[config.parent.name], procs[-1])
+            if tui:
+                _run_tui(configs[0], sockets[configs[0].parent.name], procs[-1], console)
+                return
             with Live(console=console, refresh_per_second=2) as live:
                 while True:
                     dead = [c.parent.name for c, p in zip(configs, procs[1:], strict=True)

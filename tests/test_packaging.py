@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from meshmon import pki
-from meshmon.config import AgentConfig, NodeConfig
+from meshmon.config import NodeConfig
 from tests.netns import add_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,9 +242,7 @@ def test_unprivileged_agent_pings_with_only_net_raw(image: Image, netns: str,
                                                     launch: str) -> None:  # fmt: skip
     folder = image.root / f"agent-{launch}"
     folder.mkdir()
-    # the metrics listener (and its /healthz, the image's HEALTHCHECK) once the agent has one
-    has_metrics = "metrics" in AgentConfig.__dataclass_fields__
-    config = write_agent(folder, 19108 if has_metrics else None)
+    config = write_agent(folder, 19108)  # its /healthz is the image's HEALTHCHECK
     if launch == "container":  # the console script: file capability, bounding set NET_RAW
         cmd = as_nobody(netns, CONTAINER_CAPS, image.meshmon, "agent", "run", "-c", config)
     else:  # systemd: ambient NET_RAW, an interpreter without any file capability
@@ -267,12 +265,12 @@ def test_unprivileged_agent_pings_with_only_net_raw(image: Image, netns: str,
         assert "IPv4 raw socket" in text  # the capability did it: ping sockets are off here
         owners = {p.stat().st_uid for p in (folder / "data").rglob("*")}
         assert owners == {65534}  # everything the agent wrote is the unprivileged user's
-        if has_metrics:  # the image's HEALTHCHECK, verbatim, where the container would run it
-            health = subprocess.run(["ip", "netns", "exec", netns, image.venv / "bin" / "python",
-                                     *healthcheck_command()[1:]],
-                                    env={"MESHMON_HEALTH_URL": "http://127.0.0.1:19108/healthz"},
-                                    capture_output=True, text=True, timeout=30)  # fmt: skip
-            assert health.returncode == 0, health.stderr
+        # the image's HEALTHCHECK, verbatim, where the container would run it
+        health = subprocess.run(["ip", "netns", "exec", netns, image.venv / "bin" / "python",
+                                 *healthcheck_command()[1:]],
+                                env={"MESHMON_HEALTH_URL": "http://127.0.0.1:19108/healthz"},
+                                capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert health.returncode == 0, health.stderr
     finally:
         proc.terminate()
         proc.wait(timeout=30)

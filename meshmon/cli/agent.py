@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -39,12 +40,16 @@ def demo(
     agents: Annotated[int, typer.Option(help="How many agents (on 127.0.0.2, .3, ...).")] = 3,
     directory: Annotated[Path, typer.Option("--dir", help="Where the demo's CA, certificates, "
                                             "configs and data go.")] = Path("demo-data"),
+    plain: Annotated[bool, typer.Option("--plain", help="A plain live table instead of the "
+                                        "TUI (also when the output is not a terminal).")]
+    = False,
 ) -> None:  # fmt: skip
-    """Start a local mesh on this machine with a fresh CA; Ctrl-C stops everything."""
+    """Start a local mesh (agents and an aggregator) with a fresh CA and open the TUI on it;
+    q in the TUI or Ctrl-C stops everything."""
     from meshmon.demo import DemoError, run_demo
 
     try:
-        run_demo(directory, agents)
+        run_demo(directory, agents, tui=not plain and sys.stdout.isatty())
     except pki.PkiError as exc:
         fail(str(exc))
     except DemoError as exc:
