@@ -120,7 +120,7 @@ lack (each agent's points from it are older than that agent's own ``oldest``)::
      "since": 1699990000.0, "until": 1699996400.0,
      "answers": {"agent-2": {"points": [...], "downsampled": false, "step_s": null,
                              "records": 120}},              # points as above
-     "truncated": false,                                    # the aggregator had more rows
+     "truncated": false,      # the aggregator had more rows (then "partial": true too)
      "missing": null}        # or {"reason": "timeout", "detail": "..."}: then "partial": true
 
 An agent whose store was wiped, or which no longer probes the series, still has its older

@@ -22,7 +22,7 @@ The envelope's ``archive`` key (:func:`render_archive`) carries them apart from 
 own answers, so every client can tell a point the agents hold from one the archive holds. An
 archive that does not answer by its deadline leaves ``answers`` empty and says why in
 ``missing`` (``timeout``, ``unreachable``, ``refused`` or ``error``, and a sentence); the whole
-answer is then ``partial``.
+answer is then ``partial``, as it is when the aggregator cut its rows short (``truncated``).
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ answer in an outcome has the same shape. Why an agent is missing:
 History archive: with :attr:`QueryService.archive` set (the agent sets it once it knows an
 aggregator), :meth:`QueryService.envelope` asks it for the part of a ``history`` question's
 range that no agent holds, after the agents answered and within as long again as the
-question's deadline; an archive that does not answer makes the answer ``partial`` and says
-why under ``archive.missing`` (:mod:`meshmon.query.archive`).
+question's deadline; an archive that does not answer (or cuts its answer short) makes the
+answer ``partial`` and says why under ``archive.missing`` (:mod:`meshmon.query.archive`).
 """
 
 from __future__ import annotations
@@ -318,7 +318,8 @@ class QueryService:
             out["archive"] = None
             if self.archive is not None:
                 out["archive"] = await self._archive(self.archive, question, outcome, limit)
-                if out["archive"] is not None and out["archive"]["missing"] is not None:
+                got = out["archive"]
+                if got is not None and (got["missing"] is not None or got["truncated"]):
                     out["partial"] = True
             out["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
         return out
