@@ -14,6 +14,7 @@ client certificates optional). The server puts the client certificate, if any, i
 ``GET  /v1/results``           results by range / check / target / agent, raw or rolled up
 ``GET  /v1/matrix``            latency and loss, probing agent x target agent, of a tag group
 ``GET  /v1/uptime``            uptime % per check and target over a range
+``GET  /v1/incidents``         alert incidents firing, and those resolved recently
 ``GET  /v1/whoami``            the caller as authenticated
 ``GET|POST /v1/tokens``,       token management (admin scope)
 ``DELETE /v1/tokens/{name}``
@@ -53,6 +54,7 @@ from aggregator.models import (
     AgentOut,
     ErrorOut,
     Health,
+    IncidentsOut,
     MatrixOut,
     MemberOut,
     ResultsOut,
@@ -362,6 +364,26 @@ def create_app(services: Services) -> FastAPI:
                                                                        agent), res)  # fmt: skip
         return _json({"start": queries.iso(lo), "end": queries.iso(hi), "resolution": res,
                       "targets": rows})  # fmt: skip
+
+    @app.get("/v1/incidents", tags=["query"], response_model=IncidentsOut, responses=ERRORS)
+    async def incidents(
+        _: Principal = Depends(reader),
+        since: Annotated[str, Query(description="Resolved incidents count as recent back to "
+                                    "this long ago, e.g. `24h`, `7d`.")] = "24h",
+        limit: Annotated[int, Query(ge=1, le=1000, description="Most recent (resolved) "
+                                    "incidents.")] = 100,
+    ) -> Response:  # fmt: skip
+        """Alert incidents as their notifying agents recorded them: those *firing* (a `firing`
+        event recorded and no `resolved` event, however old) and those resolved since `since`.
+        Agents record incidents in their stores and upload them with their results, so an
+        incident shows here once its notifier has synced."""
+        try:
+            span = parse_duration(since)
+        except ValueError as exc:
+            raise ApiError(400, f"since: {exc}", parameter="since") from None
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=span)
+        data = await services.pool.run(queries.incidents, start, limit)
+        return _json({"since": queries.iso(start), **data})
 
     @app.get("/v1/whoami", tags=["auth"], response_model=WhoAmI, responses=ERRORS)
     async def whoami(principal: Principal = Depends(reader)) -> Response:

@@ -163,6 +163,43 @@ class UptimeOut(Model):
     targets: list[UptimeRow]
 
 
+class IncidentOut(Model):
+    """One alert incident, described by its newest recorded event."""
+
+    id: str
+    kind: Literal["target", "vantage"]
+    """``target``: probers agreed a target fails; ``vantage``: a prober's own vantage point is
+    impaired (most of its targets failed at once)."""
+    rule: str
+    """The alert rule (``vantage-impaired`` for a vantage incident)."""
+    check: str
+    target: str
+    opened_at: str
+    resolved_at: str | None
+    """None while firing."""
+    probers: list[str]
+    """The probers that agreed when it opened."""
+    notifier: str
+    """The agent that notifies the receivers about it (as last recorded)."""
+    recorded_by: list[str]
+    """Every agent that recorded an event of it (a notifier that took it over records it too)."""
+    last_event: str
+    """When the newest event was recorded."""
+    duration_s: float
+    """Open for this long: until now while firing, until ``resolved_at`` once resolved."""
+
+
+class IncidentsOut(Model):
+    since: str
+    """Resolved incidents count as recent from this time on."""
+    firing: list[IncidentOut]
+    """Recorded as firing and never as resolved, oldest first (whatever their age)."""
+    recent: list[IncidentOut]
+    """Resolved since ``since``, newest first."""
+    truncated: bool
+    """More resolved incidents matched than ``limit``."""
+
+
 class TokenOut(Model):
     id: int
     name: str

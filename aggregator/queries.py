@@ -282,6 +282,54 @@ def matrix(conn: Any, tag: str, filters: Filters, resolution: Resolution,
     }  # fmt: skip
 
 
+# --- incidents ------------------------------------------------------------------------------
+
+
+def incidents(conn: Any, since: dt.datetime, limit: int) -> dict[str, Any]:
+    """Alert incidents as the notifying agents recorded them (``incidents``, one row per event).
+
+    An incident is *firing* when some agent recorded its ``firing`` event and none its
+    ``resolved`` event (whatever its age: a long outage stays on the list); it is *recent* when
+    a ``resolved`` event was recorded and it resolved at or after ``since``. Each is described
+    by its newest event (a notifier that took an incident over records it again); ``recorded_by``
+    lists every agent that recorded an event of it. Firing first by opening time (oldest first),
+    recent by resolution time (newest first), at most ``limit`` recent ones.
+    """
+    rows = conn.execute(
+        "WITH ev AS (SELECT incident_id, bool_or(event = 'firing') AS fired, "
+        "bool_or(event = 'resolved') AS resolved, min(opened_at) AS opened_at, "
+        "max(resolved_at) AS resolved_at, max(time) AS last_event, "
+        "array_agg(DISTINCT agent ORDER BY agent) AS agents FROM incidents GROUP BY incident_id), "
+        "newest AS (SELECT DISTINCT ON (incident_id) incident_id, kind, rule, check_name, target, "
+        "probers, agent, detail->>'notifier' AS notifier FROM incidents "
+        "ORDER BY incident_id, time DESC, seq DESC) "
+        "SELECT ev.incident_id, ev.fired AND NOT ev.resolved, n.kind, n.rule, n.check_name, "
+        "n.target, ev.opened_at, ev.resolved_at, n.probers, coalesce(n.notifier, n.agent), "
+        "ev.agents, ev.last_event, now() FROM ev JOIN newest n USING (incident_id) "
+        "WHERE (ev.fired AND NOT ev.resolved) OR (ev.resolved AND ev.resolved_at >= %s) "
+        "ORDER BY 2 DESC, CASE WHEN ev.fired AND NOT ev.resolved THEN ev.opened_at END ASC, "
+        "ev.resolved_at DESC, ev.incident_id", (since,)).fetchall()  # fmt: skip
+    firing: list[dict[str, Any]] = []
+    recent: list[dict[str, Any]] = []
+    truncated = False
+    for r in rows:
+        now, opened, resolved = r[12], r[6], r[7]
+        item = {
+            "id": r[0], "kind": r[2], "rule": r[3], "check": r[4], "target": r[5],
+            "opened_at": iso(opened), "resolved_at": iso(resolved), "probers": list(r[8]),
+            "notifier": r[9], "recorded_by": list(r[10]), "last_event": iso(r[11]),
+            "duration_s": max(0.0, ((resolved if not r[1] and resolved else now) - opened)
+                              .total_seconds()),
+        }  # fmt: skip
+        if r[1]:
+            firing.append(item)
+        elif len(recent) < limit:
+            recent.append(item)
+        else:
+            truncated = True
+    return {"firing": firing, "recent": recent, "truncated": truncated}
+
+
 # --- what ingest records --------------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ from meshmon.startup import (
 )
 from meshmon.store import AsyncRingStore, RecordDropped
 from meshmon.sync import AggregatorUrls, Uploader
+from meshmon.sync.archive import AggregatorArchive
 from meshmon.version import __version__
 from meshmon.wire.ingest import MemberReport
 
@@ -107,6 +108,8 @@ class Agent:
         """Aggregators: configured, then learnt from members' metadata."""
         self.uploader: Uploader | None = None
         """Runs once an aggregator URL is known; never in a serverless mesh."""
+        self.archive: AggregatorArchive | None = None
+        """Answers mesh history older than the agents hold, once an aggregator URL is known."""
         self._nursery: trio.Nursery | None = None
         self._reports: tuple[MemberReport, ...] | None = None
         self.alerts: AlertService | None = None
@@ -288,6 +291,9 @@ class Agent:
         self.uploader = Uploader(self.store, self.identity, self.trust, self.config.sync,
                                  self.sync_urls.all, self._member_reports)  # fmt: skip
         self._nursery.start_soon(self.uploader.run)
+        if self.query is not None:  # history older than the agents hold: from the aggregator
+            self.query.archive = self.archive = AggregatorArchive(self.sync_urls.all,
+                                                                  self.identity, self.trust)
 
     def _member_reports(self) -> tuple[MemberReport, ...]:
         """The membership view as the aggregator keeps it (this agent's own view; rebuilt only
@@ -413,6 +419,9 @@ class Agent:
         else:
             status["sync"] = {"state": "off",
                               "reason": "no aggregator URL configured or learnt from members"}
+        if self.archive is not None:
+            status["sync"]["archive"] = {"asked": self.archive.asked,
+                                         "failed": self.archive.failed}  # fmt: skip
         if self.sync_urls.learnt:
             status["sync"]["learnt"] = {u: list(n) for u, n in self.sync_urls.learnt.items()}
         if self.transport is not None:

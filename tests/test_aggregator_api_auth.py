@@ -212,7 +212,7 @@ async def test_openapi_lists_every_route_and_needs_no_credentials(served: Served
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert routes == documented
     assert {"/v1/ingest", "/v1/agents", "/v1/members", "/v1/results", "/v1/matrix",
-            "/v1/uptime", "/v1/tokens", "/healthz"} <= set(doc["paths"])
+            "/v1/uptime", "/v1/incidents", "/v1/tokens", "/healthz"} <= set(doc["paths"])
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 

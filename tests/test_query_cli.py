@@ -59,3 +59,22 @@ def test_history_skips_agents_without_points() -> None:
     assert "a:" not in text
     assert history_table(envelope(check="p", target="t")) == (
         "no agent holds results of p toward t in that range")
+
+
+def test_history_lists_archive_points_and_an_archive_that_did_not_answer() -> None:
+    point = {"t": 0, "n": 1, "ok": 1, "rtt_ms": 1.0, "rtt_min_ms": 1.0, "rtt_max_ms": 1.0,
+             "loss_pct": 0.0}  # fmt: skip
+    archive = {"url": "https://10.0.0.9:7947", "aggregator": "agg-1", "resolution": "1m",
+               "since": 0, "until": 60, "answers": {"a": {"points": [point], "records": 3}},
+               "truncated": False, "missing": None}  # fmt: skip
+    text = history_table(envelope(check="p", target="t", archive=archive, answers={
+        "a": {"points": [point], "records": 1}}))
+    blocks = text.split("\n\n")
+    assert blocks[0].startswith("a: 1 result(s), each result")
+    assert blocks[1].startswith("a (archive: from the aggregator agg-1, 1m, older than the "
+                                "agent holds): 3 result(s)")  # fmt: skip
+    down = {**archive, "aggregator": None, "answers": {},
+            "missing": {"reason": "timeout", "detail": "no answer within 2s"}}
+    lines = partial_lines({"missing": {}, "truncated": [], "archive": down})
+    assert len(lines) == 1 and lines[0].startswith("partial answer: the archive")
+    assert lines[0].endswith("did not answer: timeout (no answer within 2s)")

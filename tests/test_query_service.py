@@ -18,6 +18,7 @@ import trio
 from meshmon.net import MemoryNetwork, MemoryTransport
 from meshmon.pki import PeerIdentity
 from meshmon.query import KIND, History, Latest, Matrix, Peer, QueryConfig, QueryService, Question
+from meshmon.query.archive import ArchiveRows, ArchiveUnavailable
 from meshmon.query.wire import MIN_ANSWER_BYTES, AnswerError, decode_answer, encode_answer
 
 FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)
@@ -168,16 +169,38 @@ async def test_malformed_questions_get_an_error_answer() -> None:
     assert nodes[1].asked == []
 
 
+class Archive:
+    """An archive that answers with canned rows (``fail``: that it is unavailable; ``hang``:
+    never)."""
+
+    where = "https://127.0.0.1:1"
+
+    def __init__(self, rows: Sequence[dict[str, Any]] = (), fail: str = "",
+                 hang: bool = False) -> None:  # fmt: skip
+        self.rows, self.fail, self.hang = list(rows), fail, hang
+        self.asked: list[History] = []
+
+    async def history(self, question: History) -> ArchiveRows:
+        self.asked.append(question)
+        if self.hang:
+            await trio.sleep_forever()
+        await trio.lowlevel.checkpoint()
+        if self.fail:
+            raise ArchiveUnavailable(self.fail, f"{self.where}: cannot connect: refused")
+        return ArchiveRows(self.where, "agg-1", "raw", self.rows)
+
+
+def _row(agent: str, t: float, rtt: float | None) -> dict[str, Any]:
+    return {"time": dt.datetime.fromtimestamp(t, dt.UTC).isoformat(), "agent": agent,
+            "check": "c", "target": "t", "kind": "ping", "success": rtt is not None,
+            "rtt_ms": rtt, "loss": 0.0 if rtt is not None else 1.0, "error": None}  # fmt: skip
+
+
 async def test_the_envelope_has_the_documented_shape() -> None:
     _, nodes, views = mesh(3)
     views["n2"] = [p for p in views["n2"] if p.name != "n0"]  # n2 refuses n0
-
-    class Archive:
-        async def history(self, question: History) -> dict[str, Any] | None:
-            await trio.lowlevel.checkpoint()
-            return {"from": "aggregator", "check": question.check}
-
-    nodes[0].service.archive = Archive()
+    archive = Archive([_row("n1", 5.0, 1.5), _row("gone", 3.0, None)])
+    nodes[0].service.archive = archive
     out = await nodes[0].service.envelope(History("c", "t", 1.0, None, 50), timeout=1.0)
     assert set(out) == {"question", "asker", "asked", "answered", "partial", "missing",
                         "details", "truncated", "elapsed_ms", "answers", "check", "target",
@@ -186,4 +209,69 @@ async def test_the_envelope_has_the_documented_shape() -> None:
     assert (out["asked"], out["answered"], out["partial"]) == (3, 2, True)
     assert out["missing"] == {"n2": "refused"} and "n2 refused" in out["details"]["n2"]
     assert list(out["answers"]) == ["n0", "n1"] and out["truncated"] == []
-    assert out["archive"] == {"from": "aggregator", "check": "c"}
+    # no agent says how far back it holds the series: the whole range is the archive's
+    assert archive.asked[0].since == 1.0 and archive.asked[0].until is not None
+    got = out["archive"]
+    assert (got["url"], got["aggregator"], got["resolution"], got["missing"]) == (
+        Archive.where, "agg-1", "raw", None)
+    assert got["answers"]["n1"]["points"] == [{"t": 5.0, "n": 1, "ok": 1, "rtt_ms": 1.5,
+                                               "rtt_min_ms": 1.5, "rtt_max_ms": 1.5,
+                                               "loss_pct": 0.0}]  # fmt: skip
+    assert got["answers"]["gone"]["points"][0]["ok"] == 0  # an agent no longer in the mesh
+
+
+class Holding(Node):
+    """Answers history with the series held from ``oldest`` on."""
+
+    oldest: float | None = 100.0
+
+    def answer(self, question: Question, peers: Sequence[Peer]) -> dict[str, Any]:
+        return {"points": [{"t": 150.0, "n": 1, "ok": 1}], "oldest": self.oldest,
+                "truncated": False, "records": 1}  # fmt: skip
+
+
+def holding_mesh(oldest: list[float | None]) -> list[Node]:
+    net = MemoryNetwork()
+    views: dict[str, list[Peer]] = {}
+    nodes = []
+    for i, first in enumerate(oldest):
+        node = Holding(net, f"n{i}", i + 2, views)
+        node.oldest = first
+        nodes.append(node)
+    for node in nodes:
+        views[node.name] = [other.peer() for other in nodes]
+    return nodes
+
+
+async def test_the_archive_is_asked_only_for_what_the_agents_lack() -> None:
+    # n0 holds the series since 100, n1 since 120, n2 never probed it: the archive's part is
+    # [since, 120), and of it n1 keeps what is older than 120, n0 what is older than 100
+    nodes = holding_mesh([100.0, 120.0, None])
+    archive = Archive([_row("n0", 90.0, 1.0), _row("n0", 110.0, 1.0), _row("n1", 110.0, 2.0),
+                       _row("n1", 125.0, 2.0)])  # fmt: skip
+    nodes[0].service.archive = archive
+    out = await nodes[0].service.envelope(History("c", "t", 50.0, 200.0, 50), timeout=1.0)
+    assert [(q.since, q.until) for q in archive.asked] == [(50.0, 120.0)]
+    assert not out["partial"] and out["archive"]["until"] == 120.0
+    points = {a: [p["t"] for p in v["points"]] for a, v in out["archive"]["answers"].items()}
+    assert points == {"n0": [90.0], "n1": [110.0]}
+    # every agent holds the whole range: the aggregator is not bothered
+    out = await nodes[0].service.envelope(History("c", "t", 130.0, 200.0, 50), timeout=1.0)
+    assert out["archive"] is None and len(archive.asked) == 1
+
+
+@pytest.mark.parametrize(("archive", "reason"), [
+    (Archive(fail="unreachable"), "unreachable"),
+    (Archive(hang=True), "timeout"),
+])  # fmt: skip
+async def test_an_archive_that_does_not_answer_makes_the_answer_partial(
+        archive: Archive, reason: str) -> None:  # fmt: skip
+    nodes = holding_mesh([100.0, 100.0])
+    nodes[0].service.archive = archive
+    with trio.fail_after(10):
+        out = await nodes[0].service.envelope(History("c", "t", 50.0, 200.0, 50), timeout=0.3)
+    assert out["partial"] and out["missing"] == {}  # every agent answered
+    assert set(out["answers"]) == {"n0", "n1"}
+    missing = out["archive"]["missing"]
+    assert missing["reason"] == reason and Archive.where in missing["detail"]
+    assert out["archive"]["answers"] == {} and out["archive"]["since"] == 50.0

@@ -21,6 +21,7 @@ import pytest
 from textual.pilot import Pilot
 
 from meshmon.tui import MeshmonApp, RecordedSource, SourceError, TuiConfig, Unsupported
+from meshmon.tui.recorded import RecordedAggregatorSource, open_recording
 from meshmon.tui.screens import (
     AlertsScreen,
     CoverageScreen,
@@ -34,6 +35,9 @@ from meshmon.tui.screens import (
 from meshmon.tui.widgets import Banner, LiveTable
 
 RECORDING = Path(__file__).parent / "data" / "tui_recording.json"
+AGGREGATOR_RECORDING = Path(__file__).parent / "data" / "tui_aggregator_recording.json"
+"""An aggregator's query API answers (``python -m tests.tui_aggregator --record OUT``): four
+agents' uploads, one agent dead, a bad path, a closed port, traces, incidents."""
 FAST = TuiConfig(interval=0.05, retry_max=0.05)
 """Refresh fast: the data never changes, and the pictures are taken once it is all shown."""
 
@@ -225,5 +229,34 @@ def test_recording_replays_through_the_agent_parsing() -> None:
         assert not any(s.success for s in latest.data if s.check == "closed-tcp")
         alerts = await source.alerts()
         assert [(a.state, a.rule) for a in alerts.alerts] == [("firing", "port-closed")]
+
+    asyncio.run(main())
+
+
+def test_results_from_an_aggregator(snap_compare: Snap) -> None:
+    """The Results screen read from an aggregator: the same verdicts from central history,
+    "aggregator <name>" in the title bar."""
+    central = MeshmonApp(open_recording(AGGREGATOR_RECORDING), FAST)
+    assert snap_compare(central, run_before=results_ready)
+
+
+def test_aggregator_recording_replays_through_the_aggregator_parsing() -> None:
+    async def main() -> None:
+        source = open_recording(AGGREGATOR_RECORDING)
+        assert isinstance(source, RecordedAggregatorSource)
+        status = await source.status()
+        assert (status.kind, status.node) == ("aggregator", "server-1")
+        members = {m.name: (m.state, m.tags) for m in await source.members()}
+        assert members["c4"] == ("dead", ("mesh", "west"))  # c1's view: the freshest
+        latest = await source.latest()
+        web = [s for s in latest.data if s.check == "web-http"]
+        assert sorted(s.agent for s in web if not s.success) == ["c2"]
+        with pytest.raises(Unsupported, match="not available from the aggregator"):
+            await source.assignments()
+        alerts = await source.alerts()
+        assert [(a.state, a.rule) for a in alerts.alerts] == [("firing", "port-closed"),
+                                                              ("resolved", "web-failing")]
+        traces = await source.traces("east-trace", "c1")
+        assert [(t.agent, len(t.hops), t.reached) for t in traces.data] == [("c3", 3, True)]
 
     asyncio.run(main())

@@ -127,14 +127,24 @@ def test_an_operator_walks_through_every_screen(mesh: LocalMesh, tmp_path: Path)
         term.kill()
 
 
-def test_aggregator_source_says_not_yet(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "meshmon", "tui", "--aggregator",
-                          "https://127.0.0.1:9"], capture_output=True, text=True, timeout=60,
-                         cwd=ROOT)  # fmt: skip
-    assert out.returncode == 2
-    assert "cannot read an aggregator yet" in out.stderr and "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "meshmon", "tui", "--socket",
-                          str(tmp_path / "none.sock")], capture_output=True, text=True,
-                         timeout=60, cwd=ROOT)  # fmt: skip
+def test_operator_mistakes_are_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHMON_")}
+
+    def tui(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "meshmon", "tui", *args],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+
+    for args, words in (
+        (("--aggregator", "https://127.0.0.1:9"), "pass --ca CA.crt"),
+        (("--aggregator", "https://127.0.0.1:9", "--ca", str(tmp_path / "ca.crt"), "--token",
+          "t"), "CA certificate not found"),
+        (("--aggregator", "http://127.0.0.1:9"), "scheme must be https"),
+        (("--token", "t"), "--token and --ca go with --aggregator"),
+    ):  # fmt: skip
+        out = tui(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert words in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    out = tui("--socket", str(tmp_path / "none.sock"))
     assert out.returncode == 1
     assert "no control socket at" in out.stderr and "Traceback" not in out.stderr

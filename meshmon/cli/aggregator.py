@@ -29,6 +29,7 @@ import typer
 if TYPE_CHECKING:
     from aggregator.client import AggregatorClient
     from aggregator.config import ServerConfig
+    from meshmon.sync.reader import AggregatorReader
 
 aggregator_app = typer.Typer(help="The optional aggregator: central history in PostgreSQL.",
                              no_args_is_help=True)  # fmt: skip
@@ -102,6 +103,40 @@ def client_for(url: str | None, token: str | None, ca: Path | None,
     try:
         return AggregatorClient(url, ca=ca, token=token, cert=cert, key=key, crl=crl)
     except ClientError as exc:
+        _fail(str(exc))
+
+
+def reader_for(url: str | None, token: str | None, ca: Path | None,
+               config: Path | None) -> AggregatorReader:  # fmt: skip
+    """An asynchronous reader of the query API (for the TUI): URL, token and CA resolved as
+    by :func:`client_for`, ``config`` an agent config whose certificate authenticates."""
+    from meshmon.sync.reader import AggregatorReader, ReaderSetupError, check_url, reader_context
+
+    url = url or os.environ.get("MESHMON_AGGREGATOR")
+    if not url:
+        _fail("pass --aggregator https://HOST:PORT (or set MESHMON_AGGREGATOR)")
+    try:
+        check_url(url)
+    except ReaderSetupError as exc:
+        _fail(f"--aggregator: {exc}")
+    tls = _agent_tls(config)
+    token = token or os.environ.get("MESHMON_TOKEN") or None
+    ca = ca or (Path(os.environ["MESHMON_CA_CERT"]) if os.environ.get("MESHMON_CA_CERT")
+                else None) or (tls.ca_cert if tls is not None else None)  # fmt: skip
+    if ca is None:
+        _fail("pass --ca CA.crt (the mesh CA certificate) or -c AGENT.toml to trust the "
+              "aggregator")  # fmt: skip
+    cert = key = crl = None
+    if tls is not None:
+        if not (tls.cert.exists() and tls.key.exists()):
+            _fail(f"-c {config}: its certificate {tls.cert} or key {tls.key} is missing")
+        cert, key, crl = tls.cert, tls.key, tls.crl
+    if token is None and cert is None:
+        _fail("pass --token TOKEN (or set MESHMON_TOKEN), or -c AGENT.toml whose mesh "
+              "certificate authenticates this client")  # fmt: skip
+    try:
+        return AggregatorReader(url, reader_context(ca, cert=cert, key=key, crl=crl), token)
+    except ReaderSetupError as exc:
         _fail(str(exc))
 
 

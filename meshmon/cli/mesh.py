@@ -39,7 +39,9 @@ def _time(ts: Any) -> str:
 def ask(config: Path | None, socket: Path | None, question: str, timeout: float | None,
         **params: Any) -> dict[str, Any]:  # fmt: skip
     """GET ``/v1/mesh/<question>`` with a client timeout beyond the question's deadline."""
-    wait = (timeout if timeout is not None else 2.0) + CLIENT_SLACK
+    deadline = timeout if timeout is not None else 2.0
+    # a history question may ask the aggregator's archive after the agents, within as long again
+    wait = deadline * (2 if question == "history" else 1) + CLIENT_SLACK
     data: dict[str, Any] = fetch(config, socket, f"mesh/{question}", client_timeout=wait,
                                  timeout=timeout, **params)  # fmt: skip
     return data
@@ -58,6 +60,15 @@ def partial_lines(data: dict[str, Any]) -> list[str]:
     if data.get("truncated"):
         lines.append(f"truncated to the size limit: {', '.join(data['truncated'])} (narrow "
                      "the question with --check/--target)")  # fmt: skip
+    archive = data.get("archive")
+    if isinstance(archive, dict) and archive.get("missing"):
+        missing = archive["missing"]
+        lines.append(f"partial answer: the archive (results older than the agents hold, "
+                     f"{_time(archive.get('since'))} to {_time(archive.get('until'))}) did not "
+                     f"answer: {missing.get('reason')} ({missing.get('detail')})")  # fmt: skip
+    elif isinstance(archive, dict) and archive.get("truncated"):
+        lines.append(f"the archive cut its answer short: {archive.get('url')} has more rows "
+                     "than it returns (narrow --since)")  # fmt: skip
     return lines
 
 
@@ -102,20 +113,30 @@ def matrix_tables(data: dict[str, Any]) -> str:
     return "\n\n".join(out)
 
 
+def _points_table(title: str, answer: dict[str, Any]) -> str:
+    points = answer.get("points", [])
+    step = answer.get("step_s")
+    how = f"buckets of {f'{step:.1f}'.removesuffix('.0')}s" if step else "each result"
+    rows = [(_time(p.get("t")), p.get("n"), p.get("ok"), _ms(p.get("rtt_ms")),
+             _ms(p.get("rtt_min_ms")), _ms(p.get("rtt_max_ms")), _pct(p.get("loss_pct")))
+            for p in points]  # fmt: skip
+    return (f"{title}: {answer.get('records')} result(s), {how}\n"
+            + table(("TIME", "N", "OK", "RTT_MS", "MIN", "MAX", "LOSS"), rows))
+
+
 def history_table(data: dict[str, Any]) -> str:
-    """``history``: points per prober that holds any."""
-    out = []
-    for agent, answer in data.get("answers", {}).items():
-        points = answer.get("points", [])
-        if not points:
-            continue
-        step = answer.get("step_s")
-        how = f"buckets of {f'{step:.1f}'.removesuffix('.0')}s" if step else "each result"
-        rows = [(_time(p.get("t")), p.get("n"), p.get("ok"), _ms(p.get("rtt_ms")),
-                 _ms(p.get("rtt_min_ms")), _ms(p.get("rtt_max_ms")), _pct(p.get("loss_pct")))
-                for p in points]  # fmt: skip
-        out.append(f"{agent}: {answer.get('records')} result(s), {how}\n"
-                   + table(("TIME", "N", "OK", "RTT_MS", "MIN", "MAX", "LOSS"), rows))
+    """``history``: points per prober that holds any, then the archive's older points (from
+    the aggregator) per prober."""
+    out = [_points_table(agent, answer) for agent, answer in data.get("answers", {}).items()
+           if answer.get("points")]  # fmt: skip
+    archive = data.get("archive")
+    if isinstance(archive, dict):
+        source = archive.get("aggregator") or archive.get("url")
+        for agent, answer in archive.get("answers", {}).items():
+            if answer.get("points"):
+                out.append(_points_table(
+                    f"{agent} (archive: from the aggregator {source}, {archive.get('resolution')}"
+                    ", older than the agent holds)", answer))  # fmt: skip
     return "\n\n".join(out) or (f"no agent holds results of {data.get('check')} toward "
                                 f"{data.get('target')} in that range")  # fmt: skip
 

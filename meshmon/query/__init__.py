@@ -36,9 +36,11 @@ Questions (answers built by :mod:`meshmon.query.answers` from the agent's ring s
 * ``history``: a (check, target) series from each agent that probed it, over a time range, at
   most ``points`` points per agent (downsampled into equal time buckets when there are more).
 
-With an aggregator configured, history older than what agents hold belongs to the aggregator:
-:attr:`meshmon.query.service.QueryService.archive` is the hook (not wired yet), and the
-history answer reserves an ``archive`` key for it.
+With an aggregator known (``[sync]`` URLs, or learnt from members), history older than what
+agents hold comes from the aggregator: after the agents answer a ``history`` question, the
+asker asks the aggregator's ``/v1/results`` with its own mesh certificate for the part of the
+range no agent holds (:mod:`meshmon.query.archive`, :mod:`meshmon.sync.archive`), within as
+long again as the question's deadline, and adds what it answered under ``archive``.
 
 Control API (JSON, ``GET``; parameters in the query string)
 -----------------------------------------------------------
@@ -93,8 +95,8 @@ result from the agent in the window has no row. At most 2,000 results per cell a
 answer are read (``truncated`` when cells were left out).
 
 ``history`` adds ``"check"``, ``"target"``, ``"since"``, ``"until"`` (epoch seconds; until may
-be null: now), ``"points"`` (the limit) and ``"archive": null`` (reserved for the aggregator)
-to the envelope; per agent (oldest first)::
+be null: now), ``"points"`` (the limit) and ``"archive"`` (below) to the envelope; per agent
+(oldest first)::
 
     {"points": [{"t": 1700000000.0, "n": 1, "ok": 1, "rtt_ms": 0.08, "rtt_min_ms": 0.08,
                  "rtt_max_ms": 0.08, "loss_pct": 0.0}],
@@ -108,6 +110,21 @@ the replies, ``loss_pct`` as in the matrix. ``records`` is how many results fell
 ``oldest`` is the oldest result this agent holds for the series at all (null if none), so a
 client can tell when older history must come from the aggregator. Agents that never probed
 the series answer with no points.
+
+``archive`` is null when the asker knows no aggregator or the agents hold the whole range;
+otherwise the aggregator's answer for ``[since, until)`` of the range, the part the agents
+lack (each agent's points from it are older than that agent's own ``oldest``)::
+
+    {"url": "https://10.0.0.9:7947", "aggregator": "agg-1",   # its certificate's node name
+     "resolution": "raw",                                   # or "1m", "1h" (rollup buckets)
+     "since": 1699990000.0, "until": 1699996400.0,
+     "answers": {"agent-2": {"points": [...], "downsampled": false, "step_s": null,
+                             "records": 120}},              # points as above
+     "truncated": false,      # the aggregator had more rows (then "partial": true too)
+     "missing": null}        # or {"reason": "timeout", "detail": "..."}: then "partial": true
+
+An agent whose store was wiped, or which no longer probes the series, still has its older
+points here; an agent in the archive but not in ``answers`` was not asked (gone from the mesh).
 """
 
 from meshmon.query.answers import Context, ResultSource, answer, check_answer, fit

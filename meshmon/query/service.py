@@ -21,10 +21,17 @@ answer in an outcome has the same shape. Why an agent is missing:
 ``unreachable``  no connection, or the stream broke before the answer was complete
 ``error``        it answered with an error, or an answer that is not a valid answer
 ``timeout``      no answer by its request limit or the question's deadline
+
+History archive: with :attr:`QueryService.archive` set (the agent sets it once it knows an
+aggregator), :meth:`QueryService.envelope` asks it for the part of a ``history`` question's
+range that no agent holds, after the agents answered and within as long again as the
+question's deadline; an archive that does not answer (or cuts its answer short) makes the
+answer ``partial`` and says why under ``archive.missing`` (:mod:`meshmon.query.archive`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +45,13 @@ from meshmon.logs import RateLimitedLog
 from meshmon.net import PeerRejectedError, PeerUnreachableError, RemoteError, RequestHandler
 from meshmon.net.frames import FrameTooLarge
 from meshmon.query.answers import check_answer, fit
+from meshmon.query.archive import (
+    ArchiveRows,
+    ArchiveUnavailable,
+    archive_answers,
+    archive_range,
+    render_archive,
+)
 from meshmon.query.gather import ERROR, REFUSED, UNREACHABLE, Gather, Outcome
 from meshmon.query.wire import (
     KIND,
@@ -101,13 +115,25 @@ class Peer:
 
 
 class HistoryArchive(Protocol):
-    """Where history older than the agents hold comes from (the aggregator, when configured).
+    """Where history older than the agents hold comes from (the aggregator, when one is known).
 
-    The integration point for ``[sync]``: an implementation asks the aggregator's query API for
-    the series and returns its JSON answer, or None when it has nothing.
+    :class:`meshmon.sync.archive.AggregatorArchive` implements it over the aggregator's query
+    API; :mod:`meshmon.query.archive` says which part of a question it is asked for and what
+    becomes of its rows.
     """
 
-    async def history(self, question: History) -> dict[str, Any] | None: ...
+    @property
+    def where(self) -> str:
+        """The aggregator(s) it asks, for messages."""
+        ...
+
+    async def history(self, question: History) -> ArchiveRows:
+        """The rows of ``question``'s series in its range, newest first.
+
+        Raises:
+            ArchiveUnavailable: no aggregator answered (the reason and a sentence).
+        """
+        ...
 
 
 def classify(exc: PeerUnreachableError) -> str:
@@ -288,11 +314,39 @@ class QueryService:
         if isinstance(question, Matrix):
             out["agents"] = sorted({p.name for p in self.view() if question.tag in p.tags})
         elif isinstance(question, History):
+            limit = self.config.timeout if timeout is None else timeout
             out["archive"] = None
             if self.archive is not None:
-                with trio.move_on_after(self.config.timeout if timeout is None else timeout):
-                    out["archive"] = await self.archive.history(question)
+                out["archive"] = await self._archive(self.archive, question, outcome, limit)
+                got = out["archive"]
+                if got is not None and (got["missing"] is not None or got["truncated"]):
+                    out["partial"] = True
+            out["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
         return out
+
+    async def _archive(self, archive: HistoryArchive, question: History, outcome: Outcome,
+                       limit: float) -> dict[str, Any] | None:  # fmt: skip
+        """Ask the archive for the part of ``question`` the agents lack, within ``limit``
+        seconds; its envelope entry (None: the agents hold the whole range)."""
+        span = archive_range(question, outcome.answers, time.time())
+        if span is None:
+            return None
+        since, cut = span
+        rows: ArchiveRows | None = None
+        with trio.move_on_after(limit):
+            try:
+                rows = await archive.history(dataclasses.replace(question, since=since,
+                                                                 until=cut))  # fmt: skip
+            except ArchiveUnavailable as exc:
+                return render_archive(archive.where, since, cut, missing=exc)
+        if rows is None:
+            return render_archive(archive.where, since, cut, missing=ArchiveUnavailable(
+                "timeout", f"the aggregator ({archive.where}) did not answer within "
+                f"{limit:g}s"))  # fmt: skip
+        found = rows
+        answers = await trio.to_thread.run_sync(
+            lambda: archive_answers(found.rows, outcome.answers, question.points, since, cut))
+        return render_archive(archive.where, since, cut, rows=rows, answers=answers)
 
 
 def render(question: Question, outcome: Outcome, asker: str, elapsed_ms: float,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,16 +65,25 @@ def aggregator_context(identity: pki.NodeIdentity, trust: pki.Trust) -> ssl.SSLC
 
     ``trust`` is consulted at every handshake, so a CRL adopted later is honoured.
     """
-    ctx = pki.client_context(identity, trust)
+    return only_aggregators(pki.client_context(identity, trust),
+                            lambda der: aggregator_problem(trust, der))  # fmt: skip
+
+
+def only_aggregators(ctx: ssl.SSLContext,
+                     problem: Callable[[bytes | None], tuple[str | None, str]],
+                     ) -> ssl.SSLContext:  # fmt: skip
+    """``ctx``, made to refuse (:class:`NotAnAggregator`) a server for which ``problem`` of its
+    certificate (DER) is not None, right after the handshake; the accepted server's node name
+    is then the ``aggregator`` attribute of the connection's ``SSLObject``."""
 
     class _AggregatorOnly(ssl.SSLObject):
         aggregator = ""
 
         def do_handshake(self) -> None:
             super().do_handshake()
-            problem, name = aggregator_problem(trust, self.getpeercert(binary_form=True))
-            if problem:
-                raise NotAnAggregator(problem)
+            found, name = problem(self.getpeercert(binary_form=True))
+            if found:
+                raise NotAnAggregator(found)
             self.aggregator = name
 
     ctx.sslobject_class = _AggregatorOnly
@@ -128,7 +138,7 @@ def _error_text(response: httpx.Response) -> tuple[str, dict[str, Any]]:
     return text or response.reason_phrase or "no explanation", {}
 
 
-def _cause(exc: BaseException) -> str:
+def failure_cause(exc: BaseException) -> str:
     """What went wrong under an httpx transport error, for the log."""
     seen: BaseException | None = exc
     while seen is not None:
@@ -184,13 +194,13 @@ class AggregatorClient:
         except httpx.TimeoutException:
             return Unavailable(f"no answer within {self.timeout:g}s")
         except httpx.ConnectError as exc:
-            return Unavailable(f"cannot connect: {_cause(exc)}")
+            return Unavailable(f"cannot connect: {failure_cause(exc)}")
         except httpx.HTTPError as exc:  # the connection broke mid-request, or a protocol error
-            return Unavailable(f"connection lost: {_cause(exc)}")
+            return Unavailable(f"connection lost: {failure_cause(exc)}")
         status = response.status_code
         if status == 200:
             try:
-                return Acked(decode_ack(response.content), _peer_name(response))
+                return Acked(decode_ack(response.content), peer_name(response))
             except BatchError as exc:
                 return Unavailable(f"the answer is not an acknowledgement: {exc}")
         message, data = _error_text(response)
@@ -207,7 +217,8 @@ class AggregatorClient:
         await self._http.aclose()
 
 
-def _peer_name(response: httpx.Response) -> str:
+def peer_name(response: httpx.Response) -> str:
+    """The aggregator's node name on the connection ``response`` came over ("" if unknown)."""
     stream = response.extensions.get("network_stream")
     ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
     return str(getattr(ssl_object, "aggregator", ""))

@@ -59,6 +59,8 @@ class CoverageFetched(Fetched):
 
     assignments: Assignments
     members: list[Member]
+    note: str = ""
+    """Why there is no coverage (the source does not know it), or ""."""
 
 
 @dataclass

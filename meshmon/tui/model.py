@@ -40,6 +40,11 @@ class Answer(Generic[T]):
     scope: Literal["mesh", "local"] = "mesh"
     missing: Mapping[str, str] = field(default_factory=dict)
     truncated: tuple[str, ...] = ()
+    archive: str = ""
+    """For history: the aggregator whose archive supplied points older than the agents hold
+    (those samples have ``archive`` set); "" when none did."""
+    archive_until: float | None = None
+    """The archive's points are older than this (the newest start of the agents' own)."""
 
     @property
     def partial(self) -> bool:
@@ -57,6 +62,8 @@ class Status:
     tags: tuple[str, ...] = ()
     degraded: bool = False
     degraded_reason: str = ""
+    kind: str = "agent"
+    """``agent``, or ``aggregator`` when the TUI reads an aggregator's central history."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,8 @@ class Sample:
     error: str | None = None
     count: int = 1
     """Results in this sample (more than one for a downsampled history bucket)."""
+    archive: bool = False
+    """From the aggregator's archive: older than the prober's own store holds."""
 
     @property
     def loss(self) -> float:
@@ -181,6 +190,8 @@ class Matrix:
     window_s: float
     agents: tuple[str, ...]
     cells: Mapping[tuple[str, str], MatrixCell]
+    rtt_stat: str = "median"
+    """What ``MatrixCell.rtt_ms`` is: the ``median`` (agents) or the ``mean`` (aggregator)."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +227,9 @@ class Alerts:
     """This agent's own vantage point is impaired (its verdicts are set aside)."""
     delivery_error: str = ""
     note: str = ""
+    source: str = "agent"
+    """``agent``: one agent's view with its rules and receivers; ``aggregator``: incidents as
+    their notifiers recorded them centrally (rules and receivers unknown there)."""
 
     @property
     def firing(self) -> int:
@@ -349,21 +363,46 @@ def parse_mesh_latest(data: Any) -> Answer[list[Sample]]:
     return Answer(_probes_only(out), env.scope, env.missing, env.truncated)
 
 
+def history_samples(agent: str, check: str, target: str, points: Any, where: str,
+                    archive: bool = False) -> list[Sample]:  # fmt: skip
+    """History points (``t``, ``n``, ``ok``, ``rtt_ms``, ``loss_pct``) as samples."""
+    out = []
+    for i, item in enumerate(_list(points, where)):
+        p = _obj(item, f"{where}[{i}]")
+        n = int(_num(p.get("n")) or 1)
+        ok = int(_num(p.get("ok")) or 0)
+        out.append(Sample(agent=agent, check=check, target=target,
+                          timestamp=_num(p.get("t")) or 0.0, success=ok > 0,
+                          rtt_ms=_num(p.get("rtt_ms")), loss_pct=_num(p.get("loss_pct")),
+                          count=n, archive=archive))  # fmt: skip
+    return out
+
+
 def parse_mesh_history(data: Any, check: str, target: str) -> Answer[list[Sample]]:
-    """``/v1/mesh/history``: one series per prober, as samples (oldest first)."""
+    """``/v1/mesh/history``: one series per prober, as samples (oldest first), the archive's
+    older points included (marked ``archive``)."""
     answers, env = _envelope(data, "history")
     out = []
     for agent, answer in sorted(answers.items()):
         points = _obj(answer, f"answers[{agent}]").get("points", [])
-        for i, item in enumerate(_list(points, f"answers[{agent}].points")):
-            p = _obj(item, f"answers[{agent}].points[{i}]")
-            n = int(_num(p.get("n")) or 1)
-            ok = int(_num(p.get("ok")) or 0)
-            out.append(Sample(agent=str(agent), check=check, target=target,
-                              timestamp=_num(p.get("t")) or 0.0, success=ok > 0,
-                              rtt_ms=_num(p.get("rtt_ms")), loss_pct=_num(p.get("loss_pct")),
-                              count=n))  # fmt: skip
-    return Answer(out, env.scope, env.missing, env.truncated)
+        out += history_samples(str(agent), check, target, points, f"answers[{agent}].points")
+    missing = dict(env.missing)
+    archive = _obj(data, "mesh history").get("archive")
+    source, until = "", None
+    if isinstance(archive, Mapping):
+        name = str(archive.get("aggregator") or archive.get("url") or "the aggregator")
+        for agent, answer in sorted(_obj(archive.get("answers", {}), "archive.answers").items()):
+            points = _obj(answer, f"archive.answers[{agent}]").get("points", [])
+            out += history_samples(str(agent), check, target, points,
+                                   f"archive.answers[{agent}].points", archive=True)  # fmt: skip
+        gone = archive.get("missing")
+        if isinstance(gone, Mapping):
+            missing[f"archive {name}"] = f"{gone.get('reason')}: {gone.get('detail')}"
+        elif archive.get("answers"):
+            source, until = name, _num(archive.get("until"))
+    truncated = env.truncated + (("archive",) if isinstance(archive, Mapping)
+                                 and archive.get("truncated") else ())  # fmt: skip
+    return Answer(out, env.scope, missing, truncated, source, until)
 
 
 def parse_mesh_matrix(data: Any) -> Answer[Matrix]:

@@ -25,7 +25,11 @@ class TuiConfig:
     history_window: float = 300.0
     """Seconds the drill-down chart spans at first (five minutes, as the sparklines); ``w``
     cycles through :attr:`history_windows`."""
-    history_windows: tuple[float, ...] = (300.0, 900.0, 3600.0)
+    history_windows: tuple[float, ...] = (300.0, 900.0, 3600.0, 6 * 3600.0, 86400.0,
+                                          7 * 86400.0)  # fmt: skip
+    """Five minutes to a week: the longer windows reach beyond what agents' stores usually hold,
+    and the agents fill them in from the aggregator's archive when one is known (or the
+    aggregator answers them itself, from its rollups)."""
     history_points: int = 200
     """Points per prober asked of the mesh for a chart: about one per terminal column of a wide
     terminal; agents downsample beyond it."""

@@ -17,8 +17,9 @@ Two kinds of failure, two exceptions:
 
 :class:`JsonSource` holds everything between "GET this path" and the model, so the agent source
 and the recorded source (:mod:`meshmon.tui.recorded`, for deterministic snapshots) share one
-parsing path. An aggregator source would implement :class:`DataSource` over the aggregator's
-query API; it is not built yet (``meshmon tui --aggregator`` says so).
+parsing path. :mod:`meshmon.tui.aggsource` implements :class:`DataSource` over an aggregator's
+query API the same way (``meshmon tui --aggregator URL``), and raises :class:`Unsupported` for
+what only agents know (who probes what).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class DataSource(Protocol):
 
     label: str
     """Where the data comes from, in words (shown in the title bar)."""
+    delay: float
+    """Seconds a result may take to reach this source after it was measured (0 for an agent,
+    which answers from the stores; an aggregator receives results in batches): how much older
+    a prober's newest result may be before it counts as stale."""
 
     def now(self) -> float:
         """The wall-clock time the data is relative to (fixed for a recording)."""
@@ -108,6 +113,7 @@ class JsonSource:
     """A :class:`DataSource` over the control API's JSON; subclasses provide :meth:`get`."""
 
     label = "json"
+    delay = 0.0
 
     def __init__(self) -> None:
         self._node: str | None = None

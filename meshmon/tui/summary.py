@@ -231,9 +231,10 @@ def stale_after(interval: float | None) -> float:
     return max(MIN_STALE, STALE_INTERVALS * (interval or UNKNOWN_INTERVAL))
 
 
-def is_current(s: Sample, recent: Recent, now: float) -> bool:
-    """A prober's latest result is still its current word on the target."""
-    return now - s.timestamp <= stale_after(recent.interval(s.check, s.target, s.agent))
+def is_current(s: Sample, recent: Recent, now: float, delay: float = 0.0) -> bool:
+    """A prober's latest result is still its current word on the target (``delay``: seconds a
+    result may take to reach the source, e.g. an aggregator's upload delay)."""
+    return now - s.timestamp <= stale_after(recent.interval(s.check, s.target, s.agent)) + delay
 
 
 def _jitter(samples: Sequence[Sample]) -> float | None:
@@ -244,14 +245,15 @@ def _jitter(samples: Sequence[Sample]) -> float | None:
     return statistics.fmean(abs(b - a) for a, b in itertools.pairwise(rtts))
 
 
-def summarise(latest: Sequence[Sample], recent: Recent, now: float) -> list[TargetRow]:
+def summarise(latest: Sequence[Sample], recent: Recent, now: float,
+              delay: float = 0.0) -> list[TargetRow]:  # fmt: skip
     """One verdict per (check, target) from its probers' latest samples, sorted by key."""
     by_key: dict[Key, list[Sample]] = {}
     for s in latest:
         by_key.setdefault((s.check, s.target), []).append(s)
     rows = []
     for (check, target), samples in sorted(by_key.items()):
-        current = [s for s in samples if is_current(s, recent, now)]
+        current = [s for s in samples if is_current(s, recent, now, delay)]
         newest = max(samples, key=lambda s: s.timestamp)
         if not current:
             rows.append(TargetRow(check, target, newest.kind, "stale", 0, (), None, None, None,
@@ -297,8 +299,9 @@ class ProberRow:
 
 
 def prober_rows(history: Sequence[Sample], latest: Sequence[Sample], now: float,
-                window: float) -> list[ProberRow]:  # fmt: skip
-    """Per prober: its latest result (when known) and its statistics over the window."""
+                window: float, delay: float = 0.0) -> list[ProberRow]:  # fmt: skip
+    """Per prober: its latest result (when known) and its statistics over the window
+    (``delay`` as for :func:`is_current`)."""
     agents = sorted({s.agent for s in history} | {s.agent for s in latest})
     newest = {s.agent: s for s in sorted(latest, key=lambda s: s.timestamp)}
     gaps = [g for a in agents
@@ -312,7 +315,7 @@ def prober_rows(history: Sequence[Sample], latest: Sequence[Sample], now: float,
             continue
         total = sum(s.count for s in mine)
         loss = (sum(s.loss * s.count for s in mine) / total) if total else last.loss
-        stale = now - last.timestamp > stale_after(
+        stale = now - last.timestamp > delay + stale_after(
             median_gap(s.timestamp for s in mine) or usual)
         status = ("stale" if stale else "FAIL" if not last.success
                   else "LOSSY" if loss > 0 else "ok")  # fmt: skip

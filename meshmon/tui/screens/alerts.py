@@ -44,23 +44,32 @@ class AlertsScreen(LiveScreen):
             table.display = False
             return
         table.display = bool(a.alerts)
-        if not a.enabled or not a.rules:
+        if a.source == "aggregator":
+            line = Text("incidents as their notifying agents recorded them at the aggregator · ")
+            line.append(f"{a.firing} firing", style="bold red" if a.firing else "green")
+            line.append(f" · {len(a.alerts) - a.firing} resolved in the last day")
+            if not a.alerts:
+                line.append("\nnone recorded: no incident, no alert rules configured, or the "
+                            "notifiers have not synced yet", style="dim")  # fmt: skip
+            note.update(line)
+        elif not a.enabled or not a.rules:
             note.update(Text("No alert rules configured: nothing can fire. Add [[alerts.rules]] "
                              "to the agents' configs to be alerted." if a.enabled else
                              "Alerting is switched off in this agent's config "
                              "(alerts.enabled = false).", style="yellow"))  # fmt: skip
             return
-        here = sum(1 for x in a.alerts if x.state == "failing here")
-        line = Text(f"{len(a.rules)} rules · ")
-        line.append(f"{a.firing} firing", style="bold red" if a.firing else "green")
-        line.append(f" · {here} failing here only · notifies "
-                    f"{', '.join(a.receivers) or 'nobody (no receivers)'}")
-        if a.impaired:
-            line.append("\nthis agent's vantage point is impaired: its own verdicts are set "
-                        "aside", style="yellow")  # fmt: skip
-        if a.delivery_error:
-            line.append(f"\nlast delivery error: {a.delivery_error}", style="red")
-        note.update(line)
+        else:
+            here = sum(1 for x in a.alerts if x.state == "failing here")
+            line = Text(f"{len(a.rules)} rules · ")
+            line.append(f"{a.firing} firing", style="bold red" if a.firing else "green")
+            line.append(f" · {here} failing here only · notifies "
+                        f"{', '.join(a.receivers) or 'nobody (no receivers)'}")
+            if a.impaired:
+                line.append("\nthis agent's vantage point is impaired: its own verdicts are set "
+                            "aside", style="yellow")  # fmt: skip
+            if a.delivery_error:
+                line.append(f"\nlast delivery error: {a.delivery_error}", style="red")
+            note.update(line)
         now = self.tui.source.now()
         rows: list[tuple[str, list[Cell]]] = [
             (f"{x.state}\t{x.rule}\t{x.check}\t{x.target}\t{x.since}",

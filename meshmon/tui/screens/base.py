@@ -56,7 +56,9 @@ class LiveScreen(Screen[None]):
         """Redraw the title bar and banner from the app's connection state."""
         app = self.tui
         conn = app.connection
-        agent = app.status.node if app.status is not None else app.source.label
+        status = app.status
+        agent = app.source.label if status is None else status.node if status.kind == "agent" \
+            else f"{status.kind} {status.node}"  # fmt: skip
         self.query_one(TitleBar).show(app.tabs, self.NAME, agent, conn.ok, conn.updated,
                                       self.title_note())  # fmt: skip
         self.query_one(Banner).show(conn.ok, conn.reason, conn.retry_in, conn.lost_since,

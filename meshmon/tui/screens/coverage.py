@@ -9,8 +9,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 
 from meshmon.tui.messages import CoverageFetched, Fetched
+from meshmon.tui.model import Assignments
 from meshmon.tui.screens.base import LiveScreen
-from meshmon.tui.source import DataSource
+from meshmon.tui.source import DataSource, Unsupported
 from meshmon.tui.summary import CoverageRow, coverage_rows, shorten
 from meshmon.tui.widgets import STYLE, Cell, LiveTable, Note
 
@@ -44,20 +45,31 @@ class CoverageScreen(LiveScreen):
         self.rows: list[CoverageRow] = []
         self.gaps_only = False
         self.mine_only = False
+        self.note = ""
+        """Why there is no coverage to show (the source does not know it), or ""."""
 
     def body(self) -> ComposeResult:
         yield Note(id="summary")
         yield LiveTable(COLUMNS, id="coverage")
 
     async def fetch(self, source: DataSource) -> Fetched:
-        return CoverageFetched(await source.assignments(), await source.members())
+        try:
+            assignments = await source.assignments()
+        except Unsupported as exc:
+            return CoverageFetched(Assignments((), ()), [], note=str(exc))
+        return CoverageFetched(assignments, await source.members())
 
     def on_coverage_fetched(self, message: CoverageFetched) -> None:
         me = self.tui.status.node if self.tui.status else ""
         self.rows = coverage_rows(message.assignments, message.members, me)
+        self.note = message.note
         self.render_rows()
 
     def render_rows(self) -> None:
+        self.query_one(LiveTable).display = not self.note
+        if self.note:
+            self.query_one("#summary", Note).update(Text(self.note, style="yellow"))
+            return
         rows = self.rows
         gaps = sum(1 for r in rows if r.gap)
         mine = sum(1 for r in rows if r.mine)

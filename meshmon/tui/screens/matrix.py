@@ -113,7 +113,7 @@ class MatrixScreen(LiveScreen):
             table.show([])
             return
         m = self.matrix.data
-        what = "median RTT ms" if self.metric == "rtt" else "loss"
+        what = f"{m.rtt_stat} RTT ms" if self.metric == "rtt" else "loss"
         now = self.tui.source.now()
         legend.append(f"{what}, {ago(now - m.window_s, now)} ")
         rtt = self.metric == "rtt"

@@ -94,7 +94,7 @@ class ResultsScreen(LiveScreen):
         self.recent.add(message.backfill)
         self.recent.add(message.latest.data)
         self.recent.prune(now)
-        self.rows = summarise(message.latest.data, self.recent, now)
+        self.rows = summarise(message.latest.data, self.recent, now, self.tui.source.delay)
         self.render_rows()
         self.show_connection()
 

@@ -22,6 +22,7 @@ from meshmon.tui.summary import (
     ProberRow,
     ago,
     buckets,
+    clock,
     describe_answer,
     fmt_ms,
     fmt_pct,
@@ -33,6 +34,18 @@ from meshmon.tui.summary import (
 from meshmon.tui.widgets import Cell, LiveTable, Note, spark_text, styled
 
 COLUMNS = ("PROBER", "STATUS", "RTT ms", "LOSS", "JITTER", "RECENT", "AGE", "ERROR")
+PALETTE = ("cyan", "green", "blue", "magenta", "yellow", "orange", "white", "cyan+", "green+",
+           "blue+", "magenta+", "yellow+")  # fmt: skip
+"""Prober colours when archive points are drawn (each prober's two series in one colour);
+red is for failures."""
+
+
+def time_unit(window: float) -> tuple[str, float]:
+    """The chart's time axis unit for a window: minutes up to 3 hours, hours up to 3 days,
+    else days (and its size in seconds)."""
+    if window <= 3 * 3600:
+        return "minutes", 60.0
+    return ("hours", 3600.0) if window <= 3 * 86400 else ("days", 86400.0)
 
 
 def verdict(rows: list[ProberRow]) -> Text:
@@ -103,13 +116,19 @@ class TargetScreen(LiveScreen):
     def render_target(self) -> None:
         cfg = self.tui.config
         now = self.tui.source.now()
-        rows = prober_rows(self.history.data, self.latest, now, self.window)
+        rows = prober_rows(self.history.data, self.latest, now, self.window,
+                           self.tui.source.delay)  # fmt: skip
         headline = Text(f"{self.check} → {self.target} · last {ago(now - self.window, now)}: ",
                         style="bold")  # fmt: skip
         headline.append_text(verdict(rows))
         note = describe_answer(self.history.scope, self.history.missing, self.history.truncated)
         if note:
             headline.append(f"\n{note}", style="dim")
+        if self.history.archive and any(s.archive for s in self.history.data):
+            before = clock(self.history.archive_until) if self.history.archive_until else "now"
+            headline.append(f"\npoints before {before} (dotted) are from the archive of the "
+                            f"aggregator {self.history.archive}: the probers' stores no longer "
+                            "hold them", style="dim")  # fmt: skip
         self.query_one("#headline", Note).update(headline)
         self.plot(rows, now)
         table: list[tuple[str, list[Cell]]] = []
@@ -125,24 +144,34 @@ class TargetScreen(LiveScreen):
         self.query_one(LiveTable).show(table)
 
     def plot(self, rows: list[ProberRow], now: float) -> None:
-        """RTT against minutes ago, a line per prober; failures marked on the time axis."""
+        """RTT against time ago, a line per prober; failures marked on the time axis; points
+        from the aggregator's archive dotted, in their prober's colour."""
         widget = self.query_one(PlotextPlot)
         plt = widget.plt
         plt.clear_data()
         plt.clear_figure()
+        unit, size = time_unit(self.window)
         plt.title(f"RTT ms from each prober, last {ago(now - self.window, now)}")
-        plt.xlabel("minutes ago")
+        plt.xlabel(f"{unit} ago")
+        archived = any(s.archive for r in rows for s in r.samples)
         failed_x: list[float] = []
-        for r in rows:
-            ok = [(s.timestamp, s.rtt_ms) for s in r.samples if s.rtt_ms is not None]
-            if ok:
-                plt.plot([(t - now) / 60 for t, _ in ok], [v for _, v in ok], label=r.agent,
-                         marker="braille")  # fmt: skip
-            failed_x += [(s.timestamp - now) / 60 for s in r.samples if not s.success]
+        for i, r in enumerate(rows):
+            colour = {"color": PALETTE[i % len(PALETTE)]} if archived else {}
+            for archive in (False, True):
+                ok = [(s.timestamp, s.rtt_ms) for s in r.samples
+                      if s.rtt_ms is not None and s.archive == archive]  # fmt: skip
+                if ok:
+                    plt.plot([(t - now) / size for t, _ in ok], [v for _, v in ok],
+                             label=None if archive else r.agent,
+                             marker="dot" if archive else "braille", **colour)  # fmt: skip
+            failed_x += [(s.timestamp - now) / size for s in r.samples if not s.success]
         if failed_x:
             plt.scatter(failed_x, [0.0] * len(failed_x), label="failed", marker="x",
                         color="red")  # fmt: skip
-        plt.xlim(-self.window / 60, 0)
+        until = self.history.archive_until
+        if archived and until is not None and now - self.window < until < now:
+            plt.vline((until - now) / size, "gray")
+        plt.xlim(-self.window / size, 0)
         plt.ylim(0, None)
         widget.refresh()
 
