@@ -227,7 +227,7 @@ async def test_run_probe_batch_pings_many_targets_in_one_call() -> None:
     async with trio.open_nursery() as nursery:
         engine = await nursery.start(IcmpEngine().run)
         ctx = ProbeContext(agent="n", check="c", icmp=engine)
-        targets = ["127.1.0.1", "127.1.0.2", "nothing.invalid", "::1"]
+        targets = ["127.1.0.1", "127.1.0.2", "not a host", "::1"]  # fails locally, no DNS
         with trio.fail_after(5):
             rows = await run_probe_batch("ping", targets, {"count": 2, "interval": 0.01}, 2.0,
                                          ctx)

@@ -180,6 +180,8 @@ async def resolve(host: str, choice: FamilyChoice) -> list[tuple[int, str | None
     except socket.gaierror as exc:
         fam_text = f" (IPv{choice})" if choice in ("4", "6") else ""
         raise ResolveError(f"cannot resolve {host!r}{fam_text}: {exc.strerror}") from exc
+    except UnicodeError as exc:  # Python's IDNA encoding refuses the name before any lookup
+        raise ResolveError(f"cannot resolve {host!r}: not a valid host name ({exc})") from exc
     by_family: dict[int, str] = {}
     for info in infos:
         fam = 4 if info[0] == socket.AF_INET else 6
