@@ -13,7 +13,10 @@ from meshmon.wire import MAX_DATAGRAM, MAX_PLAINTEXT, OVERHEAD, Keyring, SealCon
 from meshmon.wire.seal import REASONS
 from tests.conftest import Mesh
 
-NOW = time.time()
+NOW = time.time() + 3600
+"""A fixed clock for the keyrings: an hour past collection, so certificates the fixtures issue
+later (valid from five minutes before their issue) are valid at NOW however long the suite takes
+to get here."""
 
 
 def _rings(mesh: Mesh, *names: str) -> dict[str, Keyring]:

@@ -14,7 +14,10 @@ from meshmon.membership.messages import Ping
 from meshmon.wire import MAX_PLAINTEXT, Keyring, SealError
 from tests.conftest import Mesh
 
-NOW = time.time()
+NOW = time.time() + 3600
+"""A fixed clock for the keyrings: an hour past collection, so certificates the fixtures issue
+later (valid from five minutes before their issue) are valid at NOW however long the suite takes
+to get here."""
 
 
 @pytest.fixture(scope="module")
