@@ -32,7 +32,7 @@ import heapq
 import random
 from collections.abc import Iterable
 
-from meshmon.membership import codec, timing
+from meshmon.membership import codec, timing, view
 from meshmon.membership.auth import Authenticator
 from meshmon.membership.config import MembershipConfig
 from meshmon.membership.events import (
@@ -49,12 +49,10 @@ from meshmon.membership.messages import (
     Alive,
     Dead,
     IndirectPing,
-    MemberState,
     Message,
     Nack,
     NodeMeta,
     Ping,
-    PushPullState,
     Suspect,
     UserData,
     UserNotice,
@@ -102,7 +100,6 @@ class Membership(MemberTable):
         self._seeds: tuple[Addr, ...] = ()
         self._user: dict[str, tuple[int, bytes]] = {}
         self._pulling: dict[str, int] = {}
-        self._state_cache: tuple[int, bool, bytes] | None = None
         self._datagrams: list[tuple[Addr, bytes]] = []
         self._stream_out: list[StreamRequest] = []
         self.declared: collections.Counter[str] = collections.Counter()
@@ -202,7 +199,8 @@ class Membership(MemberTable):
                 self._dispatch(now, src, msg)
         finally:
             self._source = None
-        self._fetch_certs(now)
+        if self._certs.wanted:
+            self._fetch_certs(now)
 
     def tick(self, now: float) -> None:
         """Run everything due at ``now``; call it at :meth:`next_deadline` (early is harmless)."""
@@ -245,6 +243,8 @@ class Membership(MemberTable):
 
     def take_events(self) -> list[Event]:
         """Membership and user-payload events since the last call, oldest first."""
+        if not self._events:
+            return []
         out = list(self._events)
         self._events.clear()
         return out
@@ -277,16 +277,8 @@ class Membership(MemberTable):
 
     def local_state(self, join: bool = False) -> bytes:
         """This node's full view, encoded for a push-pull exchange."""
-        cached = self._state_cache
-        if cached is not None and cached[0] == self._version and cached[1] == join:
-            return cached[2]
-        members = tuple(MemberState(m.meta, m.incarnation, m.state,
-                                    self._proof_of(m.meta.name) if m.state in _PROVEN else b"")
-                        for m in self._members.values())
         user = tuple(UserData(k, v, p) for k, (v, p) in self._user.items())
-        data = codec.encode_state(PushPullState(join, members, user))
-        self._state_cache = (self._version, join, data)
-        return data
+        return view.encode_state(self._members, self._snapshot, self._entry, join, user)
 
     def merge_remote_state(self, now: float, data: bytes) -> None:
         """Merge a peer's push-pull state (the server side calls this, then sends ours).
@@ -294,11 +286,16 @@ class Membership(MemberTable):
         Raises:
             MalformedMessage: the state was not valid; nothing changed.
         """
-        try:
-            state = codec.decode_state(data)
-        except codec.MalformedMessage:
-            self.stats["malformed_state"] += 1
-            raise
+        # Entries equal to ours change nothing (merging a suspect's confirms it, so those are
+        # always merged): decode only the others. Peers that agree cost a comparison.
+        layout = view.state_layout(self._members, self._snapshot, self._entry)
+        state = codec.decode_state_changes(data, *layout)
+        if state is None:
+            try:
+                state = codec.decode_state(data)
+            except codec.MalformedMessage:
+                self.stats["malformed_state"] += 1
+                raise
         self.stats["push_pull_merged"] += 1
         for ms in state.members:
             if ms.state is ALIVE:
@@ -383,7 +380,6 @@ class Membership(MemberTable):
             self.stats["user_keys_full"] += 1
             return False
         self._user[key] = (version, payload)
-        self._version += 1
         if self._pulling.get(key, -1) <= version:
             self._pulling.pop(key, None)
         inline = len(payload) <= self.config.max_user_inline
@@ -408,10 +404,11 @@ class Membership(MemberTable):
     # -- sending -------------------------------------------------------------------------------
 
     def _send(self, addr: Addr, primary: list[bytes]) -> None:
-        used = codec.FRAME_OVERHEAD + sum(len(p) for p in primary)
-        limit = timing.retransmit_limit(self.config.retransmit_mult, self._live)
-        extra = self._queue.take(self.config.max_datagram_plaintext - used, limit)
-        self._emit_datagram(addr, codec.frame(primary + extra if extra else primary))
+        if self._queue:  # piggyback news
+            used = codec.FRAME_OVERHEAD + sum(map(len, primary))
+            limit = timing.retransmit_limit(self.config.retransmit_mult, self._live)
+            primary = primary + self._queue.take(self.config.max_datagram_plaintext - used, limit)
+        self._emit_datagram(addr, codec.frame(primary))
 
     def _emit_datagram(self, addr: Addr, data: bytes) -> None:
         self._datagrams.append((addr, data))
@@ -477,6 +474,8 @@ class Membership(MemberTable):
         lst = self._probe_list
         for _ in range(len(lst) + 1):
             if self._probe_index >= len(lst):
+                if not isinstance(lst, list):  # a preloaded order: now this view's own
+                    lst = self._probe_list = list(lst)
                 self._rng.shuffle(lst)
                 self._probe_index = 0
                 if not lst:
