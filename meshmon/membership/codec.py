@@ -108,6 +108,16 @@ def encode_message(msg: Message) -> bytes:
     return bytes(cbor2.dumps(item))
 
 
+def encode_ping(seq: int, target: str, source: str) -> bytes:
+    """``encode_message(Ping(seq, target, source))``, for the hot path (every probe)."""
+    return bytes(cbor2.dumps([_PING, seq, target, source]))
+
+
+def encode_ack(seq: int) -> bytes:
+    """``encode_message(Ack(seq))``, for the hot path (every probe's answer)."""
+    return bytes(cbor2.dumps([_ACK, seq]))
+
+
 def frame(encoded: list[bytes]) -> bytes:
     """Join encoded messages into one datagram."""
     return _OPEN + b"".join(encoded) + _CLOSE

@@ -204,7 +204,8 @@ class Membership(MemberTable):
 
     def tick(self, now: float) -> None:
         """Run everything due at ``now``; call it at :meth:`next_deadline` (early is harmless)."""
-        self._run_timers(now)
+        if self._timers and self._timers[0][0] <= now:
+            self._run_timers(now)
         self._step_probe(now)
         if self._queue and now >= self._next_gossip:
             self._gossip(now)
@@ -219,16 +220,17 @@ class Membership(MemberTable):
         deadline = min(self._next_reconnect, self._next_push_pull)
         probe = self._probe
         if probe is not None:
-            deadline = min(deadline, probe.end_at if probe.indirect else probe.timeout_at)
-        elif not self._leaving:
-            deadline = min(deadline, self._next_probe)
-        if self._queue:
-            deadline = min(deadline, self._next_gossip)
+            due = probe.end_at if probe.indirect else probe.timeout_at
+            deadline = due if due < deadline else deadline
+        elif not self._leaving and self._next_probe < deadline:
+            deadline = self._next_probe
+        if self._next_gossip < deadline and self._queue:
+            deadline = self._next_gossip
         timers = self._timers
         while timers and not self._timer_valid(timers[0]):
             heapq.heappop(timers)
-        if timers:
-            deadline = min(deadline, timers[0][0])
+        if timers and timers[0][0] < deadline:
+            deadline = timers[0][0]
         return deadline
 
     def take_datagrams(self) -> list[tuple[Addr, bytes]]:
@@ -341,7 +343,7 @@ class Membership(MemberTable):
             return
         if msg.source in self._banned:
             return
-        primary = [codec.encode_message(Ack(msg.seq))]
+        primary = [codec.encode_ack(msg.seq)]
         them = self._members.get(msg.source)
         if them is not None and them.state in GONE:
             # It was declared dead (perhaps before a restart): tell it, so it refutes.
@@ -357,7 +359,7 @@ class Membership(MemberTable):
             return
         relay = self._relays.pop(seq, None)
         if relay is not None:
-            self._send(relay.requester, [codec.encode_message(Ack(relay.seq))])
+            self._send(relay.requester, [codec.encode_ack(relay.seq)])
 
     def _on_indirect(self, now: float, src: Addr, msg: IndirectPing) -> None:
         if msg.source in self._banned or msg.target in self._banned:
@@ -368,8 +370,7 @@ class Membership(MemberTable):
         deadline = now + _RELAY_NACK_FRACTION * self.config.probe_timeout
         self._relays[self._seq] = Relay(msg.seq, src, msg.nack, deadline)
         heapq.heappush(self._timers, (deadline, self._seq, T_RELAY, self._seq))
-        self._send(msg.target_addr, [codec.encode_message(Ping(self._seq, msg.target,
-                                                                self._name))])
+        self._send(msg.target_addr, [codec.encode_ping(self._seq, msg.target, self._name)])
 
     def _on_user(self, now: float, key: str, version: int, payload: bytes,
                  local: bool = False) -> bool:
@@ -497,7 +498,7 @@ class Membership(MemberTable):
         self._seq += 1
         timeout = timing.scale_by_awareness(cfg.probe_timeout, self._awareness)
         self._probe = ProbeRound(self._seq, target, now + timeout, now + interval)
-        primary = [codec.encode_message(Ping(self._seq, target.meta.name, self._name))]
+        primary = [codec.encode_ping(self._seq, target.meta.name, self._name)]
         if target.state is SUSPECT and cfg.lifeguard:  # the buddy rule: tell it, so it refutes
             primary.append(codec.encode_message(Suspect(target.incarnation, target.meta.name,
                                                         self._name)))

@@ -32,7 +32,7 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any
 
 from meshmon.membership import (
     Addr,
@@ -117,7 +117,7 @@ class Simulation:
         self.nodes: dict[str, SimNode] = {}
         self._udp: dict[Addr, SimNode] = {}
         self._tcp: dict[Addr, SimNode] = {}
-        self._heap: list[tuple[float, int, int, SimNode, object]] = []
+        self._heap: list[tuple[float, int, int, SimNode, Any]] = []  # (when, tie, kind, ..)
         self._counter = itertools.count()
         self.delivered = 0
         self.dropped = 0
@@ -234,9 +234,9 @@ class Simulation:
                 node.core.tick(when)
                 self._after(node)
             elif kind == _DELIVER:
-                if not stalled and self._maybe_stall(node, when, kind, item):
+                if not stalled and self.link.starved and self._maybe_stall(node, when, kind, item):
                     continue
-                src, datagram = cast(tuple[Addr, bytes], item)
+                src, datagram = item
                 self.delivered += 1
                 try:
                     node.core.handle_datagram(when, src, datagram)
@@ -244,9 +244,9 @@ class Simulation:
                     self.malformed += 1
                 self._after(node)
             else:
-                if not stalled and self._maybe_stall(node, when, kind, item):
+                if not stalled and self.link.starved and self._maybe_stall(node, when, kind, item):
                     continue
-                token, ok, reply = cast(tuple[int, bool, bytes | None], item)
+                token, ok, reply = item
                 node.core.stream_result(when, token, ok, reply)
                 self._after(node)
             self.events_processed += 1
@@ -293,7 +293,7 @@ class Simulation:
         # An earlier deadline, or a later one: a wake before it would find nothing to do.
         node.gen += 1
         node.wake_at = deadline
-        self._push(deadline, _WAKE, node, node.gen)
+        heapq.heappush(self._heap, (deadline, next(self._counter), _WAKE, node, node.gen))
 
     def _send(self, node: SimNode, datagrams: list[tuple[Addr, bytes]]) -> None:
         link = self.link
@@ -312,7 +312,7 @@ class Simulation:
                 self.dropped += 1
                 continue
             when = self.now + link.delay + rand() * link.jitter
-            self._push(when, _DELIVER, dst, (src, data))
+            heapq.heappush(self._heap, (when, next(self._counter), _DELIVER, dst, (src, data)))
             if link.duplicate and rand() < link.duplicate:
                 self._push(when + rand() * link.jitter, _DELIVER, dst, (src, data))
 
