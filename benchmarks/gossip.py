@@ -64,14 +64,29 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class _Watch:
-    """Observer: first time each observer saw each (kind, subject)."""
+    """Observer: first time each observer saw each (kind, subject).
+
+    :meth:`expect` names keys and how many observers each needs; :attr:`waiting` counts the
+    keys still short of that (a stop condition the simulator can check after every event).
+    """
 
     def __init__(self) -> None:
         self.seen: dict[tuple[EventKind, str], dict[str, float]] = {}
+        self._need: dict[tuple[EventKind, str], int] = {}
+        self.waiting = 0
+
+    def expect(self, keys: list[tuple[EventKind, str]], observers: int) -> None:
+        self._need = {key: observers for key in keys}
+        self.waiting = sum(len(self.seen.get(key, ())) < observers for key in keys)
 
     def __call__(self, t: float, observer: str, event: Event) -> None:
         if isinstance(event, MemberEvent) and event.kind in (EventKind.FAILED, EventKind.JOINED):
-            self.seen.setdefault((event.kind, event.member.name), {}).setdefault(observer, t)
+            key = (event.kind, event.member.name)
+            seen = self.seen.setdefault(key, {})
+            if observer not in seen:
+                seen[observer] = t
+                if len(seen) == self._need.get(key, 0):
+                    self.waiting -= 1
 
 
 def detection_and_convergence(n: int, kills: int, joins: int, seed: int,
@@ -102,10 +117,8 @@ def detection_and_convergence(n: int, kills: int, joins: int, seed: int,
     live = n - kills
     expectation = expected_detection_time(cfg.probe_interval, cfg.probe_timeout, n)
 
-    def all_detected() -> bool:
-        return all(len(watch.seen.get((EventKind.FAILED, v), {})) >= live for v in victims)
-
-    sim.run_until(max(killed_at.values()) + 4 * expectation, stop=all_detected)
+    watch.expect([(EventKind.FAILED, v) for v in victims], live)
+    sim.run_until(max(killed_at.values()) + 4 * expectation, stop=lambda: not watch.waiting)
     detection = []
     for victim in victims:
         seen = watch.seen.get((EventKind.FAILED, victim), {})
@@ -124,11 +137,8 @@ def detection_and_convergence(n: int, kills: int, joins: int, seed: int,
         sim.add_node(cfg, newcomer, seeds=(seed_addr,))
         key = (EventKind.JOINED, newcomer.name)
         others = live + j
-
-        def everyone(key: tuple[EventKind, str] = key, others: int = others) -> bool:
-            return len(watch.seen.get(key, {})) >= others
-
-        sim.run_for(30.0, stop=everyone)
+        watch.expect([key], others)
+        sim.run_for(30.0, stop=lambda: not watch.waiting)
         times = sorted(t - start for t in watch.seen.get(key, {}).values())
         if len(times) >= others:
             conv100.append(times[others - 1])

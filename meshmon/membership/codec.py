@@ -143,9 +143,18 @@ def _str(value: Any, max_len: int = _MAX_NAME, allow_empty: bool = False) -> str
     return value
 
 
+_NAMES: set[str] = set()  # names seen valid (every ping, suspect and dead names two)
+_NAMES_MAX = 65536
+
+
 def _name(value: Any) -> str:
+    if type(value) is str and value in _NAMES:
+        return value
     if type(value) is not str or not _NAME_RE.fullmatch(value):
         raise MalformedMessage(f"expected a node name (1-63 of A-Za-z0-9-_.), got {value!r:.40}")
+    if len(_NAMES) >= _NAMES_MAX:
+        _NAMES.clear()
+    _NAMES.add(value)
     return value
 
 

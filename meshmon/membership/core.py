@@ -227,10 +227,16 @@ class Membership(MemberTable):
         if self._next_gossip < deadline and self._queue:
             deadline = self._next_gossip
         timers = self._timers
-        while timers and not self._timer_valid(timers[0]):
+        while timers:
+            due, _, kind, key = timers[0]
+            if kind == T_SUSPECT:  # the common case, inline
+                s = self._suspicions.get(key)  # type: ignore[call-overload]
+                valid = s is not None and s.deadline == due
+            else:
+                valid = self._timer_valid(timers[0])
+            if valid:
+                return due if due < deadline else deadline
             heapq.heappop(timers)
-        if timers and timers[0][0] < deadline:
-            deadline = timers[0][0]
         return deadline
 
     def take_datagrams(self) -> list[tuple[Addr, bytes]]:

@@ -238,6 +238,7 @@ class MemberTable:
             self._gone.pop(name, None)
 
     def _entry(self, name: str, m: Member) -> bytes:
+        """``m``'s push-pull state entry, encoded (kept until the member or its proof changes)."""
         proof = self._proof_of(name) if m.state is ALIVE or m.state is LEFT else b""
         cached = self._encoded.get(name)
         if cached is not None and cached[0] is m and cached[1] is proof:
@@ -396,11 +397,13 @@ class MemberTable:
         """Up to ``k`` distinct random live members (and recently dead, if ``dead_after``)."""
         lst = self._probe_list
         chosen: dict[str, Member] = {}
-        if not lst:
+        size = len(lst)
+        if not size:
             return []
         members = self._members
-        for _ in range(3 * k + 3 if len(lst) > 3 * k else len(lst) * 3):
-            name = lst[self._rng.randrange(len(lst))]
+        randrange = self._rng.randrange
+        for _ in range(3 * k + 3 if size > 3 * k else size * 3):
+            name = lst[randrange(size)]
             m = members.get(name)
             if m is None or name in chosen or name == exclude or name in self._banned:
                 continue
