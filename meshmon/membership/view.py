@@ -179,11 +179,6 @@ class MemberMap(MutableMapping[str, Member]):
         """Snapshot names this view removed (some may have been added again, at the end)."""
         return self._hidden
 
-    @property
-    def base(self) -> Mapping[str, Member]:
-        """The shared snapshot (empty for a plain view)."""
-        return self._base
-
 
 class ProbeOrder:
     """The snapshot's names but ``own``, as a list that records only the positions changed.
