@@ -12,11 +12,19 @@ Endpoints (all ``GET``, all JSON):
 ``/v1/status``        identity, uptime, version, config version, store stats and health
                       (``state`` ok/failing/failed, ``since``, ``reason``, ``advice``,
                       ``buffered``, ``lost``, ``last_outage``, ``recovery_report``), loss
-                      counters, degraded flag (and ``degraded_reason`` when the store fails)
-``/v1/members``       the membership view
+                      counters, degraded flag (and ``degraded_reason`` when the store fails),
+                      ``sync``: the upload to the aggregator (``state``, ``url``, ``aggregator``,
+                      ``cursor``, ``acked``, ``behind``, ``lost``, ``last_success``,
+                      ``last_error``, ``failures``, ``backoff_s``..., see meshmon.sync)
+``/v1/members``       the membership view; ``rtt_ms`` is the latest direct gossip ping's round
+                      trip from this agent (null for itself, members not yet pinged, and
+                      members dead or gone)
 ``/v1/assignments``   what this agent probes, who probes what, coverage per target
 ``/v1/results``       stored results; query ``check``, ``target``, ``since`` (seconds, or a
                       duration like ``10m``), ``until``, ``limit``, ``latest=1``
+``/v1/mesh/latest``   mesh-wide questions, answered by asking the other agents over mTLS:
+``/v1/mesh/matrix``   parameters and JSON shapes in :mod:`meshmon.query`; 503 while the
+``/v1/mesh/history``  agent's mesh is not running yet
 
 A bad query parameter (unknown, repeated, empty, or not a finite non-negative time: ``nan``,
 ``inf`` and negative values included) answers 400 with ``{"error": ..., "parameter": ...}``; an
@@ -25,6 +33,8 @@ endpoint without parameters refuses any. A WebSocket upgrade answers 400 (JSON r
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import math
@@ -39,6 +49,16 @@ from urllib.parse import parse_qs
 import trio
 
 from meshmon.configload import parse_duration
+from meshmon.query.wire import (
+    MAX_ANSWER_BYTES,
+    MAX_POINTS,
+    MAX_WINDOW,
+    MIN_ANSWER_BYTES,
+    History,
+    Latest,
+    Matrix,
+    Question,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +91,17 @@ class ResultQuery:
     """Only the newest result per (check, target)."""
 
 
+@dataclass(frozen=True)
+class MeshQuery:
+    """A mesh-wide question from ``/v1/mesh/...`` and how long and how much to gather."""
+
+    question: Question
+    timeout: float | None = None
+    """Seconds for the whole question; None is the agent's default."""
+    max_bytes: int | None = None
+    """Answer limit per agent; None is the agent's default."""
+
+
 class AgentApi(Protocol):
     """What the control API needs from an agent; each method returns JSON-ready data."""
 
@@ -80,7 +111,13 @@ class AgentApi(Protocol):
 
     def api_assignments(self) -> dict[str, Any]: ...
 
+    def api_alerts(self) -> dict[str, Any]: ...
+
     def api_results(self, query: ResultQuery) -> list[dict[str, Any]]: ...
+
+    async def api_mesh(self, query: MeshQuery) -> dict[str, Any]:
+        """Raises :class:`ControlError` when the mesh is not running."""
+        ...
 
 
 _TIME_HELP = 'give seconds ago, a duration such as "10m", or a Unix timestamp'
@@ -157,6 +194,86 @@ def parse_result_query(params: Mapping[str, list[str]], now: float) -> ResultQue
     )
 
 
+MESH_PARAMS = {
+    "latest": frozenset({"check", "target", "full"}),
+    "matrix": frozenset({"tag", "check", "window"}),
+    "history": frozenset({"check", "target", "since", "until", "points"}),
+}
+"""Parameters of each ``/v1/mesh/<question>``, besides ``timeout`` and ``max_bytes``."""
+MAX_MESH_TIMEOUT = 30.0
+
+
+def _number(name: str, text: str, low: float, high: float, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:  # nan fails too
+        raise BadParameter(name, f"{text!r} is not {what} in {low:g}..{high:g}")
+    return value
+
+
+def _whole(name: str, text: str, low: int, high: int) -> int:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise BadParameter(name, f"{text!r} is not a whole number in {low}..{high}")
+    return int(text)
+
+
+def _required(given: dict[str, str], name: str, what: str) -> str:
+    value = given.get(name, "")
+    if not value:
+        raise BadParameter(name, f"missing; give the {what}")
+    return value
+
+
+def _optional(given: dict[str, str], name: str) -> str | None:
+    if given.get(name) == "":
+        raise BadParameter(name, f"empty; give a {name} name or leave {name} out")
+    return given.get(name)
+
+
+def parse_mesh_query(kind: str, params: Mapping[str, list[str]], now: float) -> MeshQuery:
+    """Turn the query string of ``/v1/mesh/<kind>`` into a :class:`MeshQuery`.
+
+    Raises:
+        BadParameter: naming the parameter and what is allowed.
+    """
+    given = single_values(params, MESH_PARAMS[kind] | {"timeout", "max_bytes"})
+    timeout = (_number("timeout", given["timeout"], 0.1, MAX_MESH_TIMEOUT, "a number of seconds")
+               if given.get("timeout") else None)  # fmt: skip
+    max_bytes = (_whole("max_bytes", given["max_bytes"], MIN_ANSWER_BYTES, MAX_ANSWER_BYTES)
+                 if given.get("max_bytes") else None)  # fmt: skip
+    question: Question
+    if kind == "latest":
+        full = given.get("full")
+        if full not in (None, "0", "1", "true", "false"):
+            raise BadParameter("full", f"{full!r}: use 1 or 0")
+        question = Latest(_optional(given, "check"), _optional(given, "target"),
+                          full in ("1", "true"))  # fmt: skip
+    elif kind == "matrix":
+        window = 300.0
+        if given.get("window"):
+            text = given["window"]
+            try:
+                window = float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+            except ValueError as exc:
+                raise BadParameter("window", f"{exc}; give seconds or a duration such as 5m"
+                                   ) from None  # fmt: skip
+            if not 0 < window <= MAX_WINDOW:
+                raise BadParameter("window", f"{text!r} must be above 0 and at most 7d")
+        question = Matrix(_required(given, "tag", "tag whose members form the matrix"),
+                          _optional(given, "check"), window)  # fmt: skip
+    else:
+        since = _time_param("since", given["since"], now) if given.get("since") else now - 3600
+        until = _time_param("until", given["until"], now) if given.get("until") else None
+        if until is not None and since > until:
+            raise BadParameter("since", "is later than until; swap them")
+        points = _whole("points", given["points"], 1, MAX_POINTS) if given.get("points") else 200
+        question = History(_required(given, "check", "check name"),
+                           _required(given, "target", "target"), since, until, points)
+    return MeshQuery(question, timeout, max_bytes)
+
+
 def _no_params(answer: Callable[[], Any]) -> Callable[[Mapping[str, list[str]]], Any]:
     """A handler for an endpoint that takes no parameters (any given is a 400)."""
 
@@ -180,10 +297,16 @@ class ControlApp:
             f"{API_PREFIX}/status": _no_params(self.agent.api_status),
             f"{API_PREFIX}/members": _no_params(self.agent.api_members),
             f"{API_PREFIX}/assignments": _no_params(self.agent.api_assignments),
+            f"{API_PREFIX}/alerts": _no_params(self.agent.api_alerts),
             f"{API_PREFIX}/results": lambda q: self.agent.api_results(
                 parse_result_query(q, time.time())
             ),
         }
+        for kind in MESH_PARAMS:
+            self.routes[f"{API_PREFIX}/mesh/{kind}"] = functools.partial(self._mesh, kind)
+
+    def _mesh(self, kind: str, params: Mapping[str, list[str]]) -> Awaitable[dict[str, Any]]:
+        return self.agent.api_mesh(parse_mesh_query(kind, params, time.time()))
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -199,8 +322,8 @@ class ControlApp:
             return
         if scope["type"] != "http":
             return
-        status, body = self.dispatch(scope["method"], scope["path"],
-                                     scope.get("query_string", b""))  # fmt: skip
+        status, body = await self.dispatch(scope["method"], scope["path"],
+                                           scope.get("query_string", b""))  # fmt: skip
         await _send_json(send, "http.response", status, body)
 
     async def _refuse_websocket(self, scope: dict[str, Any], receive: Receive,
@@ -214,7 +337,7 @@ class ControlApp:
         else:  # closing before accepting makes the server answer 403
             await send({"type": "websocket.close", "code": 1008})
 
-    def dispatch(self, method: str, path: str, query_string: bytes) -> tuple[int, Any]:
+    async def dispatch(self, method: str, path: str, query_string: bytes) -> tuple[int, Any]:
         """Answer one request: (HTTP status, JSON body)."""
         if method != "GET":
             return 405, {"error": f"{method} not allowed; the control API is read-only"}
@@ -223,9 +346,14 @@ class ControlApp:
             return 404, {"error": f"no endpoint {path}", "endpoints": sorted(self.routes)}
         try:
             params = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
-            return 200, handler(params)
+            body = handler(params)
+            if inspect.isawaitable(body):
+                body = await body
+            return 200, body
         except BadParameter as exc:
             return 400, {"error": str(exc), "parameter": exc.parameter}
+        except ControlError as exc:  # the agent cannot answer yet (e.g. its mesh is starting)
+            return 503, {"error": str(exc)}
         except Exception as exc:  # an API bug must not take the agent down
             log.exception("control API error on %s", path)
             return 500, {"error": f"internal error: {exc}"}

@@ -30,7 +30,7 @@ import collections
 import contextlib
 import heapq
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from meshmon.membership import codec, timing, view
 from meshmon.membership.auth import Authenticator
@@ -72,9 +72,8 @@ from meshmon.membership.state import (
 )
 
 _USER_PREFIX = "\x00"  # queue keys: a member's name, or this prefix + a user key (names can't)
-_MAX_USER_KEYS = 1024
+_MAX_USER_KEYS = 16384  # the CRL and one alert digest per member (meshmon.alerts)
 _RELAY_NACK_FRACTION = 0.8
-_PROVEN = (ALIVE, LEFT)  # states whose push-pull entries carry the member's own proof
 
 
 class Membership(MemberTable):
@@ -99,6 +98,8 @@ class Membership(MemberTable):
         self._streams: dict[int, tuple[StreamRequest, str | None]] = {}
         self._seeds: tuple[Addr, ...] = ()
         self._user: dict[str, tuple[int, bytes]] = {}
+        self.user_filter: Callable[[str, int, bytes], bool] | None = None
+        """Accepts or refuses application data from peers before it is kept or passed on."""
         self._pulling: dict[str, int] = {}
         self._datagrams: list[tuple[Addr, bytes]] = []
         self._stream_out: list[StreamRequest] = []
@@ -227,17 +228,9 @@ class Membership(MemberTable):
         if self._next_gossip < deadline and self._queue:
             deadline = self._next_gossip
         timers = self._timers
-        while timers:
-            due, _, kind, key = timers[0]
-            if kind == T_SUSPECT:  # the common case, inline
-                s = self._suspicions.get(key)  # type: ignore[call-overload]
-                valid = s is not None and s.deadline == due
-            else:
-                valid = self._timer_valid(timers[0])
-            if valid:
-                return due if due < deadline else deadline
+        while timers and not self._timer_valid(timers[0]):
             heapq.heappop(timers)
-        return deadline
+        return timers[0][0] if timers and timers[0][0] < deadline else deadline
 
     def take_datagrams(self) -> list[tuple[Addr, bytes]]:
         """Datagrams to send now: ``[(udp_addr, plaintext)]``; each is within the budget."""
@@ -291,11 +284,12 @@ class Membership(MemberTable):
     def merge_remote_state(self, now: float, data: bytes) -> None:
         """Merge a peer's push-pull state (the server side calls this, then sends ours).
 
+        Only entries that differ from ours are decoded (see ``view``): an equal one changes
+        nothing, except a suspect's, whose merge confirms the suspicion.
+
         Raises:
             MalformedMessage: the state was not valid; nothing changed.
         """
-        # Entries equal to ours change nothing (merging a suspect's confirms it, so those are
-        # always merged): decode only the others. Peers that agree cost a comparison.
         layout = view.state_layout(self._members, self._snapshot, self._entry)
         state = codec.decode_state_changes(data, *layout)
         if state is None:
@@ -359,8 +353,9 @@ class Membership(MemberTable):
     def _on_ack(self, now: float, seq: int) -> None:
         probe = self._probe
         if probe is not None and probe.seq == seq:
-            if not probe.indirect:
+            if not probe.indirect:  # a direct answer: its delay is this member's round trip
                 self._change_awareness(-1)
+                self.rtt[probe.target.meta.name] = now - probe.started_at
             self._probe = None
             return
         relay = self._relays.pop(seq, None)
@@ -382,6 +377,10 @@ class Membership(MemberTable):
                  local: bool = False) -> bool:
         current = self._user.get(key)
         if current is not None and version <= current[0]:
+            return False
+        if not local and self.user_filter is not None and not self.user_filter(key, version,
+                                                                               payload):
+            self.stats["user_refused"] += 1  # e.g. an alert digest its prober did not sign
             return False
         if current is None and len(self._user) >= _MAX_USER_KEYS:
             self.stats["user_keys_full"] += 1
@@ -503,7 +502,7 @@ class Membership(MemberTable):
             return
         self._seq += 1
         timeout = timing.scale_by_awareness(cfg.probe_timeout, self._awareness)
-        self._probe = ProbeRound(self._seq, target, now + timeout, now + interval)
+        self._probe = ProbeRound(self._seq, target, now, now + timeout, now + interval)
         primary = [codec.encode_ping(self._seq, target.meta.name, self._name)]
         if target.state is SUSPECT and cfg.lifeguard:  # the buddy rule: tell it, so it refutes
             primary.append(codec.encode_message(Suspect(target.incarnation, target.meta.name,
@@ -523,8 +522,7 @@ class Membership(MemberTable):
         probe.expected_nacks = len(helpers) if cfg.lifeguard else 0
         if cfg.tcp_ping:
             probe.tcp_token = self._request_stream(now, StreamKind.PING, target.tcp_addr,
-                                                   target.name, join=False,
-                                                   deadline=probe.end_at)
+                                                   target.name, join=False, deadline=probe.end_at)
 
     def _probe_end(self, now: float, probe: ProbeRound) -> None:
         self._probe = None

@@ -14,11 +14,13 @@ class ProbeRound:
     """One failure-detection round: its target, deadlines, and what came back."""
 
 
-    __slots__ = ("end_at", "expected_nacks", "indirect", "nacks", "seq", "target", "tcp_ok",
-                 "tcp_token", "timeout_at")
+    __slots__ = ("end_at", "expected_nacks", "indirect", "nacks", "seq", "started_at", "target",
+                 "tcp_ok", "tcp_token", "timeout_at")
 
-    def __init__(self, seq: int, target: Member, timeout_at: float, end_at: float) -> None:
+    def __init__(self, seq: int, target: Member, started_at: float, timeout_at: float,
+                 end_at: float) -> None:
         self.seq = seq
+        self.started_at = started_at
         self.target = target
         self.timeout_at = timeout_at
         self.end_at = end_at
