@@ -9,6 +9,9 @@ failure, computed in the same run: ``1.58 * probe_interval + probe_timeout
   live node has marked it dead. Median and p99 over the kills.
 * convergence: a new node joins through one seed; the time until 99 % and 100 % of the mesh
   know it.
+* the rest of the run: the mesh keeps running until ``--simulated`` seconds of virtual time
+  (10 minutes in the full run: push-pulls, which start after 30-60 s and recur every
+  ``push_pull_interval`` scaled by log2 N, included); healthy members declared dead meanwhile.
 * false positives: healthy members declared dead per simulated hour, at 5 % packet loss and with
   one CPU-starved node, Lifeguard on vs off.
 * cost: datagrams and bytes sent per node per second in the steady state.
@@ -17,22 +20,30 @@ failure, computed in the same run: ``1.58 * probe_interval + probe_timeout
   the way). Median and worst over five seeds: the worst is the rare run in which some node
   missed an announcement altogether and waits for a push-pull (30 s), as plain memberlist does.
 
-``--quick`` runs N = 100 and 1000 (and shorter false-positive runs at N = 50); the full run
-does N = 100 and 1000 with more kills; ``--sizes`` picks others. The headline is the worst
-ratio over every N run, and each N's ratio is listed. N = 10,000 is not claimed: the simulator
-keeps every node's full view (10^8 member entries), which does not fit 10 minutes and 4 GB
-here yet. The last line is the JSON result.
+Each N runs in a process of its own, which reports its wall time, CPU time and peak RSS
+(``ru_maxrss``): what simulating that mesh costs this machine (with the load average at the
+end, since the wall time of a shared machine depends on it). ``--quick`` runs N = 100 and
+1000 (and shorter false-positive runs at N = 50) only as long as detection and joins take; the
+full run does N = 100, 1000 and 10,000 for 10 simulated minutes each, and ``scale`` says
+whether N = 10,000 for 10 simulated minutes stayed within 10 minutes of wall time and 4 GB
+(``--sizes`` picks other N). The headline is the worst detection ratio over every N run, and
+each N's ratio is listed. The last line is the JSON result.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
+import multiprocessing
+import os
+import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 from meshmon.membership import (
     Event,
@@ -55,24 +66,42 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class _Watch:
-    """Observer: first time each observer saw each (kind, subject)."""
+    """Observer: first time each observer saw each (kind, subject).
+
+    :meth:`expect` names keys and how many observers each needs; :attr:`waiting` counts the
+    keys still short of that (a stop condition the simulator can check after every event).
+    """
 
     def __init__(self) -> None:
         self.seen: dict[tuple[EventKind, str], dict[str, float]] = {}
+        self._need: dict[tuple[EventKind, str], int] = {}
+        self.waiting = 0
+
+    def expect(self, keys: list[tuple[EventKind, str]], observers: int) -> None:
+        self._need = {key: observers for key in keys}
+        self.waiting = sum(len(self.seen.get(key, ())) < observers for key in keys)
 
     def __call__(self, t: float, observer: str, event: Event) -> None:
         if isinstance(event, MemberEvent) and event.kind in (EventKind.FAILED, EventKind.JOINED):
-            self.seen.setdefault((event.kind, event.member.name), {}).setdefault(observer, t)
+            key = (event.kind, event.member.name)
+            seen = self.seen.setdefault(key, {})
+            if observer not in seen:
+                seen[observer] = t
+                if len(seen) == self._need.get(key, 0):
+                    self.waiting -= 1
 
 
 def detection_and_convergence(n: int, kills: int, joins: int, seed: int,
-                              log: Callable[[str], None]) -> dict[str, object]:
-    """Warm mesh of ``n``: steady-state cost, then kills (detection), then joins (convergence)."""
+                              simulated: float) -> dict[str, object]:
+    """Warm mesh of ``n``: steady-state cost, then kills (detection), then joins (convergence),
+    then on until ``simulated`` seconds of virtual time."""
+    log = _log
     cfg = lan()
     watch = _Watch()
     sim = Simulation(seed, observer=watch)
     wall = time.perf_counter()
     names = start_mesh(sim, cfg, n, warm=True)
+    gc.freeze()  # the mesh lives for the whole run: keep the collector off its objects
     sim.run_for(3.0)  # let probes spread out
     sent0, bytes0, t0 = _totals(sim)
     quiet = 5.0
@@ -90,10 +119,8 @@ def detection_and_convergence(n: int, kills: int, joins: int, seed: int,
     live = n - kills
     expectation = expected_detection_time(cfg.probe_interval, cfg.probe_timeout, n)
 
-    def all_detected() -> bool:
-        return all(len(watch.seen.get((EventKind.FAILED, v), {})) >= live for v in victims)
-
-    sim.run_until(max(killed_at.values()) + 4 * expectation, stop=all_detected)
+    watch.expect([(EventKind.FAILED, v) for v in victims], live)
+    sim.run_until(max(killed_at.values()) + 4 * expectation, stop=lambda: not watch.waiting)
     detection = []
     for victim in victims:
         seen = watch.seen.get((EventKind.FAILED, victim), {})
@@ -112,11 +139,8 @@ def detection_and_convergence(n: int, kills: int, joins: int, seed: int,
         sim.add_node(cfg, newcomer, seeds=(seed_addr,))
         key = (EventKind.JOINED, newcomer.name)
         others = live + j
-
-        def everyone(key: tuple[EventKind, str] = key, others: int = others) -> bool:
-            return len(watch.seen.get(key, {})) >= others
-
-        sim.run_for(30.0, stop=everyone)
+        watch.expect([key], others)
+        sim.run_for(30.0, stop=lambda: not watch.waiting)
         times = sorted(t - start for t in watch.seen.get(key, {}).values())
         if len(times) >= others:
             conv100.append(times[others - 1])
@@ -126,6 +150,15 @@ def detection_and_convergence(n: int, kills: int, joins: int, seed: int,
     log(f"N={n}: join convergence 99% {conv99} 100% {conv100}; "
         f"{msgs_per_node_s:.2f} datagrams and {bytes_per_node_s:.0f} B per node per s; "
         f"wall {time.perf_counter() - wall:.1f}s, max datagram {sim.max_datagram} B")
+    if sim.now < simulated:
+        sim.run_until(simulated)
+    killed = set(victims)
+    healthy_fp = sum(count for core in sim.running() for subject, count in core.declared.items()
+                     if subject not in killed)
+    merges = sum(core.stats["push_pull_merged"] for core in sim.running())
+    log(f"N={n}: {sim.now:.0f} simulated s, {sim.events_processed} events, {merges} push-pull "
+        f"merges, {healthy_fp} healthy members declared dead; wall "
+        f"{time.perf_counter() - wall:.1f}s")
     return {
         "n": n,
         "expectation_s": round(expectation, 3),
@@ -139,8 +172,33 @@ def detection_and_convergence(n: int, kills: int, joins: int, seed: int,
         "datagrams_per_node_s": round(msgs_per_node_s, 3),
         "bytes_per_node_s": round(bytes_per_node_s, 1),
         "max_datagram_bytes": sim.max_datagram,
-        "wall_s": round(time.perf_counter() - wall, 2),
+        "simulated_s": round(sim.now, 1),
+        "events": sim.events_processed,
+        "push_pull_merges": merges,
+        "healthy_declared_dead": healthy_fp,
     }
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def measured(fn: Callable[..., dict[str, object]], *args: object) -> dict[str, object]:
+    """``fn(*args)`` in a process of its own, with its wall time, CPU time and peak RSS."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        return pool.submit(_measure, fn, args).result()
+
+
+def _measure(fn: Callable[..., dict[str, object]], args: tuple[object, ...]
+             ) -> dict[str, object]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.update(wall_s=round(time.perf_counter() - wall, 1),
+               cpu_s=round(time.process_time() - cpu, 1),
+               peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
+               load_avg_1m=round(os.getloadavg()[0], 1))  # wall time on a shared machine
+    return out
 
 
 def _totals(sim: Simulation) -> tuple[int, int, float]:
@@ -196,26 +254,49 @@ def mass_join(n: int, seeds: range) -> dict[str, object]:
             "max_datagram_bytes": biggest}
 
 
+SCALE_N = 10_000
+SCALE_GOAL = {"simulated_s": 600.0, "wall_s": 600.0, "peak_rss_mb": 4096.0}
+"""N = 10,000 for 10 simulated minutes within 10 minutes of wall time and 4 GB."""
+
+
+def _scale(results: dict[int, dict[str, object]]) -> dict[str, object] | None:
+    """The largest mesh run against the scale goal; None if no run had N >= 10,000 (each
+    size's own cost is in ``sizes``)."""
+    n = max(results, default=0)
+    if n < SCALE_N:
+        return None
+    got = {key: float(results[n][key]) for key in SCALE_GOAL}  # type: ignore[arg-type]
+    met = (got["simulated_s"] >= SCALE_GOAL["simulated_s"] and got["wall_s"] <= SCALE_GOAL["wall_s"]
+           and got["peak_rss_mb"] <= SCALE_GOAL["peak_rss_mb"])
+    return {"n": n, **got, "cpu_s": results[n]["cpu_s"],
+            "goal": f"N={SCALE_N} for {SCALE_GOAL['simulated_s']:.0f} simulated s within "
+                    f"{SCALE_GOAL['wall_s']:.0f} s wall and {SCALE_GOAL['peak_rss_mb']:.0f} MB",
+            "met": met}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 100 and 1000, under 60 s")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sizes", type=lambda text: [int(x) for x in text.split(",")],
-                        default=None, help="mesh sizes to run, e.g. 100,1000,3000 (the "
-                        "simulator holds every node's full view: N=10,000 does not fit this "
-                        "machine's time and memory yet)")
+                        default=None, help="mesh sizes to run, e.g. 100,1000,3000 (default: "
+                        "100,1000 with --quick, else 100,1000,10000)")
+    parser.add_argument("--simulated", type=float, default=None,
+                        help="virtual seconds each size runs (default: 600; with --quick, "
+                        "as long as detection and joins take)")
     args = parser.parse_args(argv)
-
-    def log(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+    log = _log
 
     wall = time.perf_counter()
-    sizes = [(100, 8, 3), (1000, 9, 2)] if args.quick else [(100, 12, 5), (1000, 12, 5)]
+    sizes = ([(100, 8, 3), (1000, 9, 2)] if args.quick
+             else [(100, 12, 5), (1000, 12, 5), (SCALE_N, 12, 5)])
     if args.sizes:
         sizes = [(n, 8 if args.quick else 12, 3) for n in args.sizes]
+    simulated = args.simulated if args.simulated is not None else 0.0 if args.quick else 600.0
     results = {}
     for n, kills, joins in sizes:
-        results[n] = detection_and_convergence(n, kills, joins, args.seed, log)
+        results[n] = measured(detection_and_convergence, n, kills, joins, args.seed, simulated)
+        log(f"N={n}: {json.dumps(results[n])}")
     fp_n, fp_seconds = (50, 600.0) if args.quick else (100, 3600.0)
     fp: dict[str, object] = {}
     for label, loss, starved in (("loss5", 0.05, False), ("starved", 0.0, True)):
@@ -249,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         "profile": "lan",
         "quick": args.quick,
         "sizes": {str(n): r for n, r in results.items()},
+        "scale": _scale(results),
         "false_positives": {"n": fp_n, "simulated_s": fp_seconds, **fp},
         "mass_join": joins,
         "wall_s": round(time.perf_counter() - wall, 1),

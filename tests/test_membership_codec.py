@@ -53,6 +53,13 @@ def test_every_message_round_trips() -> None:
         assert codec.decode_datagram(codec.frame([codec.encode_message(msg)])) == [msg]
 
 
+def test_hot_path_encoders_write_what_encode_message_writes() -> None:
+    for seq in (0, 23, 24, 2**40):
+        assert codec.encode_ping(seq, "node-1", "node-2") == codec.encode_message(
+            Ping(seq, "node-1", "node-2"))
+        assert codec.encode_ack(seq) == codec.encode_message(Ack(seq))
+
+
 def test_state_round_trips() -> None:
     state = PushPullState(True, (MemberState(META, 9, State.SUSPECT),
                                  MemberState(META, 9, State.ALIVE, b"proof")),

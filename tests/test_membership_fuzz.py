@@ -15,7 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshmon.membership import codec
-from meshmon.membership.messages import Alive, NodeMeta, Ping, Suspect, UserData
+from meshmon.membership.messages import (
+    Alive,
+    MemberState,
+    NodeMeta,
+    Ping,
+    PushPullState,
+    State,
+    Suspect,
+    UserData,
+)
 
 _VALID = codec.encode_datagram([
     Ping(1, "n1", "n2"),
@@ -34,6 +43,15 @@ _message = st.builds(lambda kind, rest: [kind, *rest], st.integers(0, 9),
                      st.lists(_values, max_size=7))
 
 
+_OURS = [MemberState(NodeMeta(f"n{i}", "10.0.0.1", 7946, 7946, ("a",), "v", b"f" * 32, 1), i,
+                     State(i % 4), b"p" * (i % 2)) for i in range(6)]
+_ENTRIES = [codec.encode_member_state(m) for m in _OURS]
+_LAYOUT = (b"".join(_ENTRIES), [sum(map(len, _ENTRIES[:i])) for i in range(7)],
+           [m.meta.name for m in _OURS], {2}, {f"n{i}": i for i in range(6)}.get)
+_STATE = codec.encode_state(PushPullState(False, (*_OURS[:3], _OURS[4], _OURS[3], *_OURS[5:]),
+                                          (UserData("crl", 4, b"x"),)))
+
+
 def _mutate(data: bytes, edits: list[tuple[int, int]], cut: int) -> bytes:
     buf = bytearray(data)
     for pos, value in edits:
@@ -49,6 +67,9 @@ _inputs = st.one_of(
     st.builds(_mutate, st.just(_VALID),
               st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=6),
               st.integers(0, 20)),
+    st.builds(_mutate, st.just(_STATE),
+              st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=4),
+              st.integers(0, 40)),
 )
 
 
@@ -56,6 +77,9 @@ def _check(data: Any) -> None:
     with contextlib.suppress(codec.MalformedMessage):
         codec.decode_datagram(data)
     with contextlib.suppress(codec.MalformedMessage):
+        codec.decode_state(data)
+    # the quick merge's decoder never raises, and takes only what the full one accepts
+    if codec.decode_state_changes(data, *_LAYOUT) is not None:
         codec.decode_state(data)
 
 

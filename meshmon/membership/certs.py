@@ -61,6 +61,11 @@ class CertFetches:
         return len(self._pending)
 
     @property
+    def wanted(self) -> bool:
+        """Whether certificates wait to be asked for (:meth:`batches` may start fetches)."""
+        return bool(self._wanted)
+
+    @property
     def in_flight(self) -> int:
         """Fetches started and not finished."""
         return len(self._flying)

@@ -14,9 +14,13 @@ on it, so a bad message anywhere leaves the state untouched.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import io
 import ipaddress
+import itertools
 import re
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import cbor2
@@ -62,6 +66,8 @@ MAX_PROOF = 2048
 MAX_REF = 64
 """Longest certificate reference (fingerprint) a fetch may name."""
 _STATEMENT = "meshmon-statement-v1"
+_STATE_OPEN = {join: b"\x84" + cbor2.dumps(VERSION) + cbor2.dumps(join) for join in (False, True)}
+"""A push-pull state's first bytes: an array of 4, the version, the join flag."""
 
 
 class MalformedMessage(ValueError):
@@ -107,6 +113,16 @@ def encode_message(msg: Message) -> bytes:
     return bytes(cbor2.dumps(item))
 
 
+def encode_ping(seq: int, target: str, source: str) -> bytes:
+    """``encode_message(Ping(seq, target, source))``, for the hot path (every probe)."""
+    return bytes(cbor2.dumps([_PING, seq, target, source]))
+
+
+def encode_ack(seq: int) -> bytes:
+    """``encode_message(Ack(seq))``, for the hot path (every probe's answer)."""
+    return bytes(cbor2.dumps([_ACK, seq]))
+
+
 def frame(encoded: list[bytes]) -> bytes:
     """Join encoded messages into one datagram."""
     return _OPEN + b"".join(encoded) + _CLOSE
@@ -132,9 +148,18 @@ def _str(value: Any, max_len: int = _MAX_NAME, allow_empty: bool = False) -> str
     return value
 
 
+_NAMES: set[str] = set()  # names seen valid (every ping, suspect and dead names two)
+_NAMES_MAX = 65536
+
+
 def _name(value: Any) -> str:
+    if type(value) is str and value in _NAMES:
+        return value
     if type(value) is not str or not _NAME_RE.fullmatch(value):
         raise MalformedMessage(f"expected a node name (1-63 of A-Za-z0-9-_.), got {value!r:.40}")
+    if len(_NAMES) >= _NAMES_MAX:
+        _NAMES.clear()
+    _NAMES.add(value)
     return value
 
 
@@ -321,12 +346,34 @@ def decode_blobs(data: bytes, max_items: int, max_len: int) -> list[bytes]:
     return items
 
 
+def encode_member_state(m: MemberState) -> bytes:
+    """Encode one member's entry of a push-pull state (:func:`encode_state_entries` joins them)."""
+    return bytes(cbor2.dumps([m.state.value, m.incarnation, _meta_list(m.meta), m.proof]))
+
+
+def _array_head(n: int) -> bytes:
+    """The canonical CBOR head of an array of ``n`` items (as ``cbor2.dumps`` writes it)."""
+    if n < 24:
+        return bytes((0x80 | n,))
+    for code, size in ((0x98, 1), (0x99, 2), (0x9A, 4), (0x9B, 8)):
+        if n < 1 << (8 * size):
+            return bytes((code,)) + n.to_bytes(size, "big")
+    raise ValueError("too many items")
+
+
+def encode_state_entries(join: bool, entries: Iterable[bytes | memoryview], count: int,
+                         user: tuple[UserData, ...]) -> bytes:
+    """A push-pull state from ``count`` members' entries already encoded
+    (:func:`encode_member_state`): byte for byte what :func:`encode_state` writes."""
+    head = _STATE_OPEN[join] + _array_head(count)
+    tail = bytes(cbor2.dumps([[u.key, u.version, u.payload] for u in user]))
+    return b"".join(itertools.chain((head,), entries, (tail,)))
+
+
 def encode_state(state: PushPullState) -> bytes:
     """Encode a push-pull state."""
-    members = [[m.state.value, m.incarnation, _meta_list(m.meta), m.proof]
-               for m in state.members]
-    user = [[u.key, u.version, u.payload] for u in state.user]
-    return bytes(cbor2.dumps([VERSION, state.join, members, user]))
+    return encode_state_entries(state.join, map(encode_member_state, state.members),
+                                len(state.members), state.user)
 
 
 def decode_state(data: bytes) -> PushPullState:
@@ -345,17 +392,100 @@ def decode_state(data: bytes) -> PushPullState:
         raw_members = _list(items[2])
         if len(raw_members) > _MAX_STATE_MEMBERS:
             raise MalformedMessage("too many members")
-        members = []
-        for raw in raw_members:
-            entry = _list(raw, 4)
-            members.append(MemberState(_meta(entry[2]), _int(entry[1]),
-                                       State(_int(entry[0], 0, 3)), _proof(entry[3])))
-        user = []
-        for raw in _list(items[3]):
-            entry = _list(raw, 3)
-            user.append(UserData(_str(entry[0], _MAX_KEY), _int(entry[1]), _bytes(entry[2])))
-        return PushPullState(items[1], tuple(members), tuple(user))
+        members = [_member_state(raw) for raw in raw_members]
+        return PushPullState(items[1], tuple(members), _user_data(items[3]))
     except MalformedMessage:
         raise
     except Exception as exc:
         raise MalformedMessage(f"bad state: {type(exc).__name__}") from None
+
+
+def _member_state(raw: Any) -> MemberState:
+    entry = _list(raw, 4)
+    return MemberState(_meta(entry[2]), _int(entry[1]), State(_int(entry[0], 0, 3)),
+                       _proof(entry[3]))
+
+
+def _user_data(raw: Any) -> tuple[UserData, ...]:
+    user = []
+    for item in _list(raw):
+        entry = _list(item, 3)
+        user.append(UserData(_str(entry[0], _MAX_KEY), _int(entry[1]), _bytes(entry[2])))
+    return tuple(user)
+
+
+def decode_state_changes(data: bytes, ours: bytes | memoryview, offsets: Sequence[int],
+                         names: Sequence[str], unmatched: Collection[int],
+                         position: Callable[[str], int | None]) -> PushPullState | None:
+    """Decode a push-pull state, leaving out the member entries that equal the receiver's own.
+
+    ``ours`` is the receiver's entries (:func:`encode_member_state`) one after another in the
+    order its own state lists them, entry ``k`` at ``ours[offsets[k]:offsets[k + 1]]`` for
+    member ``names[k]``; ``position(name)`` is the ``k`` of a name (None: the receiver has no
+    entry for it). A remote entry byte for byte equal to the receiver's is left out, unless
+    its position is in ``unmatched`` or an entry returned before named the same member.
+    Entries are compared in step with the receiver's, runs of them at once, so merging the
+    state of a peer that agrees costs a few comparisons rather than a decode per member; a
+    differing entry is decoded and the comparison goes on after the receiver's entry for its
+    name.
+
+    Returns None when ``data`` is not laid out as :func:`encode_state` writes it, malformed
+    ones included: :func:`decode_state` must then decide (and raise). Every entry returned was
+    validated as :func:`decode_state` validates it, in the order the state lists them.
+    """
+    if type(data) is not bytes or len(data) < 4 or data[:3] not in _STATE_OPEN.values():
+        return None
+    code = data[3]
+    size = {0x98: 1, 0x99: 2, 0x9A: 4}.get(code, 0)
+    count = code - 0x80 if code < 0x98 else int.from_bytes(data[4:4 + size], "big")
+    if (not size and not 0 <= count < 24) or count > _MAX_STATE_MEMBERS or len(data) < 4 + size:
+        return None
+    pos = 4 + size
+    n = len(names)
+    joined = memoryview(ours)
+    blocked = sorted(unmatched)
+    blocked.append(n)
+    fp = io.BytesIO(data)
+    decoder = cbor2.CBORDecoder(fp)
+    startswith = data.startswith
+    changed: list[MemberState] = []
+    seen: set[str] = set()
+    k, left, run = 0, count, 1
+    in_step = True  # k never went back: no name returned so far is at or after k in ours
+    try:
+        while left:
+            if in_step and k < n:
+                end = min(k + run, blocked[bisect.bisect_left(blocked, k)], k + left)
+                if end > k:
+                    if startswith(joined[offsets[k]:offsets[end]], pos):
+                        pos += offsets[end] - offsets[k]
+                        left -= end - k
+                        k = end
+                        run *= 2
+                        continue
+                    if end - k > 1:
+                        run = (end - k) // 2
+                        continue
+            elif k < n and k not in unmatched:
+                mine = joined[offsets[k]:offsets[k + 1]]
+                if names[k] not in seen and startswith(mine, pos):
+                    pos += len(mine)
+                    left -= 1
+                    k += 1
+                    continue
+            fp.seek(pos)
+            ms = _member_state(decoder.decode())
+            pos = fp.tell()
+            changed.append(ms)
+            seen.add(ms.meta.name)
+            at = position(ms.meta.name)
+            if at is not None:
+                in_step = in_step and at + 1 >= k
+                k = at + 1
+            left -= 1
+            run = 1
+        fp.seek(pos)
+        user = _user_data(decoder.decode())
+    except Exception:  # malformed, or laid out otherwise: decode_state decides
+        return None
+    return PushPullState(data[2] == 0xF5, tuple(changed), user)

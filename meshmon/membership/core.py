@@ -32,7 +32,7 @@ import heapq
 import random
 from collections.abc import Callable, Iterable
 
-from meshmon.membership import codec, timing
+from meshmon.membership import codec, timing, view
 from meshmon.membership.auth import Authenticator
 from meshmon.membership.config import MembershipConfig
 from meshmon.membership.events import (
@@ -49,12 +49,10 @@ from meshmon.membership.messages import (
     Alive,
     Dead,
     IndirectPing,
-    MemberState,
     Message,
     Nack,
     NodeMeta,
     Ping,
-    PushPullState,
     Suspect,
     UserData,
     UserNotice,
@@ -76,7 +74,6 @@ from meshmon.membership.state import (
 _USER_PREFIX = "\x00"  # queue keys: a member's name, or this prefix + a user key (names can't)
 _MAX_USER_KEYS = 16384  # the CRL and one alert digest per member (meshmon.alerts)
 _RELAY_NACK_FRACTION = 0.8
-_PROVEN = (ALIVE, LEFT)  # states whose push-pull entries carry the member's own proof
 
 
 class Membership(MemberTable):
@@ -104,7 +101,6 @@ class Membership(MemberTable):
         self.user_filter: Callable[[str, int, bytes], bool] | None = None
         """Accepts or refuses application data from peers before it is kept or passed on."""
         self._pulling: dict[str, int] = {}
-        self._state_cache: tuple[int, bool, bytes] | None = None
         self._datagrams: list[tuple[Addr, bytes]] = []
         self._stream_out: list[StreamRequest] = []
         self.declared: collections.Counter[str] = collections.Counter()
@@ -204,11 +200,13 @@ class Membership(MemberTable):
                 self._dispatch(now, src, msg)
         finally:
             self._source = None
-        self._fetch_certs(now)
+        if self._certs.wanted:
+            self._fetch_certs(now)
 
     def tick(self, now: float) -> None:
         """Run everything due at ``now``; call it at :meth:`next_deadline` (early is harmless)."""
-        self._run_timers(now)
+        if self._timers and self._timers[0][0] <= now:
+            self._run_timers(now)
         self._step_probe(now)
         if self._queue and now >= self._next_gossip:
             self._gossip(now)
@@ -223,17 +221,16 @@ class Membership(MemberTable):
         deadline = min(self._next_reconnect, self._next_push_pull)
         probe = self._probe
         if probe is not None:
-            deadline = min(deadline, probe.end_at if probe.indirect else probe.timeout_at)
-        elif not self._leaving:
-            deadline = min(deadline, self._next_probe)
-        if self._queue:
-            deadline = min(deadline, self._next_gossip)
+            due = probe.end_at if probe.indirect else probe.timeout_at
+            deadline = due if due < deadline else deadline
+        elif not self._leaving and self._next_probe < deadline:
+            deadline = self._next_probe
+        if self._next_gossip < deadline and self._queue:
+            deadline = self._next_gossip
         timers = self._timers
         while timers and not self._timer_valid(timers[0]):
             heapq.heappop(timers)
-        if timers:
-            deadline = min(deadline, timers[0][0])
-        return deadline
+        return timers[0][0] if timers and timers[0][0] < deadline else deadline
 
     def take_datagrams(self) -> list[tuple[Addr, bytes]]:
         """Datagrams to send now: ``[(udp_addr, plaintext)]``; each is within the budget."""
@@ -247,6 +244,8 @@ class Membership(MemberTable):
 
     def take_events(self) -> list[Event]:
         """Membership and user-payload events since the last call, oldest first."""
+        if not self._events:
+            return []
         out = list(self._events)
         self._events.clear()
         return out
@@ -279,28 +278,26 @@ class Membership(MemberTable):
 
     def local_state(self, join: bool = False) -> bytes:
         """This node's full view, encoded for a push-pull exchange."""
-        cached = self._state_cache
-        if cached is not None and cached[0] == self._version and cached[1] == join:
-            return cached[2]
-        members = tuple(MemberState(m.meta, m.incarnation, m.state,
-                                    self._proof_of(m.meta.name) if m.state in _PROVEN else b"")
-                        for m in self._members.values())
         user = tuple(UserData(k, v, p) for k, (v, p) in self._user.items())
-        data = codec.encode_state(PushPullState(join, members, user))
-        self._state_cache = (self._version, join, data)
-        return data
+        return view.encode_state(self._members, self._snapshot, self._entry, join, user)
 
     def merge_remote_state(self, now: float, data: bytes) -> None:
         """Merge a peer's push-pull state (the server side calls this, then sends ours).
 
+        Only entries that differ from ours are decoded (see ``view``): an equal one changes
+        nothing, except a suspect's, whose merge confirms the suspicion.
+
         Raises:
             MalformedMessage: the state was not valid; nothing changed.
         """
-        try:
-            state = codec.decode_state(data)
-        except codec.MalformedMessage:
-            self.stats["malformed_state"] += 1
-            raise
+        layout = view.state_layout(self._members, self._snapshot, self._entry)
+        state = codec.decode_state_changes(data, *layout)
+        if state is None:
+            try:
+                state = codec.decode_state(data)
+            except codec.MalformedMessage:
+                self.stats["malformed_state"] += 1
+                raise
         self.stats["push_pull_merged"] += 1
         for ms in state.members:
             if ms.state is ALIVE:
@@ -346,7 +343,7 @@ class Membership(MemberTable):
             return
         if msg.source in self._banned:
             return
-        primary = [codec.encode_message(Ack(msg.seq))]
+        primary = [codec.encode_ack(msg.seq)]
         them = self._members.get(msg.source)
         if them is not None and them.state in GONE:
             # It was declared dead (perhaps before a restart): tell it, so it refutes.
@@ -363,7 +360,7 @@ class Membership(MemberTable):
             return
         relay = self._relays.pop(seq, None)
         if relay is not None:
-            self._send(relay.requester, [codec.encode_message(Ack(relay.seq))])
+            self._send(relay.requester, [codec.encode_ack(relay.seq)])
 
     def _on_indirect(self, now: float, src: Addr, msg: IndirectPing) -> None:
         if msg.source in self._banned or msg.target in self._banned:
@@ -374,8 +371,7 @@ class Membership(MemberTable):
         deadline = now + _RELAY_NACK_FRACTION * self.config.probe_timeout
         self._relays[self._seq] = Relay(msg.seq, src, msg.nack, deadline)
         heapq.heappush(self._timers, (deadline, self._seq, T_RELAY, self._seq))
-        self._send(msg.target_addr, [codec.encode_message(Ping(self._seq, msg.target,
-                                                                self._name))])
+        self._send(msg.target_addr, [codec.encode_ping(self._seq, msg.target, self._name)])
 
     def _on_user(self, now: float, key: str, version: int, payload: bytes,
                  local: bool = False) -> bool:
@@ -390,7 +386,6 @@ class Membership(MemberTable):
             self.stats["user_keys_full"] += 1
             return False
         self._user[key] = (version, payload)
-        self._version += 1
         if self._pulling.get(key, -1) <= version:
             self._pulling.pop(key, None)
         inline = len(payload) <= self.config.max_user_inline
@@ -415,10 +410,11 @@ class Membership(MemberTable):
     # -- sending -------------------------------------------------------------------------------
 
     def _send(self, addr: Addr, primary: list[bytes]) -> None:
-        used = codec.FRAME_OVERHEAD + sum(len(p) for p in primary)
-        limit = timing.retransmit_limit(self.config.retransmit_mult, self._live)
-        extra = self._queue.take(self.config.max_datagram_plaintext - used, limit)
-        self._emit_datagram(addr, codec.frame(primary + extra if extra else primary))
+        if self._queue:  # piggyback news
+            used = codec.FRAME_OVERHEAD + sum(map(len, primary))
+            limit = timing.retransmit_limit(self.config.retransmit_mult, self._live)
+            primary = primary + self._queue.take(self.config.max_datagram_plaintext - used, limit)
+        self._emit_datagram(addr, codec.frame(primary))
 
     def _emit_datagram(self, addr: Addr, data: bytes) -> None:
         self._datagrams.append((addr, data))
@@ -484,6 +480,8 @@ class Membership(MemberTable):
         lst = self._probe_list
         for _ in range(len(lst) + 1):
             if self._probe_index >= len(lst):
+                if not isinstance(lst, list):  # a preloaded order: now this view's own
+                    lst = self._probe_list = list(lst)
                 self._rng.shuffle(lst)
                 self._probe_index = 0
                 if not lst:
@@ -505,7 +503,7 @@ class Membership(MemberTable):
         self._seq += 1
         timeout = timing.scale_by_awareness(cfg.probe_timeout, self._awareness)
         self._probe = ProbeRound(self._seq, target, now, now + timeout, now + interval)
-        primary = [codec.encode_message(Ping(self._seq, target.meta.name, self._name))]
+        primary = [codec.encode_ping(self._seq, target.meta.name, self._name)]
         if target.state is SUSPECT and cfg.lifeguard:  # the buddy rule: tell it, so it refutes
             primary.append(codec.encode_message(Suspect(target.incarnation, target.meta.name,
                                                         self._name)))

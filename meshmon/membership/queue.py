@@ -84,11 +84,11 @@ class BroadcastQueue:
                 continue
             if budget < _SMALLEST or misses > _MAX_MISSES:
                 break
-            for key in reversed(bucket):
-                data = bucket[key]
-                if len(data) <= budget:
+            for key, data in reversed(bucket.items()):
+                size = len(data)
+                if size <= budget:
                     out.append(data)
-                    budget -= len(data)
+                    budget -= size
                     moved.append((key, data, count))
                     if budget < _SMALLEST:
                         break
@@ -96,13 +96,14 @@ class BroadcastQueue:
                     misses += 1
                     if misses > _MAX_MISSES:
                         break
+        where = self._where
         for key, data, count in moved:
             del buckets[count][key]
             if count + 1 >= limit:
-                del self._where[key]
+                del where[key]
                 continue
             if count + 1 == len(buckets):
                 buckets.append({})
             buckets[count + 1][key] = data
-            self._where[key] = count + 1
+            where[key] = count + 1
         return out

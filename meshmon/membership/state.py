@@ -36,9 +36,19 @@ from meshmon.membership.auth import UNKNOWN_CERT, Authenticator, Refusal, Unchec
 from meshmon.membership.certs import CertFetches, Statement
 from meshmon.membership.config import MembershipConfig
 from meshmon.membership.events import Event, EventKind, Member, MemberEvent
-from meshmon.membership.messages import Addr, Alive, Dead, Message, NodeMeta, State, Suspect
+from meshmon.membership.messages import (
+    Addr,
+    Alive,
+    Dead,
+    MemberState,
+    Message,
+    NodeMeta,
+    State,
+    Suspect,
+)
 from meshmon.membership.queue import BroadcastQueue
 from meshmon.membership.suspicion import Suspicion
+from meshmon.membership.view import MemberMap, ProbeOrder, Snapshot
 
 ALIVE, SUSPECT, DEAD, LEFT = State.ALIVE, State.SUSPECT, State.DEAD, State.LEFT
 LIVE = (ALIVE, SUSPECT)
@@ -72,8 +82,10 @@ class MemberTable:
         self._refusals: collections.deque[Refusal] = collections.deque(maxlen=256)
         self._rng = rng if isinstance(rng, random.Random) else random.Random(rng)
         self._name = local.name
-        self._members: dict[str, Member] = {}
-        self._probe_list: list[str] = []  # every known name but ours, in probing order
+        self._members = MemberMap()  # over the snapshot of a preload, if any (see view)
+        self._snapshot: Snapshot | None = None
+        self._encoded: dict[str, tuple[Member, bytes, bytes]] = {}  # push-pull entries
+        self._probe_list: list[str] | ProbeOrder = []  # every known name but ours, in order
         self._probe_index = 0
         self._live = 0  # alive + suspect, ourselves included
         self._gone: dict[str, float] = {}  # dead/left members -> since
@@ -85,7 +97,6 @@ class MemberTable:
         self._suspicions: dict[str, Suspicion] = {}
         self._timers: list[tuple[float, int, int, object]] = []
         self._leaving = False
-        self._version = 0  # bumped on every change of the view (caches the push-pull state)
         self._events: collections.deque[Event] = collections.deque(maxlen=config.max_events)
         self.stats: collections.Counter[str] = collections.Counter()
         """Counters: datagrams/bytes sent, malformed input, suspicions, refutations..."""
@@ -140,26 +151,28 @@ class MemberTable:
         self._refusals.clear()
         return out
 
-    def preload(self, members: Mapping[str, Member],
+    def preload(self, members: Mapping[str, Member] | Snapshot,
                 proofs: Mapping[str, bytes] | None = None) -> None:
         """Adopt a snapshot of *alive* members (and their proofs) without gossip or events.
 
-        The simulator's warm start for large meshes (each view shares the snapshot's immutable
-        ``Member`` records); an agent could equally restore a persisted view. This node's own
-        entry in the snapshot is ignored.
+        The simulator's warm start for large meshes: every view given the same
+        :class:`~meshmon.membership.view.Snapshot` shares it and stores only its departures
+        from it (see ``view``); an agent could equally restore a persisted view. This node's
+        own entry in the snapshot is ignored.
         """
+        snap = members if isinstance(members, Snapshot) else Snapshot(members, proofs)
         me = self._members[self._name]
-        self._members = dict(members)
+        self._snapshot = snap
+        self._members = MemberMap(snap.members)
         self._members[self._name] = me
-        self._preloaded_proofs = proofs or {}  # shared by every view, like the snapshot
-        names = list(members)
-        if self._name in members:
-            names.remove(self._name)
-        self._probe_list = names
-        self._probe_index = self._rng.randrange(len(names)) if names else 0
+        self._preloaded_proofs = snap.proofs
+        self._encoded.clear()
+        hole = snap.index.get(self._name)
+        self._probe_list = ProbeOrder(snap.names, hole)
+        size = len(self._probe_list)
+        self._probe_index = self._rng.randrange(size) if size else 0
         self._live = len(self._members)
         self._gone.clear()
-        self._version += 1
 
     def certificates(self, request: bytes) -> bytes:
         """Server side of a certificate fetch: the held certificates the request names.
@@ -212,7 +225,6 @@ class MemberTable:
         name = m.meta.name
         old = self._members.get(name)
         self._members[name] = m
-        self._version += 1
         if old is None:
             if name != self._name:
                 lst = self._probe_list
@@ -226,6 +238,16 @@ class MemberTable:
             self._gone[name] = m.since
         else:
             self._gone.pop(name, None)
+
+    def _entry(self, name: str, m: Member) -> bytes:
+        """``m``'s push-pull state entry, encoded (kept until the member or its proof changes)."""
+        proof = self._proof_of(name) if m.state is ALIVE or m.state is LEFT else b""
+        cached = self._encoded.get(name)
+        if cached is not None and cached[0] is m and cached[1] is proof:
+            return cached[2]
+        entry = codec.encode_member_state(MemberState(m.meta, m.incarnation, m.state, proof))
+        self._encoded[name] = (m, proof, entry)
+        return entry
 
     def _emit(self, kind: EventKind, name: str, now: float) -> None:
         if name == self._name:
@@ -377,11 +399,13 @@ class MemberTable:
         """Up to ``k`` distinct random live members (and recently dead, if ``dead_after``)."""
         lst = self._probe_list
         chosen: dict[str, Member] = {}
-        if not lst:
+        size = len(lst)
+        if not size:
             return []
         members = self._members
-        for _ in range(3 * k + 3 if len(lst) > 3 * k else len(lst) * 3):
-            name = lst[self._rng.randrange(len(lst))]
+        randrange = self._rng.randrange
+        for _ in range(3 * k + 3 if size > 3 * k else size * 3):
+            name = lst[randrange(size)]
             m = members.get(name)
             if m is None or name in chosen or name == exclude or name in self._banned:
                 continue
@@ -397,10 +421,10 @@ class MemberTable:
         for name in names:
             m = self._members.pop(name)
             self._proofs.pop(name, None)
+            self._encoded.pop(name, None)
             self._gone.pop(name, None)
             self.rtt.pop(name, None)
             self._queue.discard(name)
             self._events.append(MemberEvent(EventKind.REAPED, m, now))
         self._probe_list = [n for n in self._probe_list if n not in gone]
         self._probe_index = min(self._probe_index, len(self._probe_list))
-        self._version += 1

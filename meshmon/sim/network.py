@@ -8,7 +8,8 @@ node the simulator drains its outputs: datagrams go through the link model (dela
 loss, duplication, directed partitions between groups, blocked UDP), stream requests are carried
 out against the peer's core directly (``merge_remote_state`` / ``local_state`` / ``answers_to``)
 after a round trip, and events go to an optional observer. Each node has at most one valid wake
-in the heap (a generation counter voids older ones), so an idle node costs nothing.
+in the heap, at its next deadline (a generation counter voids older ones, also when the deadline
+moved later), so an idle node costs nothing and no node is woken with nothing to do.
 
 Datagrams are the real encoded bytes from the codec: nothing is re-encoded, and every receive
 exercises the decoder. A CPU-starved node processes each incoming datagram and stream result
@@ -31,7 +32,7 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any
 
 from meshmon.membership import (
     Addr,
@@ -44,6 +45,7 @@ from meshmon.membership import (
     StreamKind,
     StreamRequest,
 )
+from meshmon.membership.view import Snapshot
 from meshmon.sim.identities import SimIdentities
 
 _WAKE, _DELIVER, _STREAM = range(3)
@@ -115,7 +117,7 @@ class Simulation:
         self.nodes: dict[str, SimNode] = {}
         self._udp: dict[Addr, SimNode] = {}
         self._tcp: dict[Addr, SimNode] = {}
-        self._heap: list[tuple[float, int, int, SimNode, object]] = []
+        self._heap: list[tuple[float, int, int, SimNode, Any]] = []  # (when, tie, kind, ..)
         self._counter = itertools.count()
         self.delivered = 0
         self.dropped = 0
@@ -163,19 +165,21 @@ class Simulation:
         """Start many nodes that already know each other as alive (no join traffic).
 
         This is how large meshes (N = 10,000) are set up: every view shares one snapshot of
-        immutable member records, so memory is one dict entry per (node, member) pair.
+        the members (``membership.view``) and holds only its departures from it, so memory
+        grows with N and with what changes, not with N squared.
         """
         from meshmon.membership import Member
 
-        snapshot = {m.name: Member(m, State.ALIVE, 0, self.now) for m in metas}
         for meta in metas:
             self.identities.certify(meta.name, meta.tags)
         self.identities.warm_up([m.name for m in metas])
         proofs = {m.name: self.identities.authenticator(m.name).prove(State.ALIVE, 0, m)
                   for m in metas}
+        snapshot = Snapshot({m.name: Member(m, State.ALIVE, 0, self.now) for m in metas},
+                            proofs)
         for meta in metas:
             core = self.add_node(config, meta, group=group)
-            core.preload(snapshot, proofs)
+            core.preload(snapshot)
             core.take_events()
             self._after(self.nodes[meta.name])
 
@@ -230,9 +234,9 @@ class Simulation:
                 node.core.tick(when)
                 self._after(node)
             elif kind == _DELIVER:
-                if not stalled and self._maybe_stall(node, when, kind, item):
+                if not stalled and self.link.starved and self._maybe_stall(node, when, kind, item):
                     continue
-                src, datagram = cast(tuple[Addr, bytes], item)
+                src, datagram = item
                 self.delivered += 1
                 try:
                     node.core.handle_datagram(when, src, datagram)
@@ -240,9 +244,9 @@ class Simulation:
                     self.malformed += 1
                 self._after(node)
             else:
-                if not stalled and self._maybe_stall(node, when, kind, item):
+                if not stalled and self.link.starved and self._maybe_stall(node, when, kind, item):
                     continue
-                token, ok, reply = cast(tuple[int, bool, bytes | None], item)
+                token, ok, reply = item
                 node.core.stream_result(when, token, ok, reply)
                 self._after(node)
             self.events_processed += 1
@@ -282,10 +286,14 @@ class Simulation:
         deadline = core.next_deadline()
         if deadline <= self.now:
             deadline = self.now + 1e-6
-        if deadline < node.wake_at:
-            node.gen += 1
-            node.wake_at = deadline
-            self._push(deadline, _WAKE, node, node.gen)
+            if deadline >= node.wake_at:
+                return
+        elif deadline == node.wake_at:
+            return
+        # An earlier deadline, or a later one: a wake before it would find nothing to do.
+        node.gen += 1
+        node.wake_at = deadline
+        heapq.heappush(self._heap, (deadline, next(self._counter), _WAKE, node, node.gen))
 
     def _send(self, node: SimNode, datagrams: list[tuple[Addr, bytes]]) -> None:
         link = self.link
@@ -304,7 +312,7 @@ class Simulation:
                 self.dropped += 1
                 continue
             when = self.now + link.delay + rand() * link.jitter
-            self._push(when, _DELIVER, dst, (src, data))
+            heapq.heappush(self._heap, (when, next(self._counter), _DELIVER, dst, (src, data)))
             if link.duplicate and rand() < link.duplicate:
                 self._push(when + rand() * link.jitter, _DELIVER, dst, (src, data))
 
