@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from cryptography import x509
@@ -31,10 +31,10 @@ from meshmon.membership.identity import address_allowed
 from meshmon.mesh import MeshService
 from meshmon.net import PURPOSE_ECHO, ListenError, MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
-from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_probe_batch
+from meshmon.probes.base import ProbeContext
 from meshmon.probes.echo_guard import mesh_codec
+from meshmon.probes.icmp import IcmpPermissionError
 from meshmon.probes.services import run_probe_services
-from meshmon.results import MonitoringResult, ResultDecodeError, decode_result, encode_result
 from meshmon.scheduler import Scheduler
 from meshmon.seeds import SeedWatch
 from meshmon.startup import (
@@ -46,6 +46,9 @@ from meshmon.startup import (
 )
 from meshmon.store import AsyncRingStore, RecordDropped
 from meshmon.version import __version__
+
+if TYPE_CHECKING:
+    from meshmon.results import MonitoringResult
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +265,8 @@ class Agent:
     async def _run_check(
         self, assignment: Assignment, check: CheckConfig
     ) -> list[MonitoringResult]:
+        from meshmon.probes.registry import run_probe  # the probe kinds load with a first check
+
         target = self._probe_target(assignment, check)
         results = await run_probe(check.kind, target, check.params, check.timeout,
                                   self._context(check.name))  # fmt: skip
@@ -272,6 +277,8 @@ class Agent:
     async def _run_batch(
         self, check: CheckConfig, assignments: Sequence[Assignment]
     ) -> list[list[MonitoringResult]]:
+        from meshmon.probes.registry import run_probe_batch
+
         targets = [self._probe_target(a, check) for a in assignments]
         rows = await run_probe_batch(check.kind, targets, check.params, check.timeout,
                                      self._context(check.name))  # fmt: skip
@@ -281,6 +288,8 @@ class Agent:
         return rows
 
     async def _store_results(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
+        from meshmon.results import encode_result
+
         assert self.store is not None
         records = [(one.started_at, a.check, a.target, [encode_result(one), degraded])
                    for a, results, degraded in items for one in results]  # fmt: skip
@@ -381,6 +390,8 @@ class Agent:
 
     def api_results(self, query: ResultQuery) -> list[dict[str, Any]]:
         """Stored results matching ``query``, newest first."""
+        from meshmon.results import ResultDecodeError, decode_result
+
         if self.store is None:
             return []
         if query.latest:
