@@ -193,6 +193,7 @@ class MeshTransport:
         self._sock: trio.socket.SocketType | None = None
         self._nursery: trio.Nursery | None = None
         self._client_ctx: tuple[int, ssl.SSLContext] | None = None
+        self._server_ctx: tuple[int, ssl.SSLContext] | None = None
         self.udp_address: Address = (self.config.host, self.config.udp_port)
         self.tcp_address: Address = (self.config.host, self.config.tcp_port or 0)
         self.on_peer_cert: Callable[[bytes], None] = lambda der: None
@@ -420,7 +421,12 @@ class MeshTransport:
     # -- TLS side ------------------------------------------------------------------------------
 
     def _server_context(self) -> ssl.SSLContext:
-        return pki.server_context(self.identity, self.trust)  # fresh: the newest CRL applies
+        # one per CRL: building one (key, CA and CRL loaded) costs ~2 ms of CPU, which a busy
+        # peer would pay on every accepted connection; a newer CRL gets a new one at once
+        number = self.trust.crl_number
+        if self._server_ctx is None or self._server_ctx[0] != number:
+            self._server_ctx = (number, pki.server_context(self.identity, self.trust))
+        return self._server_ctx[1]
 
     def _client_context(self) -> ssl.SSLContext:
         number = self.trust.crl_number

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         ResolveError,
         UdpCodec,
     )
+    from meshmon.probes.echo_responder import DEFAULT_ECHO_PORT, UdpEchoResponder
     from meshmon.probes.icmp import (
         Echo,
         IcmpConfig,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
         run_probe_batch,
     )
     from meshmon.probes.services import run_probe_services
-    from meshmon.probes.udp import DEFAULT_ECHO_PORT, UdpEchoResponder
 
 _WHERE = {
     "meshmon.probes.base": ("PLAIN", "ParamError", "ProbeContext", "ProbeError", "ResolveError",
@@ -51,7 +51,7 @@ _WHERE = {
     "meshmon.probes.registry": ("BUILTIN_KINDS", "ENTRY_POINT_GROUP", "ProbeRegistry",
                                 "default_registry", "run_probe", "run_probe_batch"),
     "meshmon.probes.services": ("run_probe_services",),
-    "meshmon.probes.udp": ("DEFAULT_ECHO_PORT", "UdpEchoResponder"),
+    "meshmon.probes.echo_responder": ("DEFAULT_ECHO_PORT", "UdpEchoResponder"),
 }  # fmt: skip
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
