@@ -26,10 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.realproc import Mesh
+from benchmarks.realproc import Mesh, cpu_seconds
 
-FAILURE = re.compile(r"TooSlowError|no answer to hello|key exchange .*fail|handshake .*fail|"
-                     r"push-pull .*fail|Traceback", re.IGNORECASE)  # fmt: skip
+FAILURE = re.compile(r"TooSlowError|no answer to|key exchange .*fail|handshake .*fail|"
+                     r"did not finish within|push-pull .*fail|join failed|Traceback",
+                     re.IGNORECASE)  # fmt: skip
+"""A key exchange, join or handshake that failed (either end's log line)."""
+WARNING = re.compile(r" (WARNING|ERROR) +([\w.]+): (.{0,60})")
 
 
 def config_check_floor(mesh: Mesh) -> float:
@@ -68,13 +71,25 @@ def start_all(root: Path, n: int, timeout: float) -> dict[str, Any]:
                     seen[p.name] = time.monotonic() - t0
             time.sleep(0.2)
         converged = max(seen.values()) if len(seen) == n else float("nan")
+        agents_cpu = sum(cpu_seconds(p.pid) for p in procs if p.proc.poll() is None)
+        streams: collections.Counter[str] = collections.Counter()
+        for p in procs:
+            try:
+                streams.update(p.api("status").get("streams", {}))
+            except Exception:  # an agent that stopped answering shows in its log
+                continue
         kinds = collections.Counter(m.group(0) for p in procs
                                     for m in FAILURE.finditer(p.log_text()))  # fmt: skip
+        warnings = collections.Counter(re.sub(r"[\d.:]+", "N", " ".join(m.groups()))
+                                       for p in procs
+                                       for m in WARNING.finditer(p.log_text()))  # fmt: skip
         failures = sum(kinds.values())
         floor_s = config_check_floor(mesh)
         return {"converged_s": converged, "agents_converged": len(seen),
                 "failed_exchanges": failures, "floor_s": floor_s, "failures_by_kind": dict(kinds),
-                "median_agent_s": sorted(seen.values())[len(seen) // 2] if seen else float("nan")}
+                "median_agent_s": sorted(seen.values())[len(seen) // 2] if seen else float("nan"),
+                "agents_cpu_s": agents_cpu, "streams": dict(sorted(streams.items())),
+                "warnings": dict(warnings.most_common(8))}  # fmt: skip
     finally:
         mesh.close()
 
@@ -110,6 +125,10 @@ def main() -> None:
         "failed_exchanges": row["failed_exchanges"],
         "failures_by_kind": row["failures_by_kind"],
         "median_agent_s": round(row["median_agent_s"], 2),
+        "agents_cpu_s": round(row["agents_cpu_s"], 1),
+        "tls_requests": sum(v for k, v in row["streams"].items() if k.startswith("sent:")),
+        "streams": row["streams"],
+        "warnings": row["warnings"],
     }))
 
 

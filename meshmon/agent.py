@@ -356,6 +356,7 @@ class Agent:
         if self.transport is not None:
             status["dropped_datagrams"] = dict(self.transport.drops)
             status["refused_connections"] = dict(self.transport.admission.counts)
+            status["streams"] = dict(sorted(self.transport.streams.items()))
         if self.mesh is not None:
             core = self.mesh.core
             status["membership"] = {"live": core.num_live(), "awareness": core.awareness,

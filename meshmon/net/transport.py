@@ -179,6 +179,9 @@ class MeshTransport:
         exchange_failed, send_refused, send_error)."""
         self.admission = Admission()
         """TCP connections turned away before becoming peers, counted by kind."""
+        self.streams: collections.Counter[str] = collections.Counter()
+        """mTLS requests by ``sent:KIND``, ``failed:KIND`` (no answer, or an error answer) and
+        ``served:KIND``: each one is a TLS handshake on both ends."""
         self._bad = RateLimitedLog(log)
         self._handlers: dict[str, RequestHandler] = {"hello": self._on_hello, "ping": self._on_ping}
         self._handlers.update(handlers or {})
@@ -279,6 +282,7 @@ class MeshTransport:
                        timeout: float | None) -> tuple[str, bytes]:  # noqa: ASYNC109  # fmt: skip
         limit = self.config.request_timeout if timeout is None else timeout
         host, port = addr
+        self.streams[f"sent:{kind}"] += 1
         try:
             with trio.fail_after(limit):
                 connect = min(limit, self.config.connect_timeout)
@@ -290,14 +294,18 @@ class MeshTransport:
                 finally:
                     await trio.aclose_forcefully(conn.stream)
         except trio.TooSlowError:
+            self.streams[f"failed:{kind}"] += 1
             raise PeerUnreachableError(
                 f"{host}:{port}: no answer to {kind!r} within {limit:g}s; is the agent running?"
             ) from None
         except MeshConnectionError as exc:
+            self.streams[f"failed:{kind}"] += 1
             raise PeerUnreachableError(str(exc)) from exc
         except (trio.BrokenResourceError, FrameError) as exc:
+            self.streams[f"failed:{kind}"] += 1
             raise PeerUnreachableError(f"{host}:{port}: {kind!r} failed mid-stream: {exc}") from exc
         if not resp.ok:
+            self.streams[f"failed:{kind}"] += 1
             raise RemoteError(f"{host}:{port} answered {kind!r} with an error: {resp.error}")
         return conn.peer.name, resp.body
 
@@ -453,6 +461,7 @@ class MeshTransport:
                 await conn.stream.send_all(encode_response(Response(False, error=str(exc))))
                 return
             handler = self._handlers.get(req.kind)
+            self.streams[f"served:{req.kind if handler else '?'}"] += 1  # bounded: known kinds
             if handler is None:
                 resp = Response(False, error=f"unknown request kind {req.kind!r}")
             else:
