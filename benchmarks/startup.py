@@ -73,11 +73,16 @@ def start_all(root: Path, n: int, timeout: float) -> dict[str, Any]:
         converged = max(seen.values()) if len(seen) == n else float("nan")
         agents_cpu = sum(cpu_seconds(p.pid) for p in procs if p.proc.poll() is None)
         streams: collections.Counter[str] = collections.Counter()
+        drops: collections.Counter[str] = collections.Counter()
+        probing: collections.Counter[str] = collections.Counter()
         for p in procs:
             try:
-                streams.update(p.api("status").get("streams", {}))
+                status = p.api("status")
             except Exception:  # an agent that stopped answering shows in its log
                 continue
+            streams.update(status.get("streams", {}))
+            drops.update(status.get("dropped_datagrams", {}))
+            probing.update(status.get("membership", {}).get("probing", {}))
         kinds = collections.Counter(m.group(0) for p in procs
                                     for m in FAILURE.finditer(p.log_text()))  # fmt: skip
         warnings = collections.Counter(re.sub(r"[\d.:]+", "N", " ".join(m.groups()))
@@ -89,6 +94,8 @@ def start_all(root: Path, n: int, timeout: float) -> dict[str, Any]:
                 "failed_exchanges": failures, "floor_s": floor_s, "failures_by_kind": dict(kinds),
                 "median_agent_s": sorted(seen.values())[len(seen) // 2] if seen else float("nan"),
                 "agents_cpu_s": agents_cpu, "streams": dict(sorted(streams.items())),
+                "dropped_datagrams": dict(sorted(drops.items())),
+                "probing": dict(sorted(probing.items())),
                 "warnings": dict(warnings.most_common(8))}  # fmt: skip
     finally:
         mesh.close()
@@ -128,6 +135,8 @@ def main() -> None:
         "agents_cpu_s": round(row["agents_cpu_s"], 1),
         "tls_requests": sum(v for k, v in row["streams"].items() if k.startswith("sent:")),
         "streams": row["streams"],
+        "dropped_datagrams": row["dropped_datagrams"],
+        "probing": row["probing"],
         "warnings": row["warnings"],
     }))
 

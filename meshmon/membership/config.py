@@ -44,11 +44,14 @@ class MembershipConfig:
     push_pull_interval: float = 30.0
     """Full-state anti-entropy over TCP, scaled up with log2(N) beyond 32 members (memberlist)."""
     tcp_timeout: float = 10.0
-    """A stream request (push-pull, TCP ping) reported later than this counts as failed."""
-    join_timeout: float = 10.0
+    """A periodic push-pull reported later than this counts as failed (a TCP ping has until
+    the end of its probe round)."""
+    join_timeout: float = 30.0
     """A join's push-pull with a seed may take this long (at least ``tcp_timeout``): a one-off
     exchange that must not fail because the seed's machine is busy, as when many agents start
-    at once on a few cores. Failure detection never waits on it."""
+    at once on a few cores (a seed handshaking with 49 joiners while every process imports
+    gets a fiftieth of the CPU). Giving up would only repeat the same work later; a seed that
+    refuses or is gone fails at once. Failure detection never waits on it."""
     tcp_ping: bool = True
     """Fall back to a TCP ping when UDP probes fail, so blocked UDP does not flap a node."""
     dead_node_reclaim_time: float = 0.0
@@ -121,7 +124,9 @@ def local() -> MembershipConfig:
     """memberlist's ``DefaultLocalConfig``: loopback or one host; fast and less redundant."""
     return dataclasses.replace(
         lan(),
-        tcp_timeout=1.0,
+        # memberlist's 1 s is for plain TCP between Go processes; an mTLS exchange between
+        # Python agents sharing a few cores with dozens of others (benchmarks/startup: 50 on 2)
+        # needs more, and a push-pull given up on is only repeated later: LAN's value
         indirect_checks=1,
         retransmit_mult=2,
         suspicion_mult=3,

@@ -135,9 +135,11 @@ class Membership(MemberTable):
         """
         self._seeds = tuple(s for s in seeds if s != self.local.meta.tcp_addr)
         deadline = now + max(self.config.tcp_timeout, self.config.join_timeout)
+        asked = {r.addr for r, _ in self._streams.values() if r.join}  # still waiting: no twice
         for seed in self._seeds:
-            self._request_stream(now, StreamKind.PUSH_PULL, seed, None, join=True,
-                                 deadline=deadline)
+            if seed not in asked:
+                self._request_stream(now, StreamKind.PUSH_PULL, seed, None, join=True,
+                                     deadline=deadline)
 
     def leave(self, now: float) -> None:
         """Leave gracefully: gossip our departure and stop probing. Keep ticking until

@@ -105,9 +105,15 @@ class TransportConfig:
     """Seconds after a failed key exchange during which datagrams to that address are dropped
     instead of retrying (an unreachable peer would otherwise cost a TCP connect per probe)."""
     connect_timeout: float = 10.0
-    """Seconds for TCP connect plus TLS handshake (both ends). Generous on purpose: a handshake
-    costs milliseconds, but a machine starting dozens of agents at once leaves a peer
-    unscheduled for seconds, and a failed key exchange costs a retry round."""
+    """Seconds for TCP connect plus TLS handshake of a request that names no longer timeout,
+    and for a client to send its first byte to our server (a silent one is closed then)."""
+    handshake_timeout: float = 30.0
+    """Seconds our server gives a client that started a TLS handshake to finish it. Generous on
+    purpose: a handshake costs a few milliseconds of CPU, but a machine starting dozens of
+    agents at once leaves a peer unscheduled for seconds, and a handshake given up on is only
+    repeated (with its CPU) by the client's retry."""
+    exchange_timeout: float = 30.0
+    """Seconds for a key exchange (``hello``): as patient as a join, for the same reason."""
     request_timeout: float = 10.0
     """Default seconds for a whole request (connect, send, answer); also the server's limit."""
     max_frame: int = MAX_FRAME
@@ -285,7 +291,7 @@ class MeshTransport:
         self.streams[f"sent:{kind}"] += 1
         try:
             with trio.fail_after(limit):
-                connect = min(limit, self.config.connect_timeout)
+                connect = limit if timeout is not None else self.config.connect_timeout
                 conn = await connect_mtls(host, port, self._client_context(), self.trust, connect)
                 try:
                     self._learn_cert(conn)
@@ -317,7 +323,7 @@ class MeshTransport:
         """
         tcp = self._tcp_of.get(addr, addr)
         hello = _pack_addrs(self.udp_address, self.tcp_address)
-        name, body = await self._request(tcp, "hello", hello, self.config.connect_timeout)
+        name, body = await self._request(tcp, "hello", hello, self.config.exchange_timeout)
         try:
             udp, peer_tcp = _unpack_addrs(body)
         except FrameError as exc:
@@ -350,7 +356,8 @@ class MeshTransport:
                 self._nursery = nursery
                 listeners = await nursery.start(partial(
                     serve_mtls, self._serve, host, tcp_port, self._server_context, self.trust,
-                    self.config.connect_timeout, admission=self.admission))  # fmt: skip
+                    self.config.connect_timeout, admission=self.admission,
+                    handshake_timeout=self.config.handshake_timeout))  # fmt: skip
                 self.tcp_address = listeners[0].socket.getsockname()[:2]
                 nursery.start_soon(self._receive_loop, sock)
                 task_status.started(self)
