@@ -52,6 +52,13 @@ class MembershipConfig:
     at once on a few cores (a seed handshaking with 49 joiners while every process imports
     gets a fiftieth of the CPU). Giving up would only repeat the same work later; a seed that
     refuses or is gone fails at once. Failure detection never waits on it."""
+    first_contact_grace: float = 10.0
+    """A member we have never had a datagram from is not probed until it has been in our view
+    this long. Datagrams are sealed per pair, so a member cannot answer us before it has
+    learned our certificate (from gossip and a certificate fetch, or a push-pull); right after
+    a join, or when many agents start at once, that is the rule rather than a failure, and
+    probing it would only raise false suspicions. One that has spoken to us knows us; any other
+    is probed like everyone once the grace is over."""
     tcp_ping: bool = True
     """Fall back to a TCP ping when UDP probes fail, so blocked UDP does not flap a node."""
     dead_node_reclaim_time: float = 0.0
@@ -87,6 +94,8 @@ class MembershipConfig:
                      "tcp_timeout", "join_timeout", "reconnect_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"membership.{name} must be greater than zero")
+        if self.first_contact_grace < 0:
+            raise ValueError("membership.first_contact_grace must not be negative")
         if self.probe_timeout >= self.probe_interval:
             raise ValueError("membership.probe_timeout must be shorter than probe_interval")
         for name in ("indirect_checks", "gossip_nodes", "retransmit_mult", "suspicion_mult",
@@ -117,6 +126,7 @@ def wan() -> MembershipConfig:
         gossip_nodes=4,
         gossip_interval=0.5,
         gossip_to_the_dead_time=60.0,
+        first_contact_grace=30.0,
     )
 
 

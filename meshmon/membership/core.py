@@ -105,6 +105,8 @@ class Membership(MemberTable):
         self._state_cache: tuple[int, bool, bytes] | None = None
         self._datagrams: list[tuple[Addr, bytes]] = []
         self._stream_out: list[StreamRequest] = []
+        self._heard: set[Addr] = set()
+        """UDP addresses we had a datagram from: the members there know our certificate."""
         self.declared: collections.Counter[str] = collections.Counter()
         """Members this node itself declared dead (its suspicion timed out), by name."""
         rand = self._rng.random
@@ -198,6 +200,10 @@ class Membership(MemberTable):
             self.stats["malformed"] += 1
             raise
         self.stats["datagrams_received"] += 1
+        if src not in self._heard:
+            if len(self._heard) >= 4 * len(self._members) + 1024:
+                self._heard.clear()  # bounded; forgetting only delays a first probe
+            self._heard.add(src)
         self._source = src  # whom to ask for a certificate a proof names (see certs)
         try:
             for msg in msgs:
@@ -475,7 +481,8 @@ class Membership(MemberTable):
         if self._probe is None and now >= self._next_probe and not self._leaving:
             self._start_probe(now)
 
-    def _next_target(self) -> Member | None:
+    def _next_target(self, now: float) -> Member | None:
+        grace = self.config.first_contact_grace
         lst = self._probe_list
         for _ in range(len(lst) + 1):
             if self._probe_index >= len(lst):
@@ -487,14 +494,16 @@ class Membership(MemberTable):
             self._probe_index += 1
             m = self._members.get(name)
             if m is not None and m.state in LIVE and name not in self._banned:
-                return m
+                if m.meta.udp_addr in self._heard or now - m.since >= grace:
+                    return m
+                self.stats["probe_deferred"] += 1  # it may not know us yet (first_contact_grace)
         return None
 
     def _start_probe(self, now: float) -> None:
         cfg = self.config
         interval = timing.scale_by_awareness(cfg.probe_interval, self._awareness)
         self._next_probe = now + interval
-        target = self._next_target()
+        target = self._next_target(now)
         if target is None:
             return
         self._seq += 1

@@ -378,7 +378,11 @@ class MeshTransport:
             opened = self.keyring.open(data, now)
         except SealError as exc:
             self.drops[exc.reason] += 1
-            self._bad.warning(exc.reason, "dropped datagram from %s:%s: %s", src[0], src[1], exc)
+            # a member whose announcement has not reached us yet speaks first after a join, or
+            # when many agents start at once: expected, so not a warning (it is still counted)
+            level = logging.INFO if exc.reason == "unknown_sender" else logging.WARNING
+            self._bad.log(level, exc.reason, "dropped datagram from %s:%s: %s", src[0], src[1],
+                          exc)  # fmt: skip
             return
         self._name_of[src] = opened.sender.name
         pair = self._channels.get(opened.purpose)
