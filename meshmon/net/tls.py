@@ -160,6 +160,11 @@ async def connect_mtls(
                     "this node's certificate comes from the mesh CA, is not expired and is not "
                     "revoked"
                 ) from exc
+            except BaseException:
+                # cancelled or out of time mid-handshake: close at once, or the socket lingers
+                # until collected and the peer waits out its handshake deadline for nothing
+                await trio.aclose_forcefully(stream)
+                raise
     except trio.TooSlowError:
         raise MeshConnectionError(f"{host}:{port}: no TLS answer within {timeout:g}s") from None
     except OSError as exc:
