@@ -181,7 +181,11 @@ class MeshService:
                 self._nursery.start_soon(self._stream, request)
 
     async def _stream(self, request: StreamRequest) -> None:
-        timeout = max(0.1, request.deadline - trio.current_time())
+        # The core gives up on an answer at its deadline by itself (a TCP ping's is the end of
+        # its probe round); the exchange is still given tcp_timeout to finish, so that a busy
+        # machine completes handshakes rather than leaving half-done ones behind on both ends
+        # to be repeated. An answer after the deadline is ignored (the core counts it late).
+        timeout = max(self.config.tcp_timeout, request.deadline - trio.current_time())
         try:
             if request.kind is StreamKind.PUSH_PULL:
                 reply = await self.transport.request(request.addr, PUSH_PULL,
