@@ -118,6 +118,7 @@ class MeshService:
         self.transport.on_request(TCP_PING, self._serve_ping)
         self.transport.on_request(CERTS, self._serve_certs)
         self.transport.on_peer_cert = self._learn_cert
+        self.transport.on_unknown_sender = self._unknown_sender
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.publish_crl()
@@ -244,6 +245,11 @@ class MeshService:
             self.bad_input.warning("certs", "malformed certificate request from %s: %s",
                                    peer.name, exc)  # fmt: skip
             return codec.encode_blobs([])
+
+    def _unknown_sender(self, addr: Addr) -> None:
+        # someone sealed for us whom we cannot place: catch up on the view (rate-limited)
+        if not self._leaving and self.core.catch_up(trio.current_time()):
+            self._wake.set()
 
     def _learn_cert(self, der: bytes) -> None:
         if self.core.learn_certificate(trio.current_time(), der):

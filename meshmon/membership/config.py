@@ -59,6 +59,11 @@ class MembershipConfig:
     a join, or when many agents start at once, that is the rule rather than a failure, and
     probing it would only raise false suspicions. One that has spoken to us knows us; any other
     is probed like everyone once the grace is over."""
+    catch_up_interval: float = 2.0
+    """At most this often, a node that had datagrams from members it does not know yet (it
+    could not open them) pulls a member's full state with a push-pull, rather than waiting for
+    gossip from members it knows or the next periodic push-pull: after a mass start, the early
+    joiners otherwise miss the news the later ones send them."""
     tcp_ping: bool = True
     """Fall back to a TCP ping when UDP probes fail, so blocked UDP does not flap a node."""
     dead_node_reclaim_time: float = 0.0
@@ -91,7 +96,7 @@ class MembershipConfig:
 
     def __post_init__(self) -> None:
         for name in ("probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
-                     "tcp_timeout", "join_timeout", "reconnect_interval"):
+                     "tcp_timeout", "join_timeout", "reconnect_interval", "catch_up_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"membership.{name} must be greater than zero")
         if self.first_contact_grace < 0:

@@ -107,6 +107,7 @@ class Membership(MemberTable):
         self._stream_out: list[StreamRequest] = []
         self._heard: set[Addr] = set()
         """UDP addresses we had a datagram from: the members there know our certificate."""
+        self._next_catch_up = now
         self.declared: collections.Counter[str] = collections.Counter()
         """Members this node itself declared dead (its suspicion timed out), by name."""
         rand = self._rng.random
@@ -211,6 +212,21 @@ class Membership(MemberTable):
         finally:
             self._source = None
         self._fetch_certs(now)
+
+    def catch_up(self, now: float) -> bool:
+        """The driver could not open a datagram from an unknown member: someone knows us whom
+        we do not know. Pull a random member's full state (at most every
+        ``catch_up_interval``); True if a push-pull was requested."""
+        if now < self._next_catch_up or self._leaving:
+            return False
+        self._next_catch_up = now + self.config.catch_up_interval
+        peers = self._random_members(1)
+        if not peers:
+            return False
+        self.stats["catch_up"] += 1
+        self._request_stream(now, StreamKind.PUSH_PULL, peers[0].meta.tcp_addr, peers[0].name,
+                             join=False)
+        return True
 
     def tick(self, now: float) -> None:
         """Run everything due at ``now``; call it at :meth:`next_deadline` (early is harmless)."""

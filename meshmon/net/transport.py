@@ -207,6 +207,9 @@ class MeshTransport:
         self.tcp_address: Address = (self.config.host, self.config.tcp_port or 0)
         self.on_peer_cert: Callable[[bytes], None] = lambda der: None
         """Called with the certificate (DER) of every mTLS peer, either direction."""
+        self.on_unknown_sender: Callable[[Address], None] = lambda addr: None
+        """Called with the source of a datagram sealed by a sender we hold no certificate for
+        (a member whose announcement has not reached us yet, or garbage)."""
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -383,6 +386,8 @@ class MeshTransport:
             level = logging.INFO if exc.reason == "unknown_sender" else logging.WARNING
             self._bad.log(level, exc.reason, "dropped datagram from %s:%s: %s", src[0], src[1],
                           exc)  # fmt: skip
+            if exc.reason == "unknown_sender":
+                self.on_unknown_sender(src)
             return
         self._name_of[src] = opened.sender.name
         pair = self._channels.get(opened.purpose)
