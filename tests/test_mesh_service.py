@@ -33,18 +33,20 @@ async def test_a_mesh_started_at_once_converges_without_a_hello_per_pair(mesh: M
                 transports.append(await stack.enter_async_context(
                     open_transport(identity, trust, TransportConfig(host=host, udp_port=0))))
             seed = transports[0].tcp_address
-            services = [MeshService(local(), _meta(t), t, t.trust, [] if i == 0 else [seed])
+            done = trio.Event()
+
+            def changed() -> None:
+                if all(sum(m.state is State.ALIVE for m in s.core.members()) == N
+                       for s in services):  # fmt: skip
+                    done.set()
+
+            services = [MeshService(local(), _meta(t), t, t.trust, [] if i == 0 else [seed],
+                                    on_change=changed)
                         for i, t in enumerate(transports)]  # fmt: skip
             async with trio.open_nursery() as nursery:
                 for service in services:
                     await nursery.start(service.run)
-
-                def converged() -> bool:
-                    return all(sum(m.state is State.ALIVE for m in s.core.members()) == N
-                               for s in services)  # fmt: skip
-
-                while not converged():
-                    await trio.sleep(0.05)
+                await done.wait()
                 # every member is sealed for: a datagram to any other member goes out at once
                 for t in transports:
                     for other in transports:
