@@ -56,6 +56,7 @@ def start_all(root: Path, n: int, timeout: float) -> dict[str, Any]:
         t0 = time.monotonic()
         procs = [mesh.launch(f"s{i}", i + 1) for i in range(1, n + 1)]
         seen: dict[str, float] = {}
+        up: dict[str, tuple[float, float]] = {}  # first answer: (seconds since start, CPU)
         deadline = t0 + timeout
         while len(seen) < n and time.monotonic() < deadline:
             for p in procs:
@@ -67,6 +68,8 @@ def start_all(root: Path, n: int, timeout: float) -> dict[str, Any]:
                     members = p.api("members")
                 except Exception:  # not answering yet (starting up)
                     continue
+                if p.name not in up:
+                    up[p.name] = (time.monotonic() - t0, cpu_seconds(p.pid))
                 if sum(m["state"] == "alive" for m in members) >= n:
                     seen[p.name] = time.monotonic() - t0
             time.sleep(0.2)
@@ -94,6 +97,8 @@ def start_all(root: Path, n: int, timeout: float) -> dict[str, Any]:
                 "failed_exchanges": failures, "floor_s": floor_s, "failures_by_kind": dict(kinds),
                 "median_agent_s": sorted(seen.values())[len(seen) // 2] if seen else float("nan"),
                 "agents_cpu_s": agents_cpu, "streams": dict(sorted(streams.items())),
+                "all_up_s": max((u[0] for u in up.values()), default=float("nan")),
+                "agents_cpu_at_up_s": sum(u[1] for u in up.values()),
                 "dropped_datagrams": dict(sorted(drops.items())),
                 "probing": dict(sorted(probing.items())),
                 "warnings": dict(warnings.most_common(8))}  # fmt: skip
@@ -133,6 +138,8 @@ def main() -> None:
         "failures_by_kind": row["failures_by_kind"],
         "median_agent_s": round(row["median_agent_s"], 2),
         "agents_cpu_s": round(row["agents_cpu_s"], 1),
+        "agents_cpu_at_up_s": round(row["agents_cpu_at_up_s"], 1),
+        "all_up_s": round(row["all_up_s"], 2),
         "tls_requests": sum(v for k, v in row["streams"].items() if k.startswith("sent:")),
         "streams": row["streams"],
         "dropped_datagrams": row["dropped_datagrams"],
