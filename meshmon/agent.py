@@ -57,7 +57,7 @@ ECHO_PORT_OFFSET = 1
 sealed with the mesh keys, so it answers members only (:mod:`meshmon.probes.echo_guard`)."""
 CRL_POLL = 2.0
 """Seconds between checks of the CRL file for a newer list dropped in by the operator."""
-_PROBING = ("probes", "probe_failed", "probe_deferred", "tcp_fallback_ok", "suspected",
+_PROBING = ("probes", "probe_failed", "probe_first_contact", "tcp_fallback_ok", "suspected",
             "refutations", "push_pull_merged", "push_pull_failed", "catch_up")  # fmt: skip
 STORE_ERROR_LOG_EVERY = 60.0
 """Seconds between log lines about results the store refused (the first is logged at once)."""

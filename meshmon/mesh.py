@@ -273,8 +273,9 @@ class MeshService:
             return codec.encode_blobs([])
 
     def _unknown_sender(self, addr: Addr) -> None:
-        # someone sealed for us whom we cannot place: catch up on the view (rate-limited)
-        if not self._leaving and self.core.catch_up(trio.current_time()):
+        # someone sealed for us whom we cannot place: pull its view (rate-limited)
+        tcp = self.transport.tcp_address_of(addr)
+        if not self._leaving and self.core.catch_up(trio.current_time(), tcp):
             self._wake.set()
 
     def _learn_cert(self, der: bytes) -> None:

@@ -53,17 +53,18 @@ class MembershipConfig:
     gets a fiftieth of the CPU). Giving up would only repeat the same work later; a seed that
     refuses or is gone fails at once. Failure detection never waits on it."""
     first_contact_grace: float = 10.0
-    """A member we have never had a datagram from is not probed until it has been in our view
-    this long. Datagrams are sealed per pair, so a member cannot answer us before it has
+    """A probe of a member we never had a datagram from, and that entered our view less than
+    this long ago, gives no verdict when unanswered (no indirect probes, no TCP ping, no
+    suspicion). Datagrams are sealed per pair, so a member cannot answer us before it has
     learned our certificate (from gossip and a certificate fetch, or a push-pull); right after
-    a join, or when many agents start at once, that is the rule rather than a failure, and
-    probing it would only raise false suspicions. One that has spoken to us knows us; any other
-    is probed like everyone once the grace is over."""
+    a join, or when many agents start at once, that is the rule rather than a failure. The
+    ping still carries gossip, and makes the member pull our view (``catch_up_interval``).
+    One that has spoken to us knows us; any other is probed as usual after the grace."""
     catch_up_interval: float = 2.0
-    """At most this often, a node that had datagrams from members it does not know yet (it
-    could not open them) pulls a member's full state with a push-pull, rather than waiting for
-    gossip from members it knows or the next periodic push-pull: after a mass start, the early
-    joiners otherwise miss the news the later ones send them."""
+    """At most this often, a node that had a datagram from a member it does not know yet (it
+    could not open it: datagrams are sealed per pair) pulls that member's full state with a
+    push-pull, rather than waiting for gossip from members it knows or the next periodic
+    push-pull: after a mass start, early joiners otherwise miss what later ones tell them."""
     tcp_ping: bool = True
     """Fall back to a TCP ping when UDP probes fail, so blocked UDP does not flap a node."""
     dead_node_reclaim_time: float = 0.0

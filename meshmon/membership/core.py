@@ -108,6 +108,7 @@ class Membership(MemberTable):
         self._heard: set[Addr] = set()
         """UDP addresses we had a datagram from: the members there know our certificate."""
         self._next_catch_up = now
+        self._catch_up_from: Addr | None = None
         self.declared: collections.Counter[str] = collections.Counter()
         """Members this node itself declared dead (its suspicion timed out), by name."""
         rand = self._rng.random
@@ -213,19 +214,20 @@ class Membership(MemberTable):
             self._source = None
         self._fetch_certs(now)
 
-    def catch_up(self, now: float) -> bool:
-        """The driver could not open a datagram from an unknown member: someone knows us whom
-        we do not know. Pull a random member's full state (at most every
-        ``catch_up_interval``); True if a push-pull was requested."""
-        if now < self._next_catch_up or self._leaving:
+    def catch_up(self, now: float, addr: Addr) -> bool:
+        """The driver could not open a datagram from TCP address ``addr``'s node: it knows us,
+        we do not know it yet. Pull its full state (push-pull over mTLS, so only a member
+        answers), at most every ``catch_up_interval``: one asked for sooner waits for the end
+        of the interval (the newest such address); True if a push-pull was requested now."""
+        if self._leaving:
             return False
+        if now < self._next_catch_up:
+            self._catch_up_from = addr
+            return False
+        self._catch_up_from = None
         self._next_catch_up = now + self.config.catch_up_interval
-        peers = self._random_members(1)
-        if not peers:
-            return False
         self.stats["catch_up"] += 1
-        self._request_stream(now, StreamKind.PUSH_PULL, peers[0].meta.tcp_addr, peers[0].name,
-                             join=False)
+        self._request_stream(now, StreamKind.PUSH_PULL, addr, None, join=False)
         return True
 
     def tick(self, now: float) -> None:
@@ -239,6 +241,8 @@ class Membership(MemberTable):
             self._periodic_push_pull(now)
         if now >= self._next_reconnect:
             self._reconnect(now)
+        if self._catch_up_from is not None and now >= self._next_catch_up:
+            self.catch_up(now, self._catch_up_from)
 
     def next_deadline(self) -> float:
         """When :meth:`tick` next has something to do."""
@@ -250,6 +254,8 @@ class Membership(MemberTable):
             deadline = min(deadline, self._next_probe)
         if self._queue:
             deadline = min(deadline, self._next_gossip)
+        if self._catch_up_from is not None:
+            deadline = min(deadline, self._next_catch_up)
         timers = self._timers
         while timers and not self._timer_valid(timers[0]):
             heapq.heappop(timers)
@@ -497,8 +503,7 @@ class Membership(MemberTable):
         if self._probe is None and now >= self._next_probe and not self._leaving:
             self._start_probe(now)
 
-    def _next_target(self, now: float) -> Member | None:
-        grace = self.config.first_contact_grace
+    def _next_target(self) -> Member | None:
         lst = self._probe_list
         for _ in range(len(lst) + 1):
             if self._probe_index >= len(lst):
@@ -510,21 +515,21 @@ class Membership(MemberTable):
             self._probe_index += 1
             m = self._members.get(name)
             if m is not None and m.state in LIVE and name not in self._banned:
-                if m.meta.udp_addr in self._heard or now - m.since >= grace:
-                    return m
-                self.stats["probe_deferred"] += 1  # it may not know us yet (first_contact_grace)
+                return m
         return None
 
     def _start_probe(self, now: float) -> None:
         cfg = self.config
         interval = timing.scale_by_awareness(cfg.probe_interval, self._awareness)
         self._next_probe = now + interval
-        target = self._next_target(now)
+        target = self._next_target()
         if target is None:
             return
         self._seq += 1
         timeout = timing.scale_by_awareness(cfg.probe_timeout, self._awareness)
-        self._probe = ProbeRound(self._seq, target, now + timeout, now + interval)
+        first = (target.meta.udp_addr not in self._heard
+                 and now - target.since < cfg.first_contact_grace)  # fmt: skip
+        self._probe = ProbeRound(self._seq, target, now + timeout, now + interval, first)
         primary = [codec.encode_message(Ping(self._seq, target.meta.name, self._name))]
         if target.state is SUSPECT and cfg.lifeguard:  # the buddy rule: tell it, so it refutes
             primary.append(codec.encode_message(Suspect(target.incarnation, target.meta.name,
@@ -535,6 +540,8 @@ class Membership(MemberTable):
     def _probe_indirect(self, now: float, probe: ProbeRound) -> None:
         cfg = self.config
         probe.indirect = True
+        if probe.first_contact:  # helpers may not know us either; the ping itself was the news
+            return
         target = probe.target.meta
         helpers = self._random_members(cfg.indirect_checks, exclude=target.name)
         request = codec.encode_message(IndirectPing(probe.seq, target.name, target.udp_addr,
@@ -549,6 +556,11 @@ class Membership(MemberTable):
 
     def _probe_end(self, now: float, probe: ProbeRound) -> None:
         self._probe = None
+        if probe.first_contact:
+            # no verdict: sealed per pair, a member that has not learned our certificate yet
+            # cannot answer (it pulls our view when our ping reaches it: see catch_up)
+            self.stats["probe_first_contact"] += 1
+            return
         if probe.tcp_ok:
             self.stats["tcp_fallback_ok"] += 1  # UDP is broken on some path; don't flap
             return
