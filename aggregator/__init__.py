@@ -1,4 +1,6 @@
-"""The optional central history service (bulk-loads agent results into PostgreSQL).
+"""The optional central history service: agents upload their results lazily over mutual TLS,
+the aggregator bulk-loads them into PostgreSQL/TimescaleDB and answers queries over HTTPS.
 
-Not built yet: agents run fully serverless without it.
+Agents run fully serverless without it. Entry point: ``meshmon aggregator run``
+(:mod:`aggregator.server`); the HTTP API is :mod:`aggregator.app`.
 """

@@ -24,17 +24,21 @@ import trio
 from cryptography import x509
 
 from meshmon import pki
+from meshmon.alerts.observe import observation
+from meshmon.alerts.service import STORE_CHECK, AlertService
 from meshmon.config import AgentConfig, CheckConfig, split_host_port
-from meshmon.control import ResultQuery, serve_control
+from meshmon.control import ControlError, MeshQuery, ResultQuery, serve_control
 from meshmon.membership import NodeMeta, State
 from meshmon.membership.identity import address_allowed
 from meshmon.mesh import MeshService
+from meshmon.metrics.service import probe_series, serve_metrics
 from meshmon.net import PURPOSE_ECHO, ListenError, MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
 from meshmon.probes.base import ProbeContext
 from meshmon.probes.echo_guard import mesh_codec
 from meshmon.probes.icmp import IcmpPermissionError
 from meshmon.probes.services import run_probe_services
+from meshmon.query import Context, Peer, QueryService, Question, answer
 from meshmon.scheduler import Scheduler
 from meshmon.seeds import SeedWatch
 from meshmon.startup import (
@@ -45,7 +49,9 @@ from meshmon.startup import (
     open_data_store,
 )
 from meshmon.store import AsyncRingStore, RecordDropped
+from meshmon.sync import AggregatorUrls, Uploader
 from meshmon.version import __version__
+from meshmon.wire.ingest import MemberReport
 
 if TYPE_CHECKING:
     from meshmon.results import MonitoringResult
@@ -89,6 +95,7 @@ class Agent:
         self.store: AsyncRingStore | None = None
         self.mesh: MeshService | None = None
         self.transport: MeshTransport | None = None
+        self.query: QueryService | None = None
         self.probe_context: ProbeContext | None = None
         self.scheduler = Scheduler(self.name, self._run_check, self._store_results,
                                    batch_runner=self._run_batch)
@@ -100,6 +107,14 @@ class Agent:
         self._sink_error_logged = -STORE_ERROR_LOG_EVERY
         self._sink_errors_logged = 0
         self._crl_mtime = 0.0
+        self.sync_urls = AggregatorUrls(config.sync.all_urls, config.sync.learn)
+        """Aggregators: configured, then learnt from members' metadata."""
+        self.uploader: Uploader | None = None
+        """Runs once an aggregator URL is known; never in a serverless mesh."""
+        self._nursery: trio.Nursery | None = None
+        self._reports: tuple[MemberReport, ...] | None = None
+        self.alerts: AlertService | None = None
+        self.probe_metrics = probe_series(config.metrics)  # None without a metrics listener
 
     @property
     def name(self) -> str:
@@ -134,6 +149,7 @@ class Agent:
             name=self.name, address=listen.advertise_address, udp_port=listen.udp_port,
             tcp_port=self.tcp_port, tags=self.identity.peer.tags, version=__version__,
             cert_fingerprint=bytes.fromhex(self.identity.peer.fingerprint),
+            sync_urls=self.config.sync.all_urls if self.config.sync.advertise else (),
         )  # fmt: skip
 
     # --- running ------------------------------------------------------------------------------
@@ -143,7 +159,7 @@ class Agent:
         cfg = self.config
         listen = cfg.listen
         seeds = [split_host_port(s) for s in cfg.mesh.seeds]
-        async with open_data_store(cfg.node.data_dir, cfg.store) as store:
+        async with serve_metrics(self), open_data_store(cfg.node.data_dir, cfg.store) as store:
             self.store = store
             async with trio.open_nursery() as nursery:
                 transport = MeshTransport(self.identity, self.trust, TransportConfig(
@@ -159,9 +175,18 @@ class Agent:
                                         self.trust, seeds, on_change=self._view_changed)
                 seed_watch = SeedWatch(seeds, max_delay=cfg.mesh.membership().reconnect_interval)
                 self.mesh.on_seed_failure = seed_watch.failed
+                self.query = QueryService(transport, self._peers, self._answer, self.trust)
+                self.query.install()
+                if cfg.alerts.enabled:
+                    self.alerts = AlertService(cfg.alerts, _AlertHost(self, self.mesh))
+                    self.mesh.core.user_filter = self.alerts.accept
+                    self.mesh.on_user = self.alerts.received
                 await nursery.start(self.mesh.run)
+                if self.alerts is not None:
+                    await nursery.start(self.alerts.run)
                 nursery.start_soon(seed_watch.run, self.mesh)
                 await nursery.start(self.scheduler.run)
+                self._nursery = nursery
                 self._view_changed()
                 nursery.start_soon(self._watch_crl_file)
                 try:
@@ -245,6 +270,40 @@ class Agent:
 
     def _view_changed(self) -> None:
         self.scheduler.update(self.config.checks, self.view())
+        self._reports = None
+        if self.mesh is not None and self.sync_urls.learn:
+            live = (State.ALIVE, State.SUSPECT)
+            advertised = [(m.meta.name, m.meta.sync_urls) for m in self.mesh.core.members()
+                          if m.meta.sync_urls and m.state in live and m.meta.name != self.name]
+            if self.sync_urls.update(advertised):
+                log.info("aggregator URL(s) learnt from members: %s",
+                         "; ".join(f"{url} (from {', '.join(names)})"
+                                   for url, names in self.sync_urls.learnt.items()))  # fmt: skip
+                if self.uploader is not None:
+                    self.uploader.wake()
+        self._start_sync()
+
+    def _start_sync(self) -> None:
+        """Start the uploader once an aggregator URL is known (configured or learnt)."""
+        if self.uploader is not None or self._nursery is None or self.store is None:
+            return
+        if not self.sync_urls.all():
+            return
+        self.uploader = Uploader(self.store, self.identity, self.trust, self.config.sync,
+                                 self.sync_urls.all, self._member_reports)  # fmt: skip
+        self._nursery.start_soon(self.uploader.run)
+
+    def _member_reports(self) -> tuple[MemberReport, ...]:
+        """The membership view as the aggregator keeps it (this agent's own view; rebuilt only
+        after a change of the view)."""
+        if self.mesh is None:
+            return ()
+        if self._reports is None:
+            self._reports = tuple(
+                MemberReport(m.meta.name, m.state.name.lower(), m.incarnation, m.meta.address,
+                             tuple(m.meta.tags), m.meta.version)
+                for m in sorted(self.mesh.core.members(), key=lambda m: m.meta.name))  # fmt: skip
+        return self._reports
 
     def _context(self, check: str) -> ProbeContext:
         assert self.probe_context is not None
@@ -293,6 +352,10 @@ class Agent:
         from meshmon.results import encode_result
 
         assert self.store is not None
+        if self.alerts is not None and self.alerts.active:
+            self._observe(items)
+        if self.probe_metrics is not None:
+            self.probe_metrics.record(items)
         records = [(one.started_at, a.check, a.target, [encode_result(one), degraded])
                    for a, results, degraded in items for one in results]  # fmt: skip
         try:
@@ -336,7 +399,8 @@ class Agent:
             stats = self.store.stats()
             health = stats.health
             status["store"] = {
-                "state": health["state"], "records": stats.records, "bytes": stats.bytes,
+                "state": health["state"], "id": stats.store_id, "records": stats.records,
+                "bytes": stats.bytes,
                 "capacity_bytes": stats.capacity_bytes, "segments": stats.segments,
                 "newest_seq": stats.newest_seq, "durable_seq": stats.durable_seq,
                 "dropped_records": stats.dropped_records, "buffered": health["buffered"],
@@ -355,10 +419,19 @@ class Agent:
                 status["degraded"] = True
                 status["degraded_reason"] = (f"store {health['state']}: "
                                              f"{health.get('reason', 'writes refused')}")
+        if self.uploader is not None:
+            status["sync"] = self.uploader.status()
+        else:
+            status["sync"] = {"state": "off",
+                              "reason": "no aggregator URL configured or learnt from members"}
+        if self.sync_urls.learnt:
+            status["sync"]["learnt"] = {u: list(n) for u, n in self.sync_urls.learnt.items()}
         if self.transport is not None:
             status["dropped_datagrams"] = dict(self.transport.drops)
             status["refused_connections"] = dict(self.transport.admission.counts)
             status["streams"] = dict(sorted(self.transport.streams.items()))
+        if self.query is not None:  # mesh queries answered for peers, and askers turned away
+            status["queries"] = {"served": self.query.served, "refused": dict(self.query.refused)}
         if self.mesh is not None:
             core = self.mesh.core
             status["membership"] = {"live": core.num_live(), "awareness": core.awareness,
@@ -371,6 +444,25 @@ class Agent:
                                     # failure detection: probes, failed ones, suspicions...
                                     "probing": {k: core.stats[k] for k in _PROBING}}  # fmt: skip
         return status
+
+    def _observe(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
+        """Feed alert rules; results taken while degraded say nothing about targets."""
+        assert self.alerts is not None
+        tags: dict[str, tuple[str, ...]] = {}
+        if any(a.mesh for a, _, _ in items):
+            tags = {a.name: tuple(sorted(a.tags)) for a in self.view()}
+        for a, results, degraded in items:
+            if degraded:
+                continue
+            for one in results:
+                self.alerts.observe(observation(one, a.target, tags.get(a.target, ())))
+
+    def api_alerts(self) -> dict[str, Any]:
+        """Alert rules, this prober's verdicts, firing and recent incidents."""
+        if self.alerts is None:
+            return {"enabled": False, "rules": [], "firing": [], "recent": [],
+                    "receivers": [], "failing_here": [], "impaired": False}  # fmt: skip
+        return self.alerts.status()
 
     def api_members(self) -> list[dict[str, Any]]:
         """The membership view."""
@@ -393,6 +485,29 @@ class Agent:
                                  "wanted": cov.wanted})  # fmt: skip
         return {"mine": mine, "coverage": coverage}
 
+    def _peers(self) -> list[Peer]:
+        """The membership view as mesh queries see it."""
+        if self.mesh is None:
+            return []
+        return [Peer(m.meta.name, m.meta.tcp_addr, m.state.name.lower(), m.meta.tags,
+                     m.meta.cert_fingerprint.hex()) for m in self.mesh.core.members()]  # fmt: skip
+
+    def _answer(self, question: Question, peers: Sequence[Peer]) -> dict[str, Any]:
+        """This agent's own answer to a mesh query (runs in a worker thread)."""
+        if self.store is None:
+            raise ControlError("the store is not open")
+
+        def tagged(tag: str) -> list[str]:
+            return [p.name for p in peers if tag in p.tags]
+
+        return answer(self.store, question, Context(time.time(), self.config.checks, tagged))
+
+    async def api_mesh(self, query: MeshQuery) -> dict[str, Any]:
+        """A mesh-wide question, asked of the other agents (see :mod:`meshmon.query`)."""
+        if self.query is None:
+            raise ControlError("the agent's mesh is still starting; ask again in a moment")
+        return await self.query.envelope(query.question, query.timeout, query.max_bytes)
+
     def api_results(self, query: ResultQuery) -> list[dict[str, Any]]:
         """Stored results matching ``query``, newest first."""
         from meshmon.results import ResultDecodeError, decode_result
@@ -406,6 +521,8 @@ class Agent:
                                        since=query.since, until=query.until, limit=query.limit)
         out = []
         for rec in records:
+            if rec.check == STORE_CHECK and query.check != STORE_CHECK:
+                continue  # incident history, not a result (ask for check=_alerts to see it)
             try:
                 encoded, degraded = rec.value()
                 result = decode_result(encoded)
@@ -420,3 +537,32 @@ class Agent:
                         "response_time_ms": result.response_time_ms(),
                         "error": result.error_message(), "degraded": bool(degraded)})  # fmt: skip
         return out[: query.limit]
+
+
+class _AlertHost:
+    """What the alert service needs from the agent (:class:`~meshmon.alerts.service.AlertHost`)."""
+
+    def __init__(self, agent: Agent, mesh: MeshService) -> None:
+        self.agent, self.mesh, self.name = agent, mesh, agent.name
+
+    def publish(self, key: str, version: int, payload: bytes) -> None:
+        self.mesh.core.publish(trio.current_time(), key, version, payload)
+        self.mesh.wake()
+
+    def member_meta(self, name: str) -> NodeMeta | None:
+        m = self.mesh.core.member(name)
+        return m.meta if m is not None and m.state in (State.ALIVE, State.SUSPECT) else None
+
+    def owners(self, check: str, target: str) -> tuple[str, ...]:
+        placement = self.agent.scheduler.placement
+        return () if placement is None else placement.owners(check, target)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.mesh.auth.sign_blob(data)
+
+    def verify(self, meta: NodeMeta, data: bytes, sig: bytes) -> str | None:
+        return self.mesh.auth.verify_blob(meta, data, sig)
+
+    async def record(self, ts: float, target: str, payload: Any) -> None:
+        if self.agent.store is not None:
+            await self.agent.store.append_batch([(ts, STORE_CHECK, target, payload)])

@@ -4,7 +4,9 @@ Every field has a default with its reason beside it, so an agent runs from a nea
 ``meshmon config check FILE`` prints the effective result. Decoding and error reporting live in
 :mod:`meshmon.configload`. Secrets paths may be overridden from the environment
 (``MESHMON_CA_CERT``, ``MESHMON_CERT``, ``MESHMON_KEY``, ``MESHMON_CRL``) so that a container
-can mount them where it likes without editing the file.
+can mount them where it likes without editing the file; so may the node's name and addresses
+(``MESHMON_NODE_NAME``, ``MESHMON_LISTEN_ADDRESS``, ``MESHMON_ADVERTISE``), so that one file
+serves every node of a Kubernetes DaemonSet (filled in from the downward API).
 """
 
 from __future__ import annotations
@@ -14,13 +16,26 @@ import ipaddress
 import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from meshmon.configload import ByteSize, ConfigError, FieldError, FieldErrors, Seconds, decode
+from meshmon.alerts.notify import AlertmanagerConfig, CommandConfig, WebhookConfig
+from meshmon.alerts.rules import AlertRule, Silence
+from meshmon.configload import (
+    ByteSize,
+    ConfigError,
+    ConfigErrors,
+    FieldError,
+    FieldErrors,
+    Seconds,
+    decode,
+)
 from meshmon.membership.config import PROFILES, MembershipConfig
+from meshmon.metrics.config import MetricsConfig
 from meshmon.probes.params import host_problem, split_target
+from meshmon.wire import ingest, urls
 
 DEFAULT_PORT = 7946
 """memberlist's port, so firewall rules written for Serf/Consul-style meshes carry over."""
@@ -32,6 +47,14 @@ ENV_OVERRIDES = {
     "MESHMON_CRL": ("tls", "crl"),
     "MESHMON_DATA_DIR": ("node", "data_dir"),
 }
+"""Environment variable → (table, key) of a path; the value is made absolute."""
+
+ENV_VALUES = {
+    "MESHMON_NODE_NAME": ("node", "name"),
+    "MESHMON_LISTEN_ADDRESS": ("listen", "address"),
+    "MESHMON_ADVERTISE": ("listen", "advertise"),
+}
+"""Environment variable → (table, key) taken as written (checked like the file's value)."""
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -246,12 +269,80 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
-    """Lazy upload of results to an optional aggregator."""
+    """Lazy upload of results to an optional aggregator (:mod:`meshmon.sync`).
 
+    With no URL configured and none learnt from gossip the agent stays fully serverless: no
+    uploader runs and no store cursor holds records back.
+    """
+
+    urls: tuple[str, ...] = ()
+    """Aggregators, ``https://HOST:PORT``, tried in order: the first that answers is used while
+    it works, the next on an error. Each must hold a mesh certificate tagged ``aggregator``."""
     url: str = ""
-    """Aggregator URL; empty keeps the agent fully serverless."""
-    interval: Seconds = Seconds(10.0)
+    """One aggregator; the single form of ``urls`` (put first when both are given)."""
     batch_size: int = 5000
+    """A batch leaves once this many results are waiting (~0.7 MB of CBOR at ~150 bytes a
+    ping result; deflated on the wire). Also the most a catch-up batch carries."""
+    max_delay: Seconds = Seconds(10.0)
+    """...or once the oldest waiting result is this old: results reach the aggregator at most
+    ~10 s late while an agent makes few of them, in one request per 10 s, not one per result."""
+    backoff_min: Seconds = Seconds(1.0)
+    """First retry delay while no aggregator answers; doubles per failure (full jitter)."""
+    backoff_max: Seconds = Seconds(60.0)
+    """Longest retry delay: 1,000 agents waiting for a lost aggregator cost it ~33 connection
+    attempts a second, and it is found again within a minute of its return."""
+    timeout: Seconds = Seconds(30.0)
+    """Longest wait for one upload (connect, send a batch, read the acknowledgement)."""
+    advertise: bool = True
+    """Gossip the configured URLs in this agent's signed metadata, so that agents without
+    them in their config find the aggregator too."""
+    learn: bool = True
+    """Use aggregator URLs advertised by other members (after the configured ones). The
+    server must still prove it is an aggregator (its certificate's tag); turn this off to keep
+    an agent without configured URLs serverless whatever its peers say."""
+
+    def __post_init__(self) -> None:
+        errors: list[FieldError] = []
+        if self.url:
+            errors += _url_errors("url", (self.url,), self.advertise, single=True)
+        errors += _url_errors("urls", self.urls, self.advertise)
+        if not 1 <= self.batch_size <= ingest.MAX_RECORDS:
+            errors.append(FieldError("batch_size", f"must be 1-{ingest.MAX_RECORDS} (the most "
+                                     "records an aggregator takes in one batch)"))  # fmt: skip
+        if self.max_delay <= 0:
+            errors.append(FieldError("max_delay", "must be greater than zero"))
+        if self.backoff_min <= 0:
+            errors.append(FieldError("backoff_min", "must be greater than zero"))
+        elif self.backoff_max < self.backoff_min:
+            errors.append(FieldError("backoff_max", f"must be at least backoff_min "
+                                     f"({self.backoff_min:g}s)"))  # fmt: skip
+        if self.timeout <= 0:
+            errors.append(FieldError("timeout", "must be greater than zero"))
+        if not errors and self.advertise and len(self.all_urls) > urls.MAX_GOSSIP_URLS:
+            errors.append(FieldError("urls", f"{len(self.all_urls)} URLs, more than the "
+                                     f"{urls.MAX_GOSSIP_URLS} an agent may advertise in gossip; "
+                                     "list fewer or set advertise = false"))  # fmt: skip
+        _raise_all(errors)
+
+    @property
+    def all_urls(self) -> tuple[str, ...]:
+        """``url`` then ``urls``, normalised, without repeats."""
+        found = (self.url,) if self.url else ()
+        return tuple(dict.fromkeys(urls.normalize(u) for u in found + self.urls))
+
+
+def _url_errors(key: str, values: tuple[str, ...], advertise: bool,
+                single: bool = False) -> list[FieldError]:  # fmt: skip
+    errors = []
+    for i, value in enumerate(values):
+        where = key if single else f"{key}[{i}]"
+        problem = urls.url_problem(value)
+        if problem is None and advertise and len(value) > urls.MAX_GOSSIP_URL:
+            problem = (f"longer than the {urls.MAX_GOSSIP_URL} characters an agent may advertise "
+                       "in gossip; shorten it or set advertise = false")  # fmt: skip
+        if problem:
+            errors.append(FieldError(where, problem))
+    return errors
 
 
 @dataclass(frozen=True)
@@ -303,9 +394,47 @@ class CheckConfig:
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    """Alert rules and notifiers (filled in by the alerting work)."""
+    """Alert rules, agreement across vantage points, and silences (see :mod:`meshmon.alerts`)."""
 
     enabled: bool = True
+    rules: tuple[AlertRule, ...] = ()
+    quorum: int | None = None
+    """m: how many of a target's k probers must call it failing; default a majority of k."""
+    impaired_fraction: float = 0.5
+    """A prober that sees this share of its targets fail at once reports itself impaired (one
+    event) instead of alerting on each target."""
+    impaired_min_targets: int = 3
+    """...when that is at least this many targets."""
+    silences: tuple[Silence, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
+    alertmanagers: tuple[AlertmanagerConfig, ...] = ()
+    commands: tuple[CommandConfig, ...] = ()
+    max_backoff: Seconds = Seconds(300.0)
+    """Longest wait between retries to a receiver that is down."""
+    alertmanager_repeat: Seconds = Seconds(60.0)
+    """Re-post firing alerts to Alertmanager this often (it expires alerts not re-sent, after
+    its resolve_timeout, 5 minutes by default)."""
+
+    @property
+    def receivers(self) -> tuple[WebhookConfig | AlertmanagerConfig | CommandConfig, ...]:
+        """Every receiver, in a stable order."""
+        return (*self.webhooks, *self.alertmanagers, *self.commands)
+
+    def __post_init__(self) -> None:
+        errors: list[FieldError] = []
+        if self.quorum is not None and self.quorum < 1:
+            errors.append(FieldError("quorum", "must be 1 or more (or left out for a majority)"))
+        if not 0 < self.impaired_fraction <= 1:
+            errors.append(FieldError("impaired_fraction", "must be in (0, 1]"))
+        if self.impaired_min_targets < 1:
+            errors.append(FieldError("impaired_min_targets", "must be 1 or more"))
+        seen: dict[str, int] = {}
+        for i, rule in enumerate(self.rules):
+            if rule.name in seen:
+                errors.append(FieldError(f"rules[{i}].name", f"{rule.name!r} is already used by "
+                                         f"rules[{seen[rule.name]}]"))  # fmt: skip
+            seen.setdefault(rule.name, i)
+        _raise_all(errors)
 
 
 @dataclass(frozen=True)
@@ -321,6 +450,8 @@ class AgentConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Prometheus metrics and health endpoints (:mod:`meshmon.metrics`); off by default."""
     checks: tuple[CheckConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -371,13 +502,34 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"not valid TOML: {exc}") from None
     env = os.environ if environ is None else environ
-    for var, (section, key) in ENV_OVERRIDES.items():
+    for var, (section, key) in (*ENV_OVERRIDES.items(), *ENV_VALUES.items()):
         if env.get(var):
             table = data.setdefault(section, {})
             if not isinstance(table, dict):
                 raise ConfigError(source, section, "expected a table")
-            table[key] = str(Path(env[var]).absolute())
-    return decode(AgentConfig, data, source, path.parent.absolute())
+            table[key] = str(Path(env[var]).absolute()) if var in ENV_OVERRIDES else env[var]
+    try:
+        return decode(AgentConfig, data, source, path.parent.absolute())
+    except ConfigError as exc:
+        raise _name_environment(exc, env) from None
+
+
+def _name_environment(exc: ConfigError, env: Mapping[str, str]) -> ConfigError:
+    """Say which variable set a wrong value, since the file does not show it."""
+    by_key = {f"{section}.{key}": var
+              for var, (section, key) in (*ENV_OVERRIDES.items(), *ENV_VALUES.items())
+              if env.get(var)}  # fmt: skip
+    if not by_key:
+        return exc
+
+    def named(error: ConfigError) -> ConfigError:
+        var = by_key.get(error.key)
+        return ConfigError(error.source, f"{error.key} (set by {var})", error.problem) \
+            if var else error  # fmt: skip
+
+    if isinstance(exc, ConfigErrors):
+        return ConfigErrors([named(e) for e in exc.errors], exc.partial)
+    return named(exc)
 
 
 def config_from_dict(data: dict[str, Any], base_dir: Path, source: str = "<memory>") -> AgentConfig:

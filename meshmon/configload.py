@@ -26,6 +26,7 @@ them all, in file order.
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import re
 import types
 import typing
@@ -257,7 +258,8 @@ class _Decoder:
         if not isinstance(value, dict):
             raise self.fail(key, f"expected a table, got {value!r}")
         hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+        fields = {toml_key(f.name): f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                  if f.init}
         prefix = f"{key}." if key else ""
         failed = False
         allowed = ", ".join(sorted(fields))
@@ -269,11 +271,12 @@ class _Decoder:
         kwargs = {}
         for name, field in fields.items():
             ok, item = True, None
+            hint = hints[field.name]
             if name in value:
-                ok, item = self.collect(hints[name], value[name], f"{prefix}{name}")
-            elif dataclasses.is_dataclass(hints[name]):
-                ok, item = self.collect(hints[name], {}, f"{prefix}{name}")
-            elif hints[name] is Path and isinstance(field.default, Path):
+                ok, item = self.collect(hint, value[name], f"{prefix}{name}")
+            elif dataclasses.is_dataclass(hint):
+                ok, item = self.collect(hint, {}, f"{prefix}{name}")
+            elif hint is Path and isinstance(field.default, Path):
                 # relative default paths, like explicit ones, are taken from the file's folder
                 ok, item = self.collect(Path, str(field.default), f"{prefix}{name}")
             elif (
@@ -286,9 +289,9 @@ class _Decoder:
                 continue
             failed = failed or not ok
             if ok:
-                kwargs[name] = item
+                kwargs[field.name] = item
                 if not key:
-                    self.partial[name] = item
+                    self.partial[field.name] = item
         if failed:
             raise _Invalid
         try:
@@ -298,6 +301,12 @@ class _Decoder:
         except FieldErrors as exc:
             self.errors.extend(self.fail(f"{prefix}{e.field}", e.problem) for e in exc.errors)
             raise _Invalid from None
+
+
+def toml_key(field_name: str) -> str:
+    """The TOML key of a dataclass field: ``for_`` is written ``for`` (a Python keyword)."""
+    bare = field_name.removesuffix("_")
+    return bare if bare != field_name and keyword.iskeyword(bare) else field_name
 
 
 def decode(cls: type[T], data: dict[str, Any], source: str, base_dir: Path) -> T:
@@ -323,9 +332,9 @@ def encode(value: Any) -> Any:
             item = getattr(value, f.name)
             hint = hints[f.name]
             if hint is Seconds:
-                out[f.name] = format_duration(item)
+                out[toml_key(f.name)] = format_duration(item)
             else:
-                out[f.name] = encode(item)
+                out[toml_key(f.name)] = encode(item)
         return out
     if isinstance(value, tuple | list):
         return [encode(v) for v in value]

@@ -16,11 +16,19 @@ Endpoints (all ``GET``, all JSON):
 ``/v1/status``        identity, uptime, version, config version, store stats and health
                       (``state`` ok/failing/failed, ``since``, ``reason``, ``advice``,
                       ``buffered``, ``lost``, ``last_outage``, ``recovery_report``), loss
-                      counters, degraded flag (and ``degraded_reason`` when the store fails)
-``/v1/members``       the membership view
+                      counters, degraded flag (and ``degraded_reason`` when the store fails),
+                      ``sync``: the upload to the aggregator (``state``, ``url``, ``aggregator``,
+                      ``cursor``, ``acked``, ``behind``, ``lost``, ``last_success``,
+                      ``last_error``, ``failures``, ``backoff_s``..., see meshmon.sync)
+``/v1/members``       the membership view; ``rtt_ms`` is the latest direct gossip ping's round
+                      trip from this agent (null for itself, members not yet pinged, and
+                      members dead or gone)
 ``/v1/assignments``   what this agent probes, who probes what, coverage per target
 ``/v1/results``       stored results; query ``check``, ``target``, ``since`` (seconds, or a
                       duration like ``10m``), ``until``, ``limit``, ``latest=1``
+``/v1/mesh/latest``   mesh-wide questions, answered by asking the other agents over mTLS:
+``/v1/mesh/matrix``   parameters and JSON shapes in :mod:`meshmon.query`; 503 while the
+``/v1/mesh/history``  agent's mesh is not running yet
 
 A bad query parameter (unknown, repeated, empty, or not a finite non-negative time: ``nan``,
 ``inf`` and negative values included) answers 400 with ``{"error": ..., "parameter": ...}``; an
@@ -30,13 +38,15 @@ endpoint without parameters refuses any. A WebSocket upgrade answers 400 (JSON r
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import logging
 import math
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +56,16 @@ import h11
 import trio
 
 from meshmon.configload import parse_duration
+from meshmon.query.wire import (
+    MAX_ANSWER_BYTES,
+    MAX_POINTS,
+    MAX_WINDOW,
+    MIN_ANSWER_BYTES,
+    History,
+    Latest,
+    Matrix,
+    Question,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +98,17 @@ class ResultQuery:
     """Only the newest result per (check, target)."""
 
 
+@dataclass(frozen=True)
+class MeshQuery:
+    """A mesh-wide question from ``/v1/mesh/...`` and how long and how much to gather."""
+
+    question: Question
+    timeout: float | None = None
+    """Seconds for the whole question; None is the agent's default."""
+    max_bytes: int | None = None
+    """Answer limit per agent; None is the agent's default."""
+
+
 class AgentApi(Protocol):
     """What the control API needs from an agent; each method returns JSON-ready data."""
 
@@ -87,7 +118,13 @@ class AgentApi(Protocol):
 
     def api_assignments(self) -> dict[str, Any]: ...
 
+    def api_alerts(self) -> dict[str, Any]: ...
+
     def api_results(self, query: ResultQuery) -> list[dict[str, Any]]: ...
+
+    async def api_mesh(self, query: MeshQuery) -> dict[str, Any]:
+        """Raises :class:`ControlError` when the mesh is not running."""
+        ...
 
 
 _TIME_HELP = 'give seconds ago, a duration such as "10m", or a Unix timestamp'
@@ -164,6 +201,86 @@ def parse_result_query(params: Mapping[str, list[str]], now: float) -> ResultQue
     )
 
 
+MESH_PARAMS = {
+    "latest": frozenset({"check", "target", "full"}),
+    "matrix": frozenset({"tag", "check", "window"}),
+    "history": frozenset({"check", "target", "since", "until", "points"}),
+}
+"""Parameters of each ``/v1/mesh/<question>``, besides ``timeout`` and ``max_bytes``."""
+MAX_MESH_TIMEOUT = 30.0
+
+
+def _number(name: str, text: str, low: float, high: float, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:  # nan fails too
+        raise BadParameter(name, f"{text!r} is not {what} in {low:g}..{high:g}")
+    return value
+
+
+def _whole(name: str, text: str, low: int, high: int) -> int:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise BadParameter(name, f"{text!r} is not a whole number in {low}..{high}")
+    return int(text)
+
+
+def _required(given: dict[str, str], name: str, what: str) -> str:
+    value = given.get(name, "")
+    if not value:
+        raise BadParameter(name, f"missing; give the {what}")
+    return value
+
+
+def _optional(given: dict[str, str], name: str) -> str | None:
+    if given.get(name) == "":
+        raise BadParameter(name, f"empty; give a {name} name or leave {name} out")
+    return given.get(name)
+
+
+def parse_mesh_query(kind: str, params: Mapping[str, list[str]], now: float) -> MeshQuery:
+    """Turn the query string of ``/v1/mesh/<kind>`` into a :class:`MeshQuery`.
+
+    Raises:
+        BadParameter: naming the parameter and what is allowed.
+    """
+    given = single_values(params, MESH_PARAMS[kind] | {"timeout", "max_bytes"})
+    timeout = (_number("timeout", given["timeout"], 0.1, MAX_MESH_TIMEOUT, "a number of seconds")
+               if given.get("timeout") else None)  # fmt: skip
+    max_bytes = (_whole("max_bytes", given["max_bytes"], MIN_ANSWER_BYTES, MAX_ANSWER_BYTES)
+                 if given.get("max_bytes") else None)  # fmt: skip
+    question: Question
+    if kind == "latest":
+        full = given.get("full")
+        if full not in (None, "0", "1", "true", "false"):
+            raise BadParameter("full", f"{full!r}: use 1 or 0")
+        question = Latest(_optional(given, "check"), _optional(given, "target"),
+                          full in ("1", "true"))  # fmt: skip
+    elif kind == "matrix":
+        window = 300.0
+        if given.get("window"):
+            text = given["window"]
+            try:
+                window = float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+            except ValueError as exc:
+                raise BadParameter("window", f"{exc}; give seconds or a duration such as 5m"
+                                   ) from None  # fmt: skip
+            if not 0 < window <= MAX_WINDOW:
+                raise BadParameter("window", f"{text!r} must be above 0 and at most 7d")
+        question = Matrix(_required(given, "tag", "tag whose members form the matrix"),
+                          _optional(given, "check"), window)  # fmt: skip
+    else:
+        since = _time_param("since", given["since"], now) if given.get("since") else now - 3600
+        until = _time_param("until", given["until"], now) if given.get("until") else None
+        if until is not None and since > until:
+            raise BadParameter("since", "is later than until; swap them")
+        points = _whole("points", given["points"], 1, MAX_POINTS) if given.get("points") else 200
+        question = History(_required(given, "check", "check name"),
+                           _required(given, "target", "target"), since, until, points)
+    return MeshQuery(question, timeout, max_bytes)
+
+
 def _no_params(answer: Callable[[], Any]) -> Callable[[Mapping[str, list[str]]], Any]:
     """A handler for an endpoint that takes no parameters (any given is a 400)."""
 
@@ -183,12 +300,18 @@ class ControlApp:
             f"{API_PREFIX}/status": _no_params(self.agent.api_status),
             f"{API_PREFIX}/members": _no_params(self.agent.api_members),
             f"{API_PREFIX}/assignments": _no_params(self.agent.api_assignments),
+            f"{API_PREFIX}/alerts": _no_params(self.agent.api_alerts),
             f"{API_PREFIX}/results": lambda q: self.agent.api_results(
                 parse_result_query(q, time.time())
             ),
         }
+        for kind in MESH_PARAMS:
+            self.routes[f"{API_PREFIX}/mesh/{kind}"] = functools.partial(self._mesh, kind)
 
-    def dispatch(self, method: str, path: str, query_string: bytes) -> tuple[int, Any]:
+    def _mesh(self, kind: str, params: Mapping[str, list[str]]) -> Awaitable[dict[str, Any]]:
+        return self.agent.api_mesh(parse_mesh_query(kind, params, time.time()))
+
+    async def dispatch(self, method: str, path: str, query_string: bytes) -> tuple[int, Any]:
         """Answer one request: (HTTP status, JSON body)."""
         if method != "GET":
             return 405, {"error": f"{method} not allowed; the control API is read-only"}
@@ -197,20 +320,26 @@ class ControlApp:
             return 404, {"error": f"no endpoint {path}", "endpoints": sorted(self.routes)}
         try:
             params = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
-            return 200, handler(params)
+            body = handler(params)
+            if inspect.isawaitable(body):
+                body = await body
+            return 200, body
         except BadParameter as exc:
             return 400, {"error": str(exc), "parameter": exc.parameter}
+        except ControlError as exc:  # the agent cannot answer yet (e.g. its mesh is starting)
+            return 503, {"error": str(exc)}
         except Exception as exc:  # an API bug must not take the agent down
             log.exception("control API error on %s", path)
             return 500, {"error": f"internal error: {exc}"}
 
-    def answer(self, request: h11.Request) -> tuple[int, Any]:
+    async def answer(self, request: h11.Request) -> tuple[int, Any]:
         """Answer one parsed request (a WebSocket upgrade gets a 400 saying what to send)."""
         if _upgrade(request):
             return 400, {"error": "the control API does not speak WebSocket; send plain HTTP "
                                   f"GET requests to {', '.join(sorted(self.routes))}"}  # fmt: skip
         path, _, query = request.target.partition(b"?")
-        return self.dispatch(request.method.decode("latin-1"), path.decode("latin-1"), query)
+        return await self.dispatch(request.method.decode("latin-1"), path.decode("latin-1"),
+                                   query)  # fmt: skip
 
 
 async def serve_control(
@@ -258,18 +387,19 @@ async def _serve_connection(app: ControlApp, stream: trio.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER)
     try:
         while True:
+            request = None
             with trio.move_on_after(IDLE_TIMEOUT):
                 request = await _read_request(conn, stream)
-                if request is None:
-                    return
-                status, body = app.answer(request)
+            if request is None:
+                return  # closed, idle, or too slow to send its request
+            # no limit on the answer: a mesh query has its own timeout (see meshmon.query)
+            status, body = await app.answer(request)
+            with trio.move_on_after(IDLE_TIMEOUT) as sending:
                 await _respond(conn, stream, status, body)
-                if (conn.our_state is not h11.DONE or conn.their_state is not h11.DONE
-                        or _upgrade(request)):  # fmt: skip
-                    return  # HTTP/1.0, "Connection: close", a refused upgrade: done here
-                conn.start_next_cycle()
-                continue
-            return  # idle or too slow
+            if (sending.cancelled_caught or conn.our_state is not h11.DONE
+                    or conn.their_state is not h11.DONE or _upgrade(request)):  # fmt: skip
+                return  # not reading, HTTP/1.0, "Connection: close", a refused upgrade
+            conn.start_next_cycle()
     except h11.RemoteProtocolError as exc:
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             with contextlib.suppress(h11.LocalProtocolError, trio.BrokenResourceError,

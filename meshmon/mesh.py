@@ -51,6 +51,7 @@ from meshmon.membership import (
     Membership,
     MembershipConfig,
     NodeMeta,
+    State,
     StreamKind,
     StreamRequest,
     UserEvent,
@@ -104,6 +105,8 @@ class MeshService:
         self.trust = trust
         self.seeds = list(seeds)
         self.on_change = on_change
+        self.on_user: Callable[[str, bytes], None] | None = None
+        """Application data (other than the CRL) learnt from peers: alert digests."""
         self.on_seed_failure: Callable[[Addr, Exception], None] = _warn_seed
         """Called when a join through a seed fails (the agent wires :mod:`meshmon.seeds`)."""
         self.auth = CertAuthenticator(transport.identity, trust)
@@ -114,6 +117,10 @@ class MeshService:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._leaving = False
+
+    def wake(self) -> None:
+        """Run the core now (something was published)."""
+        self._wake.set()
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -303,7 +310,10 @@ class MeshService:
             log.info("member %s: %s (%s:%s)", meta.name, event.kind.name.lower(), meta.address,
                      meta.udp_port)  # fmt: skip
             self.on_change()
-        elif event.key == CRL_KEY:
+        elif event.key != CRL_KEY:
+            if self.on_user is not None:
+                self.on_user(event.key, event.payload)
+        else:
             try:
                 crl = x509.load_der_x509_crl(event.payload)
             except ValueError as exc:
@@ -357,13 +367,20 @@ class MeshService:
         """The view for the control API."""
         now = trio.current_time()
         wall = time.time()
+        rtt = self.core.rtt
         out = []
         for m in self.core.members():
+            seconds = rtt.get(m.meta.name) if m.state in (State.ALIVE, State.SUSPECT) else None
             out.append({
                 "name": m.meta.name, "address": m.meta.address, "udp_port": m.meta.udp_port,
                 "tcp_port": m.meta.tcp_port, "state": m.state.name.lower(),
                 "incarnation": m.incarnation, "tags": list(m.meta.tags),
                 "version": m.meta.version, "since": wall - max(0.0, now - m.since),
+                # the latest direct gossip ping's round trip from this agent (None: not yet,
+                # this agent itself, or a member dead or gone)
+                "rtt_ms": None if seconds is None else round(seconds * 1000, 3),
             })  # fmt: skip
+            if m.meta.sync_urls:
+                out[-1]["sync_urls"] = list(m.meta.sync_urls)
         return out
 

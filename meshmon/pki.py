@@ -371,6 +371,11 @@ def _tags_of(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else ()
 
 
+def tags_of(cert: x509.Certificate) -> tuple[str, ...]:
+    """The tags in a certificate's private extension (empty if none); not a verification."""
+    return _tags_of(cert)
+
+
 def node_name_of(cert: x509.Certificate) -> str:
     """The node name a certificate is for (its ``urn:meshmon:node:`` SAN, else its CN)."""
     try:

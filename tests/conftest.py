@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from meshmon import pki
+from tests.pg import pg_db, pg_empty, pg_server  # noqa: F401 - fixtures: a real PostgreSQL
 
 
 @dataclass

@@ -107,6 +107,26 @@ def test_environment_overrides_secret_paths(tmp_path: Path) -> None:
     assert cfg.tls.key == Path("/run/secrets/k.pem")
 
 
+def test_environment_sets_node_name_and_addresses(tmp_path: Path) -> None:
+    # one ConfigMap file for every node of a DaemonSet: name and address from the downward API
+    text = "[listen]\naddress = \"0.0.0.0\"\n"
+    cfg = load_config(write(tmp_path, text), environ={
+        "MESHMON_NODE_NAME": "node-a.example", "MESHMON_ADVERTISE": "10.1.2.3"})
+    assert (cfg.node.name, cfg.listen.address, cfg.listen.advertise_address) == (
+        "node-a.example", "0.0.0.0", "10.1.2.3")
+    cfg = load_config(write(tmp_path, MINIMAL), environ={"MESHMON_LISTEN_ADDRESS": "10.1.2.4"})
+    assert cfg.listen.address == "10.1.2.4"  # the environment wins over the file
+
+
+def test_environment_values_are_checked_like_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"listen\.address \(set by MESHMON_LISTEN_ADDRESS\): "
+                                          r"'node-a' is not an IP address"):
+        load_config(write(tmp_path, MINIMAL), environ={"MESHMON_LISTEN_ADDRESS": "node-a"})
+    with pytest.raises(ConfigError, match=r"node\.name \(set by MESHMON_NODE_NAME\): .*not a "
+                                          r"valid node name"):
+        load_config(write(tmp_path, MINIMAL), environ={"MESHMON_NODE_NAME": "a b"})
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("500ms", 0.5), ("10s", 10.0), ("1.5m", 90.0), ("2h", 7200.0), ("250us", 0.00025), (3, 3.0)],

@@ -19,7 +19,14 @@ import pytest
 import trio
 
 from meshmon import control
-from meshmon.control import BadParameter, ControlClient, ControlError, ResultQuery, serve_control
+from meshmon.control import (
+    BadParameter,
+    ControlClient,
+    ControlError,
+    MeshQuery,
+    ResultQuery,
+    serve_control,
+)
 
 
 class FakeAgent:
@@ -35,11 +42,20 @@ class FakeAgent:
     def api_assignments(self) -> dict[str, Any]:
         return {"mine": [], "coverage": []}
 
+    def api_alerts(self) -> dict[str, Any]:
+        return {"enabled": False}
+
     def api_results(self, query: ResultQuery) -> list[dict[str, Any]]:
         self.queries.append(query)
         if query.check == "boom":
             raise RuntimeError("a bug")
         return [{"check": query.check, "limit": query.limit}]
+
+    async def api_mesh(self, query: MeshQuery) -> dict[str, Any]:
+        await trio.sleep(0.2)  # asks the other agents: an answer that takes a while
+        if query.question.check == "starting":
+            raise ControlError("the agent's mesh is still starting; ask again in a moment")
+        return {"question": "latest", "check": query.question.check}
 
 
 @asynccontextmanager
@@ -93,6 +109,11 @@ async def test_client_gets_json_and_turns_refusals_into_errors(tmp_path: Path) -
                 await trio.to_thread.run_sync(get, "nope")
             with pytest.raises(ControlError, match="internal error: a bug"):
                 await trio.to_thread.run_sync(lambda: get("results", check="boom"))
+            # a mesh-wide question is awaited; an agent not ready says so (503)
+            answer = await trio.to_thread.run_sync(lambda: get("mesh/latest", check="c"))
+            assert answer == {"question": "latest", "check": "c"}
+            with pytest.raises(ControlError, match="still starting"):
+                await trio.to_thread.run_sync(lambda: get("mesh/latest", check="starting"))
         assert not path.exists()  # removed when the server stops
 
 

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import socket
+import struct
 from collections.abc import Callable
 
 import pytest
 import trio
 
 from meshmon import pki
-from meshmon.net.tls import MtlsStream, PeerRejectedError, connect_mtls, serve_mtls
+from meshmon.net.tls import (
+    MeshConnectionError,
+    MtlsStream,
+    PeerRejectedError,
+    connect_mtls,
+    serve_mtls,
+)
 from tests.conftest import Mesh, Node
 
 
@@ -133,4 +142,29 @@ async def test_wrong_node_name_is_rejected(mesh: Mesh) -> None:
             with pytest.raises(PeerRejectedError, match="expected node 'db-1'"):
                 await connect_mtls("127.0.0.1", port, pki.client_context(identity, trust), trust,
                                    expected_name="db-1")
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "closed"])
+async def test_a_peer_gone_mid_handshake_is_no_certificate_verdict(mesh: Mesh,
+                                                                   reset: bool) -> None:
+    """A peer killed (reset) or closing mid-handshake sent no alert: the connection broke,
+    nothing was said about our certificate."""
+    client = mesh.node("client")
+    identity, trust = mesh.identity(client)
+
+    async def vanish(tcp: trio.SocketStream) -> None:
+        await tcp.receive_some(65536)  # the ClientHello
+        if reset:
+            tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await tcp.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, vanish, 0,
+                                                              host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            with pytest.raises(MeshConnectionError, match="broke during the TLS handshake") as info:
+                await connect_mtls("127.0.0.1", port, pki.client_context(identity, trust), trust)
+            assert not isinstance(info.value, PeerRejectedError)
             nursery.cancel_scope.cancel()

@@ -38,10 +38,12 @@ from meshmon.membership.messages import (
     UserData,
     UserNotice,
 )
+from meshmon.wire import urls
 
 VERSION = 2
 """Wire version; a receiver rejects datagrams and states of another version (2: self-statements
-carry proofs)."""
+carry proofs). Within it, metadata has a ninth item (aggregator URLs) only when the member
+advertises some; builds before it refuse such metadata, so mix builds only without it."""
 
 _OPEN = b"\x9f" + cbor2.dumps(VERSION)
 _CLOSE = b"\xff"
@@ -67,8 +69,11 @@ class MalformedMessage(ValueError):
 
 
 def _meta_list(meta: NodeMeta) -> list[Any]:
-    return [meta.name, meta.address, meta.udp_port, meta.tcp_port, list(meta.tags), meta.version,
-            meta.cert_fingerprint, meta.config_version]
+    items = [meta.name, meta.address, meta.udp_port, meta.tcp_port, list(meta.tags), meta.version,
+             meta.cert_fingerprint, meta.config_version]
+    if meta.sync_urls:  # a ninth item only when there are some: one encoding per metadata
+        items.append(list(meta.sync_urls))
+    return items
 
 
 def encode_statement(kind: State, incarnation: int, meta: NodeMeta) -> bytes:
@@ -163,17 +168,33 @@ _META_CACHE: dict[tuple[Any, ...], NodeMeta] = {}
 _META_CACHE_MAX = 65536
 
 
+def _sync_urls(value: Any) -> tuple[str, ...]:
+    items = _list(value)
+    if not 0 < len(items) <= urls.MAX_GOSSIP_URLS:
+        raise MalformedMessage(f"sync URLs: 1-{urls.MAX_GOSSIP_URLS} expected when present")
+    for item in items:
+        problem = urls.url_problem(item, urls.MAX_GOSSIP_URL) if type(item) is str else "not text"
+        if problem:
+            raise MalformedMessage(f"sync URL {item!r:.50}: {problem:.80}")
+    return tuple(items)
+
+
 def _meta(value: Any) -> NodeMeta:
-    items = _list(value, 8)
+    items = _list(value)
+    if len(items) not in (8, 9):
+        raise MalformedMessage(f"expected metadata of 8 or 9 items, got {value!r:.40}")
     # The same metadata arrives over and over (every Alive, every push-pull): remember the
     # validated result, keyed on the raw items. Only exact types may hit the cache, since
     # True == 1 and 1.0 == 1 in Python but not on our wire.
     tags = items[4]
+    extra = items[8] if len(items) == 9 else []
     key: tuple[Any, ...] | None = None
     if (type(tags) is list and type(items[2]) is int and type(items[3]) is int
             and type(items[7]) is int and type(items[6]) is bytes
-            and all(type(t) is str for t in tags)):
-        key = (items[0], items[1], items[2], items[3], tuple(tags), items[5], items[6], items[7])
+            and all(type(t) is str for t in tags) and type(extra) is list
+            and all(type(u) is str for u in extra)):
+        key = (items[0], items[1], items[2], items[3], tuple(tags), items[5], items[6], items[7],
+               len(items), tuple(extra))
         try:
             hit = _META_CACHE.get(key)
         except TypeError:  # an unhashable name/address/version: it will fail validation below
@@ -195,6 +216,7 @@ def _meta(value: Any) -> NodeMeta:
         version=_str(items[5], 64, allow_empty=True),
         cert_fingerprint=fingerprint,
         config_version=_int(items[7]),
+        sync_urls=_sync_urls(items[8]) if len(items) == 9 else (),
     )
     if key is not None:
         if len(_META_CACHE) >= _META_CACHE_MAX:

@@ -30,7 +30,7 @@ import collections
 import contextlib
 import heapq
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from meshmon.membership import codec, timing
 from meshmon.membership.auth import Authenticator
@@ -74,7 +74,7 @@ from meshmon.membership.state import (
 )
 
 _USER_PREFIX = "\x00"  # queue keys: a member's name, or this prefix + a user key (names can't)
-_MAX_USER_KEYS = 1024
+_MAX_USER_KEYS = 16384  # the CRL and one alert digest per member (meshmon.alerts)
 _RELAY_NACK_FRACTION = 0.8
 _PROVEN = (ALIVE, LEFT)  # states whose push-pull entries carry the member's own proof
 
@@ -101,6 +101,8 @@ class Membership(MemberTable):
         self._streams: dict[int, tuple[StreamRequest, str | None]] = {}
         self._seeds: tuple[Addr, ...] = ()
         self._user: dict[str, tuple[int, bytes]] = {}
+        self.user_filter: Callable[[str, int, bytes], bool] | None = None
+        """Accepts or refuses application data from peers before it is kept or passed on."""
         self._pulling: dict[str, int] = {}
         self._state_cache: tuple[int, bool, bytes] | None = None
         self._datagrams: list[tuple[Addr, bytes]] = []
@@ -384,8 +386,9 @@ class Membership(MemberTable):
     def _on_ack(self, now: float, seq: int) -> None:
         probe = self._probe
         if probe is not None and probe.seq == seq:
-            if not probe.indirect:
+            if not probe.indirect:  # a direct answer: its delay is this member's round trip
                 self._change_awareness(-1)
+                self.rtt[probe.target.meta.name] = now - probe.started_at
             self._probe = None
             return
         relay = self._relays.pop(seq, None)
@@ -408,6 +411,10 @@ class Membership(MemberTable):
                  local: bool = False) -> bool:
         current = self._user.get(key)
         if current is not None and version <= current[0]:
+            return False
+        if not local and self.user_filter is not None and not self.user_filter(key, version,
+                                                                               payload):
+            self.stats["user_refused"] += 1  # e.g. an alert digest its prober did not sign
             return False
         if current is None and len(self._user) >= _MAX_USER_KEYS:
             self.stats["user_keys_full"] += 1
@@ -529,7 +536,7 @@ class Membership(MemberTable):
         timeout = timing.scale_by_awareness(cfg.probe_timeout, self._awareness)
         first = (target.meta.udp_addr not in self._heard
                  and now - target.since < cfg.first_contact_grace)  # fmt: skip
-        self._probe = ProbeRound(self._seq, target, now + timeout, now + interval, first)
+        self._probe = ProbeRound(self._seq, target, now, now + timeout, now + interval, first)
         primary = [codec.encode_message(Ping(self._seq, target.meta.name, self._name))]
         if target.state is SUSPECT and cfg.lifeguard:  # the buddy rule: tell it, so it refutes
             primary.append(codec.encode_message(Suspect(target.incarnation, target.meta.name,
@@ -551,8 +558,7 @@ class Membership(MemberTable):
         probe.expected_nacks = len(helpers) if cfg.lifeguard else 0
         if cfg.tcp_ping:
             probe.tcp_token = self._request_stream(now, StreamKind.PING, target.tcp_addr,
-                                                   target.name, join=False,
-                                                   deadline=probe.end_at)
+                                                   target.name, join=False, deadline=probe.end_at)
 
     def _probe_end(self, now: float, probe: ProbeRound) -> None:
         self._probe = None

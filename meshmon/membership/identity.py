@@ -139,6 +139,34 @@ class CertAuthenticator:
         r, s = decode_dss_signature(der_sig)
         return bytes(cbor2.dumps([self._der, r.to_bytes(32, "big") + s.to_bytes(32, "big")]))
 
+    def sign_blob(self, data: bytes) -> bytes:
+        """A 64-byte signature of application data (alert digests) by this node's key."""
+        if self.identity is None:
+            raise RuntimeError("a verify-only authenticator cannot sign")
+        r, s = decode_dss_signature(self.identity.private_key.sign(data,
+                                                                   ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    def verify_blob(self, meta: NodeMeta, data: bytes, sig: bytes) -> str | None:
+        """None if ``meta.name``'s certificate (the one its metadata names) signed ``data``."""
+        if len(sig) != _SIG_LEN:
+            return "malformed-proof"
+        cert = self._held(meta.cert_fingerprint)
+        if cert is None:
+            return UNKNOWN_CERT
+        if cert.identity.name != meta.name:
+            return "name-mismatch"
+        reason = self._still_valid(cert, self.clock())
+        if reason is not None:
+            return reason
+        signature = encode_dss_signature(int.from_bytes(sig[:32], "big"),
+                                         int.from_bytes(sig[32:], "big"))
+        try:
+            cert.key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return "bad-signature"
+        return None
+
     # -- verifying -------------------------------------------------------------------------------
 
     def verify(self, kind: State, incarnation: int, meta: NodeMeta, proof: bytes) -> str | None:

@@ -38,6 +38,8 @@ class NodeMeta:
         version: the agent's software version.
         cert_fingerprint: SHA-256 of the member's certificate (DER), empty if unknown.
         config_version: version of the mesh-wide configuration the member runs.
+        sync_urls: aggregator URLs the member advertises (``[sync] advertise``); hints for
+            agents without their own, which still check that the server is an aggregator.
     """
 
     name: str
@@ -48,6 +50,7 @@ class NodeMeta:
     version: str = ""
     cert_fingerprint: bytes = b""
     config_version: int = 0
+    sync_urls: tuple[str, ...] = ()
 
     @property
     def udp_addr(self) -> Addr:

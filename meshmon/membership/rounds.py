@@ -15,11 +15,12 @@ class ProbeRound:
 
 
     __slots__ = ("end_at", "expected_nacks", "first_contact", "indirect", "nacks", "seq",
-                 "target", "tcp_ok", "tcp_token", "timeout_at")
+                 "started_at", "target", "tcp_ok", "tcp_token", "timeout_at")
 
-    def __init__(self, seq: int, target: Member, timeout_at: float, end_at: float,
-                 first_contact: bool = False) -> None:  # fmt: skip
+    def __init__(self, seq: int, target: Member, started_at: float, timeout_at: float,
+                 end_at: float, first_contact: bool = False) -> None:  # fmt: skip
         self.seq = seq
+        self.started_at = started_at
         self.first_contact = first_contact
         """The target never spoke to us and is new: it may not know us yet (no verdict)."""
         self.target = target

@@ -78,6 +78,8 @@ class MemberTable:
         self._live = 0  # alive + suspect, ourselves included
         self._gone: dict[str, float] = {}  # dead/left members -> since
         self._banned: set[str] = set()
+        self.rtt: dict[str, float] = {}
+        """Seconds from our ping to its direct ack, the latest round, by member name."""
         self._queue = BroadcastQueue(config.max_queue)
         self._awareness = 0
         self._suspicions: dict[str, Suspicion] = {}
@@ -396,6 +398,7 @@ class MemberTable:
             m = self._members.pop(name)
             self._proofs.pop(name, None)
             self._gone.pop(name, None)
+            self.rtt.pop(name, None)
             self._queue.discard(name)
             self._events.append(MemberEvent(EventKind.REAPED, m, now))
         self._probe_list = [n for n in self._probe_list if n not in gone]

@@ -29,6 +29,10 @@ class FrameError(Exception):
     """The peer broke the framing protocol (bad length, bad CBOR, wrong fields, early close)."""
 
 
+class FrameTooLarge(FrameError):
+    """A frame's length exceeds the receiver's limit (refused before reading it)."""
+
+
 @dataclass(frozen=True)
 class Request:
     """One request frame."""
@@ -117,9 +121,10 @@ async def read_frame(stream: trio.abc.ReceiveStream, limit: int = MAX_FRAME) -> 
     """Read one frame's CBOR bytes.
 
     Raises:
-        FrameError: the length exceeds ``limit`` or the stream ended early.
+        FrameTooLarge: the length exceeds ``limit``.
+        FrameError: the stream ended early.
     """
     (size,) = _LEN.unpack(await _read_exactly(stream, _LEN.size))
     if size > limit:
-        raise FrameError(f"frame of {size} bytes exceeds the {limit}-byte limit")
+        raise FrameTooLarge(f"frame of {size} bytes exceeds the {limit}-byte limit")
     return await _read_exactly(stream, size)

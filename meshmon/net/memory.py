@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from meshmon.net.frames import FrameTooLarge
 from meshmon.net.transport import (
     PURPOSE_MEMBERSHIP,
     Address,
@@ -95,11 +96,13 @@ class MemoryTransport:
             dest.dropped += 1
 
     async def request(self, addr: Address, kind: str, payload: bytes,
-                      timeout: float | None = None) -> bytes:  # noqa: ASYNC109  # fmt: skip
+                      timeout: float | None = None,  # noqa: ASYNC109
+                      max_answer: int | None = None) -> bytes:  # fmt: skip
         """Call the handler of the node at TCP ``addr``.
 
         Raises:
-            PeerUnreachableError: no node there, the link is cut, or ``timeout`` passed.
+            PeerUnreachableError: no node there, the link is cut, ``timeout`` passed, or the
+                answer is larger than ``max_answer`` bytes.
             RemoteError: no handler for ``kind`` or the handler raised.
         """
         dest = self.network.by_tcp.get(addr)
@@ -112,11 +115,17 @@ class MemoryTransport:
             raise RemoteError(f"{addr[0]}:{addr[1]}: unknown request kind {kind!r}")
         try:
             with trio.fail_after(10.0 if timeout is None else timeout):
-                return await handler(self.identity, payload)
+                answer = await handler(self.identity, payload)
         except trio.TooSlowError:
             raise PeerUnreachableError(f"{addr[0]}:{addr[1]}: no answer to {kind!r}") from None
         except Exception as exc:  # the real transport turns handler errors into RemoteError too
             raise RemoteError(f"{addr[0]}:{addr[1]}: {type(exc).__name__}: {exc}") from exc
+        if max_answer is not None and len(answer) > max_answer:
+            too_large = FrameTooLarge(f"frame of {len(answer)} bytes exceeds the "
+                                      f"{max_answer}-byte limit")
+            raise PeerUnreachableError(f"{addr[0]}:{addr[1]}: {kind!r} failed: {too_large}"
+                                       ) from too_large
+        return answer
 
 
 async def _echo(peer: PeerIdentity, body: bytes) -> bytes:

@@ -115,6 +115,18 @@ def _we_refused(exc: BaseException) -> bool:
     return False
 
 
+def _alerted(exc: BaseException) -> bool:
+    """True if the peer ended the handshake with a TLS alert (its verdict on us), rather than
+    the connection being reset or closed (a peer killed or restarting mid-handshake)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError) and not isinstance(
+                cause, ssl.SSLEOFError | ssl.SSLZeroReturnError):  # fmt: skip
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _peer_identity(stream: trio.SSLStream[Any], trust: Trust) -> PeerIdentity:
     der = stream.getpeercert(binary_form=True)
     if not der:
@@ -154,6 +166,11 @@ async def connect_mtls(
                 if _we_refused(exc):
                     raise PeerRejectedError(
                         f"{host}:{port}: we rejected the peer's certificate: {reason}"
+                    ) from exc
+                if not _alerted(exc):  # reset or closed without a word: not a verdict
+                    raise MeshConnectionError(
+                        f"{host}:{port}: the connection broke during the TLS handshake "
+                        f"({reason}); is the agent running?"
                     ) from exc
                 raise PeerRejectedError(
                     f"{host}:{port}: the peer rejected our certificate ({reason}); check that "

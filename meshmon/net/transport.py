@@ -135,11 +135,12 @@ class Transport(Protocol):
         """The receive channel of datagrams with ``purpose``."""
 
     async def request(self, addr: Address, kind: str, payload: bytes,
-                      timeout: float | None = None) -> bytes:  # noqa: ASYNC109  # fmt: skip
+                      timeout: float | None = None,  # noqa: ASYNC109
+                      max_answer: int | None = None) -> bytes:  # fmt: skip
         """Send one request to the node at TCP ``addr`` and return its answer.
 
         Raises:
-            PeerUnreachableError: no answer.
+            PeerUnreachableError: no answer (or one larger than ``max_answer`` bytes).
             RemoteError: the peer answered with an error.
         """
 
@@ -278,18 +279,21 @@ class MeshTransport:
         queue.append((plaintext, purpose))
 
     async def request(self, addr: Address, kind: str, payload: bytes,
-                      timeout: float | None = None) -> bytes:  # noqa: ASYNC109  # fmt: skip
+                      timeout: float | None = None,  # noqa: ASYNC109
+                      max_answer: int | None = None) -> bytes:  # fmt: skip
         """Send one ``kind`` request to the node at TCP ``addr``; return its answer's body.
 
         Raises:
             PeerUnreachableError: cannot connect, TLS refused either way, no answer within
-                ``timeout`` (default ``config.request_timeout``), or the stream broke.
+                ``timeout`` (default ``config.request_timeout``), the stream broke, or the
+                answer frame is larger than ``max_answer`` bytes (default ``config.max_frame``).
             RemoteError: the peer answered with an error.
         """
-        return (await self._request(addr, kind, payload, timeout))[1]
+        return (await self._request(addr, kind, payload, timeout, max_answer))[1]
 
     async def _request(self, addr: Address, kind: str, payload: bytes,
-                       timeout: float | None) -> tuple[str, bytes]:  # noqa: ASYNC109  # fmt: skip
+                       timeout: float | None,  # noqa: ASYNC109
+                       max_answer: int | None = None) -> tuple[str, bytes]:  # fmt: skip
         limit = self.config.request_timeout if timeout is None else timeout
         host, port = addr
         self.streams[f"sent:{kind}"] += 1
@@ -300,7 +304,8 @@ class MeshTransport:
                 try:
                     self._learn_cert(conn)
                     await conn.stream.send_all(encode_request(Request(kind, payload)))
-                    resp = decode_response(await read_frame(conn.stream, self.config.max_frame))
+                    limit_bytes = self.config.max_frame if max_answer is None else max_answer
+                    resp = decode_response(await read_frame(conn.stream, limit_bytes))
                 finally:
                     await trio.aclose_forcefully(conn.stream)
         except trio.TooSlowError:

@@ -48,6 +48,7 @@ from typing import Literal
 import trio
 
 from meshmon.probes import icmp_packet as pk
+from meshmon.probes.capabilities import CAP_NET_RAW, raise_effective
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def _permission_message(family: int, errors: Sequence[str]) -> str:
     return (
         f"cannot open an ICMPv{family} socket ({'; '.join(errors)}). Either allow unprivileged "
         f"ping sockets for this process's group, e.g. `sysctl -w net.ipv4.ping_group_range="
-        f"\"0 2147483647\"`, or run with CAP_NET_RAW (e.g. `setcap cap_net_raw+ep` on the "
+        f"\"0 2147483647\"`, or run with CAP_NET_RAW (e.g. `setcap cap_net_raw+p` on the "
         f"interpreter, or AmbientCapabilities=CAP_NET_RAW in the systemd unit) or as root"
     )
 
@@ -189,6 +190,8 @@ def _open_socket(family: int, mode: str, config: IcmpConfig) -> tuple[socket.soc
     af = socket.AF_INET if family == 4 else socket.AF_INET6
     proto = socket.IPPROTO_ICMP if family == 4 else socket.IPPROTO_ICMPV6
     kind = socket.SOCK_DGRAM if mode == "dgram" else socket.SOCK_RAW
+    if mode == "raw":  # a file capability (cap_net_raw+p) leaves CAP_NET_RAW to be raised
+        raise_effective(CAP_NET_RAW)
     sock = socket.socket(af, kind, proto)
     try:
         sock.setblocking(False)

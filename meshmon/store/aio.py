@@ -32,6 +32,7 @@ while the disk is fine.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -81,6 +82,8 @@ class AsyncRingStore:
         """Set (and replaced) whenever the retry task finds no outage."""
         self._gathered: list[_Gathered] = []
         """Appends of the coming round, written just before its fsync (``batch`` policy)."""
+        self._advanced = trio.Event()
+        """Set (and replaced) when ``durable_seq`` may have moved (:meth:`wait_durable_past`)."""
 
     async def append(self, ts: float, check: str, target: str, payload: Any) -> int:
         """Append one record; return its seq once it is durable per the fsync policy, or at
@@ -97,6 +100,7 @@ class AsyncRingStore:
         seq = self.core.append(ts, check, target, payload)
         if self.core.outages.active:
             self._outage_began.set()
+        self._wake_readers()
         await self.wait_durable(min(seq, self.core.written_seq))
         return seq
 
@@ -108,6 +112,7 @@ class AsyncRingStore:
         seqs = self.core.append_batch(records)
         if self.core.outages.active:
             self._outage_began.set()
+        self._wake_readers()
         if seqs:
             await self.wait_durable(min(seqs[-1], self.core.written_seq))
         return seqs
@@ -195,6 +200,11 @@ class AsyncRingStore:
             self._leading = False
             synced, self._synced = self._synced, trio.Event()
             synced.set()
+            self._wake_readers()
+
+    def _wake_readers(self) -> None:
+        advanced, self._advanced = self._advanced, trio.Event()
+        advanced.set()
 
     async def retry_outages(self) -> None:
         """Run forever: retry a refusing disk when due, even if no append comes."""
@@ -219,9 +229,29 @@ class AsyncRingStore:
         while self.core.outages.active:
             await self._writing.wait()
 
-    async def commit_cursor(self, name: str, last_seq: int) -> CursorInfo:
-        """Commit a cursor durably (the fsync runs in a worker thread)."""
-        return await trio.to_thread.run_sync(self.core.commit_cursor, name, last_seq)
+    @property
+    def store_id(self) -> str:
+        """The store's stable identity (:mod:`meshmon.store.identity`)."""
+        return self.core.store_id
+
+    async def commit_cursor(self, name: str, last_seq: int, *, delivered_from: int | None = None,
+                            durable: bool = True, rewind: bool = False) -> CursorInfo:  # fmt: skip
+        """Commit a cursor; see :meth:`RingStore.commit_cursor`. A durable commit's fsync runs
+        in a worker thread; ``durable=False`` only changes memory (saved at the next fsync
+        round, or at close)."""
+        commit = functools.partial(self.core.commit_cursor, name, last_seq,
+                                   delivered_from=delivered_from, durable=durable, rewind=rewind)
+        return await trio.to_thread.run_sync(commit) if durable else commit()
+
+    async def wait_durable_past(self, seq: int) -> None:
+        """Return once a record after ``seq`` is durable (a consumer waiting for new records).
+
+        Rounds of fsync (and, under ``fsync = "never"``, appends) wake the waiters; a record
+        written by the outage retry under ``never`` is noticed at the next append, so a caller
+        that must not miss it should also wake on its own now and then.
+        """
+        while self.core.durable_seq <= seq:
+            await self._advanced.wait()
 
     def read_cursor(self, name: str, limit: int = 1000, max_bytes: int = 4 * 2**20) -> list[Record]:
         """The next durable records for a cursor; see :meth:`RingStore.read_cursor`."""

@@ -136,6 +136,45 @@ class CursorBook:
             self.states[name] = state
         return state
 
+    def commit(self, name: str, last_seq: int, durable_seq: int,
+               delivered_from: int | None = None,
+               rewind_to: int | None = None) -> CursorState | None:  # fmt: skip
+        """Move cursor ``name`` past ``last_seq``; return a snapshot to save, or ``None`` if
+        nothing changed.
+
+        A cursor never goes back, unless ``rewind_to`` (the oldest stored seq) is given: then
+        it may, down to that seq, for a consumer whose downstream is authoritative about what
+        it holds (the aggregator's high-water mark). Its loss counter stays as it is.
+
+        ``delivered_from`` is the first seq of the contiguous range ``delivered_from..last_seq``
+        the consumer read and delivered. If the ring dropped part of that range while it was in
+        flight, those records were charged as lost although they were delivered: they are
+        credited back (every record below the cursor's moved position that a drop charged was
+        at or above its old position, which was at most ``delivered_from``).
+
+        Raises:
+            UnknownCursor: no such cursor.
+            ValueError: ``last_seq`` is beyond the newest durable record.
+        """
+        state = self.get(name)
+        if last_seq > durable_seq:
+            raise ValueError(f"cannot commit cursor {name!r} to seq {last_seq}: the newest "
+                             f"durable record is {durable_seq}")  # fmt: skip
+        if delivered_from is not None and state.position > delivered_from:
+            credit = min(last_seq, state.position - 1) - delivered_from + 1
+            if credit > 0 and state.lost:
+                state.lost = max(0, state.lost - credit)
+                state.dirty = True
+        position = last_seq + 1
+        if rewind_to is not None:
+            position = max(position, rewind_to)
+        if position > state.position or (rewind_to is not None and position < state.position):
+            state.position = position
+            state.dirty = True
+        if not state.dirty:
+            return None
+        return CursorState(name, state.position, state.lost)
+
     def delete(self, name: str) -> None:
         """Forget a cursor and its file."""
         self.states.pop(name, None)

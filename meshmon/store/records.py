@@ -83,3 +83,5 @@ class StoreStats:
     while failing ``since``, ``reason``, ``advice``, ``buffered``; always ``lost`` (results
     dropped because the disk refused them, persisted), ``last_outage`` and
     ``recovery_report`` (the last recovery that found damage, persisted)."""
+    store_id: str = ""
+    """The store's stable identity (:mod:`meshmon.store.identity`)."""

@@ -16,17 +16,23 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshmon.store import sidecar
 from meshmon.store.errors import StoreLocked
+from meshmon.store.health import recovery_report
 from meshmon.store.index import SeriesTable
 from meshmon.store.records import RecoveryInfo
 from meshmon.store.segment import Segment, load_segment, parse_segment_name
 
+if TYPE_CHECKING:
+    from meshmon.store.outage import Outages
+
 log = logging.getLogger("meshmon.store")
 
-KNOWN = ("LOCK", "cursors", "HEALTH")
+KNOWN = ("LOCK", "cursors", "HEALTH", "store.id")
 
 
 def take_lock(directory: Path) -> int:
@@ -106,3 +112,16 @@ def load_directory(
         prev_seq = max(prev_seq, seg.seen_seq)  # seqs of records found but not kept: never reused
         segments.append(seg)
     return segments, max(prev_seq, max_first - 1) + 1
+
+
+def report_opening(directory: Path, info: RecoveryInfo, outages: Outages) -> None:
+    """Log how opening went; keep a report of a recovery that found damage (it survives
+    restarts in the health file, for ``meshmon status``)."""
+    if info.problems:
+        outages.note_recovery(recovery_report(time.time(), info.truncated_bytes,
+                                              info.skipped_records, info.bad_files, info.problems))
+        log.warning("store %s recovered %d records in %.2fs; %d problems (see above)",
+                    directory, info.records, info.seconds, len(info.problems))  # fmt: skip
+    else:
+        log.info("store %s opened: %d records in %d segments (%.2fs)",
+                 directory, info.records, info.segments, info.seconds)  # fmt: skip

@@ -47,6 +47,7 @@ owner keeps appending.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -61,6 +62,7 @@ import cbor2
 
 from meshmon.config import StoreConfig
 from meshmon.store import cursors as cur
+from meshmon.store import identity
 from meshmon.store.errors import (
     InvalidRecord,
     RecordDropped,
@@ -69,12 +71,11 @@ from meshmon.store.errors import (
     StoreFailed,
 )
 from meshmon.store.files import SegmentFiles
-from meshmon.store.health import recovery_report
 from meshmon.store.index import SeriesTable
 from meshmon.store.outage import Buffered, Outages
 from meshmon.store.query import Reader
 from meshmon.store.records import CursorInfo, Record, RecoveryInfo, StoreStats
-from meshmon.store.recovery import load_directory, take_lock
+from meshmon.store.recovery import load_directory, report_opening, take_lock
 from meshmon.store.segment import Segment
 
 log = logging.getLogger("meshmon.store")
@@ -136,6 +137,7 @@ class RingStore:
         self.recovery = RecoveryInfo()
         self.cursors = cur.CursorBook(self.cursor_dir)
         try:
+            self.store_id = identity.load_or_create(self.directory)  # see store.identity
             self.outages = Outages(self.directory, self.config.buffer_bytes, clock)
             self._recover()
         except BaseException:
@@ -187,15 +189,7 @@ class RingStore:
         except StoreError as exc:
             log.error("store %s: sync after recovery failed: %s", self.directory, exc)
         info.seconds = time.perf_counter() - started
-        if info.problems:
-            self.outages.note_recovery(recovery_report(
-                time.time(), info.truncated_bytes, info.skipped_records, info.bad_files,
-                info.problems))  # fmt: skip
-            log.warning("store %s recovered %d records in %.2fs; %d problems (see above)",
-                        self.directory, info.records, info.seconds, len(info.problems))  # fmt: skip
-        else:
-            log.info("store %s opened: %d records in %d segments (%.2fs)",
-                     self.directory, info.records, info.segments, info.seconds)  # fmt: skip
+        report_opening(self.directory, info, self.outages)
 
     # ----------------------------------------------------------------------------- writing
 
@@ -591,28 +585,28 @@ class RingStore:
         with self._mutex:
             return self.read(self.cursors.get(name).position, limit, max_bytes)
 
-    def commit_cursor(self, name: str, last_seq: int) -> CursorInfo:
+    def commit_cursor(self, name: str, last_seq: int, *, delivered_from: int | None = None,
+                      durable: bool = True, rewind: bool = False) -> CursorInfo:  # fmt: skip
         """Record that cursor ``name`` has consumed every record up to ``last_seq``; durable
-        on return (fsync + atomic rename). Committing backwards is ignored.
+        on return (fsync + atomic rename), or with ``durable=False`` at the next :meth:`sync`
+        (a crash before it re-delivers, never skips). See :meth:`.cursors.CursorBook.commit`
+        for ``delivered_from`` and ``rewind`` (going back, which is otherwise ignored).
 
         Raises:
             UnknownCursor: no such cursor.
             ValueError: ``last_seq`` is beyond the newest durable record.
         """
-        with self._cursor_io:
+        # a lazy commit only marks the cursor dirty: it must not wait for a sync's cursor I/O
+        with self._cursor_io if durable else contextlib.nullcontext():
             with self._mutex:
                 self._check_open()
-                state = self.cursors.get(name)
-                if last_seq > self._durable_seq:
-                    raise ValueError(f"cannot commit cursor {name!r} to seq {last_seq}: the "
-                                     f"newest durable record is {self._durable_seq}")  # fmt: skip
-                if last_seq + 1 <= state.position:
-                    return self._info(state)
-                state.position = last_seq + 1
-                snapshot = cur.CursorState(name, state.position, state.lost)
-            cur.save_cursor(self.cursor_dir, snapshot)
+                oldest = self.oldest_seq or self._next_seq
+                snapshot = self.cursors.commit(name, last_seq, self._durable_seq, delivered_from,
+                                               oldest if rewind else None)  # fmt: skip
+            if snapshot is not None and durable:
+                cur.save_cursor(self.cursor_dir, snapshot)
         with self._mutex:
-            return self._info(state)
+            return self._info(self.cursors.get(name))
 
     def delete_cursor(self, name: str) -> None:
         """Forget a cursor (and its loss counter)."""
@@ -644,6 +638,6 @@ class RingStore:
                 cursors={i.name: {"position": i.position, "lost": i.lost, "behind": i.behind}
                          for i in infos},
                 lost_records=sum(i.lost for i in infos), recovery=self.recovery,
-                health=self.outages.state(self._failed),
+                health=self.outages.state(self._failed), store_id=self.store_id,
             )  # fmt: skip
 

@@ -19,6 +19,9 @@ after a lost acknowledgement inserts nothing twice, and two aggregators on one d
 serialise on the mark's row lock. A batch that starts above ``high_water + 1`` without
 declaring the gap is refused (409, ``expected`` tells the agent where to resume).
 
+Records whose check is ``_alerts`` carry alert incident history (one CBOR map per event, see
+:mod:`meshmon.alerts.service`) instead of a result; the aggregator keeps them apart.
+
 Bodies are CBOR maps; the request may be ``Content-Encoding: deflate`` (zlib) when that pays.
 """
 
@@ -40,6 +43,9 @@ MAX_RECORDS = 50_000
 """Most records in one batch."""
 COMPRESS_MIN = 1024
 """Bodies smaller than this are sent as is: compressing them costs more than it saves."""
+
+INCIDENT_CHECK = "_alerts"
+"""Records of this check are alert incident history (a CBOR map per event), not results."""
 
 _STORE_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -178,7 +184,7 @@ def decode_batch(data: bytes, content_encoding: str | None = None) -> Batch:
     if obj.get("v") != VERSION:
         raise BatchError(f"v: protocol version {obj.get('v')!r}, this aggregator speaks {VERSION}")
     try:
-        records = tuple(_record(i, r) for i, r in enumerate(_get(obj, "records", list)))
+        records = _records(_get(obj, "records", list))
         members_raw = obj.get("members")
         members = None if members_raw is None else tuple(
             _member(i, m) for i, m in enumerate(_typed("members", members_raw, list)))
@@ -231,6 +237,22 @@ def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+
+
+def _records(raw: list[Any]) -> tuple[SyncRecord, ...]:
+    """Every record; well-formed ones take a fast road (exact type checks: ``bool`` is not an
+    ``int`` here), anything else goes through :func:`_record`, which names the problem."""
+    out = []
+    for i, item in enumerate(raw):
+        if type(item) is list and len(item) == 5:
+            seq, ts, check, target, payload = item
+            kind = type(ts)
+            if (type(seq) is int and (kind is float or kind is int) and type(check) is str
+                    and type(target) is str and type(payload) is bytes):  # fmt: skip
+                out.append(SyncRecord(seq, float(ts), check, target, payload))
+                continue
+        out.append(_record(i, item))
+    return tuple(out)
 
 
 def _record(i: int, raw: Any) -> SyncRecord:

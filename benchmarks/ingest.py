@@ -1,0 +1,324 @@
+"""End-to-end ingest: agents' ring stores → sync over mTLS → committed in PostgreSQL.
+
+What runs is what users run: a real ``meshmon aggregator run`` process (HTTPS with the mesh's
+mutual TLS, the exactly-once COPY writer) on a PostgreSQL the benchmark starts from the
+machine's binaries, and the agents' own :class:`meshmon.sync.Uploader` over real ring stores,
+one per simulated agent, each with its own certificate. The uploaders run in worker processes
+(agents are separate machines in real life; here they share the two cores with the aggregator
+and PostgreSQL, which only makes the end-to-end figure pessimistic).
+
+The backlog is what an hour offline leaves: each of the agents has ``rate`` results/s for
+``minutes`` minutes waiting in its store (100 agents x 10/s x 60 min = 3.6 M rows by default;
+``--quick``: 5 minutes). The clock runs from the moment the uploaders start until every stream's
+high-water mark in the database equals its store's last seq.
+
+Baselines, the same rows into the same table: ``psql``'s binary ``\\copy`` (the ceiling: the rows
+are exported from the table after the run, the table emptied, and loaded back) and psycopg's
+``executemany`` INSERT (on a sample). Goals: end to end >= 0.5 x ``\\copy``; catch-up after an
+hour offline for 100 agents at 10 results/s <= 60 s.
+
+    python -m benchmarks.ingest [--quick] [--agents 100] [--minutes 60] [--rate 10] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CHECKS = ("ping-lan", "ping-wan")
+
+
+def log(msg: str) -> None:
+    print(f"[ingest] {msg}", file=sys.stderr, flush=True)
+
+
+# --- the simulated agents' stores ---------------------------------------------------------------
+
+
+def payloads(count: int = 64) -> list[Any]:
+    """Stored payloads as the agent writes them: ``[encode_result(...), degraded]``."""
+    import random
+
+    from meshmon.results import Ping, PingResult, encode_result
+
+    rng = random.Random(7)
+    out = []
+    for i in range(count):
+        rtts = tuple(round(rng.uniform(0.2, 40.0), 3) for _ in range(3))
+        lost = 1 if i % 16 == 0 else 0
+        result = PingResult(successes=3 - lost, failures=lost, success_latencies=rtts[lost:],
+                            errors=(), avg_response_time_ms=sum(rtts[lost:]) / (3 - lost),
+                            resolved_ip="10.0.0.1")  # fmt: skip
+        record = Ping(agent="x", check="ping-lan", target="10.0.0.1", family=4,
+                      started_at=0.0, duration_ms=1.0, result=result)  # fmt: skip
+        out.append([encode_result(record), False])
+    return out
+
+
+def fill(root: Path, agents: int, per_agent: int, span: float) -> None:
+    """Each agent's store holds ``per_agent`` results spread over the last ``span`` seconds."""
+    from meshmon.config import StoreConfig
+    from meshmon.store import RingStore
+
+    pool = payloads()
+    now = time.time()
+    cfg = StoreConfig(max_bytes=512 * 2**20, fsync="never")
+    for a in range(agents):
+        with RingStore(root / f"agent-{a:03d}" / "store", cfg) as store:
+            step = span / per_agent
+            chunk = []
+            for i in range(per_agent):
+                ts = now - span + i * step
+                target = f"10.{a % 250}.{(i // 7) % 250}.{i % 7 + 1}"
+                chunk.append((ts, CHECKS[i % 2], target, pool[i % len(pool)]))
+                if len(chunk) == 5000:
+                    store.append_batch(chunk)
+                    chunk = []
+            if chunk:
+                store.append_batch(chunk)
+            store.sync()
+        if a % 20 == 19:
+            log(f"filled {a + 1}/{agents} stores")
+
+
+def certificates(root: Path, agents: int) -> None:
+    from meshmon import pki
+
+    pki.init_ca(root / "ca")
+    pki.issue_cert(root / "ca", "aggregator-1", root / "aggregator" / "certs", tags=["aggregator"],
+                   ips=["127.0.0.1"])  # fmt: skip
+    for a in range(agents):
+        pki.issue_cert(root / "ca", f"agent-{a:03d}", root / f"agent-{a:03d}" / "certs")
+
+
+# --- a worker process: some agents' uploaders ---------------------------------------------------
+
+
+def worker(root: Path, first: int, count: int, url: str) -> None:
+    """Run the uploaders of agents ``first .. first+count-1`` until cancelled."""
+    import logging
+
+    import trio
+
+    from meshmon import pki
+    from meshmon.config import StoreConfig, SyncConfig
+    from meshmon.store import open_store
+    from meshmon.sync import Uploader
+
+    logging.basicConfig(level=logging.WARNING)
+    ca = root / "ca"
+    sync = SyncConfig(urls=(url,), batch_size=5000, max_delay=0.05)  # type: ignore[call-arg]
+
+    async def one(a: int) -> None:
+        folder = root / f"agent-{a:03d}"
+        identity, trust = pki.load_identity(ca / "ca.crt", folder / "certs" / "node.crt",
+                                            folder / "certs" / "node.key", ca / "crl.pem")
+        async with open_store(folder / "store", StoreConfig(max_bytes=512 * 2**20)) as store:
+            up = Uploader(store, identity, trust, sync, urls=lambda: (url,))
+            await up.run()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for a in range(first, first + count):
+                nursery.start_soon(one, a)
+
+    trio.run(main)
+
+
+# --- PostgreSQL and the aggregator ----------------------------------------------------------------
+
+
+def start_postgres(root: Path) -> Any:
+    from aggregator.postgres import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(root / "pg")
+    log("starting PostgreSQL")
+    pg.start()
+    return pg
+
+
+def start_aggregator(root: Path, db_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = root / "aggregator"
+    shutil.copy(root / "ca" / "ca.crt", folder / "certs" / "ca.crt")
+    shutil.copy(root / "ca" / "crl.pem", folder / "certs" / "crl.pem")
+    (folder / "aggregator.toml").write_text(f"""\
+[aggregator]
+address = "127.0.0.1"
+port = {port}
+data_dir = "data"
+database_url = "{db_url}"
+[aggregator.tls]
+ca_cert = "certs/ca.crt"
+cert = "certs/node.crt"
+key = "certs/node.key"
+crl = "certs/crl.pem"
+[aggregator.log]
+level = "warning"
+""")
+    logf = (folder / "aggregator.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "meshmon", "aggregator", "run", "-c",
+                             str(folder / "aggregator.toml")], stdout=logf,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the aggregator exited: {(folder / 'aggregator.log').read_text()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"https://127.0.0.1:{port}"
+        time.sleep(0.2)
+    raise SystemExit("the aggregator did not listen within 60 s")
+
+
+def committed(conn: Any) -> int:
+    row = conn.execute("SELECT coalesce(sum(high_water), 0) FROM streams").fetchone()
+    return int(row[0])
+
+
+# --- baselines ----------------------------------------------------------------------------------
+
+
+def psql_copy(pg: Any, root: Path, rows: int) -> float:
+    """rows/s of psql's binary \\copy of the table's own rows back into it."""
+    psql = str(Path(pg.binaries.bindir) / "psql") if hasattr(pg.binaries, "bindir") else "psql"
+    if not Path(psql).exists():
+        psql = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"
+    dump = root / "results.bin"
+    env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
+    cols = ("time, agent, store, seq, check_name, target, kind, success, rtt_ms, loss, error, "
+            "payload")  # fmt: skip
+    subprocess.run([psql, pg.url, "-qc", f"\\copy (SELECT {cols} FROM results) TO '{dump}' "
+                    "WITH (FORMAT binary)"], check=True, env=env)  # fmt: skip
+    subprocess.run([psql, pg.url, "-qc", "TRUNCATE results"], check=True, env=env)
+    t0 = time.perf_counter()
+    subprocess.run([psql, pg.url, "-qc", f"\\copy results ({cols}) FROM '{dump}' "
+                    "WITH (FORMAT binary)"], check=True, env=env)  # fmt: skip
+    return rows / (time.perf_counter() - t0)
+
+
+def executemany(conn: Any, sample: int) -> float:
+    """rows/s of executemany INSERT of ``sample`` of the table's rows (into the same table)."""
+    rows = conn.execute("SELECT time, agent, store, seq, check_name, target, kind, success, "
+                        "rtt_ms, loss, error, payload FROM results LIMIT %s", (sample,)).fetchall()
+    conn.execute("DELETE FROM results WHERE (agent, seq) IN (SELECT agent, seq FROM results "
+                 "LIMIT %s)", (sample,))  # fmt: skip
+    conn.commit()
+    t0 = time.perf_counter()
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO results (time, agent, store, seq, check_name, target, kind, "
+                        "success, rtt_ms, loss, error, payload) VALUES (%s, %s, %s, %s, %s, %s, "
+                        "%s, %s, %s, %s, %s, %s)", rows)  # fmt: skip
+    conn.commit()
+    return len(rows) / (time.perf_counter() - t0)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import psycopg
+
+    root = Path(tempfile.mkdtemp(prefix="meshmon-ingest-"))
+    os.chmod(root, 0o755)  # the embedded PostgreSQL runs as its own user
+    per_agent = int(args.rate * args.minutes * 60)
+    total = per_agent * args.agents
+    pg = aggregator = None
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        log(f"{args.agents} agents x {per_agent} results ({args.minutes} min at {args.rate}/s) "
+            f"= {total} rows")
+        certificates(root, args.agents)
+        fill(root, args.agents, per_agent, args.minutes * 60)
+        pg = start_postgres(root)
+        aggregator, url = start_aggregator(root, pg.url)
+        conn = psycopg.connect(pg.url, autocommit=True)
+        while not conn.execute("SELECT to_regclass('streams')").fetchone()[0]:
+            time.sleep(0.2)  # the aggregator applies the migrations
+        share = -(-args.agents // args.workers)
+        t0 = time.perf_counter()
+        for w in range(args.workers):
+            first, count = w * share, min(share, args.agents - w * share)
+            if count > 0:
+                workers.append(subprocess.Popen([sys.executable, "-m", "benchmarks.ingest",
+                                                 "--worker", str(root), str(first), str(count),
+                                                 url]))  # fmt: skip
+        last_log, done = t0, 0
+        deadline = t0 + args.timeout
+        while done < total:
+            if time.perf_counter() > deadline:
+                raise SystemExit(f"only {done}/{total} rows committed after {args.timeout} s")
+            time.sleep(0.2)
+            done = committed(conn)
+            if time.perf_counter() - last_log > 5:
+                last_log = time.perf_counter()
+                log(f"{done}/{total} rows committed ({done / (last_log - t0):,.0f} rows/s)")
+        elapsed = time.perf_counter() - t0
+        rows = conn.execute("SELECT count(*) FROM results").fetchone()[0]
+        assert rows == total, f"{rows} rows in the table for {total} records"
+        e2e = total / elapsed
+        log(f"end to end: {total} rows in {elapsed:.1f} s = {e2e:,.0f} rows/s")
+        for p in workers:
+            p.terminate()
+        aggregator.terminate()
+        aggregator.wait(timeout=30)
+        aggregator = None
+        copy = psql_copy(pg, root, total)
+        log(f"psql binary \\copy: {copy:,.0f} rows/s")
+        conn2 = psycopg.connect(pg.url)
+        insert = executemany(conn2, min(total, 50_000))
+        conn2.close()
+        log(f"executemany INSERT: {insert:,.0f} rows/s")
+        catchup = elapsed * (100 * 10 * 3600) / total  # the goal's backlog at this run's rate
+        return {"bench": "ingest", "metric": "end_to_end_rows_per_s", "value": round(e2e),
+                "unit": "rows/s", "baseline": "psql binary \\copy (same rows, same table)",
+                "baseline_value": round(copy), "ratio": round(e2e / copy, 3),
+                "executemany_rows_per_s": round(insert),
+                "ratio_vs_executemany": round(e2e / insert, 2), "rows": total,
+                "agents": args.agents, "backlog_minutes": args.minutes, "rate": args.rate,
+                "elapsed_s": round(elapsed, 1),
+                "catchup_s_1h_100_agents_10_per_s": round(catchup, 1),
+                "catchup_measured": args.agents == 100 and args.minutes == 60 and args.rate == 10,
+                "workers": args.workers}  # fmt: skip
+    finally:
+        for p in workers:
+            if p.poll() is None:
+                p.kill()
+        if aggregator is not None:
+            aggregator.kill()
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="5 minutes of backlog (~40 s)")
+    ap.add_argument("--agents", type=int, default=100)
+    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--rate", type=float, default=10.0, help="results/s per agent")
+    ap.add_argument("--workers", type=int, default=2, help="uploader processes")
+    ap.add_argument("--timeout", type=float, default=1800.0)
+    args = ap.parse_args()
+    if args.quick:
+        args.minutes = 5.0
+    print(json.dumps(run(args)))
+
+
+if __name__ == "__main__":
+    main()
