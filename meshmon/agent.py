@@ -24,7 +24,6 @@ import trio
 from cryptography import x509
 
 from meshmon import pki
-from meshmon.alerts.observe import observation
 from meshmon.alerts.service import STORE_CHECK, AlertService
 from meshmon.config import AgentConfig, CheckConfig, split_host_port
 from meshmon.control import ControlError, MeshQuery, ResultQuery, serve_control
@@ -49,12 +48,13 @@ from meshmon.startup import (
     open_data_store,
 )
 from meshmon.store import AsyncRingStore, RecordDropped
-from meshmon.sync import AggregatorUrls, Uploader
+from meshmon.sync.policy import AggregatorUrls
 from meshmon.version import __version__
 from meshmon.wire.ingest import MemberReport
 
 if TYPE_CHECKING:
     from meshmon.results import MonitoringResult
+    from meshmon.sync.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,8 @@ class Agent:
             return
         if not self.sync_urls.all():
             return
+        from meshmon.sync.uploader import Uploader  # only agents with an aggregator load it
+
         self.uploader = Uploader(self.store, self.identity, self.trust, self.config.sync,
                                  self.sync_urls.all, self._member_reports)  # fmt: skip
         self._nursery.start_soon(self.uploader.run)
@@ -447,6 +449,8 @@ class Agent:
 
     def _observe(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
         """Feed alert rules; results taken while degraded say nothing about targets."""
+        from meshmon.alerts.observe import observation  # with results: agents with checks
+
         assert self.alerts is not None
         tags: dict[str, tuple[str, ...]] = {}
         if any(a.mesh for a, _, _ in items):
