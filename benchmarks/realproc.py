@@ -88,12 +88,24 @@ class Proc:
                 self.proc.wait()
 
 
+def compile_package() -> None:
+    """Byte-compile meshmon as an install does (pip writes ``__pycache__``), so that agents
+    started from a source checkout, with ``PYTHONDONTWRITEBYTECODE`` set or not, do not each
+    compile every module at start: ~0.1 s of CPU per process that no installed agent pays."""
+    import compileall
+
+    import meshmon
+
+    compileall.compile_dir(Path(meshmon.__file__).parent, quiet=1)
+
+
 class Mesh:
     """A CA under ``root`` and agents on 127.0.0.2, .3, ... sharing ``port``."""
 
     def __init__(self, root: Path, port: int = 27946) -> None:
         self.root = root
         self.port = port
+        compile_package()
         pki.init_ca(root / "ca")
         self.procs: list[Proc] = []
 

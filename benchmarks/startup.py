@@ -6,7 +6,10 @@ Run::
 
 Starts ``N`` (50; 20 with ``--quick``) ``meshmon agent run`` processes at once on 127.0.0.2 ..,
 every one with the first as its seed, and measures the wall time until every agent lists ``N``
-alive members, plus the key exchanges and joins that failed on the way (log lines). Baseline in
+alive members (none of them suspected), plus the key exchanges and joins that failed on the way
+(log lines). ``members_s`` is when every agent lists all ``N`` as members, alive or suspect:
+SWIM's membership, and what ``serf members`` shows as alive (Serf does not expose memberlist's
+suspicion), so the figure to hold against Serf's. Baseline in
 the same run: the same N processes running ``meshmon config check`` on their configs at once,
 the floor any agent pays before it can say a word (interpreter start, imports, config and
 certificate loading on a machine with 2 cores shared by N processes).
@@ -26,10 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.realproc import Mesh
+from benchmarks.realproc import Mesh, cpu_seconds
 
-FAILURE = re.compile(r"TooSlowError|no answer to hello|key exchange .*fail|handshake .*fail|"
-                     r"push-pull .*fail|Traceback", re.IGNORECASE)  # fmt: skip
+FAILURE = re.compile(r"TooSlowError|no answer to|key exchange .*fail|handshake .*fail|"
+                     r"did not finish within|push-pull .*fail|join failed|Traceback",
+                     re.IGNORECASE)  # fmt: skip
+"""A key exchange, join or handshake that failed (either end's log line)."""
+WARNING = re.compile(r" (WARNING|ERROR) +([\w.]+): (.{0,60})")
 
 
 def config_check_floor(mesh: Mesh) -> float:
@@ -53,6 +59,8 @@ def start_all(root: Path, n: int, timeout: float) -> dict[str, Any]:
         t0 = time.monotonic()
         procs = [mesh.launch(f"s{i}", i + 1) for i in range(1, n + 1)]
         seen: dict[str, float] = {}
+        up: dict[str, tuple[float, float]] = {}  # first answer: (seconds since start, CPU)
+        listed: dict[str, float] = {}  # all n members, alive or suspect (SWIM's members)
         deadline = t0 + timeout
         while len(seen) < n and time.monotonic() < deadline:
             for p in procs:
@@ -64,17 +72,44 @@ def start_all(root: Path, n: int, timeout: float) -> dict[str, Any]:
                     members = p.api("members")
                 except Exception:  # not answering yet (starting up)
                     continue
+                if p.name not in up:
+                    up[p.name] = (time.monotonic() - t0, cpu_seconds(p.pid))
+                if p.name not in listed and sum(m["state"] in ("alive", "suspect")
+                                                for m in members) >= n:  # fmt: skip
+                    listed[p.name] = time.monotonic() - t0
                 if sum(m["state"] == "alive" for m in members) >= n:
                     seen[p.name] = time.monotonic() - t0
             time.sleep(0.2)
         converged = max(seen.values()) if len(seen) == n else float("nan")
+        agents_cpu = sum(cpu_seconds(p.pid) for p in procs if p.proc.poll() is None)
+        streams: collections.Counter[str] = collections.Counter()
+        drops: collections.Counter[str] = collections.Counter()
+        probing: collections.Counter[str] = collections.Counter()
+        for p in procs:
+            try:
+                status = p.api("status")
+            except Exception:  # an agent that stopped answering shows in its log
+                continue
+            streams.update(status.get("streams", {}))
+            drops.update(status.get("dropped_datagrams", {}))
+            probing.update(status.get("membership", {}).get("probing", {}))
         kinds = collections.Counter(m.group(0) for p in procs
                                     for m in FAILURE.finditer(p.log_text()))  # fmt: skip
+        warnings = collections.Counter(re.sub(r"[\d.:]+", "N", " ".join(m.groups()))
+                                       for p in procs
+                                       for m in WARNING.finditer(p.log_text()))  # fmt: skip
         failures = sum(kinds.values())
         floor_s = config_check_floor(mesh)
         return {"converged_s": converged, "agents_converged": len(seen),
                 "failed_exchanges": failures, "floor_s": floor_s, "failures_by_kind": dict(kinds),
-                "median_agent_s": sorted(seen.values())[len(seen) // 2] if seen else float("nan")}
+                "median_agent_s": sorted(seen.values())[len(seen) // 2] if seen else float("nan"),
+                "agents_cpu_s": agents_cpu, "streams": dict(sorted(streams.items())),
+                "all_up_s": max((u[0] for u in up.values()), default=float("nan")),
+                "members_s": max(listed.values()) if len(listed) == n else float("nan"),
+                "agents_cpu_at_up_s": sum(u[1] for u in up.values()),
+                "dropped_datagrams": dict(sorted(drops.items())),
+                "probing": dict(sorted(probing.items())),
+                "warnings": dict(warnings.most_common(8))}  # fmt: skip
     finally:
         mesh.close()
 
@@ -110,6 +145,15 @@ def main() -> None:
         "failed_exchanges": row["failed_exchanges"],
         "failures_by_kind": row["failures_by_kind"],
         "median_agent_s": round(row["median_agent_s"], 2),
+        "agents_cpu_s": round(row["agents_cpu_s"], 1),
+        "agents_cpu_at_up_s": round(row["agents_cpu_at_up_s"], 1),
+        "all_up_s": round(row["all_up_s"], 2),
+        "members_s": round(row["members_s"], 2),
+        "tls_requests": sum(v for k, v in row["streams"].items() if k.startswith("sent:")),
+        "streams": row["streams"],
+        "dropped_datagrams": row["dropped_datagrams"],
+        "probing": row["probing"],
+        "warnings": row["warnings"],
     }))
 
 

@@ -18,13 +18,12 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from cryptography import x509
 
 from meshmon import pki
-from meshmon.alerts.observe import observation
 from meshmon.alerts.service import STORE_CHECK, AlertService
 from meshmon.config import AgentConfig, CheckConfig, split_host_port
 from meshmon.control import ControlError, MeshQuery, ResultQuery, serve_control
@@ -34,12 +33,11 @@ from meshmon.mesh import MeshService
 from meshmon.metrics.service import probe_series, serve_metrics
 from meshmon.net import PURPOSE_ECHO, ListenError, MeshTransport, TransportConfig
 from meshmon.placement import AgentInfo, Assignment
-from meshmon.probes import IcmpPermissionError, ProbeContext, run_probe, run_probe_batch_encoded
+from meshmon.probes.base import ProbeContext
 from meshmon.probes.echo_guard import mesh_codec
+from meshmon.probes.icmp import IcmpPermissionError
 from meshmon.probes.services import run_probe_services
 from meshmon.query import Context, Peer, QueryService, Question, answer
-from meshmon.results import MonitoringResult, ResultDecodeError, decode_result, encode_result
-from meshmon.results.encoded import EncodedResult, stored_value
 from meshmon.scheduler import Scheduler
 from meshmon.seeds import SeedWatch
 from meshmon.startup import (
@@ -50,10 +48,15 @@ from meshmon.startup import (
     open_data_store,
 )
 from meshmon.store import AsyncRingStore, RecordDropped
-from meshmon.sync import AggregatorUrls, Uploader
-from meshmon.sync.archive import AggregatorArchive
+from meshmon.sync.policy import AggregatorUrls
 from meshmon.version import __version__
 from meshmon.wire.ingest import MemberReport
+
+if TYPE_CHECKING:
+    from meshmon.results import MonitoringResult
+    from meshmon.results.encoded import EncodedResult
+    from meshmon.sync.archive import AggregatorArchive
+    from meshmon.sync.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ ECHO_PORT_OFFSET = 1
 sealed with the mesh keys, so it answers members only (:mod:`meshmon.probes.echo_guard`)."""
 CRL_POLL = 2.0
 """Seconds between checks of the CRL file for a newer list dropped in by the operator."""
+_PROBING = ("probes", "probe_failed", "probe_first_contact", "tcp_fallback_ok", "suspected",
+            "refutations", "push_pull_merged", "push_pull_failed", "catch_up")  # fmt: skip
 STORE_ERROR_LOG_EVERY = 60.0
 """Seconds between log lines about results the store refused (the first is logged at once)."""
 
@@ -288,10 +293,14 @@ class Agent:
             return
         if not self.sync_urls.all():
             return
+        from meshmon.sync.uploader import Uploader  # only agents with an aggregator load it
+
         self.uploader = Uploader(self.store, self.identity, self.trust, self.config.sync,
                                  self.sync_urls.all, self._member_reports)  # fmt: skip
         self._nursery.start_soon(self.uploader.run)
         if self.query is not None:  # history older than the agents hold: from the aggregator
+            from meshmon.sync.archive import AggregatorArchive
+
             self.query.archive = self.archive = AggregatorArchive(self.sync_urls.all,
                                                                   self.identity, self.trust)
 
@@ -328,6 +337,8 @@ class Agent:
     async def _run_check(
         self, assignment: Assignment, check: CheckConfig
     ) -> list[MonitoringResult]:
+        from meshmon.probes.registry import run_probe  # the probe kinds load with a first check
+
         target = self._probe_target(assignment, check)
         results = await run_probe(check.kind, target, check.params, check.timeout,
                                   self._context(check.name))  # fmt: skip
@@ -338,12 +349,17 @@ class Agent:
     async def _run_batch(
         self, check: CheckConfig, assignments: Sequence[Assignment]
     ) -> list[list[EncodedResult]]:
+        from meshmon.probes.batch import run_probe_batch_encoded
+
         targets = [self._probe_target(a, check) for a in assignments]
         return await run_probe_batch_encoded(check.kind, targets, check.params, check.timeout,
                                              self._context(check.name),
                                              record_as=[a.target for a in assignments])  # fmt: skip
 
     async def _store_results(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
+        from meshmon.results import encode_result
+        from meshmon.results.encoded import EncodedResult, stored_value
+
         assert self.store is not None
         if self.alerts is not None and self.alerts.active:
             self._observe(items)
@@ -427,6 +443,7 @@ class Agent:
         if self.transport is not None:
             status["dropped_datagrams"] = dict(self.transport.drops)
             status["refused_connections"] = dict(self.transport.admission.counts)
+            status["streams"] = dict(sorted(self.transport.streams.items()))
         if self.query is not None:  # mesh queries answered for peers, and askers turned away
             status["queries"] = {"served": self.query.served, "refused": dict(self.query.refused)}
         if self.mesh is not None:
@@ -437,11 +454,15 @@ class Agent:
                                     "refused": dict(sorted(core.refused.items())),
                                     # announcements whose certificate was fetched (not refusals)
                                     "certificates": {k: v for k, v in sorted(core.stats.items())
-                                                     if "cert" in k}}  # fmt: skip
+                                                     if "cert" in k},
+                                    # failure detection: probes, failed ones, suspicions...
+                                    "probing": {k: core.stats[k] for k in _PROBING}}  # fmt: skip
         return status
 
     def _observe(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
         """Feed alert rules; results taken while degraded say nothing about targets."""
+        from meshmon.alerts.observe import observation  # with results: agents with checks
+
         assert self.alerts is not None
         tags: dict[str, tuple[str, ...]] = {}
         if any(a.mesh for a, _, _ in items):
@@ -505,6 +526,8 @@ class Agent:
 
     def api_results(self, query: ResultQuery) -> list[dict[str, Any]]:
         """Stored results matching ``query``, newest first."""
+        from meshmon.results import ResultDecodeError, decode_result
+
         if self.store is None:
             return []
         if query.latest:

@@ -3,9 +3,13 @@
 Theory of operation
 -------------------
 The CLI and the TUI are clients of this API; they never reach into the agent process. The API
-is a small ASGI application served by hypercorn on trio (the agent's own event loop), bound to
-a unix socket (mode 0600: only the agent's user may talk to it). Every endpoint is read-only
-and answers from the agent's in-memory state, so a slow client cannot stall probing.
+is served on trio (the agent's own event loop) by a few lines over h11, the sans-IO HTTP/1.1
+library the HTTP probe uses too, bound to a unix socket (mode 0600: only the agent's user may
+talk to it). A general server (hypercorn, with HTTP/2 and WebSocket) cost the agent ~5 MiB of
+resident memory and ~40 ms of CPU at every start for a handful of local GETs. Every endpoint is
+read-only and answers from the agent's in-memory state, so a slow client cannot stall probing;
+at most :data:`MAX_CONNECTIONS` clients are served at once, and one that sends nothing for
+:data:`IDLE_TIMEOUT` is disconnected.
 
 Endpoints (all ``GET``, all JSON):
 
@@ -33,19 +37,22 @@ endpoint without parameters refuses any. A WebSocket upgrade answers 400 (JSON r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
+import h11
 import trio
 
 from meshmon.configload import parse_duration
@@ -284,12 +291,8 @@ def _no_params(answer: Callable[[], Any]) -> Callable[[Mapping[str, list[str]]],
     return handler
 
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
 class ControlApp:
-    """The ASGI application over an :class:`AgentApi`."""
+    """Answers the control API's requests from an :class:`AgentApi`: (status, JSON body)."""
 
     def __init__(self, agent: AgentApi) -> None:
         self.agent = agent
@@ -307,35 +310,6 @@ class ControlApp:
 
     def _mesh(self, kind: str, params: Mapping[str, list[str]]) -> Awaitable[dict[str, Any]]:
         return self.agent.api_mesh(parse_mesh_query(kind, params, time.time()))
-
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] == "websocket":
-            await self._refuse_websocket(scope, receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        status, body = await self.dispatch(scope["method"], scope["path"],
-                                           scope.get("query_string", b""))  # fmt: skip
-        await _send_json(send, "http.response", status, body)
-
-    async def _refuse_websocket(self, scope: dict[str, Any], receive: Receive,
-                                send: Send) -> None:  # fmt: skip
-        """Answer a WebSocket upgrade with 400 and a JSON reason (403 if the server cannot)."""
-        await receive()  # websocket.connect
-        if "websocket.http.response" in scope.get("extensions", {}):
-            await _send_json(send, "websocket.http.response", 400, {
-                "error": "the control API does not speak WebSocket; send plain HTTP GET "
-                         f"requests to {', '.join(sorted(self.routes))}"})  # fmt: skip
-        else:  # closing before accepting makes the server answer 403
-            await send({"type": "websocket.close", "code": 1008})
 
     async def dispatch(self, method: str, path: str, query_string: bytes) -> tuple[int, Any]:
         """Answer one request: (HTTP status, JSON body)."""
@@ -358,16 +332,14 @@ class ControlApp:
             log.exception("control API error on %s", path)
             return 500, {"error": f"internal error: {exc}"}
 
-
-async def _send_json(send: Send, kind: str, status: int, body: Any) -> None:
-    """Send one JSON response; ``kind`` is ``http.response`` or ``websocket.http.response``."""
-    payload = json.dumps(body, default=str).encode()
-    await send({
-        "type": f"{kind}.start", "status": status,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode())],
-    })  # fmt: skip
-    await send({"type": f"{kind}.body", "body": payload})
+    async def answer(self, request: h11.Request) -> tuple[int, Any]:
+        """Answer one parsed request (a WebSocket upgrade gets a 400 saying what to send)."""
+        if _upgrade(request):
+            return 400, {"error": "the control API does not speak WebSocket; send plain HTTP "
+                                  f"GET requests to {', '.join(sorted(self.routes))}"}  # fmt: skip
+        path, _, query = request.target.partition(b"?")
+        return await self.dispatch(request.method.decode("latin-1"), path.decode("latin-1"),
+                                   query)  # fmt: skip
 
 
 async def serve_control(
@@ -376,28 +348,109 @@ async def serve_control(
     *,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the control API on ``socket_path`` until cancelled."""
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
-
+    """Serve the control API on ``socket_path`` (mode 0600) until cancelled."""
+    app = ControlApp(agent)
     _prepare_socket(socket_path)
-    config = Config()
-    config.bind = [f"unix:{socket_path}"]
-    config.accesslog = None
-    server_log = logging.getLogger("meshmon.control.server")
-    server_log.setLevel(logging.WARNING)  # hypercorn's "Running on ... CTRL + C" misleads here
-    config.errorlog = server_log
-    config.graceful_timeout = 1.0
-    old_umask = os.umask(0o077)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve, ControlApp(agent), config)
+        old_umask = os.umask(0o077)  # never a moment when others may connect
+        try:
+            await sock.bind(str(socket_path))
+        finally:
             os.umask(old_umask)
-            os.chmod(socket_path, 0o600)
+        os.chmod(socket_path, 0o600)
+        sock.listen(MAX_CONNECTIONS)
+        limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
+
+        async def handle(stream: trio.SocketStream) -> None:
+            async with limiter:
+                await _serve_connection(app, stream)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, handle, [trio.SocketListener(sock)])
             task_status.started(socket_path)
     finally:
-        os.umask(old_umask)
+        sock.close()
         _remove_socket(socket_path)
+
+
+MAX_CONNECTIONS = 16
+"""Clients served at once (the CLI and a TUI or two); more wait in the listen backlog."""
+IDLE_TIMEOUT = 10.0
+"""Seconds a client may take to send a request, or stay idle between two on one connection."""
+MAX_BODY = 64 * 1024
+"""A GET needs no body; a client sending more than this is answered 413 and disconnected."""
+
+
+async def _serve_connection(app: ControlApp, stream: trio.SocketStream) -> None:
+    """Serve the requests of one connection (HTTP/1.1 keep-alive) with h11, then close it."""
+    conn = h11.Connection(h11.SERVER)
+    try:
+        while True:
+            request = None
+            with trio.move_on_after(IDLE_TIMEOUT):
+                request = await _read_request(conn, stream)
+            if request is None:
+                return  # closed, idle, or too slow to send its request
+            # no limit on the answer: a mesh query has its own timeout (see meshmon.query)
+            status, body = await app.answer(request)
+            with trio.move_on_after(IDLE_TIMEOUT) as sending:
+                await _respond(conn, stream, status, body)
+            if (sending.cancelled_caught or conn.our_state is not h11.DONE
+                    or conn.their_state is not h11.DONE or _upgrade(request)):  # fmt: skip
+                return  # not reading, HTTP/1.0, "Connection: close", a refused upgrade
+            conn.start_next_cycle()
+    except h11.RemoteProtocolError as exc:
+        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            with contextlib.suppress(h11.LocalProtocolError, trio.BrokenResourceError,
+                                     trio.ClosedResourceError):  # fmt: skip
+                await _respond(conn, stream, exc.error_status_hint,
+                               {"error": f"bad HTTP request: {exc}"})  # fmt: skip
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client went away
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+            413: b"Content Too Large", 500: b"Internal Server Error"}  # fmt: skip
+
+
+def _upgrade(request: h11.Request) -> bool:
+    return any(name == b"upgrade" for name, _ in request.headers)
+
+
+async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
+    """The next complete request (its body read and dropped); None when the client closed."""
+    request: h11.Request | None = None
+    body = 0
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(16384))
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += len(event.data)
+            if body > MAX_BODY:
+                raise h11.RemoteProtocolError("request body too large", error_status_hint=413)
+        elif isinstance(event, h11.EndOfMessage):
+            return request
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
+        else:  # PAUSED: never, since each cycle ends before the next is read
+            return None
+
+
+async def _respond(conn: h11.Connection, stream: trio.SocketStream, status: int,
+                   body: Any) -> None:  # fmt: skip
+    payload = json.dumps(body, default=str).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(payload)).encode())]  # fmt: skip
+    reason = _REASONS.get(status, b"")
+    data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
+    data += conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage())
+    await stream.send_all(data)
 
 
 def _prepare_socket(path: Path) -> None:
@@ -411,17 +464,15 @@ def _remove_socket(path: Path) -> None:
 
 
 class ControlClient:
-    """A blocking client for the CLI and the TUI."""
+    """A blocking client for the CLI and the TUI: one HTTP/1.1 GET per connection, with h11.
+
+    Cheap to create and to use (no connection pool, no TLS context: the socket is local), so a
+    script may poll many agents.
+    """
 
     def __init__(self, socket_path: Path, timeout: float = 5.0) -> None:
-        import httpx
-
         self.socket_path = socket_path
-        self._client = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(socket_path)),
-            base_url="http://meshmon",
-            timeout=timeout,
-        )
+        self.timeout = timeout
 
     def get(self, endpoint: str, **params: Any) -> Any:
         """GET ``/v1/<endpoint>``; raises :class:`ControlError` with a next step on failure.
@@ -430,32 +481,63 @@ class ControlClient:
             BadParameter: the agent refused a parameter (a usage error).
             ControlError: no agent answers, or it failed.
         """
-        import httpx
-
-        query = {k: v for k, v in params.items() if v is not None}
+        query = urlencode({k: _query_value(v) for k, v in params.items() if v is not None})
+        target = f"{API_PREFIX}/{endpoint}" + (f"?{query}" if query else "")
+        status, raw = self._exchange(target)
         try:
-            response = self._client.get(f"{API_PREFIX}/{endpoint}", params=query)
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ControlError(
-                f"no agent answers at {self.socket_path} ({exc}); start one with "
-                "`meshmon agent run --config FILE`, or point --config/--socket at the running "
-                "agent"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise ControlError(f"control API at {self.socket_path} failed: {exc}") from None
-        try:
-            body = response.json()
+            body = json.loads(raw)
         except ValueError:
-            raise ControlError(
-                f"control API sent a non-JSON answer ({response.status_code})"
-            ) from None
-        if response.status_code == 400 and isinstance(body, dict) and "parameter" in body:
+            raise ControlError(f"control API sent a non-JSON answer ({status})") from None
+        if status == 400 and isinstance(body, dict) and "parameter" in body:
             parameter = str(body["parameter"])
             raise BadParameter(parameter, str(body.get("error", "")).removeprefix(f"{parameter}: "))
-        if response.status_code != 200:
-            raise ControlError(str(body.get("error", body)))
+        if status != 200:
+            raise ControlError(str(body.get("error", body) if isinstance(body, dict) else body))
         return body
 
+    def _exchange(self, target: str) -> tuple[int, bytes]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(str(self.socket_path))
+            except OSError as exc:
+                raise ControlError(
+                    f"no agent answers at {self.socket_path} ({exc}); start one with "
+                    "`meshmon agent run --config FILE`, or point --config/--socket at the "
+                    "running agent"
+                ) from None
+            try:
+                return _get(sock, target)
+            except (OSError, h11.ProtocolError) as exc:
+                raise ControlError(f"control API at {self.socket_path} failed: "
+                                   f"{exc or type(exc).__name__}") from None  # fmt: skip
+
     def close(self) -> None:
-        """Close the connection pool."""
-        self._client.close()
+        """Nothing to release (each request has its own connection); kept for callers."""
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _get(sock: socket.socket, target: str) -> tuple[int, bytes]:
+    """One GET over a connected socket: (status, body)."""
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(method="GET", target=target,
+                          headers=[("host", "meshmon"), ("connection", "close")])  # fmt: skip
+    sock.sendall(conn.send(request) + conn.send(h11.EndOfMessage()))
+    status, chunks = 0, []
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(sock.recv(65536))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            chunks.append(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            return status, b"".join(chunks)
+        elif isinstance(event, h11.ConnectionClosed):
+            raise ControlError("the agent closed the connection without an answer")

@@ -56,6 +56,10 @@ class RateLimitedLog:
 
     def warning(self, key: str, msg: str, *args: object, now: float | None = None) -> None:
         """Log ``msg`` unless ``key`` was logged less than ``interval`` ago."""
+        self.log(logging.WARNING, key, msg, *args, now=now)
+
+    def log(self, level: int, key: str, msg: str, *args: object, now: float | None = None) -> None:
+        """:meth:`warning` at another ``level``."""
         now = time.monotonic() if now is None else now
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
@@ -64,4 +68,4 @@ class RateLimitedLog:
         skipped = self.suppressed.pop(key, 0)
         self._last[key] = now
         suffix = f" (+{skipped} similar suppressed)" if skipped else ""
-        self.logger.warning(msg + suffix, *args)
+        self.logger.log(level, msg + suffix, *args)

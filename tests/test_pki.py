@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from meshmon import pki
 from tests.conftest import Mesh
@@ -60,6 +61,28 @@ def test_revocation_updates_crl_and_is_refused(mesh: Mesh) -> None:
     assert trust_before.is_revoked(serials[0])
     assert trust.update_crl(trust_before.crl) is False
     assert [r.revoked for r in pki.list_issued(mesh.ca_dir)] == [True]
+
+
+def test_a_certificate_verified_once_is_still_checked_for_time_and_revocation(
+        mesh: Mesh, make_mesh: Callable[[str], Mesh]) -> None:  # fmt: skip
+    node = mesh.node("cached", days=10)
+    identity, trust = mesh.identity(node)
+    der = pki.load_certificate(node.cert).public_bytes(serialization.Encoding.DER)
+    first = trust.verify(der)  # the CA's signature is checked once and remembered
+    assert trust.verify(pki.load_certificate(node.cert)) == first == identity.peer
+    with pytest.raises(pki.ExpiredCertificateError, match="expired on"):
+        trust.verify(der, NOW + dt.timedelta(days=11))
+    with pytest.raises(pki.NotYetValidError, match="not valid before"):
+        trust.verify(der, NOW - dt.timedelta(days=1))
+    pki.revoke(mesh.ca_dir, "cached")
+    assert trust.update_crl(pki.Trust.from_files(mesh.ca_cert, mesh.crl).crl)
+    with pytest.raises(pki.RevokedCertificateError, match="revoked"):
+        trust.verify(der)
+    # a certificate from another CA is refused every time, never remembered as good
+    intruder = make_mesh("theirs").node("cached")
+    for _ in range(2):
+        with pytest.raises(pki.UnknownCAError):
+            trust.verify(pki.load_certificate(intruder.cert))
 
 
 def test_crl_from_another_ca_is_refused(make_mesh: Callable[[str], Mesh]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -216,3 +217,20 @@ async def test_peers_that_met_over_mtls_exchange_datagrams_without_hello(mesh: M
             assert await l_.datagrams.receive() == Datagram("j", j.udp_address, 0, b"to l")
             assert hellos == ["j->l"]
             assert not (j.drops + k.drops + l_.drops)
+
+
+async def test_drain_routes_what_waits_in_the_socket_without_waiting(mesh: Mesh) -> None:
+    with trio.fail_after(20):
+        async with transports(mesh, "p", "q", base=90) as (p, q):
+            await p.send_datagram(q.udp_address, b"hello first")  # keys exchanged both ways
+            assert (await q.datagrams.receive()).plaintext == b"hello first"
+            sealed = [p.keyring.seal("q", b"late %d" % i, time.time()) for i in range(3)]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                sender.bind((p.udp_address[0], 0))
+                for data in sealed:  # loopback delivers before sendto returns
+                    sender.sendto(data, q.udp_address)
+            # no checkpoint since: q's receive task has not run, drain() reads them now
+            assert q.drain() == 3
+            got = [q.datagrams.receive_nowait().plaintext for _ in range(3)]
+            assert got == [b"late 0", b"late 1", b"late 2"]
+            assert q.drain() == 0

@@ -181,8 +181,11 @@ class AlertService:
                 reason = self.host.verify(meta, body, sig)
         if reason is not None:
             self.refused_digests += 1
-            self._bad.warning(f"digest-{reason}", "refused alert digest %s v%d: %s",
-                              key, version, reason)  # fmt: skip
+            # a member whose announcement has not reached us yet is the rule while a mesh
+            # starts (its digest comes again): counted, not a warning
+            level = logging.INFO if reason == "unknown-member" else logging.WARNING
+            self._bad.log(level, f"digest-{reason}", "refused alert digest %s v%d: %s",
+                          key, version, reason)  # fmt: skip
             return False
         return True
 

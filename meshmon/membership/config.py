@@ -44,11 +44,27 @@ class MembershipConfig:
     push_pull_interval: float = 30.0
     """Full-state anti-entropy over TCP, scaled up with log2(N) beyond 32 members (memberlist)."""
     tcp_timeout: float = 10.0
-    """A stream request (push-pull, TCP ping) reported later than this counts as failed."""
-    join_timeout: float = 10.0
+    """A periodic push-pull reported later than this counts as failed (a TCP ping has until
+    the end of its probe round)."""
+    join_timeout: float = 30.0
     """A join's push-pull with a seed may take this long (at least ``tcp_timeout``): a one-off
     exchange that must not fail because the seed's machine is busy, as when many agents start
-    at once on a few cores. Failure detection never waits on it."""
+    at once on a few cores (a seed handshaking with 49 joiners while every process imports
+    gets a fiftieth of the CPU). Giving up would only repeat the same work later; a seed that
+    refuses or is gone fails at once. Failure detection never waits on it."""
+    first_contact_grace: float = 10.0
+    """A probe of a member we never had a datagram from, and that entered our view less than
+    this long ago, gives no verdict when unanswered (no indirect probes, no TCP ping, no
+    suspicion). Datagrams are sealed per pair, so a member cannot answer us before it has
+    learned our certificate (from gossip and a certificate fetch, or a push-pull); right after
+    a join, or when many agents start at once, that is the rule rather than a failure. The
+    ping still carries gossip, and makes the member pull our view (``catch_up_interval``).
+    One that has spoken to us knows us; any other is probed as usual after the grace."""
+    catch_up_interval: float = 2.0
+    """At most this often, a node that had a datagram from a member it does not know yet (it
+    could not open it: datagrams are sealed per pair) pulls that member's full state with a
+    push-pull, rather than waiting for gossip from members it knows or the next periodic
+    push-pull: after a mass start, early joiners otherwise miss what later ones tell them."""
     tcp_ping: bool = True
     """Fall back to a TCP ping when UDP probes fail, so blocked UDP does not flap a node."""
     dead_node_reclaim_time: float = 0.0
@@ -81,9 +97,11 @@ class MembershipConfig:
 
     def __post_init__(self) -> None:
         for name in ("probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
-                     "tcp_timeout", "join_timeout", "reconnect_interval"):
+                     "tcp_timeout", "join_timeout", "reconnect_interval", "catch_up_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"membership.{name} must be greater than zero")
+        if self.first_contact_grace < 0:
+            raise ValueError("membership.first_contact_grace must not be negative")
         if self.probe_timeout >= self.probe_interval:
             raise ValueError("membership.probe_timeout must be shorter than probe_interval")
         for name in ("indirect_checks", "gossip_nodes", "retransmit_mult", "suspicion_mult",
@@ -114,6 +132,7 @@ def wan() -> MembershipConfig:
         gossip_nodes=4,
         gossip_interval=0.5,
         gossip_to_the_dead_time=60.0,
+        first_contact_grace=30.0,
     )
 
 
@@ -121,7 +140,9 @@ def local() -> MembershipConfig:
     """memberlist's ``DefaultLocalConfig``: loopback or one host; fast and less redundant."""
     return dataclasses.replace(
         lan(),
-        tcp_timeout=1.0,
+        # memberlist's 1 s is for plain TCP between Go processes; an mTLS exchange between
+        # Python agents sharing a few cores with dozens of others (benchmarks/startup: 50 on 2)
+        # needs more, and a push-pull given up on is only repeated later: LAN's value
         indirect_checks=1,
         retransmit_mult=2,
         suspicion_mult=3,

@@ -103,6 +103,10 @@ class Membership(MemberTable):
         self._pulling: dict[str, int] = {}
         self._datagrams: list[tuple[Addr, bytes]] = []
         self._stream_out: list[StreamRequest] = []
+        self._heard: set[Addr] = set()
+        """UDP addresses we had a datagram from: the members there know our certificate."""
+        self._next_catch_up = now
+        self._catch_up_from: Addr | None = None
         self.declared: collections.Counter[str] = collections.Counter()
         """Members this node itself declared dead (its suspicion timed out), by name."""
         rand = self._rng.random
@@ -133,9 +137,11 @@ class Membership(MemberTable):
         """
         self._seeds = tuple(s for s in seeds if s != self.local.meta.tcp_addr)
         deadline = now + max(self.config.tcp_timeout, self.config.join_timeout)
+        asked = {r.addr for r, _ in self._streams.values() if r.join}  # still waiting: no twice
         for seed in self._seeds:
-            self._request_stream(now, StreamKind.PUSH_PULL, seed, None, join=True,
-                                 deadline=deadline)
+            if seed not in asked:
+                self._request_stream(now, StreamKind.PUSH_PULL, seed, None, join=True,
+                                     deadline=deadline)
 
     def leave(self, now: float) -> None:
         """Leave gracefully: gossip our departure and stop probing. Keep ticking until
@@ -194,6 +200,10 @@ class Membership(MemberTable):
             self.stats["malformed"] += 1
             raise
         self.stats["datagrams_received"] += 1
+        if src not in self._heard:
+            if len(self._heard) >= 4 * len(self._members) + 1024:
+                self._heard.clear()  # bounded; forgetting only delays a first probe
+            self._heard.add(src)
         self._source = src  # whom to ask for a certificate a proof names (see certs)
         try:
             for msg in msgs:
@@ -202,6 +212,22 @@ class Membership(MemberTable):
             self._source = None
         if self._certs.wanted:
             self._fetch_certs(now)
+
+    def catch_up(self, now: float, addr: Addr) -> bool:
+        """The driver could not open a datagram from TCP address ``addr``'s node: it knows us,
+        we do not know it yet. Pull its full state (push-pull over mTLS, so only a member
+        answers), at most every ``catch_up_interval``: one asked for sooner waits for the end
+        of the interval (the newest such address); True if a push-pull was requested now."""
+        if self._leaving:
+            return False
+        if now < self._next_catch_up:
+            self._catch_up_from = addr
+            return False
+        self._catch_up_from = None
+        self._next_catch_up = now + self.config.catch_up_interval
+        self.stats["catch_up"] += 1
+        self._request_stream(now, StreamKind.PUSH_PULL, addr, None, join=False)
+        return True
 
     def tick(self, now: float) -> None:
         """Run everything due at ``now``; call it at :meth:`next_deadline` (early is harmless)."""
@@ -215,6 +241,8 @@ class Membership(MemberTable):
             self._periodic_push_pull(now)
         if now >= self._next_reconnect:
             self._reconnect(now)
+        if self._catch_up_from is not None and now >= self._next_catch_up:
+            self.catch_up(now, self._catch_up_from)
 
     def next_deadline(self) -> float:
         """When :meth:`tick` next has something to do."""
@@ -227,6 +255,8 @@ class Membership(MemberTable):
             deadline = self._next_probe
         if self._next_gossip < deadline and self._queue:
             deadline = self._next_gossip
+        if self._catch_up_from is not None and self._next_catch_up < deadline:
+            deadline = self._next_catch_up
         timers = self._timers
         while timers and not self._timer_valid(timers[0]):
             heapq.heappop(timers)
@@ -502,7 +532,9 @@ class Membership(MemberTable):
             return
         self._seq += 1
         timeout = timing.scale_by_awareness(cfg.probe_timeout, self._awareness)
-        self._probe = ProbeRound(self._seq, target, now, now + timeout, now + interval)
+        first = (target.meta.udp_addr not in self._heard
+                 and now - target.since < cfg.first_contact_grace)  # fmt: skip
+        self._probe = ProbeRound(self._seq, target, now, now + timeout, now + interval, first)
         primary = [codec.encode_ping(self._seq, target.meta.name, self._name)]
         if target.state is SUSPECT and cfg.lifeguard:  # the buddy rule: tell it, so it refutes
             primary.append(codec.encode_message(Suspect(target.incarnation, target.meta.name,
@@ -513,6 +545,8 @@ class Membership(MemberTable):
     def _probe_indirect(self, now: float, probe: ProbeRound) -> None:
         cfg = self.config
         probe.indirect = True
+        if probe.first_contact:  # helpers may not know us either; the ping itself was the news
+            return
         target = probe.target.meta
         helpers = self._random_members(cfg.indirect_checks, exclude=target.name)
         request = codec.encode_message(IndirectPing(probe.seq, target.name, target.udp_addr,
@@ -526,6 +560,11 @@ class Membership(MemberTable):
 
     def _probe_end(self, now: float, probe: ProbeRound) -> None:
         self._probe = None
+        if probe.first_contact:
+            # no verdict: sealed per pair, a member that has not learned our certificate yet
+            # cannot answer (it pulls our view when our ping reaches it: see catch_up)
+            self.stats["probe_first_contact"] += 1
+            return
         if probe.tcp_ok:
             self.stats["tcp_fallback_ok"] += 1  # UDP is broken on some path; don't flap
             return

@@ -14,13 +14,15 @@ class ProbeRound:
     """One failure-detection round: its target, deadlines, and what came back."""
 
 
-    __slots__ = ("end_at", "expected_nacks", "indirect", "nacks", "seq", "started_at", "target",
-                 "tcp_ok", "tcp_token", "timeout_at")
+    __slots__ = ("end_at", "expected_nacks", "first_contact", "indirect", "nacks", "seq",
+                 "started_at", "target", "tcp_ok", "tcp_token", "timeout_at")
 
     def __init__(self, seq: int, target: Member, started_at: float, timeout_at: float,
-                 end_at: float) -> None:
+                 end_at: float, first_contact: bool = False) -> None:  # fmt: skip
         self.seq = seq
         self.started_at = started_at
+        self.first_contact = first_contact
+        """The target never spoke to us and is new: it may not know us yet (no verdict)."""
         self.target = target
         self.timeout_at = timeout_at
         self.end_at = end_at

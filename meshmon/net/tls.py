@@ -177,6 +177,11 @@ async def connect_mtls(
                     "this node's certificate comes from the mesh CA, is not expired and is not "
                     "revoked"
                 ) from exc
+            except BaseException:
+                # cancelled or out of time mid-handshake: close at once, or the socket lingers
+                # until collected and the peer waits out its handshake deadline for nothing
+                await trio.aclose_forcefully(stream)
+                raise
     except trio.TooSlowError:
         raise MeshConnectionError(f"{host}:{port}: no TLS answer within {timeout:g}s") from None
     except OSError as exc:
@@ -206,13 +211,16 @@ async def serve_mtls(
     port: int,
     context_factory: Callable[[], ssl.SSLContext],
     trust: Trust,
-    handshake_timeout: float = 5.0,
+    idle_timeout: float = 5.0,
     *,
     admission: Admission | None = None,
+    handshake_timeout: float | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept mTLS streams on ``host:port`` and run ``handler`` for each authenticated peer.
 
+    A client must send its first byte within ``idle_timeout`` and finish the TLS handshake
+    within ``handshake_timeout`` (default: ``idle_timeout``) of connecting.
     ``context_factory`` is called per connection so a new CRL takes effect without a restart.
     Connections that do not become authenticated peers are counted and logged rate-limited by
     ``admission`` (see :mod:`meshmon.net.admission`); the handler never sees them.
@@ -221,6 +229,7 @@ async def serve_mtls(
         ListenError: the TCP port cannot be bound (address not on this host, port in use...).
     """
     admit = admission if admission is not None else Admission()
+    handshake_timeout = idle_timeout if handshake_timeout is None else handshake_timeout
 
     async def on_connect(tcp: trio.SocketStream) -> None:
         try:
@@ -229,19 +238,21 @@ async def serve_mtls(
             admit.turn_away(CONNECT_ONLY, ("?", 0))
             return
         stream = trio.SSLStream(tcp, context_factory(), server_side=True)
-        kind, detail = IDLE, ""
+        kind, detail, timeout = IDLE, "", idle_timeout
+        start = trio.current_time()
         try:
-            with trio.fail_after(handshake_timeout):
+            with trio.fail_at(start + idle_timeout) as scope:
                 refused = await admit.first_contact(tcp)
                 if refused is not None:
                     kind, detail = refused
                     raise _TurnAway
-                kind = SLOW
+                kind, timeout = SLOW, max(idle_timeout, handshake_timeout)
+                scope.deadline = start + timeout
                 await stream.do_handshake()
                 await stream.send_all(GREETING)
             peer = _peer_identity(stream, trust)
         except (_TurnAway, trio.TooSlowError):
-            admit.turn_away(kind, remote, timeout=handshake_timeout, detail=detail)
+            admit.turn_away(kind, remote, timeout=timeout, detail=detail)
             await trio.aclose_forcefully(stream)
             return
         except (trio.BrokenResourceError, PeerRejectedError) as exc:

@@ -105,9 +105,15 @@ class TransportConfig:
     """Seconds after a failed key exchange during which datagrams to that address are dropped
     instead of retrying (an unreachable peer would otherwise cost a TCP connect per probe)."""
     connect_timeout: float = 10.0
-    """Seconds for TCP connect plus TLS handshake (both ends). Generous on purpose: a handshake
-    costs milliseconds, but a machine starting dozens of agents at once leaves a peer
-    unscheduled for seconds, and a failed key exchange costs a retry round."""
+    """Seconds for TCP connect plus TLS handshake of a request that names no longer timeout,
+    and for a client to send its first byte to our server (a silent one is closed then)."""
+    handshake_timeout: float = 30.0
+    """Seconds our server gives a client that started a TLS handshake to finish it. Generous on
+    purpose: a handshake costs a few milliseconds of CPU, but a machine starting dozens of
+    agents at once leaves a peer unscheduled for seconds, and a handshake given up on is only
+    repeated (with its CPU) by the client's retry."""
+    exchange_timeout: float = 30.0
+    """Seconds for a key exchange (``hello``): as patient as a join, for the same reason."""
     request_timeout: float = 10.0
     """Default seconds for a whole request (connect, send, answer); also the server's limit."""
     max_frame: int = MAX_FRAME
@@ -180,6 +186,9 @@ class MeshTransport:
         exchange_failed, send_refused, send_error)."""
         self.admission = Admission()
         """TCP connections turned away before becoming peers, counted by kind."""
+        self.streams: collections.Counter[str] = collections.Counter()
+        """mTLS requests by ``sent:KIND``, ``failed:KIND`` (no answer, or an error answer) and
+        ``served:KIND``: each one is a TLS handshake on both ends."""
         self._bad = RateLimitedLog(log)
         self._handlers: dict[str, RequestHandler] = {"hello": self._on_hello, "ping": self._on_ping}
         self._handlers.update(handlers or {})
@@ -192,12 +201,17 @@ class MeshTransport:
         self._failed_at: dict[Address, float] = {}
         self._exchanging: dict[Address, trio.Event] = {}
         self._sock: trio.socket.SocketType | None = None
+        self._raw: socket.socket | None = None
         self._nursery: trio.Nursery | None = None
         self._client_ctx: tuple[int, ssl.SSLContext] | None = None
+        self._server_ctx: tuple[int, ssl.SSLContext] | None = None
         self.udp_address: Address = (self.config.host, self.config.udp_port)
         self.tcp_address: Address = (self.config.host, self.config.tcp_port or 0)
         self.on_peer_cert: Callable[[bytes], None] = lambda der: None
         """Called with the certificate (DER) of every mTLS peer, either direction."""
+        self.on_unknown_sender: Callable[[Address], None] = lambda addr: None
+        """Called with the source of a datagram sealed by a sender we hold no certificate for
+        (a member whose announcement has not reached us yet, or garbage)."""
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -282,9 +296,10 @@ class MeshTransport:
                        max_answer: int | None = None) -> tuple[str, bytes]:  # fmt: skip
         limit = self.config.request_timeout if timeout is None else timeout
         host, port = addr
+        self.streams[f"sent:{kind}"] += 1
         try:
             with trio.fail_after(limit):
-                connect = min(limit, self.config.connect_timeout)
+                connect = limit if timeout is not None else self.config.connect_timeout
                 conn = await connect_mtls(host, port, self._client_context(), self.trust, connect)
                 try:
                     self._learn_cert(conn)
@@ -294,14 +309,18 @@ class MeshTransport:
                 finally:
                     await trio.aclose_forcefully(conn.stream)
         except trio.TooSlowError:
+            self.streams[f"failed:{kind}"] += 1
             raise PeerUnreachableError(
                 f"{host}:{port}: no answer to {kind!r} within {limit:g}s; is the agent running?"
             ) from None
         except MeshConnectionError as exc:
+            self.streams[f"failed:{kind}"] += 1
             raise PeerUnreachableError(str(exc)) from exc
         except (trio.BrokenResourceError, FrameError) as exc:
+            self.streams[f"failed:{kind}"] += 1
             raise PeerUnreachableError(f"{host}:{port}: {kind!r} failed mid-stream: {exc}") from exc
         if not resp.ok:
+            self.streams[f"failed:{kind}"] += 1
             raise RemoteError(f"{host}:{port} answered {kind!r} with an error: {resp.error}")
         return conn.peer.name, resp.body
 
@@ -313,7 +332,7 @@ class MeshTransport:
         """
         tcp = self._tcp_of.get(addr, addr)
         hello = _pack_addrs(self.udp_address, self.tcp_address)
-        name, body = await self._request(tcp, "hello", hello, self.config.connect_timeout)
+        name, body = await self._request(tcp, "hello", hello, self.config.exchange_timeout)
         try:
             udp, peer_tcp = _unpack_addrs(body)
         except FrameError as exc:
@@ -334,19 +353,21 @@ class MeshTransport:
         """
         host = self.config.host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+        raw = socket.socket(family, socket.SOCK_DGRAM)
+        with trio.socket.from_stdlib_socket(raw) as sock:  # non-blocking from here on
             try:
                 await sock.bind((host, self.config.udp_port))
             except OSError as exc:
                 raise ListenError("udp", host, self.config.udp_port, exc) from exc
-            self._sock = sock
+            self._sock, self._raw = sock, raw
             self.udp_address = sock.getsockname()[:2]
             tcp_port = self.udp_address[1] if self.config.tcp_port is None else self.config.tcp_port
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 listeners = await nursery.start(partial(
                     serve_mtls, self._serve, host, tcp_port, self._server_context, self.trust,
-                    self.config.connect_timeout, admission=self.admission))  # fmt: skip
+                    self.config.connect_timeout, admission=self.admission,
+                    handshake_timeout=self.config.handshake_timeout))  # fmt: skip
                 self.tcp_address = listeners[0].socket.getsockname()[:2]
                 nursery.start_soon(self._receive_loop, sock)
                 task_status.started(self)
@@ -361,13 +382,39 @@ class MeshTransport:
                 continue
             self.deliver(data, (src[0], src[1]), time.time())
 
+    def drain(self) -> int:
+        """Read and route every datagram already waiting in the UDP socket, without waiting;
+        returns how many. A process that was not scheduled for a while wakes with a deadline
+        due and the answers that beat it both waiting: call this before judging the deadline,
+        or a busy machine turns late scheduling into lost answers."""
+        raw = self._raw
+        count = 0
+        while raw is not None and count < self.config.receive_queue:
+            try:
+                data, src = raw.recvfrom(MAX_DATAGRAM + 1)
+            except BlockingIOError:
+                break
+            except OSError as exc:  # as in the receive loop
+                self.drops["socket_error"] += 1
+                self._bad.warning("socket", "UDP receive error: %s", exc)
+                continue
+            count += 1
+            self.deliver(data, (src[0], src[1]), time.time())
+        return count
+
     def deliver(self, data: bytes, src: Address, now: float) -> None:
         """Open one received datagram and route it; bad ones are counted and logged."""
         try:
             opened = self.keyring.open(data, now)
         except SealError as exc:
             self.drops[exc.reason] += 1
-            self._bad.warning(exc.reason, "dropped datagram from %s:%s: %s", src[0], src[1], exc)
+            # a member whose announcement has not reached us yet speaks first after a join, or
+            # when many agents start at once: expected, so not a warning (it is still counted)
+            level = logging.INFO if exc.reason == "unknown_sender" else logging.WARNING
+            self._bad.log(level, exc.reason, "dropped datagram from %s:%s: %s", src[0], src[1],
+                          exc)  # fmt: skip
+            if exc.reason == "unknown_sender":
+                self.on_unknown_sender(src)
             return
         self._name_of[src] = opened.sender.name
         pair = self._channels.get(opened.purpose)
@@ -425,7 +472,12 @@ class MeshTransport:
     # -- TLS side ------------------------------------------------------------------------------
 
     def _server_context(self) -> ssl.SSLContext:
-        return pki.server_context(self.identity, self.trust)  # fresh: the newest CRL applies
+        # one per CRL: building one (key, CA and CRL loaded) costs ~2 ms of CPU, which a busy
+        # peer would pay on every accepted connection; a newer CRL gets a new one at once
+        number = self.trust.crl_number
+        if self._server_ctx is None or self._server_ctx[0] != number:
+            self._server_ctx = (number, pki.server_context(self.identity, self.trust))
+        return self._server_ctx[1]
 
     def _client_context(self) -> ssl.SSLContext:
         number = self.trust.crl_number
@@ -452,6 +504,7 @@ class MeshTransport:
                 await conn.stream.send_all(encode_response(Response(False, error=str(exc))))
                 return
             handler = self._handlers.get(req.kind)
+            self.streams[f"served:{req.kind if handler else '?'}"] += 1  # bounded: known kinds
             if handler is None:
                 resp = Response(False, error=f"unknown request kind {req.kind!r}")
             else:

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A UDP service that answers anyone can be aimed at a victim: the attacker spoofs the victim's
 address as the source, and the service sends its answers there. Three rules keep the echo
-responder (:class:`~meshmon.probes.udp.UdpEchoResponder`) out of that game:
+responder (:class:`~meshmon.probes.echo_responder.UdpEchoResponder`) out of that game:
 
 1. **Sealed** (:func:`mesh_codec`): in an agent, echo requests and replies are sealed with the
    mesh's datagram keys (:class:`meshmon.wire.Keyring`, the transport's own keyring, purpose

@@ -18,7 +18,7 @@ sockets do not. The kernel fills the checksum for ICMPv6 and for datagram socket
 raw IPv4 (it is harmless elsewhere).
 
 icmplib builds and parses packets inside its socket classes, so it cannot be called without its
-sockets; these few lines are ours, and icmplib serves the address helpers.
+sockets; these few lines are ours.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ theirs (see :mod:`meshmon.probes.plugin`).
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -125,6 +124,8 @@ def validate_params(kind: str, schema: ParamSchema, params: Mapping[str, Any],
     known = sorted(schema.params)
     unknown = set(params) - set(schema.params) if schema.strict else set()
     for key in sorted(unknown, key=str):
+        import difflib  # only for a typo's hint: not loaded by every agent
+
         close = difflib.get_close_matches(str(key), known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         issues.append((f"params.{key}", f"unknown param for a {kind} check; {hint}"

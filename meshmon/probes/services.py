@@ -14,8 +14,8 @@ import trio
 
 from meshmon.probes.base import PLAIN, ProbeContext, UdpCodec
 from meshmon.probes.echo_guard import EchoLimits
+from meshmon.probes.echo_responder import DEFAULT_ECHO_PORT, UdpEchoResponder
 from meshmon.probes.icmp import IcmpConfig, IcmpEngine
-from meshmon.probes.udp import DEFAULT_ECHO_PORT, UdpEchoResponder
 
 
 async def run_probe_services(

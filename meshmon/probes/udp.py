@@ -1,4 +1,5 @@
-"""``udp``: request/reply over UDP → :class:`UdpConnectResult`; and the agent's echo responder.
+"""``udp``: request/reply over UDP → :class:`UdpConnectResult` (the responder that answers the
+``echo`` mode lives in :mod:`meshmon.probes.echo_responder`, so an agent loads it alone).
 
 Two modes (param ``mode``):
 
@@ -19,7 +20,6 @@ Other params: ``port``, ``count`` (default 1 for payload, 5 for echo), ``interva
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import socket
@@ -31,9 +31,8 @@ from typing import Any
 
 import trio
 
-from meshmon.logs import RateLimitedLog
 from meshmon.probes.base import PLAIN, ParamError, ProbeError, UdpCodec, param
-from meshmon.probes.echo_guard import EchoLimiter, EchoLimits
+from meshmon.probes.echo_responder import DEFAULT_ECHO_PORT, MAGIC, UdpEchoResponder
 from meshmon.probes.params import (
     FAMILY,
     PORT,
@@ -46,11 +45,7 @@ from meshmon.probes.params import (
 from meshmon.results import UdpConnectResult
 from meshmon.results.stats import jitter_ms
 
-log = logging.getLogger(__name__)
-
-MAGIC = b"MMU1"
-DEFAULT_ECHO_PORT = 7947
-"""The responder's default port (the gossip port is separate; this one carries no state)."""
+__all__ = ["DEFAULT_ECHO_PORT", "MAGIC", "PARAMS", "UdpEchoResponder", "UdpParams", "udp_probe"]
 
 
 @dataclass(frozen=True)
@@ -215,70 +210,3 @@ async def udp_probe(address: str, family: int, port: int, p: UdpParams, wait: fl
     avg = sum(latencies) / len(latencies) if latencies else None
     return UdpConnectResult(ok, avg, "; ".join(errors) or None, address, port, len(sent_at),
                             len(latencies), tuple(latencies), jitter_ms(latencies))  # fmt: skip
-
-
-class UdpEchoResponder:
-    """Answers ``echo`` requests; runs in every agent (``await nursery.start(r.run)``).
-
-    Not a reflector (see :mod:`meshmon.probes.echo_guard`): it answers only requests that open
-    under the codec (in an agent: sealed by a mesh member), never with more bytes than the
-    request, and within per-source and total rate limits (authentic requests only consume
-    them, so a flood of garbage cannot starve members). It keeps no other state per peer.
-    """
-
-    def __init__(self, address: str = "0.0.0.0", port: int = DEFAULT_ECHO_PORT,
-                 codec: UdpCodec = PLAIN, limits: EchoLimits | None = None) -> None:  # fmt: skip
-        self.address = address
-        self.port = port
-        self.codec = codec
-        self.limiter = EchoLimiter(limits)
-        self.answered = 0
-        self.dropped = 0
-        """Requests not answered: not authentic, rate limited, or the reply would be larger."""
-        self._bad = RateLimitedLog(log)
-
-    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Bind and serve until cancelled; ``task_status.started`` gets the bound port."""
-        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
-        sock = trio.socket.socket(family, socket.SOCK_DGRAM)
-        with sock:
-            await sock.bind((self.address, self.port))
-            self.port = sock.getsockname()[1]
-            task_status.started(self.port)
-            while True:
-                try:
-                    data, peer = await sock.recvfrom(2048)
-                except OSError:  # ICMP errors from earlier replies; keep serving
-                    continue
-                reply = self.answer(data, peer[:2], trio.current_time())
-                if reply is None:
-                    continue
-                try:
-                    await sock.sendto(reply, peer)
-                    self.answered += 1
-                except OSError as exc:
-                    log.debug("UDP echo: cannot answer %s: %s", peer, exc)
-
-    def answer(self, data: bytes, peer: tuple[str, int], now: float) -> bytes | None:
-        """The reply to datagram ``data`` from ``peer`` at monotonic ``now``, or ``None``."""
-        plain = self.codec.open(data, peer)
-        if plain is None or not plain.startswith(MAGIC + b"Q"):
-            self.dropped += 1
-            self._bad.warning("udp-echo", "UDP echo: dropped a %d-byte datagram from %s that "
-                              "is not an authentic echo request", len(data), peer[0])
-            return None
-        if not self.limiter.allow(peer[0], now):
-            self.dropped += 1
-            self._bad.warning("udp-echo-rate", "UDP echo: rate limit reached (%s); not "
-                              "answering", peer[0])  # fmt: skip
-            return None
-        try:
-            reply = self.codec.seal(MAGIC + b"R" + plain[len(MAGIC) + 1 :], peer)
-        except ProbeError as exc:
-            self.dropped += 1
-            self._bad.warning("udp-echo-seal", "UDP echo: cannot answer %s: %s", peer[0], exc)
-            return None
-        if len(reply) > len(data):  # never amplify
-            self.dropped += 1
-            return None
-        return reply

@@ -13,20 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from meshmon.config import CheckConfig
 from meshmon.query.wire import History, Latest, Matrix, QueryFormatError, Question, encode_answer
-from meshmon.results import (
-    MonitoringResult,
-    PingResult,
-    ResultDecodeError,
-    UdpConnectResult,
-    decode_result,
-    to_dict,
-)
-from meshmon.results.stats import median_ms
 from meshmon.store import Record
+
+if TYPE_CHECKING:  # the result model loads with the first question, not with every agent
+    from meshmon.results import MonitoringResult
 
 MATRIX_RECORDS = 2000
 """Results read per (check, target) for a matrix cell: a 5-minute window at 1 probe/s is 300."""
@@ -74,6 +68,8 @@ class Probes:
 
 def probes_of(result: MonitoringResult) -> Probes:
     """The probes of one result, whatever its kind."""
+    from meshmon.results import PingResult, UdpConnectResult
+
     payload = result.result
     if isinstance(payload, PingResult):
         return Probes(payload.sent, payload.failures, payload.success_latencies,
@@ -88,11 +84,19 @@ def probes_of(result: MonitoringResult) -> Probes:
 
 def _decode(rec: Record) -> tuple[MonitoringResult | None, bool, str | None]:
     """(result, degraded, error) of a stored record ``[encoded result, degraded]``."""
+    from meshmon.results import ResultDecodeError, decode_result
+
     try:
         encoded, degraded = rec.value()
         return decode_result(encoded), bool(degraded), None
     except (ResultDecodeError, ValueError, TypeError) as exc:
         return None, False, f"unreadable record: {exc}"
+
+
+def _median_ms(rtts: Sequence[float]) -> float | None:
+    from meshmon.results.stats import median_ms
+
+    return median_ms(rtts)
 
 
 def _pct(lost: int, sent: int) -> float | None:
@@ -114,6 +118,8 @@ def latest_row(rec: Record, full: bool = False) -> dict[str, Any]:
                loss_pct=_pct(p.lost, p.sent) if p.counted else None, jitter_ms=p.jitter_ms,
                error=result.error_message(), degraded=degraded)  # fmt: skip
     if full:
+        from meshmon.results import to_dict
+
         row["result"] = to_dict(result)
     return row
 
@@ -178,7 +184,7 @@ def answer_matrix(store: ResultSource, q: Matrix, ctx: Context) -> dict[str, Any
             assert newest is not None
             rows.append({"check": check.name, "target": target, "samples": stats.n,
                          "loss_pct": _pct(stats.lost, stats.sent),
-                         "rtt_median_ms": median_ms(stats.rtts), "rtt_avg_ms": stats.avg(),
+                         "rtt_median_ms": _median_ms(stats.rtts), "rtt_avg_ms": stats.avg(),
                          "last": newest[0], "last_success": newest[1]})  # fmt: skip
     return {"rows": rows, "truncated": False}
 
