@@ -105,6 +105,14 @@ resolve_for = "2s"
 
 def start_mesh(tmp_path: Path, hook: Webhook, rule: str) -> LocalMesh:
     mesh = LocalMesh(tmp_path, port=18100)
+    try:
+        return _start_mesh(mesh, hook, rule)
+    except BaseException:
+        mesh.close()  # no agent outlives a failed start
+        raise
+
+
+def _start_mesh(mesh: LocalMesh, hook: Webhook, rule: str) -> LocalMesh:
     seed = None
     for i, name in enumerate(("al-1", "al-2", "al-3")):
         agent = mesh.add(name, 71 + i, seeds=[seed] if seed else [],

@@ -106,8 +106,17 @@ def web_service() -> Iterator[int]:
 
 
 def start(root: Path, web_port: int, port: int, first_host: int) -> LocalMesh:
-    """Start the four agents and wait until each sees all four alive and has results."""
+    """Start the four agents and wait until each sees all four alive and has results (on
+    failure, stop what was started: no agent outlives its test)."""
     mesh = LocalMesh(root, port=port)
+    try:
+        return _start(mesh, web_port, first_host)
+    except BaseException:
+        mesh.close()
+        raise
+
+
+def _start(mesh: LocalMesh, web_port: int, first_host: int) -> LocalMesh:
     for i, name in enumerate(NAMES):
         tags = ["mesh", "east" if i < 2 else "west"]
         status = 204 if name == BAD_PROBER else 200
