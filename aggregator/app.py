@@ -66,6 +66,7 @@ from meshmon.configload import parse_duration
 from meshmon.logs import RateLimitedLog
 from meshmon.version import __version__
 from meshmon.wire import ingest as wire
+from meshmon.wire.columns import ColumnBatch
 
 log = logging.getLogger(__name__)
 _refusals = RateLimitedLog(log, interval=30.0)
@@ -78,7 +79,7 @@ in DER (the standard ``client_cert_chain`` holds it as PEM too)."""
 class Ingestor(Protocol):
     """What the ingest route needs from the database layer (:class:`aggregator.writer.Ingestor`)."""
 
-    async def ingest(self, peer_name: str, batch: wire.Batch) -> wire.Ack: ...
+    async def ingest(self, peer_name: str, batch: wire.Batch | ColumnBatch) -> wire.Ack: ...
 
 
 @dataclass
