@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
+import trio
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -242,7 +243,9 @@ def create_app(services: Services) -> FastAPI:
         peer = await _ingest_peer(request)
         try:
             body = await _read_body(request, wire.MAX_BODY)
-            batch = wire.decode_batch(body, request.headers.get("content-encoding"))
+            # in a worker thread: inflating releases the GIL, and the event loop stays free
+            batch = await trio.to_thread.run_sync(wire.decode_batch, body,
+                                                  request.headers.get("content-encoding"))
         except wire.BatchError as exc:
             _refusals.warning(f"bad:{peer.name}", "ingest from %s refused: %s", peer.name, exc)
             raise ApiError(400, str(exc)) from None

@@ -56,9 +56,11 @@ def text(value: str | None) -> bytes:
     return _FIELD.pack(len(data)) + data
 
 
-def series_field(check: str, target: str) -> bytes:
-    """The ``check_name`` and ``target`` fields."""
-    return text(check) + text(target)
+def series_fields(series: Sequence[tuple[str, str]]) -> list[bytes]:
+    """The ``check_name`` and ``target`` fields of each series (a batch may hold thousands)."""
+    names = list(map(str.encode, chain.from_iterable(series)))
+    fields = list(map(bytes.__add__, map(_FIELD.pack, map(len, names)), names))
+    return list(map(bytes.__add__, fields[::2], fields[1::2]))
 
 
 def outcome_field(o: Outcome) -> bytes:
@@ -72,7 +74,7 @@ def blocks(b: ColumnBatch, rows: range | Sequence[int]) -> Iterator[bytes]:
     ascending) in blocks of at most :data:`BLOCK_ROWS` rows."""
     ends = list(accumulate(b.payload_len, initial=0))
     fields = _Fields(
-        series=[series_field(*s) for s in b.series],
+        series=series_fields(b.series),
         outcomes=[outcome_field(o) for o in b.outcomes],
         constant=text(b.agent) + text(b.store), starts=ends[:-1], stops=ends[1:],
         payloads=memoryview(b.payloads))  # fmt: skip

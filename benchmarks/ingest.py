@@ -9,8 +9,9 @@ and PostgreSQL, which only makes the end-to-end figure pessimistic).
 
 The backlog is what an hour offline leaves: each of the agents has ``rate`` results/s for
 ``minutes`` minutes waiting in its store (100 agents x 10/s x 60 min = 3.6 M rows by default;
-``--quick``: 5 minutes). The clock runs from the moment the uploaders start until every stream's
-high-water mark in the database equals its store's last seq.
+``--quick``: 5 minutes). The clock runs from the moment the uploaders start (the worker
+processes have imported, opened their agents' stores and built the uploaders) until every
+stream's high-water mark in the database equals its store's last seq.
 
 Baselines, the same rows into the same table: ``psql``'s binary ``\\copy`` (the ceiling: the rows
 are exported from the table after the run, the table emptied, and loaded back) and psycopg's
@@ -117,18 +118,25 @@ def worker(root: Path, first: int, count: int, url: str) -> None:
     ca = root / "ca"
     sync = SyncConfig(urls=(url,), batch_size=5000, max_delay=0.05)  # type: ignore[call-arg]
 
-    async def one(a: int) -> None:
+    go = trio.Event()
+
+    async def one(a: int, task_status: trio.TaskStatus[None]) -> None:
         folder = root / f"agent-{a:03d}"
         identity, trust = pki.load_identity(ca / "ca.crt", folder / "certs" / "node.crt",
                                             folder / "certs" / "node.key", ca / "crl.pem")
         async with open_store(folder / "store", StoreConfig(max_bytes=512 * 2**20)) as store:
             up = Uploader(store, identity, trust, sync, urls=lambda: (url,))
+            task_status.started()
+            await go.wait()
             await up.run()
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             for a in range(first, first + count):
-                nursery.start_soon(one, a)
+                await nursery.start(one, a)
+            print("ready", flush=True)  # the parent starts the clock, then says go
+            await trio.to_thread.run_sync(sys.stdin.readline)
+            go.set()
 
     trio.run(main)
 
@@ -248,13 +256,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while not conn.execute("SELECT to_regclass('streams')").fetchone()[0]:
             time.sleep(0.2)  # the aggregator applies the migrations
         share = -(-args.agents // args.workers)
-        t0 = time.perf_counter()
         for w in range(args.workers):
             first, count = w * share, min(share, args.agents - w * share)
             if count > 0:
                 workers.append(subprocess.Popen([sys.executable, "-m", "benchmarks.ingest",
                                                  "--worker", str(root), str(first), str(count),
-                                                 url]))  # fmt: skip
+                                                 url], stdin=subprocess.PIPE,
+                                                stdout=subprocess.PIPE))  # fmt: skip
+        for p in workers:  # each has opened its agents' stores and built their uploaders
+            assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        t0 = time.perf_counter()
+        for p in workers:
+            assert p.stdin is not None
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
         last_log, done = t0, 0
         deadline = t0 + args.timeout
         while done < total:

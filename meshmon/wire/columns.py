@@ -9,7 +9,8 @@ the same header and carries the records as columns, so that building, checking a
 batch is a handful of whole-array operations (``array``, ``bytes``, ``map``: loops in C)::
 
     ts          bytes   int64 per record: microseconds since the Unix epoch
-    series      array   [check, target] of each series the batch holds
+    series      array   check, target, check, target...: the names of each series the batch
+                        holds, flat
     series_ix   bytes   uint16 per record: its series, an index into ``series``
     outcomes    array   [kind, success, loss, error] of each distinct outcome
     outcome_ix  bytes   uint16 per record: an index into ``outcomes``
@@ -41,7 +42,8 @@ import math
 import sys
 from array import array
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, repeat
+from operator import contains
 from typing import Any, NamedTuple
 
 import cbor2
@@ -168,7 +170,7 @@ def encode_columns(batch: ColumnBatch) -> tuple[bytes, str | None]:
     obj: dict[str, Any] = {"v": VERSION, **header_fields(batch)}
     for key, attr, _ in _PACKED:
         obj[key] = _pack(getattr(batch, attr))
-    obj["series"] = [list(s) for s in batch.series]
+    obj["series"] = [name for s in batch.series for name in s]
     obj["outcomes"] = [list(o) for o in batch.outcomes]
     obj["payloads"] = batch.payloads
     return compress(cbor2.dumps(obj))
@@ -183,7 +185,7 @@ def decode_columns(obj: dict[str, Any]) -> ColumnBatch:
     fields = header_from(obj)
     for key, attr, code in _PACKED:
         fields[attr] = _unpack(key, get(obj, key, bytes), code)
-    fields["series"] = tuple(_series(i, s) for i, s in enumerate(get(obj, "series", list)))
+    fields["series"] = _series(get(obj, "series", list))
     fields["outcomes"] = tuple(_outcome(i, o) for i, o in enumerate(get(obj, "outcomes", list)))
     fields["payloads"] = get(obj, "payloads", bytes)
     return column_batch(**fields)
@@ -254,11 +256,15 @@ def _text(key: str, value: Any, *, empty: bool = True) -> str:
     return value
 
 
-def _series(i: int, raw: Any) -> tuple[str, str]:
-    key = f"series[{i}]"
-    if type(raw) is not list or len(raw) != 2:
-        raise BatchError(f"{key}: expected [check, target]")
-    return _text(f"{key}.check", raw[0]), _text(f"{key}.target", raw[1])
+def _series(names: list[Any]) -> tuple[tuple[str, str], ...]:
+    """The series table from its flat form ``[check, target, check, target...]``, checked a
+    column at a time (a batch may hold thousands of series)."""
+    if len(names) % 2:
+        raise BatchError(f"series: {len(names)} names, not (check, target) pairs")
+    if set(map(type, names)) - {str} or any(map(contains, names, repeat("\x00"))):
+        for i, name in enumerate(names):
+            _text(f"series[{i // 2}].{('check', 'target')[i % 2]}", name)
+    return tuple(zip(names[::2], names[1::2], strict=True))
 
 
 def _outcome(i: int, raw: Any) -> Outcome:
