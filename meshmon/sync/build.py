@@ -13,7 +13,8 @@ record is then read in place from the run's payload bytes, without building an o
 * The fast road, for the commonest record by far, a compact ``ping`` result without errors:
   the outer array's bytes header gives the encoded result's place; the result must start with
   the bytes ``[2, "ping", agent, check, target`` that this agent writes for the record's series
-  (computed once per series); family, start time, duration and seq have fixed encodings; the
+  (computed once per series; others are skipped item by item); family, start time, duration
+  and seq have fixed encodings; the
   payload array then gives ``successes`` and ``failures`` (small integers), the latencies
   (doubles, skipped), an empty ``errors`` and the mean RTT. The outcome is a function of the
   two counts (:class:`~meshmon.results.PingResult`'s own rules, applied once per pair).
@@ -55,37 +56,51 @@ _SEQ_SIZE = {0xF6: 1, 0x18: 2, 0x19: 3, 0x1A: 5, 0x1B: 9} | dict.fromkeys(range(
 _FAMILY = frozenset((4, 6, 0xF6))
 
 
-def record_columns(stored: StoredColumns, agent: str) -> dict[str, Any]:
-    """The record columns of a :class:`~meshmon.wire.columns.ColumnBatch` for ``stored``.
+class RecordReader:
+    """Reads an agent's stored records into the columns of a version 2 batch (it keeps, per
+    series, the bytes every ping result of the series starts with)."""
 
-    Raises:
-        BatchError: a record's timestamp cannot be sent (beyond what int64 microseconds hold).
-    """
-    gids = stored.gids
-    uniq = list(dict.fromkeys(gids))
-    where = {g: i for i, g in enumerate(uniq)}
-    try:
-        ts_us = array("q", map(round, map(mul, stored.tss, repeat(1e6))))
-    except (OverflowError, ValueError):
-        i = next(i for i, t in enumerate(stored.tss) if not abs(t) < 9.2e12)
-        raise BatchError(f"ts: record seq {stored.first + i} has the timestamp {stored.tss[i]}, "
-                         "which cannot be sent") from None  # fmt: skip
-    outcomes, outcome_ix, rtt_ms, payloads, payload_len = _read(stored, agent)
-    return {
-        "ts_us": ts_us, "series": tuple(stored.names[g] for g in uniq),
-        "series_ix": array("H", map(where.__getitem__, gids)), "outcomes": outcomes,
-        "outcome_ix": outcome_ix, "rtt_ms": rtt_ms, "payload_len": payload_len,
-        "payloads": payloads,
-    }  # fmt: skip
+    def __init__(self, agent: str) -> None:
+        self.agent = agent
+        self._heads: dict[tuple[str, str], bytes] = {}
+
+    def columns(self, stored: StoredColumns) -> dict[str, Any]:
+        """The record fields of a :class:`~meshmon.wire.columns.ColumnBatch` for ``stored``.
+
+        Raises:
+            BatchError: a timestamp cannot be sent (beyond what int64 microseconds hold).
+        """
+        gids = stored.gids
+        uniq = list(dict.fromkeys(gids))
+        where = {g: i for i, g in enumerate(uniq)}
+        try:
+            ts_us = array("q", map(round, map(mul, stored.tss, repeat(1e6))))
+        except (OverflowError, ValueError):
+            i = next(i for i, t in enumerate(stored.tss) if not abs(t) < 9.2e12)
+            raise BatchError(f"ts: record seq {stored.first + i} has the timestamp "
+                             f"{stored.tss[i]}, which cannot be sent") from None  # fmt: skip
+        if len(self._heads) > 100_000:
+            self._heads.clear()
+        heads = {g: self._heads.get(names) or self._head(names)
+                 for g, names in stored.names.items()}  # fmt: skip
+        outcomes, outcome_ix, rtt_ms, payloads, payload_len = _read(stored, heads)
+        return {
+            "ts_us": ts_us, "series": tuple(stored.names[g] for g in uniq),
+            "series_ix": array("H", map(where.__getitem__, gids)), "outcomes": outcomes,
+            "outcome_ix": outcome_ix, "rtt_ms": rtt_ms, "payload_len": payload_len,
+            "payloads": payloads,
+        }  # fmt: skip
+
+    def _head(self, names: tuple[str, str]) -> bytes:
+        head = self._heads[names] = _PING + b"".join(map(cbor2.dumps, (self.agent, *names)))
+        return head
 
 
-def _read(stored: StoredColumns, agent: str) -> tuple[tuple[Outcome, ...], array[int],
-                                                      array[float], bytes, array[int]]:  # fmt: skip
+def _read(stored: StoredColumns, heads: dict[int, bytes],
+          ) -> tuple[tuple[Outcome, ...], array[int], array[float], bytes, array[int]]:  # fmt: skip
     """(outcomes, outcome_ix, rtt_ms, payloads, payload_len) of the records of ``stored``."""
     buf = bytes(stored.payloads)
     ends = list(accumulate(stored.plens, initial=0))
-    heads = {g: _PING + cbor2.dumps(agent) + cbor2.dumps(c) + cbor2.dumps(t)
-             for g, (c, t) in stored.names.items()}  # fmt: skip
     table: dict[Outcome, int] = {}
     by_counts = [-1] * 576  # outcome index of a ping by successes * 24 + failures
     outcome_ix = array("H")
@@ -105,27 +120,28 @@ def _read(stored: StoredColumns, agent: str) -> tuple[tuple[Outcome, ...], array
             s, stop = p + 3, p + 3 + buf[p + 2]
         else:
             s = stop = 0
-        head = heads[gid]
-        q = s + len(head)
-        if (stop == end - 1 and q + 20 < stop and buf.startswith(head, s)
-                and buf[q] in _FAMILY and buf[q + 1] == 0xFB and buf[q + 10] == 0xFB):  # fmt: skip
-            r = q + 19 + _SEQ_SIZE.get(buf[q + 19], stop)
-            if r + 4 < stop and buf[r] == 0x8D:
-                ok, lost, lat = buf[r + 1], buf[r + 2], buf[r + 3] - 0x80
-                e = r + 4 + 9 * lat
-                if (ok < 24 and lost < 24 and 0 <= lat < 24 and e + 1 < stop
-                        and buf[r + 4 : e : 9] == _DOUBLES[lat] and buf[e] == 0x80):  # fmt: skip
-                    a = buf[e + 1]
-                    rtt = _DOUBLE(buf, e + 2)[0] if a == 0xFB and e + 9 < stop else nan
-                    if a == 0xF6 or math.isfinite(rtt):
-                        k = by_counts[ok * 24 + lost]
-                        if k < 0:
-                            k = by_counts[ok * 24 + lost] = _index(table, _ping(ok, lost))
-                        outcome_ix.append(k)
-                        rtts.append(rtt)
-                        starts.append(s)
-                        stops.append(stop)
-                        continue
+        if stop == end - 1:
+            head = heads[gid]
+            q = s + len(head) if buf.startswith(head, s) else _after_names(buf, s, stop)
+            if (q + 20 < stop and buf[q] in _FAMILY and buf[q + 1] == 0xFB
+                    and buf[q + 10] == 0xFB):  # fmt: skip
+                r = q + 19 + _SEQ_SIZE.get(buf[q + 19], stop)
+                if r + 4 < stop and buf[r] == 0x8D:
+                    ok, lost, lat = buf[r + 1], buf[r + 2], buf[r + 3] - 0x80
+                    e = r + 4 + 9 * lat
+                    if (ok < 24 and lost < 24 and 0 <= lat < 24 and e + 1 < stop and buf[e] == 0x80
+                            and buf[r + 4 : e : 9] == _DOUBLES[lat]):  # fmt: skip
+                        a = buf[e + 1]
+                        rtt = _DOUBLE(buf, e + 2)[0] if a == 0xFB and e + 9 < stop else nan
+                        if a == 0xF6 or math.isfinite(rtt):
+                            k = by_counts[ok * 24 + lost]
+                            if k < 0:
+                                k = by_counts[ok * 24 + lost] = _index(table, _ping(ok, lost))
+                            outcome_ix.append(k)
+                            rtts.append(rtt)
+                            starts.append(s)
+                            stops.append(stop)
+                            continue
         # The slow road.
         payload, outcome, rtt_ms = _slow(buf[p:end], stored.names[gid][0])
         outcome_ix.append(_index(table, outcome))
@@ -138,6 +154,23 @@ def _read(stored: StoredColumns, agent: str) -> tuple[tuple[Outcome, ...], array
     for i, payload in slow.items():
         parts[i] = payload
     return tuple(table), outcome_ix, rtts, b"".join(parts), array("I", map(len, parts))
+
+
+def _after_names(buf: bytes, s: int, stop: int) -> int:
+    """Where the envelope of a compact ping result at ``s`` goes on after its agent, check and
+    target (written by another name than this agent's); -1 if it is not one."""
+    if not buf.startswith(_PING, s):
+        return -1
+    q = s + len(_PING)
+    for _ in range(3):
+        h = buf[q] if q < stop else 0
+        if 0x60 <= h <= 0x77:
+            q += 1 + h - 0x60
+        elif h == 0x78 and q + 1 < stop:
+            q += 2 + buf[q + 1]
+        else:
+            return -1
+    return q
 
 
 def _index(table: dict[Outcome, int], outcome: Outcome) -> int:

@@ -55,7 +55,7 @@ import trio
 from meshmon import pki
 from meshmon.config import SyncConfig
 from meshmon.store import AsyncRingStore, StoredColumns
-from meshmon.sync.build import record_columns
+from meshmon.sync.build import RecordReader
 from meshmon.sync.client import Acked, AggregatorClient, Conflict, Outcome, Refused, Unavailable
 from meshmon.sync.policy import UrlChooser, backoff_delay, due_at, resync
 from meshmon.wire import urls as wire_urls
@@ -138,6 +138,8 @@ class Uploader:
         self._refusals: dict[str, float] = {}
         self._poke = trio.Event()
         self._changed = trio.Event()
+        self._client = AggregatorClient(identity, trust, config.timeout)
+        self._reader = RecordReader(identity.name)
 
     def wake(self) -> None:
         """The URLs may have changed (a member advertised one): look again."""
@@ -158,7 +160,7 @@ class Uploader:
         """Upload until cancelled."""
         info = self.store.cursor(CURSOR)
         self.acked = info.position - 1
-        client = AggregatorClient(self.identity, self.trust, self.config.timeout)
+        client = self._client
         log.info("sync: store %s, cursor at seq %d (%d records behind, %d lost so far); "
                  "aggregators: %s", self.store.store_id, info.position, info.behind, info.lost,
                  ", ".join(self.urls()) or "none known yet")  # fmt: skip
@@ -262,7 +264,7 @@ class Uploader:
             agent=self.identity.name, store=core.store_id, after=after, first=first,
             last=stored.last, skipped_before=first - after - 1,
             lost_total=core.cursors.get(CURSOR).lost, sent_at=time.time(), members=members,
-            **record_columns(stored, self.identity.name),
+            **self._reader.columns(stored),
         )  # fmt: skip
         body, encoding = encode_columns(batch)
         return batch, body, encoding
