@@ -49,7 +49,12 @@ from meshmon.wire.ingest import INCIDENT_CHECK, BatchError
 
 _PING = bytes((0x8A, 0x02, 0x64)) + b"ping"
 """An array of 10 items (the envelope of a result), 2 (the compact form), the text ``ping``."""
-_DOUBLE = struct.Struct(">d").unpack_from
+_ENV = struct.Struct(">BBdBdB").unpack_from
+"""After the names: family, 0xFB and the start time, 0xFB and the duration, the seq's first byte."""
+_PAY = struct.Struct(">BBBB").unpack_from
+"""The payload array's head (13 items), successes, failures, the latencies' array head."""
+_AVG = struct.Struct(">BBd").unpack_from
+"""After the latencies: the errors' array head, then the mean RTT's head and value."""
 _DOUBLES = [b"\xfb" * n for n in range(24)]
 _SEQ_SIZE = {0xF6: 1, 0x18: 2, 0x19: 3, 0x1A: 5, 0x1B: 9} | dict.fromkeys(range(24), 1)
 """Bytes taken by the envelope's ``seq`` (null or an unsigned integer), by its first byte."""
@@ -62,6 +67,7 @@ class RecordReader:
 
     def __init__(self, agent: str) -> None:
         self.agent = agent
+        self._prefix = _PING + _text(agent)
         self._heads: dict[tuple[str, str], bytes] = {}
 
     def columns(self, stored: StoredColumns) -> dict[str, Any]:
@@ -92,8 +98,18 @@ class RecordReader:
         }  # fmt: skip
 
     def _head(self, names: tuple[str, str]) -> bytes:
-        head = self._heads[names] = _PING + b"".join(map(cbor2.dumps, (self.agent, *names)))
+        head = self._heads[names] = self._prefix + _text(names[0]) + _text(names[1])
         return head
+
+
+def _text(value: str) -> bytes:
+    """A CBOR text string, as ``cbor2.dumps`` writes it."""
+    data = value.encode()
+    n = len(data)
+    if n < 24:
+        return bytes((0x60 + n,)) + data
+    return (bytes((0x78, n)) if n < 0x100 else struct.pack(">BH", 0x79, n)
+            if n < 0x10000 else struct.pack(">BI", 0x7A, n)) + data  # fmt: skip
 
 
 def _read(stored: StoredColumns, heads: dict[int, bytes],
@@ -103,57 +119,61 @@ def _read(stored: StoredColumns, heads: dict[int, bytes],
     ends = list(accumulate(stored.plens, initial=0))
     table: dict[Outcome, int] = {}
     by_counts = [-1] * 576  # outcome index of a ping by successes * 24 + failures
-    outcome_ix = array("H")
-    rtts = array("d")
+    outcome_ix: list[int] = []
+    rtts: list[float] = []
     starts: list[int] = []
     stops: list[int] = []
     slow: dict[int, bytes] = {}
-    nan = math.nan
-    for i, gid in enumerate(stored.gids):
-        p, end = ends[i], ends[i + 1]
+    nan, isfinite, envelope, payload_head, average = math.nan, math.isfinite, _ENV, _PAY, _AVG
+    add_outcome, add_rtt, add_start, add_stop = (outcome_ix.append, rtts.append, starts.append,
+                                                 stops.append)  # fmt: skip
+    for i, (p, end, gid) in enumerate(zip(ends, ends[1:], stored.gids, strict=False)):
         # The fast road (see the module docstring): every byte read lies in [s, stop), the
         # encoded result; any surprise takes the slow road.
-        h = buf[p + 1] if end - p > 4 and buf[p] == 0x82 and buf[end - 1] | 1 == 0xF5 else 0
-        if h == 0x59:
-            s, stop = p + 4, p + 4 + (buf[p + 2] << 8 | buf[p + 3])
-        elif h == 0x58:
-            s, stop = p + 3, p + 3 + buf[p + 2]
+        stop = end - 1
+        outer = buf[p + 1] if end - p > 4 and buf[p] == 0x82 else 0
+        if outer == 0x58:
+            s = p + 3
+            length = buf[p + 2]
+        elif outer == 0x59:
+            s = p + 4
+            length = buf[p + 2] << 8 | buf[p + 3]
         else:
-            s = stop = 0
-        if stop == end - 1:
-            head = heads[gid]
+            s = length = -1
+        head = heads[gid]
+        if length == stop - s and buf[stop] | 1 == 0xF5:
             q = s + len(head) if buf.startswith(head, s) else _after_names(buf, s, stop)
-            if (q + 20 < stop and buf[q] in _FAMILY and buf[q + 1] == 0xFB
-                    and buf[q + 10] == 0xFB):  # fmt: skip
-                r = q + 19 + _SEQ_SIZE.get(buf[q + 19], stop)
-                if r + 4 < stop and buf[r] == 0x8D:
-                    ok, lost, lat = buf[r + 1], buf[r + 2], buf[r + 3] - 0x80
-                    e = r + 4 + 9 * lat
-                    if (ok < 24 and lost < 24 and 0 <= lat < 24 and e + 1 < stop and buf[e] == 0x80
-                            and buf[r + 4 : e : 9] == _DOUBLES[lat]):  # fmt: skip
-                        a = buf[e + 1]
-                        rtt = _DOUBLE(buf, e + 2)[0] if a == 0xFB and e + 9 < stop else nan
-                        if a == 0xF6 or math.isfinite(rtt):
+            if 0 < q < stop - 24:
+                family, mark1, _, mark2, _, seq = envelope(buf, q)
+                r = q + 19 + _SEQ_SIZE.get(seq, stop)
+                if (family in _FAMILY and mark1 == 0xFB == mark2 and r < stop - 4):
+                    mark, ok, lost, lat = payload_head(buf, r)
+                    e = r + 4 + 9 * (lat - 0x80)
+                    if (mark == 0x8D and ok < 24 and lost < 24 and 0x80 <= lat < 0x98
+                            and e < stop - 10 and buf[r + 4 : e : 9] == _DOUBLES[lat - 0x80]):
+                        errors, a, rtt = average(buf, e)
+                        if errors == 0x80 and (a == 0xF6 or (a == 0xFB and isfinite(rtt))):
                             k = by_counts[ok * 24 + lost]
                             if k < 0:
                                 k = by_counts[ok * 24 + lost] = _index(table, _ping(ok, lost))
-                            outcome_ix.append(k)
-                            rtts.append(rtt)
-                            starts.append(s)
-                            stops.append(stop)
+                            add_outcome(k)
+                            add_rtt(rtt if a == 0xFB else nan)
+                            add_start(s)
+                            add_stop(stop)
                             continue
         # The slow road.
         payload, outcome, rtt_ms = _slow(buf[p:end], stored.names[gid][0])
-        outcome_ix.append(_index(table, outcome))
-        rtts.append(nan if rtt_ms is None else rtt_ms)
+        add_outcome(_index(table, outcome))
+        add_rtt(nan if rtt_ms is None else rtt_ms)
         slow[i] = payload
-        starts.append(0)
-        stops.append(0)
+        add_start(0)
+        add_stop(0)
     mv = memoryview(buf)
     parts: list[Any] = list(map(mv.__getitem__, map(slice, starts, stops)))
     for i, payload in slow.items():
         parts[i] = payload
-    return tuple(table), outcome_ix, rtts, b"".join(parts), array("I", map(len, parts))
+    return (tuple(table), array("H", outcome_ix), array("d", rtts), b"".join(parts),
+            array("I", map(len, parts)))
 
 
 def _after_names(buf: bytes, s: int, stop: int) -> int:
