@@ -14,7 +14,7 @@ record is then read in place from the run's payload bytes, without building an o
   the outer array's bytes header gives the encoded result's place; the result must start with
   the bytes ``[2, "ping", agent, check, target`` that this agent writes for the record's series
   (computed once per series; others are skipped item by item); family, start time, duration
-  and seq have fixed encodings; the
+  and seq (null: a stored result has none) have fixed encodings; the
   payload array then gives ``successes`` and ``failures`` (small integers), the latencies
   (doubles, skipped), an empty ``errors`` and the mean RTT. The outcome is a function of the
   two counts (:class:`~meshmon.results.PingResult`'s own rules, applied once per pair).
@@ -36,7 +36,7 @@ import math
 import struct
 from array import array
 from itertools import accumulate, repeat
-from operator import mul
+from operator import mul, sub
 from typing import Any
 
 import cbor2
@@ -49,15 +49,12 @@ from meshmon.wire.ingest import INCIDENT_CHECK, BatchError
 
 _PING = bytes((0x8A, 0x02, 0x64)) + b"ping"
 """An array of 10 items (the envelope of a result), 2 (the compact form), the text ``ping``."""
-_ENV = struct.Struct(">BBdBdB").unpack_from
-"""After the names: family, 0xFB and the start time, 0xFB and the duration, the seq's first byte."""
-_PAY = struct.Struct(">BBBB").unpack_from
-"""The payload array's head (13 items), successes, failures, the latencies' array head."""
-_AVG = struct.Struct(">BBd").unpack_from
+_ENVELOPE = struct.Struct(">BB8xB8xBBBBB").unpack_from
+"""After the names: family, 0xFB (the start time), 0xFB (the duration), the seq (null: 0xF6);
+the payload array's head (13 items), successes, failures, the latencies' array head."""
+_AVERAGE = struct.Struct(">BBd").unpack_from
 """After the latencies: the errors' array head, then the mean RTT's head and value."""
 _DOUBLES = [b"\xfb" * n for n in range(24)]
-_SEQ_SIZE = {0xF6: 1, 0x18: 2, 0x19: 3, 0x1A: 5, 0x1B: 9} | dict.fromkeys(range(24), 1)
-"""Bytes taken by the envelope's ``seq`` (null or an unsigned integer), by its first byte."""
 _FAMILY = frozenset((4, 6, 0xF6))
 
 
@@ -122,12 +119,10 @@ def _read(stored: StoredColumns, heads: dict[int, bytes],
     outcome_ix: list[int] = []
     rtts: list[float] = []
     starts: list[int] = []
-    stops: list[int] = []
     slow: dict[int, bytes] = {}
-    nan, isfinite, envelope, payload_head, average = math.nan, math.isfinite, _ENV, _PAY, _AVG
-    add_outcome, add_rtt, add_start, add_stop = (outcome_ix.append, rtts.append, starts.append,
-                                                 stops.append)  # fmt: skip
-    for i, (p, end, gid) in enumerate(zip(ends, ends[1:], stored.gids, strict=False)):
+    nan, isfinite, envelope, average = math.nan, math.isfinite, _ENVELOPE, _AVERAGE
+    add_outcome, add_rtt, add_start = outcome_ix.append, rtts.append, starts.append
+    for p, end, gid in zip(ends, ends[1:], stored.gids, strict=False):
         # The fast road (see the module docstring): every byte read lies in [s, stop), the
         # encoded result; any surprise takes the slow road.
         stop = end - 1
@@ -144,32 +139,28 @@ def _read(stored: StoredColumns, heads: dict[int, bytes],
         if length == stop - s and buf[stop] | 1 == 0xF5:
             q = s + len(head) if buf.startswith(head, s) else _after_names(buf, s, stop)
             if 0 < q < stop - 24:
-                family, mark1, _, mark2, _, seq = envelope(buf, q)
-                r = q + 19 + _SEQ_SIZE.get(seq, stop)
-                if (family in _FAMILY and mark1 == 0xFB == mark2 and r < stop - 4):
-                    mark, ok, lost, lat = payload_head(buf, r)
-                    e = r + 4 + 9 * (lat - 0x80)
-                    if (mark == 0x8D and ok < 24 and lost < 24 and 0x80 <= lat < 0x98
-                            and e < stop - 10 and buf[r + 4 : e : 9] == _DOUBLES[lat - 0x80]):
-                        errors, a, rtt = average(buf, e)
-                        if errors == 0x80 and (a == 0xF6 or (a == 0xFB and isfinite(rtt))):
-                            k = by_counts[ok * 24 + lost]
-                            if k < 0:
-                                k = by_counts[ok * 24 + lost] = _index(table, _ping(ok, lost))
-                            add_outcome(k)
-                            add_rtt(rtt if a == 0xFB else nan)
-                            add_start(s)
-                            add_stop(stop)
-                            continue
+                family, mark1, mark2, seq, mark, ok, lost, lat = envelope(buf, q)
+                e = q + 24 + 9 * (lat - 0x80)
+                if (mark1 == 0xFB == mark2 and seq == 0xF6 and mark == 0x8D and ok < 24
+                        and lost < 24 and 0x80 <= lat < 0x98 and e < stop - 10
+                        and family in _FAMILY and buf[q + 24 : e : 9] == _DOUBLES[lat - 0x80]):
+                    errors, a, rtt = average(buf, e)
+                    if errors == 0x80 and (a == 0xF6 or (a == 0xFB and isfinite(rtt))):
+                        k = by_counts[ok * 24 + lost]
+                        if k < 0:
+                            k = by_counts[ok * 24 + lost] = _index(table, _ping(ok, lost))
+                        add_outcome(k)
+                        add_rtt(rtt if a == 0xFB else nan)
+                        add_start(s)
+                        continue
         # The slow road.
         payload, outcome, rtt_ms = _slow(buf[p:end], stored.names[gid][0])
+        slow[len(starts)] = payload
         add_outcome(_index(table, outcome))
         add_rtt(nan if rtt_ms is None else rtt_ms)
-        slow[i] = payload
         add_start(0)
-        add_stop(0)
-    mv = memoryview(buf)
-    parts: list[Any] = list(map(mv.__getitem__, map(slice, starts, stops)))
+    parts: list[Any] = list(map(buf.__getitem__, map(slice, starts, map(sub, ends[1:],
+                                                                        repeat(1)))))  # fmt: skip
     for i, payload in slow.items():
         parts[i] = payload
     return (tuple(table), array("H", outcome_ix), array("d", rtts), b"".join(parts),
