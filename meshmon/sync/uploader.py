@@ -197,6 +197,8 @@ class Uploader:
                 with trio.move_on_after(IDLE_RECHECK):
                     await self.store.wait_durable_past(durable)
                 continue
+            if pending >= self.limit:
+                return  # a full batch waits: no need to read the oldest record's age
             due = due_at(pending, self.limit, self.config.max_delay, now,
                          *self._oldest_pending(position, now))  # fmt: skip
             if due is not None and due <= now:
