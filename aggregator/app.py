@@ -72,6 +72,9 @@ from meshmon.wire.columns import ColumnBatch
 log = logging.getLogger(__name__)
 _refusals = RateLimitedLog(log, interval=30.0)
 
+DECODERS = 2
+"""Request bodies decoded at once (in worker threads): more would only take turns with the GIL,
+each holding its body and its decoded columns in memory meanwhile."""
 TLS_PEER_DER = "meshmon.client_cert_der"
 """Key in the ASGI ``tls`` extension where :mod:`aggregator.https` puts the client certificate
 in DER (the standard ``client_cert_chain`` holds it as PEM too)."""
@@ -181,6 +184,7 @@ def create_app(services: Services) -> FastAPI:
     )  # fmt: skip
     bearer = HTTPBearer(auto_error=False, description="A token from `meshmon aggregator token "
                         "create NAME --scope read|admin`.")  # fmt: skip
+    decoding = trio.CapacityLimiter(DECODERS)
 
     def require(scope: auth.Scope) -> Callable[..., Awaitable[Principal]]:
         async def dependency(request: Request, _: Any = Depends(bearer)) -> Principal:
@@ -244,8 +248,9 @@ def create_app(services: Services) -> FastAPI:
         try:
             body = await _read_body(request, wire.MAX_BODY)
             # in a worker thread: inflating releases the GIL, and the event loop stays free
-            batch = await trio.to_thread.run_sync(wire.decode_batch, body,
-                                                  request.headers.get("content-encoding"))
+            batch = await trio.to_thread.run_sync(
+                wire.decode_batch, body, request.headers.get("content-encoding"),
+                limiter=decoding)  # fmt: skip
         except wire.BatchError as exc:
             _refusals.warning(f"bad:{peer.name}", "ingest from %s refused: %s", peer.name, exc)
             raise ApiError(400, str(exc)) from None
