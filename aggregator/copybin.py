@@ -7,7 +7,7 @@ length (int32, -1 for NULL) and its bytes in network order, then the trailer -1 
 psycopg's ``write_row`` formats one row per call from a tuple (in C, ~1 µs a row of results,
 plus ~0.4 µs of Python to build each tuple); here every row of a block is formatted by whole-
 column operations instead, in four pieces per row, each made by ``map`` over a column (a loop
-in C), then the pieces are zipped and joined into one ``bytes`` per block:
+in C) into every fourth item of one list, which is joined into one ``bytes`` per block:
 
 1. the field count, time, seq, RTT and the payload's length: one ``struct`` (another where the
    RTT is NaN: NULL);
@@ -105,17 +105,15 @@ def _block(b: ColumnBatch, rows: range | Sequence[int], f: _Fields) -> bytes:
         else list(map(b.first.__add__, rows))  # fmt: skip
     rtt = _pick(b.rtt_ms, rows)
     plen = _pick(b.payload_len, rows)
-    heads = list(map(_HEAD.pack, repeat(12), repeat(8), times, repeat(8), seqs, repeat(8), rtt,
-                     plen))  # fmt: skip
+    pieces: list[bytes] = [b""] * (4 * len(rtt))
+    pieces[::4] = map(_HEAD.pack, repeat(12), repeat(8), times, repeat(8), seqs, repeat(8), rtt,
+                      plen)  # fmt: skip
     total = sum(rtt)
     if total != total:  # some results have no RTT (NaN): NULL
         for i in [i for i, r in enumerate(rtt) if r != r]:
-            heads[i] = _HEAD_NO_RTT.pack(12, 8, times[i], 8, seqs[i], -1, plen[i])
-    pieces = zip(
-        heads,
-        map(f.payloads.__getitem__, map(slice, _pick(f.starts, rows), _pick(f.stops, rows))),
-        map(f.series.__getitem__, _pick(b.series_ix, rows)),
-        map(f.outcomes.__getitem__, _pick(b.outcome_ix, rows)),
-        strict=True,
-    )  # fmt: skip
-    return b"".join(chain.from_iterable(pieces))
+            pieces[4 * i] = _HEAD_NO_RTT.pack(12, 8, times[i], 8, seqs[i], -1, plen[i])
+    pieces[1::4] = map(f.payloads.__getitem__, map(slice, _pick(f.starts, rows),
+                                                   _pick(f.stops, rows)))  # fmt: skip
+    pieces[2::4] = map(f.series.__getitem__, _pick(b.series_ix, rows))
+    pieces[3::4] = map(f.outcomes.__getitem__, _pick(b.outcome_ix, rows))
+    return b"".join(pieces)
