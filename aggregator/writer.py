@@ -382,6 +382,15 @@ class Ingestor:
         self.schema = schema
         self.config = config
         self._send: trio.MemorySendChannel[_Job] | None = None
+        self._writing = 0
+        """Batches in the writers' hands."""
+
+    def busy(self) -> bool:
+        """Every writer has a batch in hand and more wait: ingest runs at its capacity (agents
+        catching up), which the rollups leave to it for a while (:mod:`aggregator.rollups`)."""
+        send = self._send
+        return (send is not None and self._writing >= max(1, self.config.writers)
+                and send.statistics().current_buffer_used > 0)  # fmt: skip
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the writers until cancelled (the batches in hand finish; queued ones get
@@ -431,9 +440,9 @@ class Ingestor:
         assert job.ack is not None
         return job.ack
 
-    @staticmethod
-    async def _work(writer: BatchWriter, receive: trio.MemoryReceiveChannel[_Job]) -> None:
+    async def _work(self, writer: BatchWriter, receive: trio.MemoryReceiveChannel[_Job]) -> None:
         async for job in receive:
+            self._writing += 1
             try:
                 job.ack = await trio.to_thread.run_sync(writer.write, job.peer, job.batch)
             except (IngestRefused, DatabaseUnavailable) as exc:
@@ -442,4 +451,5 @@ class Ingestor:
                 log.exception("ingest of a batch from %s failed", job.peer)
                 job.error = exc
             finally:
+                self._writing -= 1
                 job.done.set()
