@@ -34,6 +34,7 @@ creates the coming days' partitions.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -244,7 +245,7 @@ class Rollups:
                     wake = now + DEFER_POLL
                     continue
                 try:
-                    await trio.to_thread.run_sync(self._tick, job)
+                    await self._run_tick(job)
                     if failing:
                         log.info("rollups: the database is back")
                     failing = False
@@ -267,6 +268,19 @@ class Rollups:
                      late)  # fmt: skip
         return False
 
+    async def _run_tick(self, job: str) -> None:
+        """:meth:`_tick` in a worker thread; cancelled (the aggregator stops), its query is
+        cancelled too, rolling the run back, rather than kept waiting for (a run after a catch-up
+        can take a while; the next start runs it again)."""
+        running: list[psycopg.Connection[Any]] = []
+        try:
+            await trio.to_thread.run_sync(self._tick, job, running, abandon_on_cancel=True)
+        except trio.Cancelled:
+            for conn in running:
+                with contextlib.suppress(psycopg.Error):
+                    conn.cancel()  # from another thread, as libpq's cancel request is made for
+            raise
+
     def _configure_once(self) -> None:
         try:
             with self.connect() as conn:
@@ -274,8 +288,10 @@ class Rollups:
         except psycopg.OperationalError as exc:
             log.warning("rollups: could not configure the policies (%s)", exc)
 
-    def _tick(self, job: str) -> None:
+    def _tick(self, job: str, running: list[psycopg.Connection[Any]] | None = None) -> None:
         with self.connect() as conn:
+            if running is not None:
+                running.append(conn)
             if job == "minute":
                 self.refresh_minutes(conn)
             elif job == "hour":

@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Ack", "BatchWriter", "DatabaseUnavailable", "IngestRefused", "Ingestor",
            "IngestorConfig"]  # fmt: skip
 
+BUSY_WINDOW = 2.0
+"""Seconds after a batch last waited for a writer during which ingest counts as busy."""
 _RETRIES = 3
 """Attempts of one batch after a deadlock, a serialisation failure or a missing partition."""
 
@@ -382,15 +384,14 @@ class Ingestor:
         self.schema = schema
         self.config = config
         self._send: trio.MemorySendChannel[_Job] | None = None
-        self._writing = 0
-        """Batches in the writers' hands."""
+        self._queued_at = -math.inf
+        """When a batch last had to wait for a writer (trio's clock)."""
 
     def busy(self) -> bool:
-        """Every writer has a batch in hand and more wait: ingest runs at its capacity (agents
-        catching up), which the rollups leave to it for a while (:mod:`aggregator.rollups`)."""
-        send = self._send
-        return (send is not None and self._writing >= max(1, self.config.writers)
-                and send.statistics().current_buffer_used > 0)  # fmt: skip
+        """A batch had to wait for a writer within the last :data:`BUSY_WINDOW` seconds: ingest
+        runs at its capacity (agents catching up), which the rollups leave to it for a while
+        (:mod:`aggregator.rollups`)."""
+        return trio.current_time() - self._queued_at < BUSY_WINDOW
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the writers until cancelled (the batches in hand finish; queued ones get
@@ -434,6 +435,8 @@ class Ingestor:
             await send.send(job)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise DatabaseUnavailable("database unavailable: the ingestor stopped") from None
+        if send.statistics().current_buffer_used:
+            self._queued_at = trio.current_time()
         await job.done.wait()
         if job.error is not None:
             raise job.error
@@ -442,7 +445,8 @@ class Ingestor:
 
     async def _work(self, writer: BatchWriter, receive: trio.MemoryReceiveChannel[_Job]) -> None:
         async for job in receive:
-            self._writing += 1
+            if receive.statistics().current_buffer_used:
+                self._queued_at = trio.current_time()
             try:
                 job.ack = await trio.to_thread.run_sync(writer.write, job.peer, job.batch)
             except (IngestRefused, DatabaseUnavailable) as exc:
@@ -451,5 +455,4 @@ class Ingestor:
                 log.exception("ingest of a batch from %s failed", job.peer)
                 job.error = exc
             finally:
-                self._writing -= 1
                 job.done.set()
