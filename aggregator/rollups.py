@@ -233,7 +233,7 @@ class Rollups:
         task_status.started()
         if self.schema.timescale:
             await trio.sleep_forever()
-        due = {"minute": 0.0, "hour": 0.0, "maintain": 0.0}
+        due = dict.fromkeys(("minute", "hour", "maintain"), trio.current_time())
         every = {"minute": self.config.minute_interval, "hour": self.config.hour_interval,
                  "maintain": self.config.maintain_interval}  # fmt: skip
         failing = False

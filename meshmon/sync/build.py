@@ -66,6 +66,8 @@ class RecordReader:
         self.agent = agent
         self._prefix = _PING + _text(agent)
         self._heads: dict[tuple[str, str], bytes] = {}
+        self.slow_reads = 0
+        """Records read the slow way so far (anything but a compact ping result)."""
 
     def columns(self, stored: StoredColumns) -> dict[str, Any]:
         """The record fields of a :class:`~meshmon.wire.columns.ColumnBatch` for ``stored``.
@@ -86,7 +88,8 @@ class RecordReader:
             self._heads.clear()
         heads = {g: self._heads.get(names) or self._head(names)
                  for g, names in stored.names.items()}  # fmt: skip
-        outcomes, outcome_ix, rtt_ms, payloads, payload_len = _read(stored, heads)
+        outcomes, outcome_ix, rtt_ms, payloads, payload_len, slow = _read(stored, heads)
+        self.slow_reads += slow
         return {
             "ts_us": ts_us, "series": tuple(stored.names[g] for g in uniq),
             "series_ix": array("H", map(where.__getitem__, gids)), "outcomes": outcomes,
@@ -109,9 +112,10 @@ def _text(value: str) -> bytes:
             if n < 0x10000 else struct.pack(">BI", 0x7A, n)) + data  # fmt: skip
 
 
-def _read(stored: StoredColumns, heads: dict[int, bytes],
-          ) -> tuple[tuple[Outcome, ...], array[int], array[float], bytes, array[int]]:  # fmt: skip
-    """(outcomes, outcome_ix, rtt_ms, payloads, payload_len) of the records of ``stored``."""
+def _read(stored: StoredColumns, heads: dict[int, bytes]) -> tuple[
+        tuple[Outcome, ...], array[int], array[float], bytes, array[int], int]:  # fmt: skip
+    """(outcomes, outcome_ix, rtt_ms, payloads, payload_len, records read the slow way) of
+    the records of ``stored``."""
     buf = bytes(stored.payloads)
     ends = list(accumulate(stored.plens, initial=0))
     table: dict[Outcome, int] = {}
@@ -164,7 +168,7 @@ def _read(stored: StoredColumns, heads: dict[int, bytes],
     for i, payload in slow.items():
         parts[i] = payload
     return (tuple(table), array("H", outcome_ix), array("d", rtts), b"".join(parts),
-            array("I", map(len, parts)))
+            array("I", map(len, parts)), len(slow))
 
 
 def _after_names(buf: bytes, s: int, stop: int) -> int:
@@ -205,7 +209,8 @@ def _slow(stored: bytes, check: str) -> tuple[bytes, Outcome, float | None]:
     try:
         kind, success, rtt, loss, error = summarize(payload)
     except ResultDecodeError as exc:
-        return payload, Outcome(UNREADABLE, False, None, f"unreadable result: {exc}"), None
+        error = f"unreadable result: {exc}".replace("\x00", "\N{REPLACEMENT CHARACTER}")
+        return payload, Outcome(UNREADABLE, False, None, error), None
     return payload, Outcome(kind, success, loss, error), rtt
 
 
