@@ -10,7 +10,8 @@ seq at or below it is committed. :meth:`BatchWriter.write` handles one batch in 
 2. refuse an undeclared gap: a batch starting above ``high_water + 1`` must declare the missing
    seqs overwritten (``after <= high_water``), else 409 with ``expected = high_water + 1``;
 3. binary-COPY only the records above ``high_water`` (a retried or overlapping batch inserts
-   nothing twice), each with the columns :func:`aggregator.summary.summarize` derives;
+   nothing twice), each with its derived columns (kind, success, RTT, loss, error): sent by
+   the agent in a version 2 batch, derived here for a version 1 batch (:mod:`aggregator.rows`);
 4. advance ``high_water`` and the stream's counters, replace the agent's member view if the
    batch carries a newer one, note the time range for the rollups (plain PostgreSQL);
 5. commit, then answer :class:`~meshmon.wire.ingest.Ack`.
@@ -26,8 +27,10 @@ through a bounded channel, whose back-pressure reaches the HTTP handlers. One wr
 while each commit is flushed; two overlap one batch's commit with the next batch's COPY; more
 gain nothing, the per-row Python work being bound to one core by the GIL (measured on 2 cores,
 PostgreSQL 15, 200 k ping/TCP records from 20 agents: 2 writers beat 1 in most paired runs, 4
-never beat 2). That per-row work, mostly decoding each payload (:mod:`aggregator.summary`), is
-what separates this path from psql's binary copy of the same rows.
+never beat 2). The COPY stream is built from the batch's columns a block at a time
+(:mod:`aggregator.copybin`, ~0.7 µs a row); with decoding and checking a version 2 body
+(~0.5 µs a row), that is the aggregator's per-row Python, where decoding each payload of a
+version 1 body took ~10 µs.
 
 Errors: :class:`~aggregator.errors.IngestRefused` for the batch's own faults (nothing written),
 :class:`~aggregator.errors.DatabaseUnavailable` when PostgreSQL is down or busy (the writer
@@ -41,6 +44,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import cbor2
@@ -78,8 +82,9 @@ class IngestorConfig:
     queue: int = 8
     """Batches waiting for a writer before :meth:`Ingestor.ingest` callers wait in turn."""
     strict_payloads: bool = False
-    """Check every field of every result (``decode_result``, ~60 µs a record) instead of the
-    fields the derived columns need (~2 µs); see :mod:`aggregator.summary`."""
+    """Version 1 bodies: check every field of every result (``decode_result``, ~60 µs a record)
+    instead of the fields the derived columns need (~2 µs); see :mod:`aggregator.summary`.
+    (A version 2 body carries the agent's own summary of each result: nothing to decode.)"""
     raw_retention_days: float | None = None
     """Plain PostgreSQL: records older than this when they arrive are counted, not stored."""
     connect_timeout: float = 5.0
@@ -213,7 +218,8 @@ class BatchWriter:
         incidents: list[SyncRecord] = []
         if incident_series:
             six, skip = cols.series_ix, set(incident_series)
-            incidents = [_incident(cols, i) for i in rows if six[i] in skip]
+            starts = list(accumulate(cols.payload_len, initial=0))
+            incidents = [_incident(cols, i, starts) for i in rows if six[i] in skip]
             rows = [i for i in rows if six[i] not in skip]
         out = _Outcome(expired=expired)
         if rows:
@@ -302,12 +308,11 @@ class BatchWriter:
             raise DatabaseUnavailable(f"database busy creating partitions: {_short(exc)}") from exc
 
 
-def _incident(cols: ColumnBatch, i: int) -> SyncRecord:
-    ends = cols.payload_len
-    at = sum(ends[:i])
+def _incident(cols: ColumnBatch, i: int, starts: list[int]) -> SyncRecord:
+    """Record ``i`` of the batch (``starts``: where each payload starts)."""
     check, target = cols.series[cols.series_ix[i]]
     return SyncRecord(cols.first + i, cols.ts_us[i] / 1e6, check, target,
-                      cols.payloads[at : at + ends[i]])  # fmt: skip
+                      cols.payloads[starts[i] : starts[i + 1]])  # fmt: skip
 
 
 def _insert_incidents(conn: psycopg.Connection[Any], batch: Batch | ColumnBatch,

@@ -23,6 +23,11 @@ Records whose check is ``_alerts`` carry alert incident history (one CBOR map pe
 :mod:`meshmon.alerts.service`) instead of a result; the aggregator keeps them apart.
 
 Bodies are CBOR maps; the request may be ``Content-Encoding: deflate`` (zlib) when that pays.
+Two versions share everything above and differ in how the records travel: version 1 (``v: 1``,
+this module) as one array per record, from which the aggregator derives the columns it stores
+beside each result; version 2 (``v: 2``, :mod:`meshmon.wire.columns`) as columns, those
+derived columns included, which is what agents send. An aggregator reads both
+(:func:`decode_batch`).
 """
 
 from __future__ import annotations
