@@ -28,7 +28,7 @@ while each commit is flushed; two overlap one batch's commit with the next batch
 gain nothing, the per-row Python work being bound to one core by the GIL (measured on 2 cores,
 PostgreSQL 15, 200 k ping/TCP records from 20 agents: 2 writers beat 1 in most paired runs, 4
 never beat 2). The COPY stream is built from the batch's columns a block at a time
-(:mod:`aggregator.copybin`, ~0.7 µs a row); with decoding and checking a version 2 body
+(:mod:`aggregator.copybin`, ~0.85 µs a row); with decoding and checking a version 2 body
 (~0.5 µs a row), that is the aggregator's per-row Python, where decoding each payload of a
 version 1 body took ~10 µs.
 
