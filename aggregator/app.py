@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
+import trio
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -68,10 +69,14 @@ from meshmon.configload import parse_duration
 from meshmon.logs import RateLimitedLog
 from meshmon.version import __version__
 from meshmon.wire import ingest as wire
+from meshmon.wire.columns import ColumnBatch
 
 log = logging.getLogger(__name__)
 _refusals = RateLimitedLog(log, interval=30.0)
 
+DECODERS = 2
+"""Request bodies decoded at once (in worker threads): more would only take turns with the GIL,
+each holding its body and its decoded columns in memory meanwhile."""
 TLS_PEER_DER = "meshmon.client_cert_der"
 """Key in the ASGI ``tls`` extension where :mod:`aggregator.https` puts the client certificate
 in DER (the standard ``client_cert_chain`` holds it as PEM too)."""
@@ -80,7 +85,7 @@ in DER (the standard ``client_cert_chain`` holds it as PEM too)."""
 class Ingestor(Protocol):
     """What the ingest route needs from the database layer (:class:`aggregator.writer.Ingestor`)."""
 
-    async def ingest(self, peer_name: str, batch: wire.Batch) -> wire.Ack: ...
+    async def ingest(self, peer_name: str, batch: wire.Batch | ColumnBatch) -> wire.Ack: ...
 
 
 @dataclass
@@ -181,6 +186,7 @@ def create_app(services: Services) -> FastAPI:
     )  # fmt: skip
     bearer = HTTPBearer(auto_error=False, description="A token from `meshmon aggregator token "
                         "create NAME --scope read|admin`.")  # fmt: skip
+    decoding = trio.CapacityLimiter(DECODERS)
 
     def require(scope: auth.Scope) -> Callable[..., Awaitable[Principal]]:
         async def dependency(request: Request, _: Any = Depends(bearer)) -> Principal:
@@ -243,7 +249,10 @@ def create_app(services: Services) -> FastAPI:
         peer = await _ingest_peer(request)
         try:
             body = await _read_body(request, wire.MAX_BODY)
-            batch = wire.decode_batch(body, request.headers.get("content-encoding"))
+            # in a worker thread: inflating releases the GIL, and the event loop stays free
+            batch = await trio.to_thread.run_sync(
+                wire.decode_batch, body, request.headers.get("content-encoding"),
+                limiter=decoding)  # fmt: skip
         except wire.BatchError as exc:
             _refusals.warning(f"bad:{peer.name}", "ingest from %s refused: %s", peer.name, exc)
             raise ApiError(400, str(exc)) from None

@@ -33,6 +33,7 @@ import trio
 
 from meshmon.version import __version__
 from meshmon.wire import ingest as wire
+from meshmon.wire.columns import ColumnBatch
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -102,9 +103,10 @@ class _Counted:
     def __init__(self, inner: Any, observed: Observed) -> None:
         self.inner, self.observed = inner, observed
 
-    async def ingest(self, peer_name: str, batch: wire.Batch) -> wire.Ack:
+    async def ingest(self, peer_name: str, batch: wire.Batch | ColumnBatch) -> wire.Ack:
         ack: wire.Ack = await self.inner.ingest(peer_name, batch)
-        self.observed.records += len(batch.records)
+        self.observed.records += (len(batch.records) if isinstance(batch, wire.Batch)
+                                  else batch.count)  # fmt: skip
         self.observed.inserted += ack.inserted
         return ack
 

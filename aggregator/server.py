@@ -161,7 +161,7 @@ async def run_service(
                 nursery.cancel_scope.cancel()  # the writers and maintenance run until then
 
             await nursery.start(ingestor.run)
-            await _start_maintenance(nursery, config, url, info)
+            await _start_maintenance(nursery, config, url, info, ingestor.busy)
             try:
                 bound = await nursery.start(serve)
             except OSError as exc:
@@ -198,7 +198,7 @@ async def _start_embedded(config: ServerConfig, stack: contextlib.AsyncExitStack
 
 
 async def _start_maintenance(nursery: trio.Nursery, config: ServerConfig, url: str,
-                             info: Any) -> None:  # fmt: skip
+                             info: Any, busy: Callable[[], bool]) -> None:  # fmt: skip
     """Rollups and retention: the aggregator's own jobs on plain PostgreSQL, TimescaleDB's
     policies (configured here) on TimescaleDB."""
     from aggregator.rollups import Retention, RollupConfig, Rollups
@@ -208,7 +208,7 @@ async def _start_maintenance(nursery: trio.Nursery, config: ServerConfig, url: s
                           hour_days=r.days("hour_days"))  # fmt: skip
     jobs = RollupConfig(minute_interval=every.minute_interval, hour_interval=every.hour_interval,
                         maintain_interval=every.maintain_interval)  # fmt: skip
-    await nursery.start(Rollups(url, info, retention, jobs).run)
+    await nursery.start(Rollups(url, info, retention, jobs, busy).run)
     kept = ", ".join(f"{name.removesuffix('_days')} {getattr(r, name) or 'for ever'}"
                      for name in ("raw_days", "minute_days", "hour_days"))  # fmt: skip
     log.info("rollups and retention running (kept days: %s)", kept)

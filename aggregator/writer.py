@@ -10,7 +10,8 @@ seq at or below it is committed. :meth:`BatchWriter.write` handles one batch in 
 2. refuse an undeclared gap: a batch starting above ``high_water + 1`` must declare the missing
    seqs overwritten (``after <= high_water``), else 409 with ``expected = high_water + 1``;
 3. binary-COPY only the records above ``high_water`` (a retried or overlapping batch inserts
-   nothing twice), each with the columns :func:`aggregator.summary.summarize` derives;
+   nothing twice), each with its derived columns (kind, success, RTT, loss, error): sent by
+   the agent in a version 2 batch, derived here for a version 1 batch (:mod:`aggregator.rows`);
 4. advance ``high_water`` and the stream's counters, replace the agent's member view if the
    batch carries a newer one, note the time range for the rollups (plain PostgreSQL);
 5. commit, then answer :class:`~meshmon.wire.ingest.Ack`.
@@ -26,8 +27,10 @@ through a bounded channel, whose back-pressure reaches the HTTP handlers. One wr
 while each commit is flushed; two overlap one batch's commit with the next batch's COPY; more
 gain nothing, the per-row Python work being bound to one core by the GIL (measured on 2 cores,
 PostgreSQL 15, 200 k ping/TCP records from 20 agents: 2 writers beat 1 in most paired runs, 4
-never beat 2). That per-row work, mostly decoding each payload (:mod:`aggregator.summary`), is
-what separates this path from psql's binary copy of the same rows.
+never beat 2). The COPY stream is built from the batch's columns a block at a time
+(:mod:`aggregator.copybin`, ~0.85 µs a row); with decoding and checking a version 2 body
+(~0.5 µs a row), that is the aggregator's per-row Python, where decoding each payload of a
+version 1 body took ~10 µs.
 
 Errors: :class:`~aggregator.errors.IngestRefused` for the batch's own faults (nothing written),
 :class:`~aggregator.errors.DatabaseUnavailable` when PostgreSQL is down or busy (the writer
@@ -42,6 +45,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import cbor2
@@ -50,12 +54,12 @@ import trio
 from psycopg import errors as pgerrors
 from psycopg.types.json import Jsonb
 
-from aggregator import partitions
+from aggregator import copybin, partitions
+from aggregator.copybin import COPY_SQL
 from aggregator.errors import DatabaseUnavailable, IngestRefused
+from aggregator.rows import from_records
 from aggregator.schema import SchemaInfo
-from aggregator.summary import Summary, summarize
-from aggregator.summary import fast as summary_fast
-from meshmon.results import ResultDecodeError
+from meshmon.wire.columns import TS_MIN_US, ColumnBatch
 from meshmon.wire.ingest import INCIDENT_CHECK, Ack, Batch, SyncRecord
 
 log = logging.getLogger(__name__)
@@ -63,14 +67,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Ack", "BatchWriter", "DatabaseUnavailable", "IngestRefused", "Ingestor",
            "IngestorConfig"]  # fmt: skip
 
-COPY_SQL = ("COPY results (time, agent, store, seq, check_name, target, kind, success, rtt_ms, "
-            "loss, error, payload) FROM STDIN (FORMAT BINARY)")  # fmt: skip
-COPY_TYPES = ["int8", "text", "text", "int8", "text", "text", "text", "bool", "float8",
-              "float8", "text", "bytea"]  # fmt: skip
-PG_EPOCH = 946_684_800.0
-"""2000-01-01 00:00 UTC, the origin of PostgreSQL's timestamps, in Unix seconds."""
-TS_MIN, TS_MAX = -62_135_596_800.0, 253_402_300_799.0
-"""Years 1 to 9999: what Python's datetime (and so every reader of the table) can hold."""
+BUSY_WINDOW = 2.0
+"""Seconds after a batch last waited for a writer during which ingest counts as busy."""
 _RETRIES = 3
 """Attempts of one batch after a deadlock, a serialisation failure or a missing partition."""
 
@@ -85,8 +83,9 @@ class IngestorConfig:
     queue: int = 8
     """Batches waiting for a writer before :meth:`Ingestor.ingest` callers wait in turn."""
     strict_payloads: bool = False
-    """Check every field of every result (``decode_result``, ~60 µs a record) instead of the
-    fields the derived columns need (~2 µs); see :mod:`aggregator.summary`."""
+    """Version 1 bodies: check every field of every result (``decode_result``, ~60 µs a record)
+    instead of the fields the derived columns need (~2 µs); see :mod:`aggregator.summary`.
+    (A version 2 body carries the agent's own summary of each result: nothing to decode.)"""
     raw_retention_days: float | None = None
     """Plain PostgreSQL: records older than this when they arrive are counted, not stored."""
     connect_timeout: float = 5.0
@@ -117,7 +116,7 @@ class BatchWriter:
         if conn is not None:
             conn.close()
 
-    def write(self, peer_name: str, batch: Batch) -> Ack:
+    def write(self, peer_name: str, batch: Batch | ColumnBatch) -> Ack:
         """Commit ``batch`` exactly once and acknowledge it.
 
         Raises:
@@ -164,7 +163,7 @@ class BatchWriter:
         self._conn = conn
         return conn
 
-    def _transaction(self, conn: psycopg.Connection[Any], batch: Batch) -> Ack:
+    def _transaction(self, conn: psycopg.Connection[Any], batch: Batch | ColumnBatch) -> Ack:
         with conn.transaction():
             high_water = self._lock_stream(conn, batch)
             skipped = 0
@@ -178,7 +177,7 @@ class BatchWriter:
                 skipped = batch.first - 1 - high_water
             outcome = _Outcome()
             start = max(0, high_water + 1 - batch.first)
-            if start < len(batch.records):
+            if start <= batch.last - batch.first:
                 outcome = self._copy(conn, batch, start)
             new_mark = max(high_water, batch.last)
             self._update_stream(conn, batch, new_mark, skipped, outcome)
@@ -191,7 +190,7 @@ class BatchWriter:
         return Ack(high_water=new_mark, inserted=outcome.inserted)
 
     @staticmethod
-    def _lock_stream(conn: psycopg.Connection[Any], batch: Batch) -> int:
+    def _lock_stream(conn: psycopg.Connection[Any], batch: Batch | ColumnBatch) -> int:
         query = "SELECT high_water FROM streams WHERE agent = %s AND store = %s FOR UPDATE"
         row = conn.execute(query, (batch.agent, batch.store)).fetchone()
         if row is None:
@@ -201,54 +200,50 @@ class BatchWriter:
             assert row is not None
         return int(row[0])
 
-    def _copy(self, conn: psycopg.Connection[Any], batch: Batch, start: int) -> _Outcome:
-        out = _Outcome()
-        agent, store, first = batch.agent, batch.store, batch.first
-        strict = self.config.strict_payloads
-        fast = summary_fast if not strict else _never
-        cutoff = self._cutoff()
-        lo, hi = math.inf, -math.inf
-        inserted = expired = 0
+    def _copy(self, conn: psycopg.Connection[Any], batch: Batch | ColumnBatch,
+              start: int) -> _Outcome:  # fmt: skip
+        """COPY the records from ``start`` (an index into the batch) on."""
+        if isinstance(batch, Batch):  # version 1: the columns are derived here
+            cols, start = from_records(batch, start, self.config.strict_payloads), 0
+        else:
+            cols = batch
+        ts = cols.ts_us
+        n = len(ts)
+        rows: range | list[int] = range(start, n)
+        cutoff = self._cutoff_us()
+        expired = 0
+        if min(ts[start:]) < cutoff:
+            rows = [i for i in rows if ts[i] >= cutoff]
+            expired = n - start - len(rows)
+        incident_series = [k for k, s in enumerate(cols.series) if s[0] == INCIDENT_CHECK]
         incidents: list[SyncRecord] = []
-        try:
-            with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
-                copy.set_types(COPY_TYPES)
-                write_row: Callable[[tuple[Any, ...]], None] = copy.write_row
-                for rec in batch.records[start:]:
-                    ts = rec.ts
-                    if not TS_MIN <= ts <= TS_MAX:  # also NaN
-                        raise IngestRefused(422, f"records[{rec.seq - first}].ts: {ts!r} is not "
-                                            "a time between the years 1 and 9999")  # fmt: skip
-                    if ts < cutoff:
-                        expired += 1
-                        continue
-                    if rec.check == INCIDENT_CHECK:
-                        incidents.append(rec)
-                        continue
-                    derived = fast(rec.payload)
-                    if derived is None:
-                        try:
-                            derived = summarize(rec.payload, strict=strict)
-                        except ResultDecodeError as exc:
-                            raise IngestRefused(422, f"records[{rec.seq - first}].payload: "
-                                                f"{exc}") from None  # fmt: skip
-                    if ts < lo:
-                        lo = ts
-                    if ts > hi:
-                        hi = ts
-                    kind, ok, rtt, loss, error = derived
-                    # timestamptz in binary COPY is int64 microseconds since 2000-01-01 UTC:
-                    # written as int8, it skips a datetime per row (~10 % of the row's cost).
-                    write_row((round((ts - PG_EPOCH) * 1e6), agent, store, rec.seq, rec.check,
-                               rec.target, kind, ok, rtt, loss, error, rec.payload))  # fmt: skip
-                    inserted += 1
-        except pgerrors.CheckViolation as exc:
-            if "no partition" in str(exc):
-                raise _MissingPartition from None
-            raise
-        inserted += _insert_incidents(conn, batch, incidents)
-        out.inserted, out.expired, out.lo, out.hi = inserted, expired, lo, hi
+        if incident_series:
+            six, skip = cols.series_ix, set(incident_series)
+            starts = list(accumulate(cols.payload_len, initial=0))
+            incidents = [_incident(cols, i, starts) for i in rows if six[i] in skip]
+            rows = [i for i in rows if six[i] not in skip]
+        out = _Outcome(expired=expired)
+        if rows:
+            try:
+                with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+                    for block in copybin.blocks(cols, rows):
+                        copy.write(block)
+            except pgerrors.CheckViolation as exc:
+                if "no partition" in str(exc):
+                    raise _MissingPartition from None
+                raise
+            if isinstance(rows, range):
+                lo, hi = min(ts[rows.start :]), max(ts[rows.start :])
+            else:
+                lo, hi = min(map(ts.__getitem__, rows)), max(map(ts.__getitem__, rows))
+            out.lo, out.hi = lo / 1e6, hi / 1e6
+        out.inserted = len(rows) + _insert_incidents(conn, batch, incidents)
         return out
+
+    def _cutoff_us(self) -> int:
+        """Records older than this (Unix µs) are counted as expired, not stored."""
+        cutoff = self._cutoff()
+        return TS_MIN_US if cutoff == -math.inf else math.ceil(cutoff * 1e6)
 
     def _cutoff(self) -> float:
         days = self.config.raw_retention_days
@@ -257,7 +252,8 @@ class BatchWriter:
         return partitions.first_kept_day(time.time(), days) * partitions.DAY
 
     @staticmethod
-    def _update_stream(conn: psycopg.Connection[Any], batch: Batch, new_mark: int, skipped: int,
+    def _update_stream(conn: psycopg.Connection[Any], batch: Batch | ColumnBatch, new_mark: int,
+                       skipped: int,
                        out: _Outcome) -> None:  # fmt: skip
         conn.execute("""
             UPDATE streams SET
@@ -277,7 +273,7 @@ class BatchWriter:
             "store": batch.store})  # fmt: skip
 
     @staticmethod
-    def _report_members(conn: psycopg.Connection[Any], batch: Batch) -> None:
+    def _report_members(conn: psycopg.Connection[Any], batch: Batch | ColumnBatch) -> None:
         """Replace the agent's member view, unless a newer one is already stored."""
         assert batch.members is not None
         sent = batch.sent_at if batch.sent_at > 0 else time.time()
@@ -294,9 +290,14 @@ class BatchWriter:
                 [(batch.agent, m.name, m.state, m.incarnation, m.address, list(m.tags),
                   m.version, sent) for m in batch.members])  # fmt: skip
 
-    def _create_partitions(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
+    def _create_partitions(self, conn: psycopg.Connection[Any], batch: Batch | ColumnBatch,
+                           ) -> None:  # fmt: skip
         cutoff = self._cutoff()
-        days = {partitions.day_of(r.ts) for r in batch.records if r.ts >= cutoff}
+        if isinstance(batch, Batch):
+            days = {partitions.day_of(r.ts) for r in batch.records if r.ts >= cutoff}
+        else:
+            day = partitions.DAY * 1_000_000
+            days = {t // day for t in batch.ts_us if t >= cutoff * 1e6}
         missing = days - partitions.existing_days(conn)
         if len(missing) > partitions.MAX_ON_DEMAND:
             raise IngestRefused(422, f"records: times spread over {len(missing)} days without a "
@@ -308,7 +309,14 @@ class BatchWriter:
             raise DatabaseUnavailable(f"database busy creating partitions: {_short(exc)}") from exc
 
 
-def _insert_incidents(conn: psycopg.Connection[Any], batch: Batch,
+def _incident(cols: ColumnBatch, i: int, starts: list[int]) -> SyncRecord:
+    """Record ``i`` of the batch (``starts``: where each payload starts)."""
+    check, target = cols.series[cols.series_ix[i]]
+    return SyncRecord(cols.first + i, cols.ts_us[i] / 1e6, check, target,
+                      cols.payloads[starts[i] : starts[i + 1]])  # fmt: skip
+
+
+def _insert_incidents(conn: psycopg.Connection[Any], batch: Batch | ColumnBatch,
                       records: list[SyncRecord]) -> int:  # fmt: skip
     """Incident history records (check ``_alerts``) into ``incidents``; a malformed one is
     refused like a malformed result (422, nothing written)."""
@@ -335,10 +343,6 @@ def _insert_incidents(conn: psycopg.Connection[Any], batch: Batch,
     return len(rows)
 
 
-def _never(payload: bytes) -> Summary | None:
-    return None
-
-
 class _MissingPartition(Exception):
     """COPY met a record whose day has no partition yet."""
 
@@ -347,12 +351,14 @@ def _short(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _data_error(batch: Batch, exc: pgerrors.DataError) -> str:
+def _data_error(batch: Batch | ColumnBatch, exc: pgerrors.DataError) -> str:
     """Name the record PostgreSQL refused, when it is one of ours we can find."""
-    for i, rec in enumerate(batch.records):
-        for name, value in (("check", rec.check), ("target", rec.target)):
+    pairs = ((f"records[{i}]", (r.check, r.target)) for i, r in enumerate(batch.records)) \
+        if isinstance(batch, Batch) else ((f"series[{k}]", s) for k, s in enumerate(batch.series))
+    for where, (check, target) in pairs:
+        for name, value in (("check", check), ("target", target)):
             if "\x00" in value:
-                return f"records[{i}].{name}: contains a NUL character"
+                return f"{where}.{name}: contains a NUL character"
     return f"records: PostgreSQL refused a value ({_short(exc)})"
 
 
@@ -362,7 +368,7 @@ def _data_error(batch: Batch, exc: pgerrors.DataError) -> str:
 @dataclass(slots=True)
 class _Job:
     peer: str
-    batch: Batch
+    batch: Batch | ColumnBatch
     done: trio.Event = field(default_factory=trio.Event)
     ack: Ack | None = None
     error: BaseException | None = None
@@ -386,11 +392,19 @@ class Ingestor:
         self._send: trio.MemorySendChannel[_Job] | None = None
         self.on_write: Callable[[float], None] | None = None
         """Called with the seconds of each batch's transaction (the COPY latency metric)."""
+        self._queued_at = -math.inf
+        """When a batch last had to wait for a writer (trio's clock)."""
 
     def queued(self) -> int:
         """Batches waiting for a writer."""
         send = self._send
         return 0 if send is None else send.statistics().current_buffer_used
+
+    def busy(self) -> bool:
+        """A batch had to wait for a writer within the last :data:`BUSY_WINDOW` seconds: ingest
+        runs at its capacity (agents catching up), which the rollups leave to it for a while
+        (:mod:`aggregator.rollups`)."""
+        return trio.current_time() - self._queued_at < BUSY_WINDOW
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the writers until cancelled (the batches in hand finish; queued ones get
@@ -419,7 +433,7 @@ class Ingestor:
             for writer in writers:
                 await trio.to_thread.run_sync(writer.close)
 
-    async def ingest(self, peer_name: str, batch: Batch) -> Ack:
+    async def ingest(self, peer_name: str, batch: Batch | ColumnBatch) -> Ack:
         """Commit ``batch`` exactly once (see :meth:`BatchWriter.write`).
 
         Raises:
@@ -434,6 +448,8 @@ class Ingestor:
             await send.send(job)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise DatabaseUnavailable("database unavailable: the ingestor stopped") from None
+        if send.statistics().current_buffer_used:
+            self._queued_at = trio.current_time()
         await job.done.wait()
         if job.error is not None:
             raise job.error
@@ -443,6 +459,8 @@ class Ingestor:
     async def _work(self, writer: BatchWriter, receive: trio.MemoryReceiveChannel[_Job]) -> None:
         async for job in receive:
             started = time.perf_counter()
+            if receive.statistics().current_buffer_used:
+                self._queued_at = trio.current_time()
             try:
                 job.ack = await trio.to_thread.run_sync(writer.write, job.peer, job.batch)
                 if self.on_write is not None:

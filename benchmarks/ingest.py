@@ -9,8 +9,9 @@ and PostgreSQL, which only makes the end-to-end figure pessimistic).
 
 The backlog is what an hour offline leaves: each of the agents has ``rate`` results/s for
 ``minutes`` minutes waiting in its store (100 agents x 10/s x 60 min = 3.6 M rows by default;
-``--quick``: 5 minutes). The clock runs from the moment the uploaders start until every stream's
-high-water mark in the database equals its store's last seq.
+``--quick``: 5 minutes). The clock runs from the moment the uploaders start (the worker
+processes have imported, opened their agents' stores and built the uploaders) until every
+stream's high-water mark in the database equals its store's last seq.
 
 Baselines, the same rows into the same table: ``psql``'s binary ``\\copy`` (the ceiling: the rows
 are exported from the table after the run, the table emptied, and loaded back) and psycopg's
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 CHECKS = ("ping-lan", "ping-wan")
+THREADS = 2
+"""Worker threads per uploader process (the agents' store reads and batch encoding)."""
 
 
 def log(msg: str) -> None:
@@ -43,42 +46,72 @@ def log(msg: str) -> None:
 # --- the simulated agents' stores ---------------------------------------------------------------
 
 
-def payloads(count: int = 64) -> list[Any]:
-    """Stored payloads as the agent writes them: ``[encode_result(...), degraded]``."""
+def results(count: int = 64) -> Any:
+    """A maker of stored payloads as the agent writes them, ``[encode_result(...), degraded]``,
+    for ping results of ``count`` kinds (one in 16 lost a packet), byte for byte what
+    ``encode_result`` writes for this agent, check, target and time (checked once)."""
+    import dataclasses
     import random
+    import struct
 
-    from meshmon.results import Ping, PingResult, encode_result
+    import cbor2
+
+    from meshmon.results import Ping, PingResult, decode_result, encode_result
 
     rng = random.Random(7)
-    out = []
+    tails = []
+    unnamed = bytes((0x8A, 0x02, 0x64)) + b"ping" + b"\x60\x60\x60"  # [2, "ping", "", "", ""
+    samples = []
     for i in range(count):
         rtts = tuple(round(rng.uniform(0.2, 40.0), 3) for _ in range(3))
         lost = 1 if i % 16 == 0 else 0
         result = PingResult(successes=3 - lost, failures=lost, success_latencies=rtts[lost:],
                             errors=(), avg_response_time_ms=sum(rtts[lost:]) / (3 - lost),
                             resolved_ip="10.0.0.1")  # fmt: skip
-        record = Ping(agent="x", check="ping-lan", target="10.0.0.1", family=4,
-                      started_at=0.0, duration_ms=1.0, result=result)  # fmt: skip
-        out.append([encode_result(record), False])
-    return out
+        record = Ping(agent="", check="", target="", family=4, started_at=0.0, duration_ms=1.0,
+                      result=result)  # fmt: skip
+        encoded = encode_result(record)
+        assert encoded.startswith(unnamed)
+        tails.append(encoded[len(unnamed) :])  # family, started_at, duration, seq, payload
+        samples.append(record)
+    heads: dict[tuple[str, str, str], bytes] = {}
+    start = struct.Struct(">Bd").pack
+
+    def stored(agent: str, check: str, target: str, ts: float, i: int) -> list[Any]:
+        head = heads.get((agent, check, target))
+        if head is None:
+            head = heads[agent, check, target] = unnamed[:7] + b"".join(
+                map(cbor2.dumps, (agent, check, target)))  # fmt: skip
+        tail = tails[i % count]
+        return [b"".join((head, tail[:1], start(0xFB, ts), tail[10:])), False]
+
+    sample = dataclasses.replace(samples[5], agent="a", check="c", target="t", started_at=1.5e9)
+    assert stored("a", "c", "t", 1.5e9, 5)[0] == encode_result(sample)
+    assert decode_result(stored("a", "c", "t", 1.5e9, 5)[0]) == sample
+    return stored
 
 
 def fill(root: Path, agents: int, per_agent: int, span: float) -> None:
-    """Each agent's store holds ``per_agent`` results spread over the last ``span`` seconds."""
+    """Each agent's store holds ``per_agent`` results spread over the last ``span`` seconds,
+    and the upload cursor that it had before it went offline."""
     from meshmon.config import StoreConfig
     from meshmon.store import RingStore
+    from meshmon.sync import CURSOR
 
-    pool = payloads()
+    stored = results()
     now = time.time()
     cfg = StoreConfig(max_bytes=512 * 2**20, fsync="never")
     for a in range(agents):
-        with RingStore(root / f"agent-{a:03d}" / "store", cfg) as store:
+        agent = f"agent-{a:03d}"
+        with RingStore(root / agent / "store", cfg) as store:
+            store.cursor(CURSOR)
             step = span / per_agent
             chunk = []
             for i in range(per_agent):
                 ts = now - span + i * step
                 target = f"10.{a % 250}.{(i // 7) % 250}.{i % 7 + 1}"
-                chunk.append((ts, CHECKS[i % 2], target, pool[i % len(pool)]))
+                chunk.append((ts, CHECKS[i % 2], target, stored(agent, CHECKS[i % 2], target,
+                                                                ts, i)))  # fmt: skip
                 if len(chunk) == 5000:
                     store.append_batch(chunk)
                     chunk = []
@@ -117,18 +150,29 @@ def worker(root: Path, first: int, count: int, url: str) -> None:
     ca = root / "ca"
     sync = SyncConfig(urls=(url,), batch_size=5000, max_delay=0.05)  # type: ignore[call-arg]
 
-    async def one(a: int) -> None:
+    go = trio.Event()
+
+    async def one(a: int, task_status: trio.TaskStatus[None]) -> None:
         folder = root / f"agent-{a:03d}"
         identity, trust = pki.load_identity(ca / "ca.crt", folder / "certs" / "node.crt",
                                             folder / "certs" / "node.key", ca / "crl.pem")
         async with open_store(folder / "store", StoreConfig(max_bytes=512 * 2**20)) as store:
             up = Uploader(store, identity, trust, sync, urls=lambda: (url,))
+            task_status.started()
+            await go.wait()
             await up.run()
 
     async def main() -> None:
+        # Each agent is a process of its own in real life, reading and encoding in its own
+        # worker thread; here one process plays many, whose threads would only fight over
+        # the GIL: a few at a time do the work of all.
+        trio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         async with trio.open_nursery() as nursery:
             for a in range(first, first + count):
-                nursery.start_soon(one, a)
+                await nursery.start(one, a)
+            print("ready", flush=True)  # the parent starts the clock, then says go
+            await trio.to_thread.run_sync(sys.stdin.readline)
+            go.set()
 
     trio.run(main)
 
@@ -248,13 +292,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while not conn.execute("SELECT to_regclass('streams')").fetchone()[0]:
             time.sleep(0.2)  # the aggregator applies the migrations
         share = -(-args.agents // args.workers)
-        t0 = time.perf_counter()
         for w in range(args.workers):
             first, count = w * share, min(share, args.agents - w * share)
             if count > 0:
                 workers.append(subprocess.Popen([sys.executable, "-m", "benchmarks.ingest",
                                                  "--worker", str(root), str(first), str(count),
-                                                 url]))  # fmt: skip
+                                                 url], stdin=subprocess.PIPE,
+                                                stdout=subprocess.PIPE))  # fmt: skip
+        for p in workers:  # each has opened its agents' stores and built their uploaders
+            assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        log(f"{len(workers)} uploader processes ready: go")
+        t0 = time.perf_counter()
+        for p in workers:
+            assert p.stdin is not None
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
         last_log, done = t0, 0
         deadline = t0 + args.timeout
         while done < total:

@@ -6,10 +6,14 @@ import hashlib
 import random
 from collections.abc import Iterable, Sequence
 
+import cbor2
 import psycopg
 
 from meshmon import results as r
-from meshmon.wire.ingest import Batch, MemberReport, SyncRecord
+from meshmon.store import StoredColumns
+from meshmon.sync.build import RecordReader
+from meshmon.wire.columns import ColumnBatch, column_batch
+from meshmon.wire.ingest import INCIDENT_CHECK, Batch, MemberReport, SyncRecord
 
 CHECKS = (("ping-lan", "10.0.0.1"), ("ping-lan", "10.0.0.2"), ("tcp-web", "10.0.0.3:443"))
 
@@ -79,3 +83,33 @@ def db_digest(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[int, str]:
     """Row count and checksum of the results table."""
     rows = conn.execute("SELECT agent, store, seq, payload FROM results").fetchall()
     return len(rows), digest(rows)
+
+
+def stored_columns(recs: Sequence[SyncRecord], degraded: bool = False) -> StoredColumns:
+    """``recs`` as the agent's store hands them to the uploader: each payload stored as
+    ``[encoded result, degraded]`` (incident records, check ``_alerts``, as they are)."""
+    out = StoredColumns(recs[0].seq if recs else 1)
+    ids: dict[tuple[str, str], int] = {}
+    for rec in recs:
+        gid = ids.setdefault((rec.check, rec.target), len(ids))
+        out.names[gid] = (rec.check, rec.target)
+        stored = rec.payload if rec.check == INCIDENT_CHECK else cbor2.dumps([rec.payload,
+                                                                              degraded])
+        out.tss.append(rec.ts)
+        out.gids.append(gid)
+        out.payloads += stored
+        out.plens.append(len(stored))
+    return out
+
+
+def columns(agent: str, store: str, recs: Sequence[SyncRecord], after: int | None = None,
+            members: tuple[MemberReport, ...] | None = None, lost_total: int = 0,
+            sent_at: float = 0.0, reader: RecordReader | None = None) -> ColumnBatch:  # fmt: skip
+    """``recs`` as a version 2 batch, built the way the agent's uploader builds it."""
+    first = recs[0].seq if recs else (after or 0) + 1
+    after = first - 1 if after is None else after
+    fields = (reader or RecordReader(agent)).columns(stored_columns(recs))
+    return column_batch(agent=agent, store=store, after=after, first=first,
+                        last=first + len(recs) - 1, skipped_before=first - after - 1,
+                        lost_total=lost_total, sent_at=sent_at, members=members,
+                        **fields)  # fmt: skip

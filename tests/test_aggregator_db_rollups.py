@@ -8,6 +8,7 @@ import time
 import psycopg
 import pytest
 import trio
+import trio.testing
 
 from aggregator import partitions
 from aggregator.rollups import (
@@ -19,7 +20,7 @@ from aggregator.rollups import (
     Rollups,
     merge_ranges,
 )
-from aggregator.writer import BatchWriter
+from aggregator.writer import BUSY_WINDOW, BatchWriter, Ingestor, IngestorConfig
 from tests.batches import batch, records, split
 from tests.pg import Db
 
@@ -186,3 +187,55 @@ def test_rollups_of_an_idle_database_do_nothing(pg_db: Db) -> None:
     with rollups.connect() as conn:
         assert rollups.refresh(conn) == RefreshStats(0, 0, 0, 0)
         assert isinstance(conn, psycopg.Connection)
+
+
+async def test_rollups_wait_while_ingest_runs_at_its_capacity(pg_db: Db) -> None:
+    assert pg_db.schema is not None
+    BatchWriter(pg_db.url, pg_db.schema).write("a1", batch("a1", STORE, records(
+        "a1", 1, 100, time.time() - 900)))  # fmt: skip
+    busy = True
+    rollups = Rollups(pg_db.url, pg_db.schema, busy=lambda: busy,
+                      config=RollupConfig(minute_interval=0.05, hour_interval=0.05))
+
+    def pending() -> int:
+        with pg_db.connect() as conn:
+            row = conn.execute("SELECT count(*) FROM rollup_pending").fetchone()
+            return int(row[0]) if row else 0
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rollups.run)
+            for _ in range(5):  # several rounds of the loop: the rows stay pending
+                await trio.sleep(0.1)
+                assert await trio.to_thread.run_sync(pending) == 1
+            busy = False
+            while await trio.to_thread.run_sync(pending):  # noqa: ASYNC110 - polls the db
+                await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    _check(pg_db)
+
+
+def test_a_rollup_waits_for_ingest_at_most_defer_max() -> None:
+    rollups = Rollups("", None, config=RollupConfig(defer_max=60.0),  # type: ignore[arg-type]
+                      busy=lambda: True)  # fmt: skip
+    assert rollups._defer("minute", 59.0)
+    assert not rollups._defer("minute", 60.0)
+    assert not Rollups("", None)._defer("minute", 0.0)  # type: ignore[arg-type]
+
+
+async def test_ingest_is_busy_while_batches_wait_for_a_writer(
+    pg_db: Db, mock_clock: trio.testing.MockClock
+) -> None:
+    assert pg_db.schema is not None
+    ingestor = Ingestor(pg_db.url, pg_db.schema, IngestorConfig(writers=1, queue=8))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ingestor.run)
+        assert not ingestor.busy()
+        async with trio.open_nursery() as agents:
+            for name in ("a1", "a2", "a3", "a4"):
+                agents.start_soon(ingestor.ingest, name, batch(name, STORE, records(
+                    name, 1, 50, time.time() - 600)))  # fmt: skip
+        assert ingestor.busy()  # the mock clock stands still: a batch waited just now
+        mock_clock.jump(BUSY_WINDOW)
+        assert not ingestor.busy()
+        nursery.cancel_scope.cancel()

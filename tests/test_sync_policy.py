@@ -14,6 +14,7 @@ from meshmon.config import load_config
 from meshmon.configload import ConfigError
 from meshmon.membership import codec
 from meshmon.membership.messages import Alive, NodeMeta, State
+from meshmon.sync.build import result_bytes
 from meshmon.sync.policy import (
     AggregatorUrls,
     Resync,
@@ -23,7 +24,6 @@ from meshmon.sync.policy import (
     due_at,
     resync,
 )
-from meshmon.sync.uploader import result_bytes
 from meshmon.wire import urls
 
 

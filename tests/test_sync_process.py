@@ -16,7 +16,7 @@ import trio
 
 from meshmon import pki
 from meshmon.store import RingStore
-from meshmon.sync.uploader import result_bytes
+from meshmon.sync.build import result_bytes
 from tests.harness import LocalMesh, wait_for
 from tests.sync_aggregator import TestAggregator, free_port, server_context
 

@@ -16,7 +16,7 @@ from aggregator.writer import Ingestor
 from meshmon.config import StoreConfig, SyncConfig
 from meshmon.store import open_store
 from meshmon.sync import Uploader
-from meshmon.sync.uploader import result_bytes
+from meshmon.sync.build import result_bytes
 from tests.batches import records
 from tests.conftest import Mesh
 from tests.pg import Db

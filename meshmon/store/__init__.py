@@ -5,6 +5,7 @@ Synchronous core: :class:`RingStore`. Trio wrapper for the agent: :func:`open_st
 """
 
 from meshmon.store.aio import AsyncRingStore, open_store
+from meshmon.store.columns import StoredColumns
 from meshmon.store.errors import (
     InvalidRecord,
     RecordDropped,
@@ -31,6 +32,7 @@ __all__ = [
     "StoreFailed",
     "StoreLocked",
     "StoreStats",
+    "StoredColumns",
     "UnknownCursor",
     "open_store",
 ]

@@ -238,16 +238,21 @@ def open_meta(
 def first_payloads(meta: Meta, inflater: zlib._Decompress, n: int) -> list[bytes] | None:
     """The payloads of a frame's first ``n`` records, inflating no further, from the inflater
     :func:`open_meta` left; ``None`` if the stream ends early or is bad."""
-    plens = meta.plens[:n]
-    need = sum(plens)
+    raw = first_payloads_raw(meta, inflater, n)
+    if raw is None:
+        return None
+    ends = list(accumulate(meta.plens[:n], initial=0))
+    return list(map(raw.__getitem__, map(slice, ends[:-1], ends[1:])))
+
+
+def first_payloads_raw(meta: Meta, inflater: zlib._Decompress, n: int) -> bytes | None:
+    """:func:`first_payloads` back to back in one ``bytes`` (``meta.plens`` delimits them)."""
+    need = sum(meta.plens[:n])
     try:
         raw = inflater.decompress(inflater.unconsumed_tail, need) if need else b""
     except zlib.error:
         return None
-    if len(raw) != need:
-        return None
-    ends = list(accumulate(plens, initial=0))
-    return list(map(raw.__getitem__, map(slice, ends[:-1], ends[1:])))
+    return raw if len(raw) == need else None
 
 
 def decode_payloads(

@@ -162,11 +162,11 @@ class Reader:
             g = f.gid(i) if f is not None else NO_SERIES
             s = series[g] if g != NO_SERIES else None
             if f is None or f.payloads is None or s is None:
-                self._read_error(seg, k, seg.seq0(k) + i)
+                self.read_error(seg, k, seg.seq0(k) + i)
                 continue
             out.append(Record(f.seq0 + i, f.tss[i], s.check, s.target, f.payloads[i]))
 
-    def _read_error(self, seg: Segment, k: int, seq: int) -> None:
+    def read_error(self, seg: Segment, k: int, seq: int) -> None:
         self.read_errors += 1
         log.error("store segment %s: record seq %d in the frame at offset %d fails its checksum "
                   "or does not decode on read (disk corruption?); skipped", seg.path, seq,
@@ -239,7 +239,7 @@ class Reader:
                 else:
                     found = self._matches(seg, k, want, lids if masks else [], t0, t1)
                     if found is None:
-                        self._read_error(seg, k, seg.seq0(k))
+                        self.read_error(seg, k, seg.seq0(k))
                         continue
                     f, idx = found
                     if not idx:

@@ -63,6 +63,7 @@ import cbor2
 from meshmon.config import StoreConfig
 from meshmon.store import cursors as cur
 from meshmon.store import identity
+from meshmon.store.columns import StoredColumns, read_columns
 from meshmon.store.errors import (
     InvalidRecord,
     RecordDropped,
@@ -506,6 +507,13 @@ class RingStore:
         with self._mutex:
             self._check_open()
             return self._reader.read(from_seq, self._durable_seq, limit, max_bytes)
+
+    def read_columns(self, from_seq: int, limit: int = 1000,
+                     max_bytes: int = 4 * 2**20) -> StoredColumns:  # fmt: skip
+        """:meth:`read` as columns, one contiguous run (:mod:`meshmon.store.columns`)."""
+        with self._mutex:
+            self._check_open()
+            return read_columns(self._reader, from_seq, self._durable_seq, limit, max_bytes)
 
     def query(
         self,

@@ -8,8 +8,11 @@ pending or the oldest has waited ``max_delay``, reads at most one batch from the
 worker thread, with its encoding), and POSTs it (:mod:`meshmon.wire.ingest`). Memory is bounded
 by one batch whatever the backlog: after days offline it works through the ring batch by batch.
 
-Records travel as the wire protocol defines them: the ``encode_result`` bytes of each result
-(the agent stores them with a ``degraded`` flag, which protocol version 1 does not carry).
+Records travel as columns (protocol version 2, :mod:`meshmon.wire.columns`), read from the
+store as columns and each result's summary derived on the way (:mod:`.build`): the
+``encode_result`` bytes of each result (the agent stores them with a ``degraded`` flag, which
+the protocol does not carry) and the kind, success, RTT, loss and error the aggregator stores
+beside them.
 The batch says what the agent believes the aggregator holds (``after``); records between that
 and the batch's first that the ring overwrote meanwhile are declared (``skipped_before``), and
 the store cursor's loss counter goes with every batch (``lost_total``): losses are reported,
@@ -41,19 +44,23 @@ from __future__ import annotations
 import logging
 import random
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
+from itertools import accumulate, repeat
+from operator import add
 from typing import Any
 
-import cbor2
 import trio
 
 from meshmon import pki
 from meshmon.config import SyncConfig
-from meshmon.store import AsyncRingStore, Record
+from meshmon.store import AsyncRingStore, StoredColumns
+from meshmon.sync.build import RecordReader
 from meshmon.sync.client import Acked, AggregatorClient, Conflict, Outcome, Refused, Unavailable
-from meshmon.sync.policy import UrlChooser, backoff_delay, contiguous, due_at, resync
+from meshmon.sync.policy import UrlChooser, backoff_delay, due_at, resync
 from meshmon.wire import urls as wire_urls
-from meshmon.wire.ingest import MAX_BODY, Batch, MemberReport, SyncRecord, encode_batch
+from meshmon.wire.columns import ColumnBatch, encode_columns
+from meshmon.wire.ingest import MAX_BODY, MemberReport
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +138,8 @@ class Uploader:
         self._refusals: dict[str, float] = {}
         self._poke = trio.Event()
         self._changed = trio.Event()
+        self._client = AggregatorClient(identity, trust, config.timeout)
+        self._reader = RecordReader(identity.name)
 
     def wake(self) -> None:
         """The URLs may have changed (a member advertised one): look again."""
@@ -151,7 +160,7 @@ class Uploader:
         """Upload until cancelled."""
         info = self.store.cursor(CURSOR)
         self.acked = info.position - 1
-        client = AggregatorClient(self.identity, self.trust, self.config.timeout)
+        client = self._client
         log.info("sync: store %s, cursor at seq %d (%d records behind, %d lost so far); "
                  "aggregators: %s", self.store.store_id, info.position, info.behind, info.lost,
                  ", ".join(self.urls()) or "none known yet")  # fmt: skip
@@ -188,6 +197,8 @@ class Uploader:
                 with trio.move_on_after(IDLE_RECHECK):
                     await self.store.wait_durable_past(durable)
                 continue
+            if pending >= self.limit:
+                return  # a full batch waits: no need to read the oldest record's age
             due = due_at(pending, self.limit, self.config.max_delay, now,
                          *self._oldest_pending(position, now))  # fmt: skip
             if due is not None and due <= now:
@@ -234,37 +245,35 @@ class Uploader:
                 await self._failed(url, urls, f"the aggregator answered 409 {self._conflicts} "
                                    f"times in a row ({outcome.message})")  # fmt: skip
         else:
-            if isinstance(outcome, Refused) and outcome.status == 413 and len(batch.records) > 1:
-                self.limit = max(1, len(batch.records) // 2)  # too large for it: halve
+            if isinstance(outcome, Refused) and outcome.status == 413 and batch.count > 1:
+                self.limit = max(1, batch.count // 2)  # too large for it: halve
                 log.warning("sync: %s finds %d records too large a batch; sending at most %d",
-                            url, len(batch.records), self.limit)  # fmt: skip
+                            url, batch.count, self.limit)  # fmt: skip
                 return
             await self._failed(url, urls, _describe(outcome), outcome)
 
     def _build(self, members: tuple[MemberReport, ...] | None,
-               ) -> tuple[Batch, bytes, str | None] | None:  # fmt: skip
+               ) -> tuple[ColumnBatch, bytes, str | None] | None:  # fmt: skip
         """Read the next batch from the cursor and encode it (runs in a worker thread)."""
         core = self.store.core
-        records = core.read_cursor(CURSOR, self.limit, READ_BYTES)
-        if not records:
+        stored = core.read_columns(self._position(), self.limit, READ_BYTES)
+        if not stored.count:
             return None
-        records = records[: contiguous([r.seq for r in records])]
-        records = records[: _within_budget(records)]
-        first = records[0].seq
-        batch = Batch(
-            agent=self.identity.name, store=core.store_id, after=min(self.acked, first - 1),
-            first=first, last=records[-1].seq,
-            records=tuple(SyncRecord(r.seq, r.ts, r.check, r.target, result_bytes(r.payload))
-                          for r in records),
-            skipped_before=first - min(self.acked, first - 1) - 1,
+        stored.truncate(_within_budget(stored))
+        first = stored.first
+        after = min(self.acked, first - 1)
+        batch = ColumnBatch(  # valid by construction: the aggregator checks it anyway
+            agent=self.identity.name, store=core.store_id, after=after, first=first,
+            last=stored.last, skipped_before=first - after - 1,
             lost_total=core.cursors.get(CURSOR).lost, sent_at=time.time(), members=members,
+            **self._reader.columns(stored),
         )  # fmt: skip
-        body, encoding = encode_batch(batch)
+        body, encoding = encode_columns(batch)
         return batch, body, encoding
 
     # --- outcomes ---------------------------------------------------------------------------
 
-    async def _acked(self, url: str, batch: Batch, outcome: Acked, size: int) -> None:
+    async def _acked(self, url: str, batch: ColumnBatch, outcome: Acked, size: int) -> None:
         high = outcome.ack.high_water
         durable = self.store.core.durable_seq
         target = min(high, durable)
@@ -275,7 +284,7 @@ class Uploader:
         self.acked = target
         self.skipped += batch.skipped_before
         self.batches += 1
-        self.records += len(batch.records)
+        self.records += batch.count
         self.bytes += size
         if batch.members is not None:
             self._reported = batch.members
@@ -409,24 +418,9 @@ def _describe(outcome: Outcome) -> str:
     return repr(outcome)
 
 
-def result_bytes(payload: bytes) -> bytes:
-    """What a record carries on the wire: the agent stores ``[encode_result(...), degraded]``
-    and the protocol carries the ``encode_result`` bytes (version 1 has no place for
-    ``degraded``, which stays in the local store). Any other payload goes as it is."""
-    try:
-        value = cbor2.loads(payload)
-    except Exception:  # not CBOR at all: the aggregator will say what it thinks of it
-        return payload
-    if type(value) is list and len(value) == 2 and type(value[0]) is bytes:
-        return value[0]
-    return payload
-
-
-def _within_budget(records: Sequence[Record]) -> int:
-    """How many of ``records`` fit in one request body (at least one)."""
-    total = 0
-    for i, r in enumerate(records):
-        total += len(r.payload) + len(r.check) + len(r.target) + 32
-        if total > BODY_BUDGET and i:
-            return i
-    return len(records)
+def _within_budget(stored: StoredColumns) -> int:
+    """How many of the ``stored`` records fit in one request body (at least one): each takes
+    at most its stored payload and 24 bytes of packed columns (series and outcome tables
+    aside, which hold at most a few hundred bytes a distinct value)."""
+    sizes = accumulate(map(add, stored.plens, repeat(24)))
+    return max(1, bisect_right(list(sizes), BODY_BUDGET))

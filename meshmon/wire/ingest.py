@@ -23,6 +23,11 @@ Records whose check is ``_alerts`` carry alert incident history (one CBOR map pe
 :mod:`meshmon.alerts.service`) instead of a result; the aggregator keeps them apart.
 
 Bodies are CBOR maps; the request may be ``Content-Encoding: deflate`` (zlib) when that pays.
+Two versions share everything above and differ in how the records travel: version 1 (``v: 1``,
+this module) as one array per record, from which the aggregator derives the columns it stores
+beside each result; version 2 (``v: 2``, :mod:`meshmon.wire.columns`) as columns, those
+derived columns included, which is what agents send. An aggregator reads both
+(:func:`decode_batch`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cbor2
+
+if TYPE_CHECKING:
+    from meshmon.wire.columns import ColumnBatch
 
 VERSION = 1
 PATH = "/v1/ingest"
@@ -116,6 +124,41 @@ def validate(batch: Batch) -> None:
     Raises:
         BatchError: naming the first problem found.
     """
+    validate_header(batch)
+    if len(batch.records) > MAX_RECORDS:
+        raise BatchError(f"records: {len(batch.records)} records, more than {MAX_RECORDS}")
+    if len(batch.records) != batch.last - batch.first + 1:
+        raise BatchError(f"records: {len(batch.records)} records for the range "
+                         f"{batch.first}..{batch.last}")
+    for i, rec in enumerate(batch.records):
+        if rec.seq != batch.first + i:
+            raise BatchError(f"records[{i}].seq: {rec.seq}, expected {batch.first + i} "
+                             "(records must be contiguous and in order)")
+
+
+class Header(Protocol):
+    """What every version of a batch says besides its records."""
+
+    @property
+    def agent(self) -> str: ...
+    @property
+    def store(self) -> str: ...
+    @property
+    def after(self) -> int: ...
+    @property
+    def first(self) -> int: ...
+    @property
+    def last(self) -> int: ...
+    @property
+    def skipped_before(self) -> int: ...
+
+
+def validate_header(batch: Header) -> None:
+    """Check who sends and the range of seqs (every version).
+
+    Raises:
+        BatchError: naming the first problem found.
+    """
     if not batch.agent:
         raise BatchError("agent: must be the sender's node name")
     if not _STORE_ID.match(batch.store):
@@ -129,39 +172,60 @@ def validate(batch: Batch) -> None:
     if batch.skipped_before != batch.first - batch.after - 1:
         raise BatchError(f"skipped_before: {batch.skipped_before} does not match the gap between "
                          f"after ({batch.after}) and first ({batch.first})")
-    if len(batch.records) > MAX_RECORDS:
-        raise BatchError(f"records: {len(batch.records)} records, more than {MAX_RECORDS}")
-    if len(batch.records) != batch.last - batch.first + 1:
-        raise BatchError(f"records: {len(batch.records)} records for the range "
-                         f"{batch.first}..{batch.last}")
-    for i, rec in enumerate(batch.records):
-        if rec.seq != batch.first + i:
-            raise BatchError(f"records[{i}].seq: {rec.seq}, expected {batch.first + i} "
-                             "(records must be contiguous and in order)")
 
 
 def encode_batch(batch: Batch) -> tuple[bytes, str | None]:
     """The request body and its ``Content-Encoding`` (``deflate`` or ``None``)."""
     body = cbor2.dumps({
-        "v": VERSION, "agent": batch.agent, "store": batch.store, "after": batch.after,
+        "v": VERSION, **header_fields(batch),
+        "records": [[r.seq, r.ts, r.check, r.target, r.payload] for r in batch.records],
+    })  # fmt: skip
+    return compress(body)
+
+
+def header_fields(batch: Batch | ColumnBatch) -> dict[str, Any]:
+    """The body's fields besides the version and the records (every version)."""
+    return {
+        "agent": batch.agent, "store": batch.store, "after": batch.after,
         "first": batch.first, "last": batch.last, "skipped_before": batch.skipped_before,
         "lost_total": batch.lost_total, "sent_at": batch.sent_at,
-        "records": [[r.seq, r.ts, r.check, r.target, r.payload] for r in batch.records],
         "members": None if batch.members is None else [
             [m.name, m.state, m.incarnation, m.address, list(m.tags), m.version]
             for m in batch.members],
-    })  # fmt: skip
+    }  # fmt: skip
+
+
+def compress(body: bytes) -> tuple[bytes, str | None]:
+    """``body`` deflated (zlib level 1) when that makes it at least 10 % smaller."""
     if len(body) < COMPRESS_MIN:
         return body, None
     packed = zlib.compress(body, 1)
     return (packed, "deflate") if len(packed) < len(body) * 0.9 else (body, None)
 
 
-def decode_batch(data: bytes, content_encoding: str | None = None) -> Batch:
-    """Parse and validate a request body.
+def decode_batch(data: bytes, content_encoding: str | None = None) -> Batch | ColumnBatch:
+    """Parse and validate a request body of either version (version 2:
+    :mod:`meshmon.wire.columns`).
 
     Raises:
         BatchError: not CBOR, not deflate when it says so, too large, or the wrong schema.
+    """
+    obj = load_body(data, content_encoding)
+    version = obj.get("v")
+    if version == VERSION:
+        return _batch_v1(obj)
+    if version == 2:
+        from meshmon.wire.columns import decode_columns  # it builds on this module
+
+        return decode_columns(obj)
+    raise BatchError(f"v: protocol version {version!r}, this aggregator speaks 1 and 2")
+
+
+def load_body(data: bytes, content_encoding: str | None) -> dict[str, Any]:
+    """The CBOR map of a request body, inflated if need be.
+
+    Raises:
+        BatchError: not CBOR, not deflate when it says so, too large, not a map.
     """
     if content_encoding in ("deflate", "zlib"):
         try:
@@ -181,26 +245,35 @@ def decode_batch(data: bytes, content_encoding: str | None = None) -> Batch:
         raise BatchError(f"body: not CBOR ({exc})") from None
     if not isinstance(obj, dict):
         raise BatchError("body: expected a CBOR map")
-    if obj.get("v") != VERSION:
-        raise BatchError(f"v: protocol version {obj.get('v')!r}, this aggregator speaks {VERSION}")
+    return obj
+
+
+def _batch_v1(obj: dict[str, Any]) -> Batch:
     try:
-        records = _records(_get(obj, "records", list))
-        members_raw = obj.get("members")
-        members = None if members_raw is None else tuple(
-            _member(i, m) for i, m in enumerate(_typed("members", members_raw, list)))
-        return Batch(
-            agent=_get(obj, "agent", str), store=_get(obj, "store", str),
-            after=_get(obj, "after", int), first=_get(obj, "first", int),
-            last=_get(obj, "last", int), records=records,
-            skipped_before=_get(obj, "skipped_before", int),
-            lost_total=_get(obj, "lost_total", int),
-            sent_at=float(_get(obj, "sent_at", (int, float))),
-            members=members,
-        )  # fmt: skip
+        records = _records(get(obj, "records", list))
+        return Batch(records=records, **header_from(obj))
     except BatchError:
         raise
     except (TypeError, ValueError) as exc:
         raise BatchError(f"body: {exc}") from None
+
+
+def header_from(obj: dict[str, Any]) -> dict[str, Any]:
+    """The fields of :func:`header_fields`, type-checked (not yet validated together).
+
+    Raises:
+        BatchError: a field is missing or of the wrong type.
+    """
+    members_raw = obj.get("members")
+    members = None if members_raw is None else tuple(
+        _member(i, m) for i, m in enumerate(typed("members", members_raw, list)))  # fmt: skip
+    return {
+        "agent": get(obj, "agent", str), "store": get(obj, "store", str),
+        "after": get(obj, "after", int), "first": get(obj, "first", int),
+        "last": get(obj, "last", int), "skipped_before": get(obj, "skipped_before", int),
+        "lost_total": get(obj, "lost_total", int),
+        "sent_at": float(get(obj, "sent_at", (int, float))), "members": members,
+    }  # fmt: skip
 
 
 def encode_ack(ack: Ack) -> bytes:
@@ -216,23 +289,23 @@ def decode_ack(data: bytes) -> Ack:
     """
     try:
         obj = cbor2.loads(data)
-        return Ack(high_water=_get(obj, "high_water", int), inserted=_get(obj, "inserted", int))
+        return Ack(high_water=get(obj, "high_water", int), inserted=get(obj, "inserted", int))
     except BatchError:
         raise
     except Exception as exc:
         raise BatchError(f"acknowledgement: not CBOR ({exc})") from None
 
 
-def _typed(key: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+def typed(key: str, value: Any, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise BatchError(f"{key}: expected {_kind_name(kind)}, got {type(value).__name__}")
     return value
 
 
-def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+def get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if key not in obj:
         raise BatchError(f"{key}: missing")
-    return _typed(key, obj[key], kind)
+    return typed(key, obj[key], kind)
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -260,9 +333,9 @@ def _record(i: int, raw: Any) -> SyncRecord:
     if not isinstance(raw, list) or len(raw) != 5:
         raise BatchError(f"{key}: expected [seq, ts, check, target, payload]")
     seq, ts, check, target, payload = raw
-    return SyncRecord(_typed(f"{key}.seq", seq, int), float(_typed(f"{key}.ts", ts, (int, float))),
-                      _typed(f"{key}.check", check, str), _typed(f"{key}.target", target, str),
-                      _typed(f"{key}.payload", payload, bytes))  # fmt: skip
+    return SyncRecord(typed(f"{key}.seq", seq, int), float(typed(f"{key}.ts", ts, (int, float))),
+                      typed(f"{key}.check", check, str), typed(f"{key}.target", target, str),
+                      typed(f"{key}.payload", payload, bytes))  # fmt: skip
 
 
 def _member(i: int, raw: Any) -> MemberReport:
@@ -270,9 +343,9 @@ def _member(i: int, raw: Any) -> MemberReport:
     if not isinstance(raw, list) or len(raw) != 6:
         raise BatchError(f"{key}: expected [name, state, incarnation, address, tags, version]")
     name, state, inc, address, tags, version = raw
-    tag_list = _typed(f"{key}.tags", tags, list)
-    return MemberReport(_typed(f"{key}.name", name, str), _typed(f"{key}.state", state, str),
-                        _typed(f"{key}.incarnation", inc, int),
-                        _typed(f"{key}.address", address, str),
-                        tuple(_typed(f"{key}.tags", t, str) for t in tag_list),
-                        _typed(f"{key}.version", version, str))  # fmt: skip
+    tag_list = typed(f"{key}.tags", tags, list)
+    return MemberReport(typed(f"{key}.name", name, str), typed(f"{key}.state", state, str),
+                        typed(f"{key}.incarnation", inc, int),
+                        typed(f"{key}.address", address, str),
+                        tuple(typed(f"{key}.tags", t, str) for t in tag_list),
+                        typed(f"{key}.version", version, str))  # fmt: skip
