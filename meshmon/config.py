@@ -245,8 +245,8 @@ class StoreConfig:
 
     max_bytes: ByteSize = ByteSize(256 * 2**20)
     """Ring capacity; the oldest segment is dropped when full (losses are counted). A ping
-    result takes ~50-57 bytes on disk (compressed in batches), so 256MiB holds ~5 million:
-    14 hours at 100 results/s; 512MiB holds 24 hours at 100 results/s with room to spare."""
+    result takes ~28 bytes on disk (compressed in batches, measured by benchmarks.agent_cost),
+    so 256MiB holds ~9 million: about a day at 100 results/s."""
     segment_bytes: ByteSize = ByteSize(8 * 2**20)
     """Segment size: the unit that is dropped when the ring wraps."""
     fsync: Literal["always", "batch", "never"] = "batch"
