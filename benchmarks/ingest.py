@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Any
 
 CHECKS = ("ping-lan", "ping-wan")
-THREADS = 2
-"""Worker threads per uploader process (the agents' store reads and batch encoding)."""
 
 
 def log(msg: str) -> None:
@@ -163,10 +161,6 @@ def worker(root: Path, first: int, count: int, url: str) -> None:
             await up.run()
 
     async def main() -> None:
-        # Each agent is a process of its own in real life, reading and encoding in its own
-        # worker thread; here one process plays many, whose threads would only fight over
-        # the GIL: a few at a time do the work of all.
-        trio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         async with trio.open_nursery() as nursery:
             for a in range(first, first + count):
                 await nursery.start(one, a)

@@ -13,12 +13,12 @@ record is then read in place from the run's payload bytes, without building an o
 * The fast road, for the commonest record by far, a compact ``ping`` result without errors:
   the outer array's bytes header gives the encoded result's place; the result must start with
   the bytes ``[2, "ping", agent, check, target`` that this agent writes for the record's series
-  (computed once per series; others are skipped item by item); family, start time, duration
-  and seq (null: a stored result has none) have fixed encodings; the
-  payload array then gives ``successes`` and ``failures`` (small integers), the latencies
-  (doubles, skipped), an empty ``errors`` and the mean RTT. The outcome is a function of the
-  two counts (:class:`~meshmon.results.PingResult`'s own rules, applied once per pair).
-  ~1 µs a record against ~4 µs for ``cbor2`` to decode the result.
+  (computed once per series; other names are skipped item by item); family, start time,
+  duration and seq (null: a stored result has none) have fixed encodings; the payload array
+  then gives ``successes`` and ``failures`` (small integers), the latencies (doubles,
+  skipped), an empty ``errors`` and the mean RTT. The outcome is a function of the two counts
+  (:class:`~meshmon.results.PingResult`'s own rules, applied once per pair). ~1.2 µs a record
+  where ``cbor2`` takes 2-4 µs to decode the result alone (measured on a loaded machine).
 * Anything else (another kind, errors, an unusual encoding, an older record) takes the slow
   road: ``cbor2`` and :func:`~meshmon.results.summary.summarize`, as the aggregator does for a
   version 1 body. A record it cannot read as a result goes as it is, of kind ``unknown`` with
