@@ -234,3 +234,10 @@ async def test_drain_routes_what_waits_in_the_socket_without_waiting(mesh: Mesh)
             got = [q.datagrams.receive_nowait().plaintext for _ in range(3)]
             assert got == [b"late 0", b"late 1", b"late 2"]
             assert q.drain() == 0
+
+
+async def test_drain_after_the_transport_stopped_reads_nothing(mesh: Mesh) -> None:
+    with trio.fail_after(20):
+        async with transports(mesh, "r", base=93) as (r,):
+            pass
+        assert r.drain() == 0  # the socket is closed: no error loop, nothing routed

@@ -388,13 +388,14 @@ class MeshTransport:
         due and the answers that beat it both waiting: call this before judging the deadline,
         or a busy machine turns late scheduling into lost answers."""
         raw = self._raw
-        count = 0
-        while raw is not None and count < self.config.receive_queue:
+        count = errors = 0
+        while raw is not None and raw.fileno() >= 0 and count + errors < self.config.receive_queue:
             try:
                 data, src = raw.recvfrom(MAX_DATAGRAM + 1)
             except BlockingIOError:
                 break
-            except OSError as exc:  # as in the receive loop
+            except OSError as exc:  # as in the receive loop (ICMP errors reported on the socket)
+                errors += 1
                 self.drops["socket_error"] += 1
                 self._bad.warning("socket", "UDP receive error: %s", exc)
                 continue
