@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up meshmon in ./.venv on first use, then run the demo mesh or the tests.
 
-    python3 bootstrap.py demo     # a live local mesh (Ctrl-C stops it)
+    python3 bootstrap.py demo     # a live local mesh with an aggregator, in the TUI (q stops it)
     python3 bootstrap.py test     # the test suite (extra arguments go to pytest)
     python3 bootstrap.py shell    # print how to use the installed `meshmon` command
 
