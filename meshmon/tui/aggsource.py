@@ -30,6 +30,7 @@ the screens how much later a result may arrive before it counts as stale.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import datetime as dt
 import time
@@ -74,7 +75,7 @@ def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
 
 
-class AggregatorJson:
+class AggregatorJson(abc.ABC):
     """A :class:`~meshmon.tui.source.DataSource` over the aggregator's JSON; subclasses
     provide :meth:`get`."""
 
@@ -82,6 +83,7 @@ class AggregatorJson:
     delay = SYNC_DELAY
     url = ""
 
+    @abc.abstractmethod
     async def get(self, path: str, **params: Any) -> Any:
         """GET ``path`` (``/healthz``, ``/v1/...``) with ``params``; the parsed JSON body.
 
@@ -89,7 +91,6 @@ class AggregatorJson:
             SourceError: no answer.
             Unsupported: the route does not exist there (404).
         """
-        raise NotImplementedError
 
     def aggregator_name(self) -> str:
         """The node name in the aggregator's certificate ("" until known)."""

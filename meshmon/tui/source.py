@@ -24,6 +24,7 @@ what only agents know (who probes what).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import time
@@ -109,7 +110,7 @@ class DataSource(Protocol):
     async def aclose(self) -> None: ...
 
 
-class JsonSource:
+class JsonSource(abc.ABC):
     """A :class:`DataSource` over the control API's JSON; subclasses provide :meth:`get`."""
 
     label = "json"
@@ -118,6 +119,7 @@ class JsonSource:
     def __init__(self) -> None:
         self._node: str | None = None
 
+    @abc.abstractmethod
     async def get(self, path: str, **params: Any) -> Any:
         """GET ``/v1/<path>`` with ``params``; the parsed JSON body.
 
@@ -125,7 +127,6 @@ class JsonSource:
             SourceError: no answer.
             Unsupported: the endpoint does not exist there (404).
         """
-        raise NotImplementedError
 
     def now(self) -> float:
         return time.time()
