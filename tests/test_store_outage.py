@@ -292,9 +292,9 @@ def test_a_cursor_the_full_disk_refuses_is_saved_later_and_fails_nothing(tiny_fs
 def test_a_long_buffer_is_written_in_chunks_in_order(
     tiny_fs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from meshmon.store import ring
+    from meshmon.store import outage
 
-    monkeypatch.setattr(ring, "RESUME_CHUNK", 7)
+    monkeypatch.setattr(outage, "RESUME_CHUNK", 7)
     d = tiny_fs / "store"
     with RingStore(d, CFG, auto_sync=False) as store:  # the owner retries, as the agent does
         store.append(0.0, "ping", "t0", payload(0))

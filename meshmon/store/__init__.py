@@ -15,8 +15,9 @@ from meshmon.store.errors import (
     StoreLocked,
     UnknownCursor,
 )
+from meshmon.store.intake import RecordIn
 from meshmon.store.records import CursorInfo, Record, RecoveryInfo, StoreStats
-from meshmon.store.ring import RecordIn, RingStore
+from meshmon.store.ring import RingStore
 
 __all__ = [
     "AsyncRingStore",

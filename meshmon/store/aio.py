@@ -43,8 +43,9 @@ import trio
 
 from meshmon.config import StoreConfig
 from meshmon.store.errors import InvalidRecord, RecordDropped, StoreError, StoreFailed
+from meshmon.store.intake import RecordIn
 from meshmon.store.records import CursorInfo, Record, StoreStats
-from meshmon.store.ring import RecordIn, RingStore
+from meshmon.store.ring import RingStore
 
 
 @dataclass

@@ -48,6 +48,8 @@ REMINDER = 60.0
 SAVE_EVERY = 1.0
 """Most seconds of buffered records whose count a crash during an outage can miss; bounds the
 health file's fsyncs to one a second."""
+RESUME_CHUNK = 1000
+"""Buffered records written per step when an outage ends (~0.3 MB, a few ms)."""
 RECORD_OVERHEAD = 120
 """Bytes charged per buffered record beyond its payload and names (the Python objects)."""
 
@@ -224,6 +226,23 @@ class Outages:
         del o.buffer[:n]
         o.first_seq += n
         o.written += n
+
+    def resume_step(self, write: Callable[[list[Buffered]], int]) -> bool | None:
+        """Hand up to ``RESUME_CHUNK`` buffered records to ``write`` (which returns how many
+        reached the disk): ``True`` if that ended the outage, ``False`` if the disk refused,
+        ``None`` if more remain."""
+        o = self.current
+        assert o is not None
+        chunk = o.buffer[:RESUME_CHUNK]
+        if chunk:
+            n = write(chunk)
+            self.written(n)
+            if n < len(chunk):
+                return False
+            if o.buffer:
+                return None
+        self.end()
+        return True
 
     def end(self) -> None:
         """The buffer is on disk: the outage is over."""

@@ -49,30 +49,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from operator import add
 from pathlib import Path
 from typing import Any, Literal
-
-import cbor2
 
 from meshmon.config import StoreConfig
 from meshmon.store import cursors as cur
 from meshmon.store import identity
 from meshmon.store.columns import StoredColumns, read_columns
-from meshmon.store.errors import (
-    InvalidRecord,
-    RecordDropped,
-    StoreClosed,
-    StoreError,
-    StoreFailed,
-)
+from meshmon.store.errors import RecordDropped, StoreClosed, StoreError, StoreFailed
 from meshmon.store.files import SegmentFiles
 from meshmon.store.index import SeriesTable
+from meshmon.store.intake import RecordIn, intern, split_batch
 from meshmon.store.outage import Buffered, Outages
 from meshmon.store.query import Reader
 from meshmon.store.records import CursorInfo, Record, RecoveryInfo, StoreStats
@@ -80,13 +71,6 @@ from meshmon.store.recovery import load_directory, report_opening, take_lock
 from meshmon.store.segment import Segment
 
 log = logging.getLogger("meshmon.store")
-
-RESUME_CHUNK = 1000
-"""Buffered records written per step when an outage ends (~0.3 MB, a few ms)."""
-
-RecordIn = tuple[float, str, str, Any]
-"""What ``append_batch`` takes: (timestamp, check, target, payload bytes or a CBOR-able value)."""
-
 
 class RingStore:
     """A bounded, crash-safe, append-only store of records, indexed in memory.
@@ -227,56 +211,19 @@ class RingStore:
             self._check_writable()
             if not n:
                 return range(self.next_seq, self.next_seq)
-            try:
-                tss, checks, targets, payloads = zip(*records, strict=True)
-            except (TypeError, ValueError):
-                raise InvalidRecord(
-                    "each record must be a (ts, check, target, payload) tuple"
-                ) from None
-            try:
-                finite = all(map(math.isfinite, tss))
-            except TypeError:
-                finite = False
-            if not finite:
-                raise InvalidRecord("every timestamp must be a finite number of seconds")
-            if set(map(type, payloads)) != {bytes}:
-                payloads = tuple(map(self._encode, payloads))
-            found = list(map(self.series.by_pair.get, zip(checks, targets, strict=True)))
-            sids: list[int] = (
-                list(map(self._intern, checks, targets)) if None in found else found  # type: ignore[assignment]
-            )
-            blens = list(map(add, map(len, map(self.series.keys.__getitem__, sids)),
-                             map(len, payloads)))  # fmt: skip
-            limit = self.files.max_record()
-            if max(blens) > limit:
-                raise InvalidRecord(f"a record of {max(blens)} bytes does not fit in a segment "
-                                    f"(at most {limit}); raise store.segment_bytes")  # fmt: skip
+            b = split_batch(records, self.series, self.files.max_record())
             seq0 = self.next_seq
             written = 0
             if not self.outages.active or self._resume():
                 seq0 = self._next_seq
-                written = self._write_records(tss, sids, payloads)
+                written = self._write_records(b.tss, b.sids, b.payloads)
             if written < n:
-                rest = list(zip(tss, checks, targets, payloads, strict=True))[written:]
+                rest = list(zip(b.tss, b.checks, b.targets, b.payloads, strict=True))[written:]
                 return self._buffer(rest, seq0)
             sync_now = self.config.fsync == "always" and self.auto_sync
         if sync_now:
             self.sync()
         return range(seq0, seq0 + n)
-
-    def _encode(self, value: Any) -> bytes:
-        if type(value) is bytes:
-            return value
-        try:
-            return cbor2.dumps(value)
-        except Exception as exc:
-            raise InvalidRecord(f"payload cannot be encoded as CBOR: {exc}") from None
-
-    def _intern(self, check: str, target: str) -> int:
-        try:
-            return self.series.intern(check, target)
-        except ValueError as exc:
-            raise InvalidRecord(str(exc)) from None
 
     # ----------------------------------------------------------------------------- outages
 
@@ -300,28 +247,18 @@ class RingStore:
         return step
 
     def _resume_step(self) -> bool | None:
-        """Write up to ``RESUME_CHUNK`` buffered records: ``True`` if that ended the outage,
-        ``False`` if the disk refused, ``None`` if more remain."""
-        o = self.outages.current
-        assert o is not None
-        chunk = o.buffer[:RESUME_CHUNK]
-        if chunk:
-            tss, checks, targets, payloads = zip(*chunk, strict=True)
-            written = self._write_records(tss, list(map(self._intern, checks, targets)),
-                                          payloads)  # fmt: skip
-            self.outages.written(written)
-            if written < len(chunk):
-                return False
-            if o.buffer:
-                return None
-        self.outages.end()
-        return True
+        return self.outages.resume_step(self._write_buffered)
+
+    def _write_buffered(self, chunk: list[Buffered]) -> int:
+        tss, checks, targets, payloads = zip(*chunk, strict=True)
+        sids = [intern(self.series, c, t) for c, t in zip(checks, targets, strict=True)]
+        return self._write_records(tss, sids, payloads)
 
     def retry(self, force: bool = True) -> bool:
         """Try to write the outage buffer now (or only if the backoff says so, without
         ``force``); ``True`` if the store is writing normally (no outage, or it just ended).
 
-        The mutex is released between chunks of ``RESUME_CHUNK`` records, so appends (which
+        The mutex is released between chunks of ``outage.RESUME_CHUNK`` records, so appends (which
         go to the end of the buffer meanwhile) never wait for a whole long buffer.
         """
         with self._mutex:
