@@ -49,13 +49,12 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meshmon.config import LogConfig, TlsConfig
-from meshmon.configload import ConfigError, FieldError, FieldErrors, Seconds, decode
+from meshmon.configload import ConfigError, FieldError, FieldErrors, Seconds, decode, read_toml
 from meshmon.metrics.config import MetricsConfig
 
 DEFAULT_PORT = 7947
@@ -219,16 +218,7 @@ def load_config(path: str | os.PathLike[str] | None,
         return config_from_dict({}, Path.cwd(), "<defaults>", environ)
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, "", "file not found; create it or leave out --config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, "", f"cannot read the file: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+    data = read_toml(path, "create it or leave out --config")
     return config_from_dict(data, path.parent.absolute(), source, environ)
 
 

@@ -15,7 +15,6 @@ import dataclasses
 import ipaddress
 import os
 import socket
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from meshmon.configload import (
     FieldErrors,
     Seconds,
     decode,
+    read_toml,
 )
 from meshmon.membership.config import PROFILES, MembershipConfig
 from meshmon.metrics.config import MetricsConfig
@@ -491,16 +491,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     """
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, "", "file not found; create it or pass --config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, "", f"cannot read the file: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
+    data = read_toml(path, "create it or pass --config")
     env = os.environ if environ is None else environ
     for var, (section, key) in (*ENV_OVERRIDES.items(), *ENV_VALUES.items()):
         if env.get(var):

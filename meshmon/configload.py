@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import keyword
 import re
+import tomllib
 import types
 import typing
 from pathlib import Path
@@ -96,6 +97,29 @@ _SIZE_UNITS = {
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }  # fmt: skip
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b)\s*$", re.IGNORECASE)
+
+
+def read_toml(path: Path, missing: str) -> dict[str, Any]:
+    """The parsed TOML of a config file.
+
+    Args:
+        path: the file.
+        missing: what to tell the operator when the file does not exist ("create it or ...").
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or is not TOML; the message names it.
+    """
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, "", f"file not found; {missing}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, "", f"cannot read the file: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"not valid TOML: {exc}") from None
 
 
 def parse_duration(text: str | int | float) -> float:
