@@ -451,6 +451,9 @@ class Agent:
             core = self.mesh.core
             status["membership"] = {"live": core.num_live(), "awareness": core.awareness,
                                     **self.mesh.counters,
+                                    # what stream_failures counts, by kind:reason
+                                    "stream_failures_by_reason": dict(
+                                        sorted(self.mesh.failures.items())),
                                     # self-statements not proven by their certificate, by reason
                                     "refused": dict(sorted(core.refused.items())),
                                     # announcements whose certificate was fetched (not refusals)
