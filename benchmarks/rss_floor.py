@@ -6,8 +6,8 @@ Run::
 
 Two kinds of process, each measured from /proc (VmRSS) a few times, medians reported:
 
-* **Agent**: ``meshmon agent run`` alone, no checks, once its control API answers and a second
-  has passed.
+* **Agent**: ``meshmon agent run`` with no checks, in a mesh of two, a second after each sees
+  the other alive (so it has done the mTLS handshakes an agent in a mesh does).
 * **Floor** (the baseline): a process that imports only the libraries an agent cannot run
   without (trio, cryptography's x509 / AEAD / HKDF / EC, ssl, cbor2, h11, sortedcontainers,
   tomllib, json) and performs only the cryptography an agent must: parse its certificate, the
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.realproc import Mesh, rss_bytes
+from benchmarks.realproc import Mesh, rss_bytes, wait_for
 
 MIB = 2**20
 
@@ -105,15 +105,21 @@ def floor(certs: Path) -> dict[str, Any]:
     return result
 
 
-def agent_alone(mesh: Mesh) -> float:
-    shutil.rmtree(mesh.root / "a1" / "data", ignore_errors=True)
-    p = mesh.launch("a1", 2)
+def agent_pair(mesh: Mesh) -> list[float]:
+    """RSS of two idle agents once each sees the other alive (so both did mTLS handshakes)."""
+    for name in ("a1", "a2"):
+        shutil.rmtree(mesh.root / name / "data", ignore_errors=True)
+    procs = [mesh.launch("a1", 2), mesh.launch("a2", 3)]
     try:
-        mesh.wait_up(p)
+        for p in procs:
+            mesh.wait_up(p)
+        wait_for("the two agents to see each other alive", lambda: all(
+            sum(m["state"] == "alive" for m in p.api("members")) == 2 for p in procs), 60)
         time.sleep(1.0)
-        return rss_bytes(p.pid) / MIB
+        return [rss_bytes(p.pid) / MIB for p in procs]
     finally:
-        p.stop()
+        for p in procs:
+            p.stop()
         mesh.procs.clear()
 
 
@@ -126,19 +132,20 @@ def main() -> None:
     try:
         mesh = Mesh(root, port=28846)
         mesh.prepare("a1", 2)
+        mesh.prepare("a2", 3, [f"127.0.0.2:{mesh.port}"])
         floors = [floor(root / "a1" / "certs") for _ in range(runs)]
-        agents = [agent_alone(mesh) for _ in range(runs)]
+        agents = [rss for _ in range(runs) for rss in agent_pair(mesh)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     stages = {k: round(statistics.median(f["stages"][k] for f in floors), 2)
               for k in floors[0]["stages"]}  # fmt: skip
     base = stages["tls"]
     agent = statistics.median(agents)
-    print(f"floor stages (MiB): {stages}; agent alone: {sorted(round(a, 2) for a in agents)}",
+    print(f"floor stages (MiB): {stages}; agents: {sorted(round(a, 2) for a in agents)}",
           flush=True)  # fmt: skip
     print(json.dumps({
         "bench": "rss_floor",
-        "metric": "resident set of one idle agent (no checks), alone",
+        "metric": "resident set of an idle agent (no checks) in a mesh of two",
         "value": round(agent, 2),
         "unit": "MiB",
         "baseline": "its dependencies alone doing the cryptography and TLS an agent must "
