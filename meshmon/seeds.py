@@ -140,9 +140,10 @@ class SeedWatch:
             if self._wakeup is not None:
                 self._wakeup.set()
             if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th ... refusal
-                log.warning("seed %s: %s; retrying every %gs while it refuses, for the agent's "
-                            "first %gs (attempt %d)", seed, describe_failure(addr, exc),
-                            self.quick, self.quick_for, count)  # fmt: skip
+                log.warning("seed %s: %s; retrying every %gs while it refuses, in the agent's "
+                            "first %gs (attempt %d, then with backoff)", seed,
+                            describe_failure(addr, exc), self.quick, self.quick_for,
+                            count)  # fmt: skip
             return
         next_in = backoff(self.attempt, self.base, self.max_delay)
         log.warning("seed %s: %s; retrying with backoff while this agent has no peers "

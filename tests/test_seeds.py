@@ -127,5 +127,5 @@ async def test_a_refusing_seed_is_retried_quickly_at_start_then_with_backoff(
     refusals = [r for r in caplog.records if "while it refuses" in r.getMessage()]
     counts = sorted(watch.failures.values())
     assert counts and len(refusals) < counts[-1] // 2  # the 1st, 2nd, 4th ... refusal only
-    assert [int(r.getMessage().rsplit("attempt ", 1)[1].rstrip(")")) for r in refusals] == [
+    assert [int(r.getMessage().rsplit("(attempt ", 1)[1].split(",")[0]) for r in refusals] == [
         2**i for i in range(len(refusals))]
