@@ -85,6 +85,7 @@ def start_all(root: Path, n: int, timeout: float) -> dict[str, Any]:
         streams: collections.Counter[str] = collections.Counter()
         drops: collections.Counter[str] = collections.Counter()
         probing: collections.Counter[str] = collections.Counter()
+        stream_failures: collections.Counter[str] = collections.Counter()
         for p in procs:
             try:
                 status = p.api("status")
@@ -93,6 +94,8 @@ def start_all(root: Path, n: int, timeout: float) -> dict[str, Any]:
             streams.update(status.get("streams", {}))
             drops.update(status.get("dropped_datagrams", {}))
             probing.update(status.get("membership", {}).get("probing", {}))
+            stream_failures.update(status.get("membership", {})
+                                   .get("stream_failures_by_reason", {}))  # fmt: skip
         kinds = collections.Counter(m.group(0) for p in procs
                                     for m in FAILURE.finditer(p.log_text()))  # fmt: skip
         warnings = collections.Counter(re.sub(r"[\d.:]+", "N", " ".join(m.groups()))
@@ -109,6 +112,7 @@ def start_all(root: Path, n: int, timeout: float) -> dict[str, Any]:
                 "agents_cpu_at_up_s": sum(u[1] for u in up.values()),
                 "dropped_datagrams": dict(sorted(drops.items())),
                 "probing": dict(sorted(probing.items())),
+                "stream_failures": dict(sorted(stream_failures.items())),
                 "warnings": dict(warnings.most_common(8))}  # fmt: skip
     finally:
         mesh.close()
@@ -153,6 +157,8 @@ def main() -> None:
         "streams": row["streams"],
         "dropped_datagrams": row["dropped_datagrams"],
         "probing": row["probing"],
+        # membership stream requests that failed, by kind:reason (refused seeds included)
+        "stream_failures": row["stream_failures"],
         "warnings": row["warnings"],
     }))
 

@@ -37,7 +37,8 @@ from meshmon.probes.base import ProbeContext
 from meshmon.probes.echo_guard import mesh_codec
 from meshmon.probes.icmp import IcmpPermissionError
 from meshmon.probes.services import run_probe_services
-from meshmon.query import Context, Peer, QueryService, Question, answer
+from meshmon.query.service import Peer, QueryService
+from meshmon.query.wire import Question
 from meshmon.scheduler import Scheduler
 from meshmon.seeds import SeedWatch
 from meshmon.startup import (
@@ -450,6 +451,9 @@ class Agent:
             core = self.mesh.core
             status["membership"] = {"live": core.num_live(), "awareness": core.awareness,
                                     **self.mesh.counters,
+                                    # what stream_failures counts, by kind:reason
+                                    "stream_failures_by_reason": dict(
+                                        sorted(self.mesh.failures.items())),
                                     # self-statements not proven by their certificate, by reason
                                     "refused": dict(sorted(core.refused.items())),
                                     # announcements whose certificate was fetched (not refusals)
@@ -510,6 +514,8 @@ class Agent:
 
     def _answer(self, question: Question, peers: Sequence[Peer]) -> dict[str, Any]:
         """This agent's own answer to a mesh query (runs in a worker thread)."""
+        from meshmon.query.answers import Context, answer  # with the first question
+
         if self.store is None:
             raise ControlError("the store is not open")
 

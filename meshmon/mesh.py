@@ -30,6 +30,7 @@ re-publishes it, drops keys of revoked peers and expels them from membership.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import time
@@ -62,6 +63,7 @@ from meshmon.net import (
     PURPOSE_MEMBERSHIP,
     Datagram,
     MeshTransport,
+    PeerRejectedError,
     PeerUnreachableError,
     RemoteError,
 )
@@ -82,6 +84,31 @@ _REFUSAL_HINTS = {
     "malformed-proof": "unreadable signature",
 }
 PUSH_PULL, TCP_PING, CERTS = "mm-push-pull", "mm-ping", "mm-certs"
+
+
+def failure_reason(exc: Exception) -> str:
+    """Why a stream request failed, in one word: ``timeout`` (no answer in time: a busy or
+    stopped peer), ``refused`` (nothing listens), ``rejected`` (TLS refused a certificate),
+    ``broken`` (the stream broke mid-way), ``remote_error`` (the peer answered with an error),
+    else ``unreachable``."""
+    if isinstance(exc, RemoteError):
+        return "remote_error"
+    causes: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(causes) < 20:
+        causes.append(cause)
+        if isinstance(cause, BaseExceptionGroup):
+            causes.extend(cause.exceptions)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(c, PeerRejectedError) for c in causes):
+        return "rejected"
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return "refused"
+    if "no answer to" in str(exc):
+        return "timeout"
+    if "mid-stream" in str(exc):
+        return "broken"
+    return "unreachable"
 
 
 def _warn_seed(addr: Addr, exc: Exception) -> None:
@@ -114,6 +141,9 @@ class MeshService:
                                auth=self.auth)
         self.bad_input = RateLimitedLog(log)
         self.counters: dict[str, int] = {"malformed": 0, "stream_failures": 0}
+        self.failures: collections.Counter[str] = collections.Counter()
+        """Failed stream requests by ``kind:reason`` (:func:`failure_reason`), e.g.
+        ``push_pull:timeout``: what ``stream_failures`` counts, and why."""
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._leaving = False
@@ -238,10 +268,14 @@ class MeshService:
                 self.core.stream_result(trio.current_time(), request.token, reply == b"1")
         except (PeerUnreachableError, RemoteError) as exc:
             self.counters["stream_failures"] += 1
+            reason = failure_reason(exc)
+            self.failures[f"{request.kind.name.lower()}:{reason}"] += 1
             if request.join and request.node is None:  # a seed: the operator must hear of it
                 self.on_seed_failure(request.addr, exc)
-            else:
-                log.debug("%s to %s failed: %s", request.kind.name, request.addr, exc)
+            else:  # repeated by the protocol; expected now and then on a busy host
+                self.bad_input.log(logging.INFO, f"stream-{request.kind.name}-{reason}",
+                                   "%s with %s:%s failed (%s): %s", request.kind.name.lower(),
+                                   request.addr[0], request.addr[1], reason, exc)  # fmt: skip
             self.core.stream_result(trio.current_time(), request.token, False)
         except MalformedMessage as exc:
             self.counters["malformed"] += 1

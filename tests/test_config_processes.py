@@ -123,8 +123,10 @@ def test_seed_that_cannot_be_resolved_or_reached_is_a_warning_retried_with_backo
     wait_for("the unreachable seed's warning",
              lambda: warned("127.0.0.9:17999", "nothing listens on 127.0.0.9:17999", 1),
              timeout=30)
+    # the unresolvable seed with backoff (1 s, 2 s...); the refusing one every 0.5 s in the
+    # agent's first 30 s (it is up, its agent not yet listening), warned at attempts 1, 2, 4...
     wait_for("both seeds retried", lambda: warned("nonexistent.invalid:17946", "cannot resolve",
-                                                  3) and warned("127.0.0.9:17999", "nothing", 3),
+                                                  3) and warned("127.0.0.9:17999", "nothing", 4),
              timeout=30)  # fmt: skip
     assert agent.running()
     assert agent.api("status")["node"] == "lonely"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import socket
@@ -88,3 +89,43 @@ def test_each_failure_is_one_warning_with_the_reason(caplog: pytest.LogCaptureFi
     assert caplog.records[0].getMessage().startswith("seed 127.0.0.9:17999: no answer within 1s;")
     assert "(attempt 2," in caplog.records[1].getMessage()
     assert watch.failures == {("127.0.0.9", 17999): 2}
+
+
+class RefusingMesh(FakeMesh):
+    """Alone; every rejoin is refused by the seed (nothing listens) until ``joined_after``."""
+
+    def __init__(self, watch: SeedWatch, joined_after: int) -> None:
+        super().__init__(joined_after)
+        self.watch = watch
+
+    def rejoin(self) -> None:
+        super().rejoin()
+        if self.alone():
+            self.watch.failed(self.watch.seeds[0], ConnectionRefusedError(111, "refused"))
+
+
+async def test_a_refusing_seed_is_retried_quickly_at_start_then_with_backoff(
+        autojump_clock: trio.testing.MockClock,
+        caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    watch = SeedWatch([("10.0.0.1", 7946)], rng=random.Random(1), quick=0.5, quick_for=10.0)
+    mesh = RefusingMesh(watch, joined_after=30)
+    start = trio.current_time()
+    with caplog.at_level(logging.WARNING, logger="meshmon.seeds"):
+        watch.failed(watch.seeds[0], ConnectionRefusedError(111, "refused"))  # before run: none
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch.run, mesh)
+            await trio.sleep(0.001)
+            watch.failed(watch.seeds[0], ConnectionRefusedError(111, "refused"))  # the first join
+            assert not mesh.rejoins
+            await trio.sleep(60)
+            nursery.cancel_scope.cancel()
+    quick = [t - start for t in mesh.rejoins if t - start <= 10.0]
+    gaps = [b - a for a, b in itertools.pairwise(quick)]
+    assert len(quick) >= 15 and all(0.3 < g < 0.7 for g in gaps)  # every ~0.5 s, no backoff
+    later = [t - start for t in mesh.rejoins if t - start > 11.0]
+    assert later and all(b - a > 0.9 for a, b in itertools.pairwise(later))  # backoff
+    refusals = [r for r in caplog.records if "while it refuses" in r.getMessage()]
+    counts = sorted(watch.failures.values())
+    assert counts and len(refusals) < counts[-1] // 2  # the 1st, 2nd, 4th ... refusal only
+    assert [int(r.getMessage().rsplit("(attempt ", 1)[1].split(",")[0]) for r in refusals] == [
+        2**i for i in range(len(refusals))]

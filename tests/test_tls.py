@@ -168,3 +168,20 @@ async def test_a_peer_gone_mid_handshake_is_no_certificate_verdict(mesh: Mesh,
                 await connect_mtls("127.0.0.1", port, pki.client_context(identity, trust), trust)
             assert not isinstance(info.value, PeerRejectedError)
             nursery.cancel_scope.cancel()
+
+
+async def test_the_server_sends_no_session_tickets(mesh: Mesh) -> None:
+    # no mesh client resumes a session: tickets would be pure CPU on both ends of every stream
+    server, client = mesh.node("server"), mesh.node("client")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port, _ = await start_server(nursery, mesh, server, [])
+            identity, trust = mesh.identity(client)
+            conn = await connect_mtls("127.0.0.1", port, pki.client_context(identity, trust),
+                                      trust, expected_name="server")
+            await conn.stream.send_all(b"hi")
+            assert await conn.stream.receive_some(100) == b"echo:hi"  # tickets would be here
+            session = conn.stream.session
+            assert session is None or not session.has_ticket
+            await conn.aclose()
+            nursery.cancel_scope.cancel()

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from meshmon import pki
+from meshmon.mesh import failure_reason
 from meshmon.net import (
     Datagram,
     MemoryNetwork,
@@ -241,3 +242,28 @@ async def test_drain_after_the_transport_stopped_reads_nothing(mesh: Mesh) -> No
         async with transports(mesh, "r", base=93) as (r,):
             pass
         assert r.drain() == 0  # the socket is closed: no error loop, nothing routed
+
+
+async def test_failed_requests_say_why_in_one_word(mesh: Mesh) -> None:
+    async def stuck(peer: pki.PeerIdentity, body: bytes) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def broken(peer: pki.PeerIdentity, body: bytes) -> bytes:
+        raise ValueError("the handler failed")
+
+    with trio.fail_after(20):
+        async with transports(mesh, "a", "b", base=46) as (a, b):
+            b.on_request("stuck", stuck)
+            b.on_request("broken", broken)
+            closed = socket.socket()
+            closed.bind(("127.0.0.48", 0))  # bound, never listening: the connect is refused
+            reasons = []
+            for addr, kind in [(closed.getsockname(), "ping"), (b.tcp_address, "stuck"),
+                               (b.tcp_address, "broken")]:  # fmt: skip
+                try:
+                    await a.request(addr, kind, b"x", timeout=0.5)
+                except (PeerUnreachableError, RemoteError) as exc:
+                    reasons.append(failure_reason(exc))
+            closed.close()
+    assert reasons == ["refused", "timeout", "remote_error"]

@@ -18,7 +18,22 @@ Only the config and the probe series are re-exported here: importing this packag
 ``prometheus_client`` (an agent without the listener never does).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from meshmon.metrics.config import MetricsConfig
-from meshmon.metrics.probes import ProbeSeries
+
+if TYPE_CHECKING:
+    from meshmon.metrics.probes import ProbeSeries
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the probe series load with the listener
+    if name == "ProbeSeries":
+        from meshmon.metrics.probes import ProbeSeries
+
+        return ProbeSeries
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["MetricsConfig", "ProbeSeries"]

@@ -14,16 +14,20 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from meshmon.metrics.config import MetricsConfig
-from meshmon.metrics.probes import ProbeSeries
 
 if TYPE_CHECKING:
     from meshmon.agent import Agent
     from meshmon.metrics.exposition import Build
+    from meshmon.metrics.probes import ProbeSeries
 
 
 def probe_series(config: MetricsConfig) -> ProbeSeries | None:
     """The per check x target series the agent feeds, when the listener is on."""
-    return ProbeSeries(config.max_series) if config.listen else None
+    if not config.listen:
+        return None
+    from meshmon.metrics.probes import ProbeSeries
+
+    return ProbeSeries(config.max_series)
 
 
 @asynccontextmanager

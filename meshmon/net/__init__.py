@@ -1,8 +1,15 @@
-"""The only code that touches sockets: mTLS TCP streams, sealed UDP, the mesh transport."""
+"""The only code that touches sockets: mTLS TCP streams, sealed UDP, the mesh transport.
+
+The in-memory transport (:mod:`.memory`, for tests and the simulator) is re-exported lazily
+(PEP 562): an agent never loads it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from meshmon.net.admission import Admission
 from meshmon.net.frames import FrameError
-from meshmon.net.memory import MemoryNetwork, MemoryTransport
 from meshmon.net.tls import (
     ListenError,
     MeshConnectionError,
@@ -24,6 +31,18 @@ from meshmon.net.transport import (
     TransportError,
     open_transport,
 )
+
+if TYPE_CHECKING:
+    from meshmon.net.memory import MemoryNetwork, MemoryTransport
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("MemoryNetwork", "MemoryTransport"):
+        from meshmon.net import memory
+
+        return getattr(memory, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PURPOSE_ECHO",

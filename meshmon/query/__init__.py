@@ -125,21 +125,48 @@ lack (each agent's points from it are older than that agent's own ``oldest``)::
 
 An agent whose store was wiped, or which no longer probes the series, still has its older
 points here; an agent in the archive but not in ``answers`` was not asked (gone from the mesh).
+
+The names below are re-exported lazily (PEP 562): an agent serves questions from its first
+one on, so the answering code (:mod:`.answers`), the gathering core (:mod:`.gather`) and the
+archive (:mod:`.archive`) load with the first question asked or answered, not at start.
 """
 
-from meshmon.query.answers import Context, ResultSource, answer, check_answer, fit
-from meshmon.query.gather import REASONS, Gather, Missing, Outcome
-from meshmon.query.service import HistoryArchive, Peer, QueryConfig, QueryService, render
-from meshmon.query.wire import (
-    KIND,
-    History,
-    Latest,
-    Matrix,
-    QueryFormatError,
-    Question,
-    decode_request,
-    encode_request,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from meshmon.query.answers import Context, ResultSource, answer, check_answer, fit
+    from meshmon.query.gather import REASONS, Gather, Missing, Outcome
+    from meshmon.query.service import HistoryArchive, Peer, QueryConfig, QueryService, render
+    from meshmon.query.wire import (
+        KIND,
+        History,
+        Latest,
+        Matrix,
+        QueryFormatError,
+        Question,
+        decode_request,
+        encode_request,
+    )
+
+_WHERE = {
+    "meshmon.query.answers": ("Context", "ResultSource", "answer", "check_answer", "fit"),
+    "meshmon.query.gather": ("REASONS", "Gather", "Missing", "Outcome"),
+    "meshmon.query.service": ("HistoryArchive", "Peer", "QueryConfig", "QueryService", "render"),
+    "meshmon.query.wire": ("KIND", "History", "Latest", "Matrix", "QueryFormatError", "Question",
+                           "decode_request", "encode_request"),
+}  # fmt: skip
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:  # a submodule (``from meshmon.query import answers``) is found by import
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "KIND",

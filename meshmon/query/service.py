@@ -36,7 +36,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -44,15 +44,6 @@ from meshmon import pki
 from meshmon.logs import RateLimitedLog
 from meshmon.net import PeerRejectedError, PeerUnreachableError, RemoteError, RequestHandler
 from meshmon.net.frames import FrameTooLarge
-from meshmon.query.answers import check_answer, fit
-from meshmon.query.archive import (
-    ArchiveRows,
-    ArchiveUnavailable,
-    archive_answers,
-    archive_range,
-    render_archive,
-)
-from meshmon.query.gather import ERROR, REFUSED, UNREACHABLE, Gather, Outcome
 from meshmon.query.wire import (
     KIND,
     MAX_ANSWER_BYTES,
@@ -69,6 +60,10 @@ from meshmon.query.wire import (
     encode_refusal,
     encode_request,
 )
+
+if TYPE_CHECKING:  # loaded with the first question (see :mod:`meshmon.query`)
+    from meshmon.query.archive import ArchiveRows
+    from meshmon.query.gather import Gather, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +134,8 @@ class HistoryArchive(Protocol):
 def classify(exc: PeerUnreachableError) -> str:
     """``refused`` for a certificate rejection either way, ``error`` for a peer that broke
     the framing (an oversize answer included), else ``unreachable``."""
+    from meshmon.query.gather import ERROR, REFUSED, UNREACHABLE
+
     cause: BaseException | None = exc.__cause__
     while cause is not None:
         if isinstance(cause, PeerRejectedError):
@@ -230,6 +227,8 @@ class QueryService:
         return await self._answer_encoded(question, limit)
 
     async def _answer_encoded(self, question: Question, limit: int) -> bytes:
+        from meshmon.query.answers import fit
+
         peers = list(self.view())  # a snapshot taken in the trio thread
 
         def work() -> bytes:
@@ -255,6 +254,8 @@ class QueryService:
     async def ask(self, question: Question, timeout: float | None = None,  # noqa: ASYNC109
                   max_bytes: int | None = None) -> Outcome:  # fmt: skip
         """Ask every agent ``question`` concerns; return what came back by the deadline."""
+        from meshmon.query.gather import Gather
+
         cfg = self.config
         limit = cfg.timeout if timeout is None else timeout
         peers = {p.name: p for p in self.targets(question)}
@@ -283,6 +284,9 @@ class QueryService:
 
     async def _ask_one(self, gather: Gather, peer: Peer, question: Question, body: bytes,
                        per_agent: int, limit: float) -> None:  # fmt: skip
+        from meshmon.query.answers import check_answer
+        from meshmon.query.gather import ERROR, REFUSED
+
         name = peer.name
         try:
             if name == self.name:
@@ -328,6 +332,13 @@ class QueryService:
                        limit: float) -> dict[str, Any] | None:  # fmt: skip
         """Ask the archive for the part of ``question`` the agents lack, within ``limit``
         seconds; its envelope entry (None: the agents hold the whole range)."""
+        from meshmon.query.archive import (
+            ArchiveUnavailable,
+            archive_answers,
+            archive_range,
+            render_archive,
+        )
+
         span = archive_range(question, outcome.answers, time.time())
         if span is None:
             return None
