@@ -56,6 +56,7 @@ import h11
 import trio
 
 from meshmon.configload import parse_duration
+from meshmon.net.http1 import read_request, send_response
 from meshmon.query.wire import (
     MAX_ANSWER_BYTES,
     MAX_POINTS,
@@ -389,7 +390,7 @@ async def _serve_connection(app: ControlApp, stream: trio.SocketStream) -> None:
         while True:
             request = None
             with trio.move_on_after(IDLE_TIMEOUT):
-                request = await _read_request(conn, stream)
+                request = await read_request(conn, stream, MAX_BODY)
             if request is None:
                 return  # closed, idle, or too slow to send its request
             # no limit on the answer: a mesh query has its own timeout (see meshmon.query)
@@ -412,45 +413,14 @@ async def _serve_connection(app: ControlApp, stream: trio.SocketStream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-            413: b"Content Too Large", 500: b"Internal Server Error"}  # fmt: skip
-
-
 def _upgrade(request: h11.Request) -> bool:
     return any(name == b"upgrade" for name, _ in request.headers)
-
-
-async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
-    """The next complete request (its body read and dropped); None when the client closed."""
-    request: h11.Request | None = None
-    body = 0
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(16384))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.Data):
-            body += len(event.data)
-            if body > MAX_BODY:
-                raise h11.RemoteProtocolError("request body too large", error_status_hint=413)
-        elif isinstance(event, h11.EndOfMessage):
-            return request
-        elif isinstance(event, h11.ConnectionClosed):
-            return None
-        else:  # PAUSED: never, since each cycle ends before the next is read
-            return None
 
 
 async def _respond(conn: h11.Connection, stream: trio.SocketStream, status: int,
                    body: Any) -> None:  # fmt: skip
     payload = json.dumps(body, default=str).encode()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(payload)).encode())]  # fmt: skip
-    reason = _REASONS.get(status, b"")
-    data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
-    data += conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage())
-    await stream.send_all(data)
+    await send_response(conn, stream, status, [(b"content-type", b"application/json")], payload)
 
 
 def _prepare_socket(path: Path) -> None:

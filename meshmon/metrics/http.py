@@ -26,6 +26,8 @@ from typing import Any
 import h11
 import trio
 
+from meshmon.net.http1 import read_request, send_response
+
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 32
@@ -56,10 +58,6 @@ def json_response(status: int, body: Any) -> Response:
     """``body`` as a JSON response."""
     return Response(status, json.dumps(body, default=str).encode() + b"\n")
 
-
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-            413: b"Content Too Large", 500: b"Internal Server Error",
-            503: b"Service Unavailable"}  # fmt: skip
 
 
 async def serve_http(
@@ -93,7 +91,7 @@ async def _serve_connection(routes: Mapping[str, Handler], stream: trio.SocketSt
         while True:
             request = None
             with trio.move_on_after(REQUEST_TIMEOUT):
-                request = await _read_request(conn, stream)
+                request = await read_request(conn, stream, MAX_BODY)
             if request is None:
                 return  # closed, idle or too slow
             response = await _answer(routes, request)
@@ -131,34 +129,8 @@ async def _answer(routes: Mapping[str, Handler], request: h11.Request) -> Respon
         return json_response(500, {"error": f"internal error: {exc}"})
 
 
-async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
-    """The next complete request (any body read and dropped); None when the client closed."""
-    request: h11.Request | None = None
-    body = 0
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(16384))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.Data):
-            body += len(event.data)
-            if body > MAX_BODY:
-                raise h11.RemoteProtocolError("request body too large", error_status_hint=413)
-        elif isinstance(event, h11.EndOfMessage):
-            return request
-        else:  # ConnectionClosed; PAUSED never (each cycle ends before the next is read)
-            return None
-
-
 async def _respond(conn: h11.Connection, stream: trio.SocketStream, response: Response,
                    head: bool) -> None:  # fmt: skip
     headers = [(b"content-type", response.content_type.encode("latin-1")),
-               (b"content-length", str(len(response.body)).encode()),
                (b"cache-control", b"no-store")]  # fmt: skip
-    data = conn.send(h11.Response(status_code=response.status, headers=headers,
-                                  reason=_REASONS.get(response.status, b"")))  # fmt: skip
-    if not head:
-        data += conn.send(h11.Data(data=response.body))
-    data += conn.send(h11.EndOfMessage())
-    await stream.send_all(data)
+    await send_response(conn, stream, response.status, headers, response.body, head)
