@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import signal
@@ -174,6 +175,7 @@ async def run_service(
             _write_listening(config, urls)
             observed.listening = bound
             stack.callback(_remove_listening, config)
+            _settle_heap()
             task_status.started(bound)
     log.info("stopped")
 
@@ -212,6 +214,23 @@ async def _start_maintenance(nursery: trio.Nursery, config: ServerConfig, url: s
     kept = ", ".join(f"{name.removesuffix('_days')} {getattr(r, name) or 'for ever'}"
                      for name in ("raw_days", "minute_days", "hour_days"))  # fmt: skip
     log.info("rollups and retention running (kept days: %s)", kept)
+
+
+GC_THRESHOLD0 = 20_000
+"""Container allocations between young-generation collections (Python's default, 700, runs
+one every few requests' worth of ingest)."""
+
+
+def _settle_heap() -> None:
+    """Once started, leave what the imports and the set-up allocated (a few hundred thousand
+    long-lived objects: modules, the ASGI app, pydantic models) out of the cyclic garbage
+    collector's passes (``gc.freeze``), and collect the young generation less often: ingest
+    allocates and frees containers by the thousand a batch, nearly all of them freed by
+    reference counting, and each full pass over the heap cost the aggregator ~0.3-0.6 µs a
+    record ingested (measured with ``benchmarks.ingest``, CPU per record with and without)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD0, *gc.get_threshold()[1:])
 
 
 LISTENING = "listening"
