@@ -77,7 +77,7 @@ class RecordReader:
         """
         gids = stored.gids
         uniq = list(dict.fromkeys(gids))
-        where = {g: i for i, g in enumerate(uniq)}
+        where = dict(zip(uniq, range(len(uniq))))
         try:
             ts_us = array("q", map(round, map(mul, stored.tss, repeat(1e6))))
         except (OverflowError, ValueError):
@@ -91,7 +91,7 @@ class RecordReader:
         outcomes, outcome_ix, rtt_ms, payloads, payload_len, slow = _read(stored, heads)
         self.slow_reads += slow
         return {
-            "ts_us": ts_us, "series": tuple(stored.names[g] for g in uniq),
+            "ts_us": ts_us, "series": tuple(map(stored.names.__getitem__, uniq)),
             "series_ix": array("H", map(where.__getitem__, gids)), "outcomes": outcomes,
             "outcome_ix": outcome_ix, "rtt_ms": rtt_ms, "payload_len": payload_len,
             "payloads": payloads,
