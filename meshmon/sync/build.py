@@ -95,7 +95,7 @@ class RecordReader:
         """
         gids = stored.gids
         uniq = list(dict.fromkeys(gids))
-        where = dict(zip(uniq, range(len(uniq))))
+        where = dict(zip(uniq, range(len(uniq)), strict=True))
         try:
             ts_us = array("q", map(round, map(mul, stored.tss, repeat(1e6))))
         except (OverflowError, ValueError):
