@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from itertools import accumulate, chain, repeat
-from operator import sub
+from operator import add, sub
 from typing import Any, NamedTuple
 
 from meshmon.wire.columns import ColumnBatch, Outcome
@@ -63,9 +63,8 @@ def series_fields(agent: str, store: str, series: Sequence[tuple[str, str]]) -> 
     """The ``agent``, ``store``, ``check_name`` and ``target`` fields of each series (a batch
     may hold thousands)."""
     names = list(map(str.encode, chain.from_iterable(series)))
-    fields = list(map(bytes.__add__, map(_FIELD.pack, map(len, names)), names))
-    return list(map(b"".join, zip(repeat(text(agent) + text(store)), fields[::2], fields[1::2],
-                                  strict=False)))  # fmt: skip
+    fields = list(map(add, map(_FIELD.pack, map(len, names)), names))
+    return list(map(add, map(add, repeat(text(agent) + text(store)), fields[::2]), fields[1::2]))
 
 
 def outcome_field(o: Outcome) -> bytes:

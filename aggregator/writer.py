@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
+from operator import itemgetter
 from typing import Any
 
 import cbor2
@@ -215,9 +216,9 @@ class BatchWriter:
         if min(ts[start:]) < cutoff:
             rows = [i for i in rows if ts[i] >= cutoff]
             expired = n - start - len(rows)
-        incident_series = [k for k, s in enumerate(cols.series) if s[0] == INCIDENT_CHECK]
         incidents: list[SyncRecord] = []
-        if incident_series:
+        if INCIDENT_CHECK in map(itemgetter(0), cols.series):  # in C: a batch may hold thousands
+            incident_series = [k for k, s in enumerate(cols.series) if s[0] == INCIDENT_CHECK]
             six, skip = cols.series_ix, set(incident_series)
             starts = list(accumulate(cols.payload_len, initial=0))
             incidents = [_incident(cols, i, starts) for i in rows if six[i] in skip]

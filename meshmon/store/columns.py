@@ -134,7 +134,7 @@ def _take(reader: Reader, seg: Segment, k: int, a: int, b: int, out: StoredColum
         if s is None:  # pragma: no cover - the segment's ids always name live series
             reader.read_error(seg, k, seg.seq0(k) + a)
             return False
-        out.names[gid] = (s.check, s.target)
+        out.names[gid] = s.pair
     out.tss.extend(meta.tss[a:b])
     out.gids.extend(gids)
     out.payloads += memoryview(raw)[start:]

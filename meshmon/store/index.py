@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 from operator import or_
 from zlib import crc32
@@ -153,6 +153,12 @@ class Series:
     key_crc: int
     latest: int = 0
     """Seq of the newest record (0: none yet)."""
+    pair: tuple[str, str] = field(init=False, repr=False, compare=False)
+    """``(check, target)``, made once: the key of :attr:`SeriesTable.by_pair`, and what a
+    columnar read hands on for each series it meets (an upload meets thousands a batch)."""
+
+    def __post_init__(self) -> None:
+        self.pair = (self.check, self.target)
 
 
 class SeriesTable:
@@ -208,7 +214,7 @@ class SeriesTable:
             self.keys.append(s.key)
             self.key_crcs.append(s.key_crc)
             self.latest.append(0)
-        self.by_pair[(s.check, s.target)] = sid
+        self.by_pair[s.pair] = sid
         self.by_key[s.key] = sid
         return sid
 
