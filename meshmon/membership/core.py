@@ -400,7 +400,7 @@ class Membership(MemberTable):
         # of it; nack a little before then so that the nack still counts (Lifeguard).
         deadline = now + _RELAY_NACK_FRACTION * self.config.probe_timeout
         self._relays[self._seq] = Relay(msg.seq, src, msg.nack, deadline)
-        heapq.heappush(self._timers, (deadline, self._seq, T_RELAY, self._seq))
+        self._schedule(deadline, T_RELAY, self._seq)
         self._send(msg.target_addr, [codec.encode_ping(self._seq, msg.target, self._name)])
 
     def _on_user(self, now: float, key: str, version: int, payload: bytes,
@@ -474,7 +474,7 @@ class Membership(MemberTable):
         request = StreamRequest(token, kind, addr, node, payload, join, deadline)
         self._streams[token] = (request, pull_key)
         self._stream_out.append(request)
-        heapq.heappush(self._timers, (deadline, token, T_STREAM, token))
+        self._schedule(deadline, T_STREAM, token)
         return token
 
     # -- certificates named by reference (see certs) -------------------------------------------
