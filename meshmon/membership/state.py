@@ -2,8 +2,8 @@
 
 :class:`MemberTable` is the half of the membership core that needs no timers of its own: the
 view (alive/suspect/dead/left with incarnations), refutation, Lifeguard's awareness score, the
-broadcast queue that news goes into, and the events the agent sees. ``core.Membership`` adds
-probing, gossip, push-pull and the public driver API on top.
+broadcast queue that news goes into, and the events the agent sees. The layers above add
+stream work (``exchange``), probing (``probe``) and the driver API with gossip rounds (``core``).
 
 Merge rules (memberlist's): ``Alive(i)`` is accepted if ``i`` is newer than what we hold (or the
 member has been gone longer than ``dead_node_reclaim_time``); ``Suspect(i)`` and ``Dead(i)`` if
