@@ -168,7 +168,9 @@ class Membership(Prober):
 
     def next_deadline(self) -> float:
         """When :meth:`tick` next has something to do."""
-        deadline = min(self._next_reconnect, self._next_push_pull)
+        deadline = self._next_reconnect
+        if self._next_push_pull < deadline:
+            deadline = self._next_push_pull
         probe = self._probe
         if probe is not None:
             due = probe.end_at if probe.indirect else probe.timeout_at
@@ -179,10 +181,12 @@ class Membership(Prober):
             deadline = self._next_gossip
         if self._catch_up_from is not None and self._next_catch_up < deadline:
             deadline = self._next_catch_up
-        timers = self._timers
-        while timers and not self._timer_valid(timers[0]):
+        timers = self._timers  # the first valid timer, if sooner (later ones may stay stale)
+        while timers and timers[0][0] < deadline:
+            if self._timer_valid(timers[0]):
+                return timers[0][0]
             heapq.heappop(timers)
-        return timers[0][0] if timers and timers[0][0] < deadline else deadline
+        return deadline
 
     def take_events(self) -> list[Event]:
         """Membership and user-payload events since the last call, oldest first."""
@@ -221,16 +225,16 @@ class Membership(Prober):
     # -- dispatch ------------------------------------------------------------------------------
 
     def _dispatch(self, now: float, src: Addr, msg: Message) -> None:
-        if isinstance(msg, Ping):
+        if isinstance(msg, Suspect):  # the most frequent first
+            self._on_suspect(now, msg.incarnation, msg.node, msg.source)
+        elif isinstance(msg, Ping):
             self._on_ping(src, msg)
         elif isinstance(msg, Ack):
             self._on_ack(now, msg.seq)
-        elif isinstance(msg, Alive):
-            self._on_alive(now, msg.incarnation, msg.meta, msg.proof)
-        elif isinstance(msg, Suspect):
-            self._on_suspect(now, msg.incarnation, msg.node, msg.source)
         elif isinstance(msg, Dead):
             self._on_dead(now, msg.incarnation, msg.node, msg.source, msg.meta, msg.proof)
+        elif isinstance(msg, Alive):
+            self._on_alive(now, msg.incarnation, msg.meta, msg.proof)
         elif isinstance(msg, IndirectPing):
             self._on_indirect(now, src, msg)
         elif isinstance(msg, Nack):

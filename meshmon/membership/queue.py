@@ -9,10 +9,13 @@ transmit count, so taking and re-filing an entry costs O(1) and nothing is ever 
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 _SMALLEST = 12
 """No broadcast (suspect, dead, alive, user) encodes smaller than this."""
 _MAX_MISSES = 32
 """Entries skipped for size before ``take`` gives up filling a datagram (bounds its cost)."""
+_FILLED = itemgetter(1)  # of (count, bucket): most buckets are empty; skip them in C
 
 
 class BroadcastQueue:
@@ -79,9 +82,7 @@ class BroadcastQueue:
         buckets = self._buckets
         moved: list[tuple[str, bytes, int]] = []
         misses = 0  # stop scanning once many entries in a row did not fit the leftover bytes
-        for count, bucket in enumerate(buckets):
-            if not bucket:
-                continue
+        for count, bucket in filter(_FILLED, enumerate(buckets)):
             if budget < _SMALLEST or misses > _MAX_MISSES:
                 break
             for key, data in reversed(bucket.items()):

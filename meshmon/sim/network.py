@@ -50,6 +50,7 @@ from meshmon.sim.identities import SimIdentities
 
 _WAKE, _DELIVER, _STREAM = range(3)
 _STALLED = 4  # flag on an event kind: already deferred by CPU starvation
+_NEVER = float("inf")
 
 Observer = Callable[[float, str, Event], None]
 """Called as ``observer(time, observing_node_name, event)`` for every event a node emits."""
@@ -220,35 +221,33 @@ class Simulation:
         """Process events up to virtual time ``t`` (or until ``stop()`` turns true)."""
         heap = self._heap
         pop = heapq.heappop
+        after = self._after
         while heap and heap[0][0] <= t:
             when, _, kind, node, item = pop(heap)
             self.now = when
-            stalled = kind & _STALLED
-            kind &= ~_STALLED
             if not node.alive:
                 continue
             if kind == _WAKE:
                 if item != node.gen:
                     continue
-                node.wake_at = float("inf")
+                node.wake_at = _NEVER
                 node.core.tick(when)
-                self._after(node)
-            elif kind == _DELIVER:
-                if not stalled and self.link.starved and self._maybe_stall(node, when, kind, item):
+            elif kind & ~_STALLED == _DELIVER:
+                if kind == _DELIVER and self.link.starved and self._maybe_stall(node, when, kind,
+                                                                                item):
                     continue
-                src, datagram = item
                 self.delivered += 1
                 try:
-                    node.core.handle_datagram(when, src, datagram)
+                    node.core.handle_datagram(when, item[0], item[1])
                 except MalformedMessage:
                     self.malformed += 1
-                self._after(node)
             else:
-                if not stalled and self.link.starved and self._maybe_stall(node, when, kind, item):
+                if kind == _STREAM and self.link.starved and self._maybe_stall(node, when, kind,
+                                                                               item):
                     continue
                 token, ok, reply = item
                 node.core.stream_result(when, token, ok, reply)
-                self._after(node)
+            after(node)
             self.events_processed += 1
             if stop is not None and stop():
                 return
