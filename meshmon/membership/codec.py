@@ -269,9 +269,9 @@ _NEWS_MAX = 65536
 
 
 def _message(item: Any) -> Message:
-    items = _list(item)
-    if not items:
-        raise MalformedMessage("empty message")
+    if type(item) is not list or not item:
+        raise MalformedMessage(f"expected a message (a non-empty array), got {item!r:.40}")
+    items: list[Any] = item
     kind = items[0]
     n = len(items)
     if n == 4 and kind in (_SUSPECT, _DEAD):
@@ -333,7 +333,7 @@ def decode_datagram(data: bytes) -> list[Message]:
     if top[0] != VERSION or type(top[0]) is not int:
         raise MalformedMessage(f"unsupported wire version {top[0]!r:.20}; upgrade this agent")
     try:
-        return [_message(item) for item in top[1:]]
+        return list(map(_message, itertools.islice(top, 1, None)))
     except MalformedMessage:
         raise
     except Exception as exc:  # e.g. RecursionError, TypeError from unhashable junk

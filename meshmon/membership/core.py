@@ -156,7 +156,7 @@ class Membership(Prober):
         if self._timers and self._timers[0][0] <= now:
             self._run_timers(now)
         self._step_probe(now)
-        if self._queue and now >= self._next_gossip:
+        if now >= self._next_gossip and self._queue:
             self._gossip(now)
             self._next_gossip = now + self.config.gossip_interval
         if now >= self._next_push_pull:

@@ -179,8 +179,8 @@ class Prober(Exchanges):
             return
         self._seq += 1
         timeout = timing.scale_by_awareness(cfg.probe_timeout, self._awareness)
-        first = (target.meta.udp_addr not in self._heard
-                 and now - target.since < cfg.first_contact_grace)  # fmt: skip
+        first = (now - target.since < cfg.first_contact_grace
+                 and target.meta.udp_addr not in self._heard)  # fmt: skip
         self._probe = ProbeRound(self._seq, target, now, now + timeout, now + interval, first)
         primary = [codec.encode_ping(self._seq, target.meta.name, self._name)]
         if target.state is SUSPECT and cfg.lifeguard:  # the buddy rule: tell it, so it refutes

@@ -299,6 +299,8 @@ class MemberTable:
         self._change_awareness(1)
 
     def _change_awareness(self, delta: int) -> None:
+        if delta < 0 and not self._awareness:  # healthy stays healthy (every direct ack)
+            return
         if self.config.lifeguard:
             if delta > 0:
                 self.stats["awareness_raised"] += delta
