@@ -410,12 +410,16 @@ class MemberTable:
         size = len(lst)
         if not size:
             return []
-        members = self._members
-        randrange = self._rng.randrange
+        members, banned = self._members, self._banned
+        # randrange(size), inlined (random.Random draws it so): a gossip round's hot spot
+        getrandbits, bits = self._rng.getrandbits, size.bit_length()
         for _ in range(3 * k + 3 if size > 3 * k else size * 3):
-            name = lst[randrange(size)]
+            i = getrandbits(bits)
+            while i >= size:
+                i = getrandbits(bits)
+            name = lst[i]
             m = members.get(name)
-            if m is None or name in chosen or name == exclude or name in self._banned:
+            if m is None or name in chosen or name == exclude or name in banned:
                 continue
             if m.state in LIVE or (dead_after is not None and m.state is DEAD
                                     and m.since >= dead_after):
