@@ -60,6 +60,16 @@ def test_hot_path_encoders_write_what_encode_message_writes() -> None:
         assert codec.encode_ack(seq) == codec.encode_message(Ack(seq))
 
 
+@pytest.mark.parametrize("kind", [5, 6])  # suspect, dead: decoded once, then remembered
+def test_remembered_news_is_only_served_for_exact_types(kind: int) -> None:
+    good = codec.decode_datagram(cbor2.dumps([V, [kind, 3, "n00001", "n00002"]]))
+    assert good == codec.decode_datagram(cbor2.dumps([V, [kind, 3, "n00001", "n00002"]]))
+    for bad in ([kind, True, "n00001", "n00002"], [kind, 3.0, "n00001", "n00002"],
+                [kind, 3, "n00001", "bad name!"], [kind, -3, "n00001", "n00002"]):
+        with pytest.raises(codec.MalformedMessage):
+            codec.decode_datagram(cbor2.dumps([V, bad]))
+
+
 def test_state_round_trips() -> None:
     state = PushPullState(True, (MemberState(META, 9, State.SUSPECT),
                                  MemberState(META, 9, State.ALIVE, b"proof")),
