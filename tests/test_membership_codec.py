@@ -60,6 +60,16 @@ def test_hot_path_encoders_write_what_encode_message_writes() -> None:
         assert codec.encode_ack(seq) == codec.encode_message(Ack(seq))
 
 
+@pytest.mark.parametrize("kind", [5, 6])  # suspect, dead: decoded once, then remembered
+def test_remembered_news_is_only_served_for_exact_types(kind: int) -> None:
+    good = codec.decode_datagram(cbor2.dumps([V, [kind, 3, "n00001", "n00002"]]))
+    assert good == codec.decode_datagram(cbor2.dumps([V, [kind, 3, "n00001", "n00002"]]))
+    for bad in ([kind, True, "n00001", "n00002"], [kind, 3.0, "n00001", "n00002"],
+                [kind, 3, "n00001", "bad name!"], [kind, -3, "n00001", "n00002"]):
+        with pytest.raises(codec.MalformedMessage):
+            codec.decode_datagram(cbor2.dumps([V, bad]))
+
+
 def test_state_round_trips() -> None:
     state = PushPullState(True, (MemberState(META, 9, State.SUSPECT),
                                  MemberState(META, 9, State.ALIVE, b"proof")),
@@ -185,6 +195,71 @@ def test_queue_fewest_transmits_first_within_budget_and_limit() -> None:
         q.take(1000, 3)
     assert len(q) == 0  # every entry reached the limit
     assert q.take(1000, 3) == []
+
+
+class _QueueModel:
+    """The broadcast queue's rules, entry by entry: fewest sends first, newest first among
+    equals (re-filing makes an entry the newest of its count), within the byte budget."""
+
+    def __init__(self, max_size: int) -> None:
+        self.entries: dict[str, tuple[int, int, bytes]] = {}  # key -> (sends, filed, data)
+        self.filed = 0
+        self.max_size = max_size
+
+    def put(self, key: str, data: bytes) -> None:
+        self.entries.pop(key, None)
+        self.filed += 1
+        self.entries[key] = (0, self.filed, data)
+        while len(self.entries) > self.max_size:  # the oldest among the most-sent goes
+            most = max(c for c, _, _ in self.entries.values())
+            oldest = min((f, k) for k, (c, f, _) in self.entries.items() if c == most)[1]
+            del self.entries[oldest]
+
+    def take(self, budget: int, limit: int) -> list[bytes]:
+        order = sorted(self.entries.items(), key=lambda kv: (kv[1][0], -kv[1][1]))
+        out: list[bytes] = []
+        sent: list[str] = []
+        misses, count = 0, None
+        for key, (sends, _, data) in order:
+            if sends != count:
+                if budget < 12 or misses > 32:
+                    break
+                count = sends
+            elif budget < 12 or misses > 32:
+                continue  # the rest of this count is skipped
+            if len(data) <= budget:
+                out.append(data)
+                budget -= len(data)
+                sent.append(key)
+            else:
+                misses += 1
+        for key in sent:
+            sends, _, data = self.entries.pop(key)
+            if sends + 1 < limit:
+                self.filed += 1
+                self.entries[key] = (sends + 1, self.filed, data)
+        return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_queue_takes_what_the_entry_by_entry_rules_take(seed: int) -> None:
+    # whole-queue takes (everything fits) and partial ones must agree with the rules
+    rng = random.Random(seed)
+    q, model = BroadcastQueue(30), _QueueModel(30)
+    for _ in range(400):
+        if rng.random() < 0.5:
+            key, data = f"k{rng.randrange(40)}", bytes(rng.randrange(12, 200))
+            q.put(key, data)
+            model.put(key, data)
+        elif rng.random() < 0.1:
+            key = f"k{rng.randrange(40)}"
+            q.discard(key)
+            model.entries.pop(key, None)
+        else:
+            budget, limit = rng.choice([1200, 5000, rng.randrange(300)]), rng.randrange(1, 6)
+            assert q.take(budget, limit) == model.take(budget, limit)
+        assert len(q) == len(model.entries)
+        assert all(q.transmits(k) == c for k, (c, _, _) in model.entries.items())
 
 
 def test_queue_is_bounded() -> None:

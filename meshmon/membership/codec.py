@@ -262,22 +262,39 @@ def _proof(value: Any) -> bytes:
     return value
 
 
+_NEWS: dict[tuple[Any, int, str, str], Suspect | Dead] = {}
+"""Suspect and dead news decoded before, by their items: every member hears each piece of news
+from several others (``retransmit_mult * log10 N`` sends of it per member that has it)."""
+_NEWS_MAX = 65536
+
+
 def _message(item: Any) -> Message:
-    items = _list(item)
-    if not items:
-        raise MalformedMessage("empty message")
+    if type(item) is not list or not item:
+        raise MalformedMessage(f"expected a message (a non-empty array), got {item!r:.40}")
+    items: list[Any] = item
     kind = items[0]
     n = len(items)
+    if n == 4 and kind in (_SUSPECT, _DEAD):
+        inc, node, source = items[1], items[2], items[3]
+        key = None
+        if type(inc) is int and type(node) is str and type(source) is str:  # exact types only
+            key = (kind, inc, node, source)
+            news = _NEWS.get(key)
+            if news is not None:
+                return news
+        cls = Suspect if kind == _SUSPECT else Dead
+        news = cls(_int(inc), _name(node), _name(source))
+        if key is not None:
+            if len(_NEWS) >= _NEWS_MAX:
+                _NEWS.clear()
+            _NEWS[key] = news
+        return news
     if kind == _PING and n == 4:
         return Ping(_int(items[1]), _name(items[2]), _name(items[3]))
     if kind == _ACK and n == 2:
         return Ack(_int(items[1]))
     if kind == _ALIVE and n == 4:
         return Alive(_int(items[1]), _meta(items[2]), _proof(items[3]))
-    if kind == _SUSPECT and n == 4:
-        return Suspect(_int(items[1]), _name(items[2]), _name(items[3]))
-    if kind == _DEAD and n == 4:
-        return Dead(_int(items[1]), _name(items[2]), _name(items[3]))
     if kind == _DEAD and n == 6:
         return Dead(_int(items[1]), _name(items[2]), _name(items[3]), _meta(items[4]),
                     _proof(items[5]))
@@ -316,7 +333,7 @@ def decode_datagram(data: bytes) -> list[Message]:
     if top[0] != VERSION or type(top[0]) is not int:
         raise MalformedMessage(f"unsupported wire version {top[0]!r:.20}; upgrade this agent")
     try:
-        return [_message(item) for item in top[1:]]
+        return list(map(_message, itertools.islice(top, 1, None)))
     except MalformedMessage:
         raise
     except Exception as exc:  # e.g. RecursionError, TypeError from unhashable junk

@@ -9,10 +9,13 @@ transmit count, so taking and re-filing an entry costs O(1) and nothing is ever 
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 _SMALLEST = 12
 """No broadcast (suspect, dead, alive, user) encodes smaller than this."""
 _MAX_MISSES = 32
 """Entries skipped for size before ``take`` gives up filling a datagram (bounds its cost)."""
+_FILLED = itemgetter(1)  # of (count, bucket): most buckets are empty; skip them in C
 
 
 class BroadcastQueue:
@@ -74,16 +77,24 @@ class BroadcastQueue:
             limit: retransmit limit; an entry sent this many times is dropped.
         """
         out: list[bytes] = []
-        if not self._where or budget <= 0:
+        where = self._where
+        if not where or budget <= 0:
             return out
         buckets = self._buckets
+        if len(where) == 1:  # the usual case: one piece of news
+            ((key, count),) = where.items()
+            data = buckets[count][key]
+            if budget >= _SMALLEST and len(data) <= budget:
+                out.append(data)
+                self._refile(key, data, count, limit)
+            return out
         moved: list[tuple[str, bytes, int]] = []
         misses = 0  # stop scanning once many entries in a row did not fit the leftover bytes
-        for count, bucket in enumerate(buckets):
-            if not bucket:
-                continue
-            if budget < _SMALLEST or misses > _MAX_MISSES:
+        unseen = len(where)  # entries in the counts not scanned yet
+        for count, bucket in filter(_FILLED, enumerate(buckets)):
+            if budget < _SMALLEST or misses > _MAX_MISSES or not unseen:
                 break
+            unseen -= len(bucket)
             for key, data in reversed(bucket.items()):
                 size = len(data)
                 if size <= budget:
@@ -96,14 +107,18 @@ class BroadcastQueue:
                     misses += 1
                     if misses > _MAX_MISSES:
                         break
-        where = self._where
         for key, data, count in moved:
-            del buckets[count][key]
-            if count + 1 >= limit:
-                del where[key]
-                continue
-            if count + 1 == len(buckets):
-                buckets.append({})
-            buckets[count + 1][key] = data
-            where[key] = count + 1
+            self._refile(key, data, count, limit)
         return out
+
+    def _refile(self, key: str, data: bytes, count: int, limit: int) -> None:
+        """``key``'s entry was sent once more: file it under ``count + 1``, or drop it."""
+        buckets = self._buckets
+        del buckets[count][key]
+        if count + 1 >= limit:
+            del self._where[key]
+            return
+        if count + 1 == len(buckets):
+            buckets.append({})
+        buckets[count + 1][key] = data
+        self._where[key] = count + 1

@@ -2,8 +2,8 @@
 
 :class:`MemberTable` is the half of the membership core that needs no timers of its own: the
 view (alive/suspect/dead/left with incarnations), refutation, Lifeguard's awareness score, the
-broadcast queue that news goes into, and the events the agent sees. ``core.Membership`` adds
-probing, gossip, push-pull and the public driver API on top.
+broadcast queue that news goes into, and the events the agent sees. The layers above add
+stream work (``exchange``), probing (``probe``) and the driver API with gossip rounds (``core``).
 
 Merge rules (memberlist's): ``Alive(i)`` is accepted if ``i`` is newer than what we hold (or the
 member has been gone longer than ``dead_node_reclaim_time``); ``Suspect(i)`` and ``Dead(i)`` if
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import heapq
+import itertools
 import random
 from collections.abc import Mapping
 
@@ -54,7 +55,8 @@ ALIVE, SUSPECT, DEAD, LEFT = State.ALIVE, State.SUSPECT, State.DEAD, State.LEFT
 LIVE = (ALIVE, SUSPECT)
 GONE = (DEAD, LEFT)
 T_SUSPECT, T_RELAY, T_STREAM = range(3)
-"""Timer kinds in the shared heap of ``(deadline, tiebreak, kind, key)``."""
+"""Timer kinds in the shared heap of ``(deadline, tiebreak, kind, key)``; the tiebreak counts
+timers in the order they were set, so timers due at once fire in that order in every process."""
 
 
 class MemberTable:
@@ -96,6 +98,7 @@ class MemberTable:
         self._awareness = 0
         self._suspicions: dict[str, Suspicion] = {}
         self._timers: list[tuple[float, int, int, object]] = []
+        self._timers_set = itertools.count()  # tiebreaks (see T_SUSPECT)
         self._leaving = False
         self._events: collections.deque[Event] = collections.deque(maxlen=config.max_events)
         self.stats: collections.Counter[str] = collections.Counter()
@@ -249,6 +252,10 @@ class MemberTable:
         self._encoded[name] = (m, proof, entry)
         return entry
 
+    def _schedule(self, deadline: float, kind: int, key: str | int) -> None:
+        """Set a timer; it fires unless the thing it times changed its deadline or ended."""
+        heapq.heappush(self._timers, (deadline, next(self._timers_set), kind, key))
+
     def _emit(self, kind: EventKind, name: str, now: float) -> None:
         if name == self._name:
             return
@@ -292,6 +299,8 @@ class MemberTable:
         self._change_awareness(1)
 
     def _change_awareness(self, delta: int) -> None:
+        if delta < 0 and not self._awareness:  # healthy stays healthy (every direct ack)
+            return
         if self.config.lifeguard:
             if delta > 0:
                 self.stats["awareness_raised"] += delta
@@ -348,8 +357,7 @@ class MemberTable:
         if old.state is SUSPECT:
             suspicion = self._suspicions.get(name)
             if suspicion is not None and self.config.lifeguard and suspicion.confirm(source):
-                heapq.heappush(self._timers, (suspicion.deadline, id(suspicion), T_SUSPECT,
-                                              name))
+                self._schedule(suspicion.deadline, T_SUSPECT, name)
                 self._enqueue(name, Suspect(inc, name, source))
             return
         if old.state is not ALIVE:
@@ -360,7 +368,7 @@ class MemberTable:
         low = timing.suspicion_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
         suspicion = Suspicion(inc, source, now, k, low, cfg.suspicion_max_timeout_mult * low)
         self._suspicions[name] = suspicion
-        heapq.heappush(self._timers, (suspicion.deadline, id(suspicion), T_SUSPECT, name))
+        self._schedule(suspicion.deadline, T_SUSPECT, name)
         self._set(Member(old.meta, SUSPECT, inc, now))
         self._enqueue(name, Suspect(inc, name, source))
         self.stats["suspected"] += 1
@@ -402,12 +410,16 @@ class MemberTable:
         size = len(lst)
         if not size:
             return []
-        members = self._members
-        randrange = self._rng.randrange
+        members, banned = self._members, self._banned
+        # randrange(size), inlined (random.Random draws it so): a gossip round's hot spot
+        getrandbits, bits = self._rng.getrandbits, size.bit_length()
         for _ in range(3 * k + 3 if size > 3 * k else size * 3):
-            name = lst[randrange(size)]
+            i = getrandbits(bits)
+            while i >= size:
+                i = getrandbits(bits)
+            name = lst[i]
             m = members.get(name)
-            if m is None or name in chosen or name == exclude or name in self._banned:
+            if m is None or name in chosen or name == exclude or name in banned:
                 continue
             if m.state in LIVE or (dead_after is not None and m.state is DEAD
                                     and m.since >= dead_after):

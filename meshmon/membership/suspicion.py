@@ -43,7 +43,8 @@ class Suspicion:
 
     def confirm(self, source: str) -> bool:
         """Count ``source`` as confirming; True if it was new (and the deadline moved)."""
-        if self.confirmations >= self.k or source in self._accusers:
+        accusers = self._accusers
+        if len(accusers) > self.k or source in accusers:  # enough already, or not new
             return False
         self._accusers.add(source)
         self.deadline = self.start + timing.remaining_suspicion_time(

@@ -5,6 +5,7 @@ Every function is deterministic and side-effect free so it can be checked agains
 
 from __future__ import annotations
 
+import functools
 import math
 
 
@@ -45,6 +46,7 @@ def remaining_suspicion_time(
     return timeout - elapsed
 
 
+@functools.lru_cache(maxsize=1024)  # asked for every datagram that carries news
 def retransmit_limit(retransmit_mult: int, n: int) -> int:
     """How many times each broadcast is sent: ``mult * ceil(log10(n + 1))``."""
     return retransmit_mult * math.ceil(math.log10(n + 1))

@@ -204,6 +204,13 @@ class ProbeOrder:
     @overload
     def __getitem__(self, i: slice) -> list[str]: ...
     def __getitem__(self, i: int | slice) -> str | list[str]:
+        if type(i) is int and i >= 0:  # the core's way (gossip targets, probes): fast
+            name = self._changed.get(i)
+            if name is not None:
+                return name
+            if i < self._n:
+                return self._base[i if i < self._hole else i + 1]
+            return self._extra[i - self._n]
         if isinstance(i, slice):
             return list(self)[i]
         if i < 0:

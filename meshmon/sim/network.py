@@ -2,14 +2,15 @@
 
 Theory of operation
 -------------------
-Virtual time advances through one heap of events: *deliver* a datagram, *wake* a node at its
+Virtual time advances through a heap of events: *deliver* a datagram, *wake* a node at its
 ``next_deadline()``, *finish* a stream (push-pull or TCP ping) request. After every call into a
 node the simulator drains its outputs: datagrams go through the link model (delay + jitter,
 loss, duplication, directed partitions between groups, blocked UDP), stream requests are carried
 out against the peer's core directly (``merge_remote_state`` / ``local_state`` / ``answers_to``)
 after a round trip, and events go to an optional observer. Each node has at most one valid wake
 in the heap, at its next deadline (a generation counter voids older ones, also when the deadline
-moved later), so an idle node costs nothing and no node is woken with nothing to do.
+moved later), so an idle node costs nothing and no node is woken with nothing to do. The wakes
+wait in a heap of their own (N entries), so the datagrams in flight pop from a small one.
 
 Datagrams are the real encoded bytes from the codec: nothing is re-encoded, and every receive
 exercises the decoder. A CPU-starved node processes each incoming datagram and stream result
@@ -50,6 +51,7 @@ from meshmon.sim.identities import SimIdentities
 
 _WAKE, _DELIVER, _STREAM = range(3)
 _STALLED = 4  # flag on an event kind: already deferred by CPU starvation
+_NEVER = float("inf")
 
 Observer = Callable[[float, str, Event], None]
 """Called as ``observer(time, observing_node_name, event)`` for every event a node emits."""
@@ -118,6 +120,8 @@ class Simulation:
         self._udp: dict[Addr, SimNode] = {}
         self._tcp: dict[Addr, SimNode] = {}
         self._heap: list[tuple[float, int, int, SimNode, Any]] = []  # (when, tie, kind, ..)
+        self._wakes: list[tuple[float, int, int, SimNode, Any]] = []  # one heap, split in two:
+        # every node's wake waits here, so the deliveries in flight pop from a small heap
         self._counter = itertools.count()
         self.delivered = 0
         self.dropped = 0
@@ -218,37 +222,42 @@ class Simulation:
 
     def run_until(self, t: float, stop: Callable[[], bool] | None = None) -> None:
         """Process events up to virtual time ``t`` (or until ``stop()`` turns true)."""
-        heap = self._heap
+        heap, wakes = self._heap, self._wakes
         pop = heapq.heappop
-        while heap and heap[0][0] <= t:
-            when, _, kind, node, item = pop(heap)
+        after = self._after
+        while True:  # the earlier head of the two heaps (their ties are unique: one counter)
+            if wakes and (not heap or wakes[0] < heap[0]):
+                if wakes[0][0] > t:
+                    break
+                when, _, kind, node, item = pop(wakes)
+            elif heap and heap[0][0] <= t:
+                when, _, kind, node, item = pop(heap)
+            else:
+                break
             self.now = when
-            stalled = kind & _STALLED
-            kind &= ~_STALLED
             if not node.alive:
                 continue
             if kind == _WAKE:
                 if item != node.gen:
                     continue
-                node.wake_at = float("inf")
+                node.wake_at = _NEVER
                 node.core.tick(when)
-                self._after(node)
-            elif kind == _DELIVER:
-                if not stalled and self.link.starved and self._maybe_stall(node, when, kind, item):
+            elif kind & ~_STALLED == _DELIVER:
+                if kind == _DELIVER and self.link.starved and self._maybe_stall(node, when, kind,
+                                                                                item):
                     continue
-                src, datagram = item
                 self.delivered += 1
                 try:
-                    node.core.handle_datagram(when, src, datagram)
+                    node.core.handle_datagram(when, item[0], item[1])
                 except MalformedMessage:
                     self.malformed += 1
-                self._after(node)
             else:
-                if not stalled and self.link.starved and self._maybe_stall(node, when, kind, item):
+                if kind == _STREAM and self.link.starved and self._maybe_stall(node, when, kind,
+                                                                               item):
                     continue
                 token, ok, reply = item
                 node.core.stream_result(when, token, ok, reply)
-                self._after(node)
+            after(node)
             self.events_processed += 1
             if stop is not None and stop():
                 return
@@ -293,7 +302,7 @@ class Simulation:
         # An earlier deadline, or a later one: a wake before it would find nothing to do.
         node.gen += 1
         node.wake_at = deadline
-        heapq.heappush(self._heap, (deadline, next(self._counter), _WAKE, node, node.gen))
+        heapq.heappush(self._wakes, (deadline, next(self._counter), _WAKE, node, node.gen))
 
     def _send(self, node: SimNode, datagrams: list[tuple[Addr, bytes]]) -> None:
         link = self.link
