@@ -5,7 +5,8 @@ mutual TLS, the exactly-once COPY writer) on a PostgreSQL the benchmark starts f
 machine's binaries, and the agents' own :class:`meshmon.sync.Uploader` over real ring stores,
 one per simulated agent, each with its own certificate. The uploaders run in worker processes
 (agents are separate machines in real life; here they share the two cores with the aggregator
-and PostgreSQL, which only makes the end-to-end figure pessimistic).
+and PostgreSQL, which only makes the end-to-end figure pessimistic), with the garbage-collector
+settings an agent process runs with once started (:func:`meshmon.runner.tune_gc`).
 
 The backlog is what an hour offline leaves: each of the agents has ``rate`` results/s for
 ``minutes`` minutes waiting in its store (100 agents x 10/s x 60 min = 3.6 M rows by default;
@@ -141,6 +142,7 @@ def worker(root: Path, first: int, count: int, url: str) -> None:
 
     from meshmon import pki
     from meshmon.config import StoreConfig, SyncConfig
+    from meshmon.runner import tune_gc
     from meshmon.store import open_store
     from meshmon.sync import Uploader
 
@@ -164,6 +166,7 @@ def worker(root: Path, first: int, count: int, url: str) -> None:
         async with trio.open_nursery() as nursery:
             for a in range(first, first + count):
                 await nursery.start(one, a)
+            tune_gc()  # what an agent process does once started (meshmon.runner)
             print("ready", flush=True)  # the parent starts the clock, then says go
             await trio.to_thread.run_sync(sys.stdin.readline)
             go.set()
