@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,17 @@ def open_recording(path: Path) -> DataSource:
     return RecordedSource(path)
 
 
+async def _keep(answers: dict[str, dict[str, Any]], key: str, answer: Awaitable[Any]) -> Any:
+    """Await ``answer`` and keep it under ``key`` (a 404 is kept as such, and raised again)."""
+    try:
+        body = await answer
+    except Unsupported:
+        answers[key] = {"status": 404, "body": None}
+        raise
+    answers[key] = {"status": 200, "body": body}
+    return body
+
+
 class _Recorder(AgentSource):
     """An agent source that keeps every answer."""
 
@@ -119,14 +131,7 @@ class _Recorder(AgentSource):
         self.answers: dict[str, dict[str, Any]] = {}
 
     async def get(self, path: str, **params: Any) -> Any:
-        key = request_key(path, params)
-        try:
-            body = await super().get(path, **params)
-        except Unsupported:
-            self.answers[key] = {"status": 404, "body": None}
-            raise
-        self.answers[key] = {"status": 200, "body": body}
-        return body
+        return await _keep(self.answers, request_key(path, params), super().get(path, **params))
 
 
 class _AggregatorRecorder(AggregatorSource):
@@ -137,14 +142,7 @@ class _AggregatorRecorder(AggregatorSource):
         self.answers: dict[str, dict[str, Any]] = {}
 
     async def get(self, path: str, **params: Any) -> Any:
-        key = request_key(path, params)
-        try:
-            body = await super().get(path, **params)
-        except Unsupported:
-            self.answers[key] = {"status": 404, "body": None}
-            raise
-        self.answers[key] = {"status": 200, "body": body}
-        return body
+        return await _keep(self.answers, request_key(path, params), super().get(path, **params))
 
 
 async def _ask_everything(source: _Recorder | _AggregatorRecorder, cfg: TuiConfig) -> float:
