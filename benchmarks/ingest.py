@@ -56,6 +56,8 @@ def results(count: int = 64) -> Any:
     import cbor2
 
     from meshmon.results import Ping, PingResult, decode_result, encode_result
+    from meshmon.results.encoded import encoded as as_stored
+    from meshmon.results.encoded import stored_value
 
     rng = random.Random(7)
     tails = []
@@ -71,22 +73,26 @@ def results(count: int = 64) -> Any:
                       result=result)  # fmt: skip
         encoded = encode_result(record)
         assert encoded.startswith(unnamed)
-        tails.append(encoded[len(unnamed) :])  # family, started_at, duration, seq, payload
+        tails.append((encoded[len(unnamed) :],  # family, started_at, duration, seq, payload
+                      as_stored(record).stored(False)[1]))  # its summary  # fmt: skip
         samples.append(record)
     heads: dict[tuple[str, str, str], bytes] = {}
     start = struct.Struct(">Bd").pack
 
-    def stored(agent: str, check: str, target: str, ts: float, i: int) -> list[Any]:
+    def stored(agent: str, check: str, target: str, ts: float, i: int
+               ) -> tuple[bytes, tuple[int, float] | None]:  # fmt: skip
         head = heads.get((agent, check, target))
         if head is None:
             head = heads[agent, check, target] = unnamed[:7] + b"".join(
                 map(cbor2.dumps, (agent, check, target)))  # fmt: skip
-        tail = tails[i % count]
-        return [b"".join((head, tail[:1], start(0xFB, ts), tail[10:])), False]
+        tail, summary = tails[i % count]
+        return stored_value(b"".join((head, tail[:1], start(0xFB, ts), tail[10:])),
+                            False), summary  # fmt: skip
 
     sample = dataclasses.replace(samples[5], agent="a", check="c", target="t", started_at=1.5e9)
-    assert stored("a", "c", "t", 1.5e9, 5)[0] == encode_result(sample)
-    assert decode_result(stored("a", "c", "t", 1.5e9, 5)[0]) == sample
+    assert stored("a", "c", "t", 1.5e9, 5) == as_stored(sample).stored(False)
+    data, _ = cbor2.loads(stored("a", "c", "t", 1.5e9, 5)[0])
+    assert decode_result(data) == sample
     return stored
 
 
@@ -109,8 +115,8 @@ def fill(root: Path, agents: int, per_agent: int, span: float) -> None:
             for i in range(per_agent):
                 ts = now - span + i * step
                 target = f"10.{a % 250}.{(i // 7) % 250}.{i % 7 + 1}"
-                chunk.append((ts, CHECKS[i % 2], target, stored(agent, CHECKS[i % 2], target,
-                                                                ts, i)))  # fmt: skip
+                chunk.append((ts, CHECKS[i % 2], target, *stored(agent, CHECKS[i % 2], target,
+                                                                 ts, i)))  # fmt: skip
                 if len(chunk) == 5000:
                     store.append_batch(chunk)
                     chunk = []

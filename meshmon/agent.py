@@ -358,8 +358,7 @@ class Agent:
                                              record_as=[a.target for a in assignments])  # fmt: skip
 
     async def _store_results(self, items: Sequence[tuple[Assignment, Any, bool]]) -> None:
-        from meshmon.results import encode_result
-        from meshmon.results.encoded import EncodedResult, stored_value
+        from meshmon.results.encoded import EncodedResult, encoded
 
         assert self.store is not None
         if self.alerts is not None and self.alerts.active:
@@ -367,8 +366,7 @@ class Agent:
         if self.probe_metrics is not None:
             self.probe_metrics.record(items)
         records = [(one.started_at, a.check, a.target,
-                    stored_value(one.data if type(one) is EncodedResult else encode_result(one),
-                                 degraded))
+                    *(one if type(one) is EncodedResult else encoded(one)).stored(degraded))
                    for a, results, degraded in items for one in results]  # fmt: skip
         try:
             await self.store.append_batch(records)
@@ -533,6 +531,7 @@ class Agent:
     def api_results(self, query: ResultQuery) -> list[dict[str, Any]]:
         """Stored results matching ``query``, newest first."""
         from meshmon.results import ResultDecodeError, decode_result
+        from meshmon.results.encoded import unstored
 
         if self.store is None:
             return []
@@ -546,7 +545,7 @@ class Agent:
             if rec.check == STORE_CHECK and query.check != STORE_CHECK:
                 continue  # incident history, not a result (ask for check=_alerts to see it)
             try:
-                encoded, degraded = rec.value()
+                encoded, degraded = unstored(rec.value())
                 result = decode_result(encoded)
             except (ResultDecodeError, ValueError, TypeError) as exc:
                 out.append({"seq": rec.seq, "timestamp": rec.ts, "check": rec.check,

@@ -53,6 +53,7 @@ from meshmon.configcheck import check_files, load_checked
 from meshmon.configload import ConfigError, ConfigErrors, FieldError, FieldErrors, decode
 from meshmon.placement import Assignment
 from meshmon.results import MonitoringResult, ResultDecodeError, decode_result
+from meshmon.results.encoded import unstored
 from meshmon.store import AsyncRingStore, Record
 
 log = logging.getLogger(__name__)
@@ -329,7 +330,7 @@ def decode_records(records: Iterable[Record], skip_degraded: bool = False
         if rec.check == STORE_CHECK:
             continue
         try:
-            encoded, degraded = rec.value()
+            encoded, degraded = unstored(rec.value())
             result = decode_result(encoded)
         except (ResultDecodeError, ValueError, TypeError) as exc:
             unreadable.append(f"seq {rec.seq} ({rec.check} -> {rec.target}): {exc}")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Iterable, Sequence
 
-import cbor2
 import psycopg
 
 from meshmon import results as r
+from meshmon.results import ResultDecodeError, decode_result
+from meshmon.results.encoded import encoded, stored_value
 from meshmon.store import StoredColumns
 from meshmon.sync.build import RecordReader
 from meshmon.wire.columns import ColumnBatch, column_batch
@@ -85,21 +87,36 @@ def db_digest(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[int, str]:
     return len(rows), digest(rows)
 
 
-def stored_columns(recs: Sequence[SyncRecord], degraded: bool = False) -> StoredColumns:
+def stored_columns(recs: Sequence[SyncRecord], degraded: bool = False,
+                   summaries: bool = False) -> StoredColumns:  # fmt: skip
     """``recs`` as the agent's store hands them to the uploader: each payload stored as
-    ``[encoded result, degraded]`` (incident records, check ``_alerts``, as they are)."""
+    ``[encoded result, degraded]`` (incident records, check ``_alerts``, as they are), and with
+    ``summaries`` each result's summary where it has one, as the agent appends it
+    (:meth:`meshmon.results.encoded.EncodedResult.stored`)."""
     out = StoredColumns(recs[0].seq if recs else 1)
     ids: dict[tuple[str, str], int] = {}
     for rec in recs:
         gid = ids.setdefault((rec.check, rec.target), len(ids))
         out.names[gid] = (rec.check, rec.target)
-        stored = rec.payload if rec.check == INCIDENT_CHECK else cbor2.dumps([rec.payload,
-                                                                              degraded])
+        stored = rec.payload if rec.check == INCIDENT_CHECK else stored_value(rec.payload,
+                                                                               degraded)
+        word, rtt = summary_of(rec.payload) if summaries else (0, math.nan)
+        out.words.append(word)
+        out.rtts.append(rtt)
         out.tss.append(rec.ts)
         out.gids.append(gid)
         out.payloads += stored
         out.plens.append(len(stored))
     return out
+
+
+def summary_of(payload: bytes) -> tuple[int, float]:
+    """The summary the agent stores beside ``payload`` ((0, NaN): none)."""
+    try:
+        result = decode_result(payload)
+    except ResultDecodeError:
+        return 0, math.nan
+    return encoded(result).stored(False)[1] or (0, math.nan)
 
 
 def columns(agent: str, store: str, recs: Sequence[SyncRecord], after: int | None = None,

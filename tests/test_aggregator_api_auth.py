@@ -168,7 +168,7 @@ async def test_ingest_needs_a_client_certificate(served: Served) -> None:
 @pytest.mark.parametrize(("body", "encoding", "problem"), [
     (b"\xff\x00garbage", None, "body: not CBOR"),
     (cbor2.dumps([]), None, "body: expected a CBOR map"),
-    (cbor2.dumps({"v": 3}), None, "v: protocol version 3, this aggregator speaks 1 and 2"),
+    (cbor2.dumps({"v": 4}), None, "v: protocol version 4, this aggregator speaks 1, 2 and 3"),
     (cbor2.dumps({"v": 2}), None, "agent: missing"),
     (cbor2.dumps({"v": 1, "agent": "edge-1"}), None, "records: missing"),
     (b"not deflate", "deflate", "body: not valid deflate data"),

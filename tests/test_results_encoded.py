@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cbor2
 import pytest
 from hypothesis import given, settings
@@ -11,7 +13,7 @@ from meshmon import results as r
 from meshmon.alerts.observe import observation
 from meshmon.probes.icmp import Echo
 from meshmon.probes.ping import outcome, summarize
-from meshmon.results.encoded import encode_ping, encoded, ping_result, stored_value
+from meshmon.results.encoded import PING, encode_ping, encoded, ping_result, stored_value
 
 ENV = dict(agent="probe-1", check="ping-1k", target="127.1.0.1", family=4,
            started_at=1763849000.123456, duration_ms=51.25)  # fmt: skip
@@ -97,7 +99,27 @@ def test_what_alert_rules_read_is_what_the_objects_say(echoes: list[Echo]) -> No
     assert encoded(record) == one
     other = r.TcpConnect(**ENV, result=r.TcpConnectResult(True, 1.5, None, "127.0.0.1", 22))
     assert encoded(other) == ("tcp", "ping-1k", ENV["started_at"], r.encode_result(other), True,
-                              1.5, None)  # fmt: skip
+                              1.5, None, 0)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(rtts, min_size=1, max_size=300), st.sampled_from([4, 6, None]))
+def test_the_summary_says_the_counts_and_the_mean(samples: list[float | None],
+                                                  family: int | None) -> None:  # fmt: skip
+    one = ping_result("a", "c", "t", family, 1.7e9, 2.0, "10.0.0.1", samples)
+    got = sum(s is not None for s in samples)
+    lost = len(samples) - got
+    value, summary = one.stored(True)
+    assert value == stored_value(one.data, True)
+    if got >= 256 or lost >= 256:
+        assert one.summary == 0 and summary is None
+        return
+    assert summary is not None and one.summary == summary[0] == PING | got << 8 | lost
+    result = r.decode_result(one.data)
+    assert isinstance(result, r.Ping)
+    mean = result.result.avg_response_time_ms
+    assert math.isnan(summary[1]) if mean is None else summary[1] == mean
+    assert encoded(result) == one
 
 
 @pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 65535, 65536, 70000])

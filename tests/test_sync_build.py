@@ -10,12 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshmon import results as r
+from meshmon.results.encoded import ping_result
 from meshmon.results.summary import summarize
 from meshmon.store import StoredColumns
 from meshmon.sync.build import RecordReader, result_bytes
 from meshmon.wire.columns import INCIDENT, UNREADABLE, Outcome
 from meshmon.wire.ingest import INCIDENT_CHECK, SyncRecord
-from tests.batches import records, stored_columns
+from tests.batches import records, stored_columns, summary_of
 
 AGENT = "agent-7"
 rtts = st.floats(min_value=0.001, max_value=5000.0, allow_nan=False)
@@ -46,10 +47,11 @@ def expected(payload: bytes) -> tuple[Outcome, float | None]:
     return Outcome(kind, success, loss, error), rtt
 
 
-def check(recs: list[SyncRecord], reader: RecordReader | None = None) -> RecordReader:
+def check(recs: list[SyncRecord], reader: RecordReader | None = None,
+          summaries: bool = False) -> RecordReader:  # fmt: skip
     """Every record's columns say what the slow road says; returns the reader used."""
     reader = reader or RecordReader(AGENT)
-    cols = reader.columns(stored_columns(recs, degraded=True))
+    cols = reader.columns(stored_columns(recs, degraded=True, summaries=summaries))
     ends = [0]
     for n in cols["payload_len"]:
         ends.append(ends[-1] + n)
@@ -74,6 +76,63 @@ def as_record(seq: int, result: r.MonitoringResult) -> SyncRecord:
 @given(st.lists(pings(), min_size=1, max_size=20))
 def test_ping_results_read_in_place_say_what_the_model_says(results: list[r.Ping]) -> None:
     check([as_record(i + 1, p) for i, p in enumerate(results)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(pings(), min_size=1, max_size=20))
+def test_ping_results_stored_with_their_summaries_say_what_the_model_says(
+        results: list[r.Ping]) -> None:  # fmt: skip
+    recs = [as_record(i + 1, p) for i, p in enumerate(results)]
+    reader = check(recs, summaries=True)
+    words = [summary_of(rec.payload)[0] for rec in recs]
+    sizes = {len(rec.payload) >= 256 for rec in recs}  # the data's bytes head: one form a run
+    if all(words) and len(sizes) == 1:
+        assert reader.summarized_reads == len(recs)  # the whole run, from its summaries
+    else:
+        assert reader.summarized_reads == 0  # the run is read record by record
+
+
+def test_the_agents_ping_path_stores_summaries_an_upload_reads_as_columns() -> None:
+    bursts = [(0.25,), (None,), (1.5, None, 2.5), (None, None), (0.1,) * 4, (3.0, 4.0)]
+    made = [ping_result(AGENT, "ping", f"10.0.0.{i}", 4 if i % 2 else 6, 1.7e9 + i, 2.0,
+                        "10.0.0.1", bursts[i % len(bursts)]) for i in range(60)]  # fmt: skip
+    assert all(one.summary for one in made)
+    assert ping_result(AGENT, "ping", "t", 4, 1.7e9, 2.0, None, (None,),
+                       ("host unreachable",)).summary == 0  # errors: read as before
+    recs = [SyncRecord(i + 1, one.started_at, one.check, f"10.0.0.{i}", one.data)
+            for i, one in enumerate(made)]  # fmt: skip
+    reader = check(recs, summaries=True)
+    assert reader.summarized_reads == 60 and reader.slow_reads == 0
+    large = [ping_result(AGENT, "ping", "t", 4, 1.7e9, 2.0, "10.0.0.1", (0.1,) * 20 + (None,))
+             for _ in range(3)]  # fmt: skip
+    assert all(len(one.data) > 255 for one in large)  # a data head of 3 bytes, not 2
+    reader = check([SyncRecord(i + 1, 1.7e9, "ping", "t", one.data)
+                    for i, one in enumerate(large)], summaries=True)  # fmt: skip
+    assert reader.summarized_reads == 3
+    tcp = records(AGENT, 61, 2, 1.7e9)[1:]  # a TCP result: no summary
+    reader = check([*recs, *tcp], summaries=True)  # a mixed run, record by record
+    assert reader.summarized_reads == 0 and reader.slow_reads == 1
+
+
+def test_a_summary_beside_a_value_of_another_layout_is_not_used() -> None:
+    one = ping_result(AGENT, "ping", "10.0.0.1", 4, 1.7e9, 2.0, "10.0.0.1", (1.5, None))
+    good, summary = one.stored(False)
+    assert summary == (one.summary, 1.5)
+    for bad in (one.data, b"\x83" + good[1:] + b"\x00", b"\x82\x41" + good[3:]):
+        out = StoredColumns(1)
+        out.names[0] = ("ping", "10.0.0.1")
+        for seq, payload in enumerate((good, bad)):
+            out.tss.append(1.7e9 + seq)
+            out.gids.append(0)
+            out.payloads += payload
+            out.plens.append(len(payload))
+            out.words.append(summary[0])
+            out.rtts.append(summary[1])
+        reader = RecordReader(AGENT)
+        cols = reader.columns(out)
+        assert reader.summarized_reads == 0, bad
+        assert cols["outcomes"][cols["outcome_ix"][0]] == Outcome("ping", True, 0.5, None)
+        assert cols["rtt_ms"][0] == 1.5
 
 
 def test_the_agents_own_pings_take_the_fast_road_and_others_the_slow_one() -> None:

@@ -115,7 +115,7 @@ FAR = 300_000_000_000_000_000
 
 
 @pytest.mark.parametrize(("change", "problem"), [
-    (_set("v", 3), "v: protocol version 3, this aggregator speaks 1 and 2"),
+    (_set("v", 4), "v: protocol version 4, this aggregator speaks 1, 2 and 3"),
     (_delete("payloads"), "payloads: missing"),
     (_set("ts", [1, 2]), "ts: expected bytes, got list"),
     (_patch("ts", lambda b: b[:-3]), "ts: 317 bytes, not a whole number of 8-byte items"),

@@ -83,11 +83,13 @@ def probes_of(result: MonitoringResult) -> Probes:
 
 
 def _decode(rec: Record) -> tuple[MonitoringResult | None, bool, str | None]:
-    """(result, degraded, error) of a stored record ``[encoded result, degraded]``."""
+    """(result, degraded, error) of a stored record (``[encoded result, degraded]``, perhaps
+    with a summary word: :func:`~meshmon.results.encoded.stored_value`)."""
     from meshmon.results import ResultDecodeError, decode_result
+    from meshmon.results.encoded import unstored
 
     try:
-        encoded, degraded = rec.value()
+        encoded, degraded = unstored(rec.value())
         return decode_result(encoded), bool(degraded), None
     except (ResultDecodeError, ValueError, TypeError) as exc:
         return None, False, f"unreadable record: {exc}"

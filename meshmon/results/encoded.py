@@ -27,6 +27,7 @@ writes every float as a double) and null; anything else goes to ``cbor2``.
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -56,6 +57,15 @@ class EncodedResult(NamedTuple):
     """``response_time_ms()`` of the result."""
     loss_pct: float | None = None
     """A ping's ``loss_pct`` (``None`` for other kinds)."""
+    summary: int = 0
+    """A ping's :func:`summary word <ping_summary>` (0: none), stored beside the result with
+    ``response_time_ms`` so that an upload has its outcome and RTT without parsing it."""
+
+    def stored(self, degraded: bool) -> tuple[bytes, tuple[int, float] | None]:
+        """The payload the agent stores (:func:`stored_value`) and its summary (``None``: none)."""
+        rtt = self.response_time_ms
+        return stored_value(self.data, degraded), (
+            (self.summary, math.nan if rtt is None else rtt) if self.summary else None)
 
     def decode(self) -> MonitoringResult:
         """The result as objects (checked, as any stored record)."""
@@ -64,9 +74,13 @@ class EncodedResult(NamedTuple):
 
 def encoded(record: MonitoringResult) -> EncodedResult:
     """A result built as objects, in its stored form."""
-    loss = record.result.loss_pct if isinstance(record, Ping) else None
+    if not isinstance(record, Ping):
+        return EncodedResult(record.kind, record.check, record.started_at, encode_result(record),
+                             record.is_successful(), record.response_time_ms())  # fmt: skip
+    p = record.result
     return EncodedResult(record.kind, record.check, record.started_at, encode_result(record),
-                         record.is_successful(), record.response_time_ms(), loss)  # fmt: skip
+                         record.is_successful(), record.response_time_ms(), p.loss_pct,
+                         ping_summary(p.successes, p.failures, p.errors))  # fmt: skip
 
 
 def ping_result(agent: str, check: str, target: str, family: int | None, started_at: float,
@@ -77,12 +91,14 @@ def ping_result(agent: str, check: str, target: str, family: int | None, started
                        errors)  # fmt: skip
     if len(samples) == 1:
         rtt = samples[0]
-        return EncodedResult("ping", check, started_at, data, rtt is not None, rtt,
-                             0.0 if rtt is not None else 100.0)  # fmt: skip
+        ok = rtt is not None
+        return EncodedResult("ping", check, started_at, data, ok, rtt, 0.0 if ok else 100.0,
+                             ping_summary(int(ok), int(not ok), errors))
     rtts = [s for s in samples if s is not None]
     return EncodedResult("ping", check, started_at, data, bool(rtts),
                          sum(rtts) / len(rtts) if rtts else None,
-                         stats.loss_pct(len(samples), len(rtts)))  # fmt: skip
+                         stats.loss_pct(len(samples), len(rtts)),
+                         ping_summary(len(rtts), len(samples) - len(rtts), errors))
 
 
 _NULL = b"\xf6"
@@ -202,3 +218,33 @@ def stored_value(data: bytes, degraded: bool) -> bytes:
     """The payload the agent stores per result: the CBOR of ``[data, degraded]``, written
     directly (the same bytes as ``cbor2.dumps([data, degraded])``)."""
     return b"".join((b"\x82", _head(2, len(data)), data, _BOOL[bool(degraded)]))
+
+
+def unstored(value: Any) -> tuple[bytes, bool]:
+    """(data, degraded) of a stored value as decoded (see :func:`stored_value`).
+
+    Raises:
+        ValueError: it is not ``[data, degraded]``.
+    """
+    if type(value) is list and len(value) == 2 and type(value[0]) is bytes:
+        return value[0], bool(value[1])
+    raise ValueError("not a stored result ([result bytes, degraded])")
+
+
+PING = 1 << 16
+"""The kind bits of a ping's summary word."""
+
+
+def ping_summary(successes: int, failures: int, errors: Sequence[str]) -> int:
+    """The summary word the agent stores beside a ping result (the store's summary column,
+    :mod:`meshmon.store.batch`, with the result's mean RTT beside it): :data:`PING` |
+    successes << 8 | failures; 0 (none) if it has errors or 256 replies or losses or more.
+
+    The outcome of such a result is a function of the two counts (:class:`PingResult`'s rules),
+    so an upload (:mod:`meshmon.sync.build`) takes outcome and RTT of a run of records from
+    the summary columns without parsing one; ``tests/test_sync_build.py`` checks that against
+    the results themselves.
+    """
+    if errors or not 0 <= successes < 256 or not 0 <= failures < 256:
+        return 0
+    return PING | successes << 8 | failures

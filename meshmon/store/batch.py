@@ -20,6 +20,12 @@ frames of two kinds, appended and never rewritten::
             | ts column: u64 deltas of the float64 bit patterns (mod 2**64)
             | series column: u16 (u32 with flag WIDE_SIDS) segment-local series ids
             | payload length column: u32
+            | with flag SUMMARIES: summary column u32, RTT column f64 (NaN: none)
+
+  The summary columns hold what the writer said of each record beside its payload (for the
+  agent, :func:`~meshmon.results.encoded.ping_summary`: a ping's counts, and its mean RTT), so
+  that an upload has a result's outcome without parsing the result (:mod:`meshmon.sync.build`);
+  the store does not interpret them. A frame of records without one has no such columns.
 
   Series keys (``check NUL target``) are interned per segment: the first frame that uses a key
   in a segment defines it, with explicit ids ``def_base ..``, and every record names its series
@@ -69,6 +75,8 @@ KIND_BATCH = 0
 KIND_DICT = 1
 WIDE_SIDS = 1
 """Flag: the series column is u32 (a segment with more than 65,535 series)."""
+SUMMARIES = 2
+"""Flag: the meta ends with the summary columns (u32 and f64 per record)."""
 
 MAX_RECORDS = 0xFFFF
 """Most records in one frame (``count`` is a u16)."""
@@ -115,9 +123,11 @@ def encode_batch(
     payloads: tuple[bytes, ...] | list[bytes],
     zdict: bytes | None,
     level: int = LEVEL,
+    summaries: tuple[Sequence[int], Sequence[float]] | None = None,
 ) -> bytes:
     """Frame records ``seq0 ..`` (segment-local series ids ``sids``, defining ``defs`` as ids
-    ``def_base ..``) into one compressed batch frame.
+    ``def_base ..``, with the summary columns ``summaries`` if given) into one compressed batch
+    frame.
 
     Raises:
         OverflowError: a timestamp is not a float or a count exceeds the format.
@@ -131,13 +141,15 @@ def encode_batch(
         META_HEAD.pack(def_base, len(defs)), array("H", map(len, defs)).tobytes(), *defs,
         deltas.tobytes(), array("I" if wide else "H", sids).tobytes(),
         array("I", map(len, payloads)).tobytes(),
+        *((array("I", summaries[0]).tobytes(), array("d", summaries[1]).tobytes())
+          if summaries is not None else ()),
     ))  # fmt: skip
     comp = (zlib.compressobj(level, zlib.DEFLATED, -15, MEM_LEVEL, zlib.Z_DEFAULT_STRATEGY, zdict)
             if zdict else zlib.compressobj(level, zlib.DEFLATED, -15, MEM_LEVEL))  # fmt: skip
     body = comp.compress(meta) + comp.compress(b"".join(payloads)) + comp.flush()
     did = dict_id(zdict) if zdict else 0
-    head = HEAD.pack(MAGIC, len(body), seq0, n, KIND_BATCH, WIDE_SIDS if wide else 0,
-                     len(meta), did)  # fmt: skip
+    flags = (WIDE_SIDS if wide else 0) | (SUMMARIES if summaries is not None else 0)
+    head = HEAD.pack(MAGIC, len(body), seq0, n, KIND_BATCH, flags, len(meta), did)
     return b"".join((head, body, CRC.pack(zlib.crc32(body, zlib.crc32(head)))))
 
 
@@ -180,6 +192,10 @@ class Meta:
     tss: array[float]
     sids: array[int]
     plens: array[int]
+    words: array[int] | None = None
+    """The summary column (flag :data:`SUMMARIES`), else None."""
+    rtts: array[float] | None = None
+    """The RTT column (flag :data:`SUMMARIES`), else None."""
 
 
 def _inflater(h: Head, dicts: dict[int, bytes]) -> zlib._Decompress | None:
@@ -219,7 +235,8 @@ def open_meta(
     klens = array("H", meta[pos : pos + 2 * n_defs])
     pos += 2 * n_defs
     sid_size = 4 if h.flags & WIDE_SIDS else 2
-    if pos + sum(klens) + n * (8 + sid_size + 4) != len(meta):
+    extra = 12 if h.flags & SUMMARIES else 0
+    if pos + sum(klens) + n * (8 + sid_size + 4 + extra) != len(meta):
         return None
     at = pos + sum(klens) + 8 * n
     sids = array("I" if sid_size == 4 else "H", meta[at : at + sid_size * n])
@@ -232,7 +249,12 @@ def open_meta(
     bits = array("Q", map(and_, accumulate(array("Q", meta[pos : pos + 8 * n])), repeat(MASK)))
     tss = array("d", bits.tobytes())
     pos += 8 * n + sid_size * n
-    return Meta(def_base, defs, tss, sids, array("I", meta[pos:])), inflater
+    plens = array("I", meta[pos : pos + 4 * n])
+    if not extra:
+        return Meta(def_base, defs, tss, sids, plens), inflater
+    pos += 4 * n
+    words, rtts = array("I", meta[pos : pos + 4 * n]), array("d", meta[pos + 4 * n :])
+    return Meta(def_base, defs, tss, sids, plens, words, rtts), inflater
 
 
 def first_payloads(meta: Meta, inflater: zlib._Decompress, n: int) -> list[bytes] | None:

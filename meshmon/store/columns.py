@@ -22,8 +22,10 @@ Called by the store with its mutex held.
 
 from __future__ import annotations
 
+import math
 from array import array
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from meshmon.store import batch
 from meshmon.store.index import NO_SERIES
@@ -46,6 +48,10 @@ class StoredColumns:
     """The payloads, back to back."""
     plens: array[int] = field(default_factory=lambda: array("I"))
     """Length of each payload."""
+    words: array[int] = field(default_factory=lambda: array("I"))
+    """Each record's summary word, as appended (0: none; see :mod:`meshmon.store.batch`)."""
+    rtts: array[float] = field(default_factory=lambda: array("d"))
+    """Each record's summary RTT, as appended (NaN: none)."""
 
     @property
     def count(self) -> int:
@@ -61,7 +67,7 @@ class StoredColumns:
         """Keep the first ``n`` records only."""
         if n < self.count:
             del self.payloads[sum(self.plens[:n]) :]
-            del self.tss[n:], self.gids[n:], self.plens[n:]
+            del self.tss[n:], self.gids[n:], self.plens[n:], self.words[n:], self.rtts[n:]
 
 
 def read_columns(reader: Reader, from_seq: int, upto: int, limit: int,
@@ -108,6 +114,8 @@ def _take(reader: Reader, seg: Segment, k: int, a: int, b: int, out: StoredColum
             out.gids.append(gid)
             out.payloads += rec.payload
             out.plens.append(len(rec.payload))
+        out.words.extend(repeat(0, len(found)))
+        out.rtts.extend(repeat(math.nan, len(found)))
         return True
     data = seg.pread(seg.fpos[k], seg.end_of(k))
     head = batch.read_head(data, 0, len(data))
@@ -139,4 +147,10 @@ def _take(reader: Reader, seg: Segment, k: int, a: int, b: int, out: StoredColum
     out.gids.extend(gids)
     out.payloads += memoryview(raw)[start:]
     out.plens.extend(plens[a:b])
+    if meta.words is not None and meta.rtts is not None:
+        out.words.extend(meta.words[a:b])
+        out.rtts.extend(meta.rtts[a:b])
+    else:
+        out.words.extend(repeat(0, b - a))
+        out.rtts.extend(repeat(math.nan, b - a))
     return True

@@ -39,6 +39,7 @@ from meshmon.store import batch, sidecar
 from meshmon.store.errors import StoreError
 from meshmon.store.format import FILE_HEADER_SIZE, FILE_VERSION, encode_file_header
 from meshmon.store.index import NO_SERIES, SeriesTable, filter_words, frame_mask
+from meshmon.store.intake import Summaries
 from meshmon.store.segment import Segment, segment_name
 
 log = logging.getLogger("meshmon.store")
@@ -126,11 +127,11 @@ class SegmentFiles:
 
     def write_records(
         self, seq0: int, tss: tuple[float, ...], sids: list[int], keys: list[bytes],
-        payloads: tuple[bytes, ...],
+        payloads: tuple[bytes, ...], summaries: Summaries | None = None,
     ) -> tuple[int, OSError | None]:  # fmt: skip
-        """Frame records ``seq0``... into batch frames, write them with one ``write`` per
-        segment touched, and index them; return how many were written, and the error that
-        stopped the rest, if any.
+        """Frame records ``seq0``... (with their summary columns, if given) into batch frames,
+        write them with one ``write`` per segment touched, and index them; return how many were
+        written, and the error that stopped the rest, if any.
 
         Frames hold at most ``batch.RAW_TARGET`` bytes of payload (a larger record gets a
         frame of its own). A frame is compressed for the segment it lands in (its dictionary,
@@ -158,8 +159,9 @@ class SegmentFiles:
                 for k in ends:
                     if k <= j:
                         continue
+                    part = summaries and (summaries[0][j:k], summaries[1][j:k])
                     frame, ids = encode_for(key_ids, zdict, seq0 + j, tss[j:k], keys[j:k],
-                                            payloads[j:k])  # fmt: skip
+                                            payloads[j:k], part)  # fmt: skip
                     if used + len(frame) > room:
                         break
                     made.append((seg.size + used, j, ids, frame_mask(ids)))
@@ -319,7 +321,7 @@ def _chunk_ends(payloads: Sequence[bytes], target: int) -> list[int]:
 
 def encode_for(
     key_ids: dict[bytes, int], zdict: bytes | None, seq0: int, tss: tuple[float, ...],
-    keys: list[bytes], payloads: tuple[bytes, ...],
+    keys: list[bytes], payloads: tuple[bytes, ...], summaries: Summaries | None = None,
 ) -> tuple[bytes, list[int]]:  # fmt: skip
     """A batch frame of these records for a segment whose series ids are ``key_ids`` (keys
     new to it are added) and whose dictionary is ``zdict``, and the records' local ids."""
@@ -330,7 +332,7 @@ def encode_for(
             if ids[x] is None:
                 ids[x] = key_ids.setdefault(key, len(key_ids))
     frame = batch.encode_batch(seq0, tss, ids, base, keys_from(key_ids, base), payloads,  # type: ignore[arg-type]
-                               zdict)  # fmt: skip
+                               zdict, summaries=summaries)  # fmt: skip
     return frame, ids  # type: ignore[return-value]
 
 

@@ -1,14 +1,18 @@
 """Checking a batch of records before the store gives them seqs. Pure functions.
 
-``append_batch`` takes ``(ts, check, target, payload)`` tuples from callers the store cannot
-trust to be careful: a plugin's odd payload or a NaN timestamp must fail the whole batch with
-:class:`~meshmon.store.errors.InvalidRecord` before anything is written, never half of it.
-:func:`split_batch` does every check and hands back the columns the writer frames.
+``append_batch`` takes ``(ts, check, target, payload)`` tuples, or ``(ts, check, target,
+payload, summary)`` where ``summary`` is ``(word, rtt)`` (what the writer says of the record,
+kept beside it in the frame's summary columns, see :mod:`meshmon.store.batch`) or ``None``, from
+callers the store cannot trust to be careful: a plugin's odd payload or a NaN timestamp must
+fail the whole batch with :class:`~meshmon.store.errors.InvalidRecord` before anything is
+written, never half of it. :func:`split_batch` does every check and hands back the columns the
+writer frames.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import add
@@ -19,8 +23,11 @@ import cbor2
 from meshmon.store.errors import InvalidRecord
 from meshmon.store.index import SeriesTable
 
-RecordIn = tuple[float, str, str, Any]
-"""What ``append_batch`` takes: (timestamp, check, target, payload bytes or a CBOR-able value)."""
+RecordIn = tuple[float, str, str, Any] | tuple[float, str, str, Any, "tuple[int, float] | None"]
+"""What ``append_batch`` takes: (timestamp, check, target, payload bytes or a CBOR-able value),
+perhaps with a summary ``(word, rtt)`` (a uint32 and a float; NaN: no RTT) or ``None``."""
+Summaries = tuple[Sequence[int], Sequence[float]]
+"""A batch's summary columns: words (0: none) and RTTs (NaN: none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +40,8 @@ class Batch:
     payloads: tuple[bytes, ...]
     sids: list[int]
     """Series ids (interned now if new)."""
+    summaries: Summaries | None = None
+    """The summary columns, if any record has a summary."""
 
 
 def encode_payload(value: Any) -> bytes:
@@ -63,9 +72,18 @@ def split_batch(records: Sequence[RecordIn], series: SeriesTable, max_record: in
             have been interned, which costs nothing and is harmless.
     """
     try:
-        tss, checks, targets, payloads = zip(*records, strict=True)
+        columns = list(zip(*records, strict=True))
     except (TypeError, ValueError):
-        raise InvalidRecord("each record must be a (ts, check, target, payload) tuple") from None
+        columns = _evened(records)
+    if len(columns) == 4:
+        tss, checks, targets, payloads = columns
+        summaries = None
+    elif len(columns) == 5:
+        tss, checks, targets, payloads, given = columns
+        summaries = _summaries(given)
+    else:
+        raise InvalidRecord("each record must be a (ts, check, target, payload) tuple, "
+                            "perhaps with a summary")  # fmt: skip
     try:
         finite = all(map(math.isfinite, tss))
     except TypeError:
@@ -83,4 +101,30 @@ def split_batch(records: Sequence[RecordIn], series: SeriesTable, max_record: in
     if max(blens) > max_record:
         raise InvalidRecord(f"a record of {max(blens)} bytes does not fit in a segment "
                             f"(at most {max_record}); raise store.segment_bytes")  # fmt: skip
-    return Batch(tss, checks, targets, payloads, sids)
+    return Batch(tss, checks, targets, payloads, sids, summaries)
+
+
+def _evened(records: Sequence[RecordIn]) -> list[tuple[Any, ...]]:
+    """The columns of records of 4 and 5 items (a batch gathered from several callers), the
+    missing summaries as ``None``."""
+    try:
+        if not {len(r) for r in records} <= {4, 5}:
+            raise TypeError
+        return list(zip(*(r if len(r) == 5 else (*r, None) for r in records), strict=True))
+    except TypeError:
+        raise InvalidRecord("each record must be a (ts, check, target, payload) tuple, "
+                            "perhaps with a summary") from None  # fmt: skip
+
+
+def _summaries(given: tuple[Any, ...]) -> Summaries | None:
+    """The summary columns of the records' summaries (``None`` if none has one)."""
+    if None in given:
+        if given.count(None) == len(given):
+            return None
+        given = tuple((0, math.nan) if s is None else s for s in given)
+    try:
+        words, rtts = zip(*given, strict=True)
+        return array("I", words), array("d", rtts)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidRecord("a summary must be (word, rtt): an unsigned 32-bit integer and a "
+                            "float") from None  # fmt: skip

@@ -53,7 +53,8 @@ RESUME_CHUNK = 1000
 RECORD_OVERHEAD = 120
 """Bytes charged per buffered record beyond its payload and names (the Python objects)."""
 
-Buffered = tuple[float, str, str, bytes]
+Buffered = tuple[float, str, str, bytes, "tuple[int, float] | None"]
+"""(ts, check, target, payload, summary): as ``append_batch`` took it, the payload encoded."""
 """A buffered record: (ts, check, target, CBOR payload)."""
 
 

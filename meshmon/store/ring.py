@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -62,8 +63,9 @@ from meshmon.store import identity
 from meshmon.store.columns import StoredColumns, read_columns
 from meshmon.store.errors import RecordDropped, StoreClosed, StoreError, StoreFailed
 from meshmon.store.files import SegmentFiles
+from meshmon.store.frames import StoredFrames, read_frames
 from meshmon.store.index import SeriesTable
-from meshmon.store.intake import RecordIn, intern, split_batch
+from meshmon.store.intake import RecordIn, Summaries, intern, split_batch
 from meshmon.store.outage import Buffered, Outages
 from meshmon.store.query import Reader
 from meshmon.store.records import CursorInfo, Record, RecoveryInfo, StoreStats
@@ -216,9 +218,11 @@ class RingStore:
             written = 0
             if not self.outages.active or self._resume():
                 seq0 = self._next_seq
-                written = self._write_records(b.tss, b.sids, b.payloads)
+                written = self._write_records(b.tss, b.sids, b.payloads, b.summaries)
             if written < n:
-                rest = list(zip(b.tss, b.checks, b.targets, b.payloads, strict=True))[written:]
+                sums = list(zip(*b.summaries, strict=True)) if b.summaries else [None] * n
+                rest = list(zip(b.tss, b.checks, b.targets, b.payloads, sums,
+                                strict=True))[written:]  # fmt: skip
                 return self._buffer(rest, seq0)
             sync_now = self.config.fsync == "always" and self.auto_sync
         if sync_now:
@@ -250,9 +254,13 @@ class RingStore:
         return self.outages.resume_step(self._write_buffered)
 
     def _write_buffered(self, chunk: list[Buffered]) -> int:
-        tss, checks, targets, payloads = zip(*chunk, strict=True)
+        tss, checks, targets, payloads, sums = zip(*chunk, strict=True)
         sids = [intern(self.series, c, t) for c, t in zip(checks, targets, strict=True)]
-        return self._write_records(tss, sids, payloads)
+        summaries = None
+        if sums.count(None) < len(sums):
+            words, rtts = zip(*((0, math.nan) if x is None else x for x in sums), strict=True)
+            summaries = (words, rtts)
+        return self._write_records(tss, sids, payloads, summaries)
 
     def retry(self, force: bool = True) -> bool:
         """Try to write the outage buffer now (or only if the backoff says so, without
@@ -286,15 +294,17 @@ class RingStore:
     # ----------------------------------------------------------------------------- disk
 
     def _write_records(
-        self, tss: tuple[float, ...], sids: list[int], payloads: tuple[bytes, ...]
-    ) -> int:
+        self, tss: tuple[float, ...], sids: list[int], payloads: tuple[bytes, ...],
+        summaries: Summaries | None = None,
+    ) -> int:  # fmt: skip
         """Frame and write validated records from ``next_seq`` on; return how many reached
         the file. A refused write starts (or continues) an outage and stops there."""
         seq0 = self._next_seq
         keys = list(map(self.series.keys.__getitem__, sids))
         self._writing = sids
         try:
-            written, error = self.files.write_records(seq0, tss, sids, keys, payloads)
+            written, error = self.files.write_records(seq0, tss, sids, keys, payloads,
+                                                      summaries)  # fmt: skip
         finally:
             self._writing = []
         self.series.note(sids[:written], seq0)
@@ -451,6 +461,16 @@ class RingStore:
         with self._mutex:
             self._check_open()
             return read_columns(self._reader, from_seq, self._durable_seq, limit, max_bytes)
+
+    def read_frames(self, from_seq: int, limit: int = 1000, max_bytes: int = 4 * 2**20,
+                    max_raw: int = 16 * 2**20) -> StoredFrames | None:  # fmt: skip
+        """Durable records from ``from_seq`` on as the frames that hold them, compressed as
+        stored (:mod:`meshmon.store.frames`); ``None`` where only :meth:`read_columns` can
+        serve."""
+        with self._mutex:
+            self._check_open()
+            return read_frames(self._reader, from_seq, self._durable_seq, limit, max_bytes,
+                               max_raw)  # fmt: skip
 
     def query(
         self,

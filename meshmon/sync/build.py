@@ -41,15 +41,16 @@ import struct
 from array import array
 from collections.abc import Callable
 from itertools import accumulate, repeat
-from operator import mul, sub
+from operator import add, mul, sub
 from typing import Any
 
 import cbor2
 
 from meshmon.results import PingResult, ResultDecodeError
+from meshmon.results.encoded import PING, unstored
 from meshmon.results.summary import summarize
 from meshmon.store import StoredColumns
-from meshmon.wire.columns import INCIDENT, UNREADABLE, Outcome
+from meshmon.wire.columns import INCIDENT, UNREADABLE, Outcome, has_infinity
 from meshmon.wire.ingest import INCIDENT_CHECK, BatchError
 
 _PING = bytes((0x8A, 0x02, 0x64)) + b"ping"
@@ -86,6 +87,8 @@ class RecordReader:
         self._heads: dict[tuple[str, str], _Head] = {}
         self.slow_reads = 0
         """Records read the slow way so far (anything but a compact ping result)."""
+        self.summarized_reads = 0
+        """Records read from their summary words, a run at a time (:func:`_summarized`)."""
 
     def columns(self, stored: StoredColumns) -> dict[str, Any]:
         """The record fields of a :class:`~meshmon.wire.columns.ColumnBatch` for ``stored``.
@@ -102,11 +105,16 @@ class RecordReader:
             i = next(i for i, t in enumerate(stored.tss) if not abs(t) < 9.2e12)
             raise BatchError(f"ts: record seq {stored.first + i} has the timestamp "
                              f"{stored.tss[i]}, which cannot be sent") from None  # fmt: skip
-        if len(self._heads) > 100_000:
-            self._heads.clear()
-        heads = {g: self._heads.get(names) or self._head(names)
-                 for g, names in stored.names.items()}  # fmt: skip
-        outcomes, outcome_ix, rtt_ms, payloads, payload_len, slow = _read(stored, heads)
+        read = _summarized(stored)
+        if read is not None:
+            self.summarized_reads += stored.count
+        else:
+            if len(self._heads) > 100_000:
+                self._heads.clear()
+            heads = {g: self._heads.get(names) or self._head(names)
+                     for g, names in stored.names.items()}  # fmt: skip
+            read = _read(stored, heads)
+        outcomes, outcome_ix, rtt_ms, payloads, payload_len, slow = read
         self.slow_reads += slow
         return {
             "ts_us": ts_us, "series": tuple(map(stored.names.__getitem__, uniq)),
@@ -137,8 +145,11 @@ target``), the unpacker of its fast road (:func:`_own`) and where its latencies 
 start of its stored record."""
 
 
-def _read(stored: StoredColumns, heads: dict[int, _Head]) -> tuple[
-        tuple[Outcome, ...], array[int], array[float], bytes, array[int], int]:  # fmt: skip
+_Read = tuple[tuple[Outcome, ...], "array[int]", "array[float]", bytes, "array[int]", int]
+"""(outcomes, outcome_ix, rtt_ms, payloads, payload_len, records read the slow way)."""
+
+
+def _read(stored: StoredColumns, heads: dict[int, _Head]) -> _Read:
     """(outcomes, outcome_ix, rtt_ms, payloads, payload_len, records read the slow way) of
     the records of ``stored``."""
     buf = bytes(stored.payloads) + _PAD
@@ -188,6 +199,40 @@ def _read(stored: StoredColumns, heads: dict[int, _Head]) -> tuple[
         parts[i] = payload
     return (tuple(table), array("H", outcome_ix), array("d", rtts), b"".join(parts),
             array("I", map(len, parts)), len(slow))
+
+
+def _summarized(stored: StoredColumns) -> _Read | None:
+    """:func:`_read` of a run of ping results that all have a summary (the store's summary
+    columns, as the agent appends them: :func:`~meshmon.results.encoded.ping_summary` and the
+    mean RTT), read as whole columns, without Python per record: ~0.4 µs a record where the
+    fast road takes ~1.3; ``None`` if one has none, or a value is not ``[data, degraded]``
+    with the data's length in one byte for the whole run, or in two (checked for every record:
+    the array's head and the data's bytes head), or an RTT is infinite. A summary is the
+    writer's word for its own result, taken as the payload is: as a version 2 body's columns
+    are at the aggregator."""
+    plens, words = stored.plens, stored.words
+    n = len(plens)
+    kinds = set(words)
+    if not n or len(words) != n or len(stored.rtts) != n or min(kinds) < PING \
+            or max(kinds) >= PING + 0x10000:  # fmt: skip
+        return None
+    buf = bytes(stored.payloads)
+    get = buf.__getitem__
+    hb, mark = (3, 0x58) if len(buf) > 1 and buf[1] == 0x58 else (4, 0x59)
+    starts = list(accumulate(plens, initial=0))
+    flags_at = list(map(sub, starts[1:], repeat(1)))
+    del starts[-1]
+    data_at = list(map(add, starts, repeat(hb)))
+    rtts = array("d", stored.rtts)
+    if (bytes(map(get, starts)) != b"\x82" * n
+            or bytes(map(get, map(sub, data_at, repeat(hb - 1)))) != bytes((mark,)) * n
+            or has_infinity(rtts)):
+        return None  # fmt: skip
+    table: dict[Outcome, int] = {}
+    ix = {w: _index(table, _ping(*divmod(w - PING, 256))) for w in kinds}
+    payloads = b"".join(map(get, map(slice, data_at, flags_at)))
+    return (tuple(table), array("H", map(ix.__getitem__, words)), rtts, payloads,
+            array("I", map(sub, flags_at, data_at)), 0)
 
 
 @functools.cache
@@ -278,12 +323,14 @@ def _slow(stored: bytes, check: str) -> tuple[bytes, Outcome, float | None]:
 
 def result_bytes(payload: bytes) -> bytes:
     """What a record carries on the wire: the agent stores ``[encode_result(...), degraded]``
-    and the protocol carries the ``encode_result`` bytes (it has no place for ``degraded``,
-    which stays in the local store). Any other payload goes as it is."""
+    (perhaps with a summary word) and the protocol carries the ``encode_result`` bytes (it has
+    no place for ``degraded``, which stays in the local store). Any other payload goes as it
+    is."""
     try:
         value = cbor2.loads(payload)
     except Exception:  # not CBOR at all: summarize will say what is wrong with it
         return payload
-    if type(value) is list and len(value) == 2 and type(value[0]) is bytes:
-        return value[0]
-    return payload
+    try:
+        return unstored(value)[0]
+    except ValueError:
+        return payload

@@ -8,11 +8,15 @@ pending or the oldest has waited ``max_delay``, reads at most one batch from the
 worker thread, with its encoding), and POSTs it (:mod:`meshmon.wire.ingest`). Memory is bounded
 by one batch whatever the backlog: after days offline it works through the ring batch by batch.
 
-Records travel as columns (protocol version 2, :mod:`meshmon.wire.columns`), read from the
+Records travel as the store's own compressed frames (protocol version 3,
+:mod:`meshmon.wire.frames`) where every record of the run has a summary (what the agent's ping
+path appends): the uploader inflates only the frames' meta, for the series they name, and the
+aggregator reads the frames. Otherwise (other kinds, records from before summaries, a disk
+outage's records) they travel as columns (version 2, :mod:`meshmon.wire.columns`), read from the
 store as columns and each result's summary derived on the way (:mod:`.build`): the
 ``encode_result`` bytes of each result (the agent stores them with a ``degraded`` flag, which
 the protocol does not carry) and the kind, success, RTT, loss and error the aggregator stores
-beside them.
+beside them. An aggregator that answers it does not read version 3 gets version 2 from then on.
 The batch says what the agent believes the aggregator holds (``after``); records between that
 and the batch's first that the ring overwrote meanwhile are declared (``skipped_before``), and
 the store cursor's loss counter goes with every batch (``lost_total``): losses are reported,
@@ -60,6 +64,7 @@ from meshmon.sync.client import Acked, AggregatorClient, Conflict, Outcome, Refu
 from meshmon.sync.policy import UrlChooser, backoff_delay, due_at, resync
 from meshmon.wire import urls as wire_urls
 from meshmon.wire.columns import ColumnBatch, encode_columns
+from meshmon.wire.frames import FrameBatch, encode_frames
 from meshmon.wire.ingest import MAX_BODY, MemberReport
 
 log = logging.getLogger(__name__)
@@ -133,6 +138,8 @@ class Uploader:
         """(seq, its timestamp, monotonic time it was first seen) of the oldest pending."""
         self._conflicts = 0
         self._saved_at = -CURSOR_SAVE_INTERVAL
+        self.frames_by_url: dict[str, bool] = {}
+        """Per URL: False once it answered that it does not read version 3 (stored frames)."""
         self._failing_since: float | None = None
         self._fail_logged = -FAIL_LOG_INTERVAL
         self._refusals: dict[str, float] = {}
@@ -225,7 +232,8 @@ class Uploader:
         members = self.members() if self.members is not None else None
         if members is not None and members == self._reported:
             members = None
-        built = await trio.to_thread.run_sync(self._build, members)
+        built = await trio.to_thread.run_sync(self._build, members,
+                                              self.frames_by_url.get(url, True))  # fmt: skip
         if built is None:  # the pending seqs are missing (a corrupt stretch): wait for more
             with trio.move_on_after(IDLE_RECHECK):
                 await self.store.wait_durable_past(self.store.core.durable_seq)
@@ -245,6 +253,12 @@ class Uploader:
                 await self._failed(url, urls, f"the aggregator answered 409 {self._conflicts} "
                                    f"times in a row ({outcome.message})")  # fmt: skip
         else:
+            if isinstance(outcome, Refused) and isinstance(batch, FrameBatch) \
+                    and outcome.message.startswith("v: "):  # fmt: skip
+                self.frames_by_url[url] = False  # an aggregator that reads versions 1 and 2
+                log.warning("sync: %s does not read stored frames (%s); sending columns",
+                            url, outcome.message)  # fmt: skip
+                return
             if isinstance(outcome, Refused) and outcome.status == 413 and batch.count > 1:
                 self.limit = max(1, batch.count // 2)  # too large for it: halve
                 log.warning("sync: %s finds %d records too large a batch; sending at most %d",
@@ -252,11 +266,23 @@ class Uploader:
                 return
             await self._failed(url, urls, _describe(outcome), outcome)
 
-    def _build(self, members: tuple[MemberReport, ...] | None,
-               ) -> tuple[ColumnBatch, bytes, str | None] | None:  # fmt: skip
-        """Read the next batch from the cursor and encode it (runs in a worker thread)."""
+    def _build(self, members: tuple[MemberReport, ...] | None, frames: bool = True,
+               ) -> tuple[ColumnBatch | FrameBatch, bytes, str | None] | None:  # fmt: skip
+        """Read the next batch from the cursor and encode it (runs in a worker thread): the
+        stored frames as they are where every record has a summary (version 3), else columns
+        (version 2)."""
         core = self.store.core
-        stored = core.read_columns(self._position(), self.limit, READ_BYTES)
+        position = self._position()
+        run = core.read_frames(position, self.limit, READ_BYTES, BODY_BUDGET) if frames else None
+        if run is not None and not run.unsummarized:
+            after = min(self.acked, run.first - 1)
+            sent = FrameBatch(agent=self.identity.name, store=core.store_id, after=after,
+                              first=run.first, last=run.last,
+                              skipped_before=run.first - after - 1,
+                              lost_total=core.cursors.get(CURSOR).lost, sent_at=time.time(),
+                              members=members, run=run)  # fmt: skip
+            return (sent, *encode_frames(sent))
+        stored = core.read_columns(position, self.limit, READ_BYTES)
         if not stored.count:
             return None
         stored.truncate(_within_budget(stored))
@@ -273,7 +299,8 @@ class Uploader:
 
     # --- outcomes ---------------------------------------------------------------------------
 
-    async def _acked(self, url: str, batch: ColumnBatch, outcome: Acked, size: int) -> None:
+    async def _acked(self, url: str, batch: ColumnBatch | FrameBatch, outcome: Acked,
+                     size: int) -> None:  # fmt: skip
         high = outcome.ack.high_water
         durable = self.store.core.durable_seq
         target = min(high, durable)

@@ -217,7 +217,7 @@ def validate(b: ColumnBatch) -> None:
             raise BatchError(f"{key}[{i}]: {ix[i]}, but the batch has {len(table)} "
                              f"{key.removesuffix('_ix')}")  # fmt: skip
     rtt = b.rtt_ms
-    if _has_infinity(rtt):
+    if has_infinity(rtt):
         i = next(i for i, r in enumerate(rtt) if math.isinf(r))
         raise BatchError(f"rtt_ms[{i}]: {rtt[i]} is not a response time (finite, or NaN for "
                          "none)")  # fmt: skip
@@ -230,7 +230,7 @@ def validate(b: ColumnBatch) -> None:
 _INFINITIES = (array("d", [math.inf]).tobytes(), array("d", [-math.inf]).tobytes())
 
 
-def _has_infinity(column: array[float]) -> bool:
+def has_infinity(column: array[float]) -> bool:
     """``column`` holds an infinity: its bit pattern, searched in the column's bytes (in C,
     without a float object per item), at an item's start."""
     data = column.tobytes()

@@ -23,10 +23,12 @@ Records whose check is ``_alerts`` carry alert incident history (one CBOR map pe
 :mod:`meshmon.alerts.service`) instead of a result; the aggregator keeps them apart.
 
 Bodies are CBOR maps; the request may be ``Content-Encoding: deflate`` (zlib) when that pays.
-Two versions share everything above and differ in how the records travel: version 1 (``v: 1``,
-this module) as one array per record, from which the aggregator derives the columns it stores
-beside each result; version 2 (``v: 2``, :mod:`meshmon.wire.columns`) as columns, those
-derived columns included, which is what agents send. An aggregator reads both
+Three versions share everything above and differ in how the records travel: version 1
+(``v: 1``, this module) as one array per record, from which the aggregator derives the columns
+it stores beside each result; version 2 (``v: 2``, :mod:`meshmon.wire.columns`) as columns,
+those derived columns included; version 3 (``v: 3``, :mod:`meshmon.wire.frames`) as the
+agent's stored frames, which the aggregator reads into the columns of version 2. Agents send
+3, or 2 where their stored records lack summaries. An aggregator reads all three
 (:func:`decode_batch`).
 """
 
@@ -204,8 +206,8 @@ def compress(body: bytes) -> tuple[bytes, str | None]:
 
 
 def decode_batch(data: bytes, content_encoding: str | None = None) -> Batch | ColumnBatch:
-    """Parse and validate a request body of either version (version 2:
-    :mod:`meshmon.wire.columns`).
+    """Parse and validate a request body of any version (version 2:
+    :mod:`meshmon.wire.columns`, version 3: :mod:`meshmon.wire.frames`).
 
     Raises:
         BatchError: not CBOR, not deflate when it says so, too large, or the wrong schema.
@@ -218,7 +220,11 @@ def decode_batch(data: bytes, content_encoding: str | None = None) -> Batch | Co
         from meshmon.wire.columns import decode_columns  # it builds on this module
 
         return decode_columns(obj)
-    raise BatchError(f"v: protocol version {version!r}, this aggregator speaks 1 and 2")
+    if version == 3:
+        from meshmon.wire.frames import decode_frames  # it builds on this module
+
+        return decode_frames(obj)
+    raise BatchError(f"v: protocol version {version!r}, this aggregator speaks 1, 2 and 3")
 
 
 def load_body(data: bytes, content_encoding: str | None) -> dict[str, Any]:
