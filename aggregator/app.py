@@ -38,7 +38,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
-import trio
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -69,14 +68,10 @@ from meshmon.configload import parse_duration
 from meshmon.logs import RateLimitedLog
 from meshmon.version import __version__
 from meshmon.wire import ingest as wire
-from meshmon.wire.columns import ColumnBatch
 
 log = logging.getLogger(__name__)
 _refusals = RateLimitedLog(log, interval=30.0)
 
-DECODERS = 2
-"""Request bodies decoded at once (in worker threads): more would only take turns with the GIL,
-each holding its body and its decoded columns in memory meanwhile."""
 TLS_PEER_DER = "meshmon.client_cert_der"
 """Key in the ASGI ``tls`` extension where :mod:`aggregator.https` puts the client certificate
 in DER (the standard ``client_cert_chain`` holds it as PEM too)."""
@@ -85,7 +80,8 @@ in DER (the standard ``client_cert_chain`` holds it as PEM too)."""
 class Ingestor(Protocol):
     """What the ingest route needs from the database layer (:class:`aggregator.writer.Ingestor`)."""
 
-    async def ingest(self, peer_name: str, batch: wire.Batch | ColumnBatch) -> wire.Ack: ...
+    async def ingest_body(self, peer_name: str, body: bytes,
+                          encoding: str | None) -> tuple[wire.Ack, int]: ...
 
 
 @dataclass
@@ -186,7 +182,6 @@ def create_app(services: Services) -> FastAPI:
     )  # fmt: skip
     bearer = HTTPBearer(auto_error=False, description="A token from `meshmon aggregator token "
                         "create NAME --scope read|admin`.")  # fmt: skip
-    decoding = trio.CapacityLimiter(DECODERS)
 
     def require(scope: auth.Scope) -> Callable[..., Awaitable[Principal]]:
         async def dependency(request: Request, _: Any = Depends(bearer)) -> Principal:
@@ -249,23 +244,20 @@ def create_app(services: Services) -> FastAPI:
         peer = await _ingest_peer(request)
         try:
             body = await _read_body(request, wire.MAX_BODY)
-            # in a worker thread: inflating releases the GIL, and the event loop stays free
-            batch = await trio.to_thread.run_sync(
-                wire.decode_batch, body, request.headers.get("content-encoding"),
-                limiter=decoding)  # fmt: skip
         except wire.BatchError as exc:
             _refusals.warning(f"bad:{peer.name}", "ingest from %s refused: %s", peer.name, exc)
             raise ApiError(400, str(exc)) from None
-        if batch.agent != peer.name:
-            raise ApiError(403, f"agent: {batch.agent!r} is not the node name in the client "
-                           f"certificate ({peer.name!r})")  # fmt: skip
         if services.ingestor is None:
             raise ApiError(503, "ingest is not enabled on this server")
         if services.certs_recorded.get(peer.name) != peer.fingerprint:
             await services.pool.run(queries.record_certificate, peer)
             services.certs_recorded[peer.name] = peer.fingerprint
-        try:
-            ack = await services.ingestor.ingest(peer.name, batch)
+        try:  # decoded and written by the ingestor (in a writer process where it has some)
+            ack, _ = await services.ingestor.ingest_body(peer.name, body,
+                                                         request.headers.get("content-encoding"))
+        except wire.BatchError as exc:
+            _refusals.warning(f"bad:{peer.name}", "ingest from %s refused: %s", peer.name, exc)
+            raise ApiError(400, str(exc)) from None
         except IngestRefused as exc:
             _refusals.warning(f"refused:{peer.name}", "ingest from %s refused (%d): %s",
                               peer.name, exc.status, exc.message)  # fmt: skip

@@ -173,6 +173,10 @@ class ServerConfig:
     db_connections: int = 4
     """PostgreSQL connections the query API and authentication may hold (the ingest writer
     has its own). Each query blocks one worker thread while it runs."""
+    ingest_processes: int = 2
+    """Processes that decode uploads and write them to PostgreSQL, each with its own
+    connection (:mod:`aggregator.procwriter`); 0 writes from threads of the server's own
+    process, whose one interpreter lock then caps ingest at what one core decodes."""
     tls: TlsConfig = field(default_factory=TlsConfig)
     """The aggregator's mesh identity; the certificate must carry the tag ``aggregator``."""
     retention: RetentionConfig = field(default_factory=RetentionConfig)
@@ -192,6 +196,8 @@ class ServerConfig:
             errors.append(FieldError("port", f"{self.port} is not a port; use 1-65535"))
         if not 1 <= self.db_connections <= 100:
             errors.append(FieldError("db_connections", "must be between 1 and 100"))
+        if not 0 <= self.ingest_processes <= 64:
+            errors.append(FieldError("ingest_processes", "must be between 0 and 64"))
         if len(errors) == 1:
             raise errors[0]
         if errors:

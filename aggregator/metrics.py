@@ -33,7 +33,6 @@ import trio
 
 from meshmon.version import __version__
 from meshmon.wire import ingest as wire
-from meshmon.wire.columns import ColumnBatch
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -103,12 +102,12 @@ class _Counted:
     def __init__(self, inner: Any, observed: Observed) -> None:
         self.inner, self.observed = inner, observed
 
-    async def ingest(self, peer_name: str, batch: wire.Batch | ColumnBatch) -> wire.Ack:
-        ack: wire.Ack = await self.inner.ingest(peer_name, batch)
-        self.observed.records += (len(batch.records) if isinstance(batch, wire.Batch)
-                                  else batch.count)  # fmt: skip
+    async def ingest_body(self, peer_name: str, body: bytes,
+                          encoding: str | None) -> tuple[wire.Ack, int]:  # fmt: skip
+        ack, records = await self.inner.ingest_body(peer_name, body, encoding)
+        self.observed.records += records
         self.observed.inserted += ack.inserted
-        return ack
+        return ack, records
 
 
 # --- scrape time ----------------------------------------------------------------------------

@@ -146,7 +146,7 @@ async def run_service(
         stack.callback(pool.close)
         retention = config.retention
         ingestor = Ingestor(url, info, IngestorConfig(
-            raw_retention_days=retention.days("raw_days")))
+            raw_retention_days=retention.days("raw_days"), processes=config.ingest_processes))
         auth = Authenticator(pool, CrlWatch(trust, config.tls.crl))
         ingestor.on_write, observed.queued = observed.observe_write, ingestor.queued
         services = Services(pool=pool, auth=auth, ingestor=observed.wrap_ingestor(ingestor),

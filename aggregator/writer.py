@@ -58,9 +58,11 @@ from psycopg.types.json import Jsonb
 from aggregator import copybin, partitions
 from aggregator.copybin import COPY_SQL
 from aggregator.errors import DatabaseUnavailable, IngestRefused
+from aggregator.procwriter import WriterProcess, answer
 from aggregator.rows import from_records
 from aggregator.schema import SchemaInfo
-from meshmon.wire.columns import TS_MIN_US, ColumnBatch
+from meshmon.wire import ingest as wire_ingest
+from meshmon.wire.columns import TS_MIN_US, ColumnBatch, encode_columns
 from meshmon.wire.ingest import INCIDENT_CHECK, Ack, Batch, SyncRecord
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,9 @@ class IngestorConfig:
     """Plain PostgreSQL: records older than this when they arrive are counted, not stored."""
     connect_timeout: float = 5.0
     """Seconds to wait for PostgreSQL when (re)connecting."""
+    processes: int = 0
+    """Writers in child processes (:mod:`aggregator.procwriter`), each decoding the bodies it
+    is handed and writing them; 0: ``writers`` threads of this process."""
 
 
 @dataclass(slots=True)
@@ -369,10 +374,19 @@ def _data_error(batch: Batch | ColumnBatch, exc: pgerrors.DataError) -> str:
 @dataclass(slots=True)
 class _Job:
     peer: str
-    batch: Batch | ColumnBatch
+    batch: Batch | ColumnBatch | None
+    body: tuple[bytes, str | None] | None = None
+    """A request body and its encoding, for a writer process to decode (``batch`` is None)."""
     done: trio.Event = field(default_factory=trio.Event)
     ack: Ack | None = None
+    records: int = 0
     error: BaseException | None = None
+
+
+DECODERS = 2
+"""Request bodies decoded at once when the writers are threads (in worker threads): more would
+only take turns with the GIL, each holding its body and its decoded columns in memory
+meanwhile."""
 
 
 class Ingestor:
@@ -395,6 +409,7 @@ class Ingestor:
         """Called with the seconds of each batch's transaction (the COPY latency metric)."""
         self._queued_at = -math.inf
         """When a batch last had to wait for a writer (trio's clock)."""
+        self._decoding = trio.CapacityLimiter(DECODERS)
 
     def queued(self) -> int:
         """Batches waiting for a writer."""
@@ -411,8 +426,14 @@ class Ingestor:
         """Run the writers until cancelled (the batches in hand finish; queued ones get
         :class:`DatabaseUnavailable`)."""
         send, receive = trio.open_memory_channel[_Job](self.config.queue)
-        writers = [BatchWriter(self.conninfo, self.schema, self.config)
-                   for _ in range(max(1, self.config.writers))]  # fmt: skip
+        writers: list[BatchWriter | WriterProcess] = (
+            [WriterProcess(self.conninfo, self.schema, self.config)
+             for _ in range(self.config.processes)] if self.config.processes else
+            [BatchWriter(self.conninfo, self.schema, self.config)
+             for _ in range(max(1, self.config.writers))])  # fmt: skip
+        for writer in writers:
+            if isinstance(writer, WriterProcess):
+                await trio.to_thread.run_sync(writer.start)
         try:
             async with trio.open_nursery() as nursery:
                 for writer in writers:
@@ -441,10 +462,40 @@ class Ingestor:
             IngestRefused: 403 / 409 / 422, nothing written.
             DatabaseUnavailable: PostgreSQL down or busy, or the ingestor is not running.
         """
+        if self.config.processes:  # a writer process takes the batch as a body
+            body, encoding = wire_ingest.encode_batch(batch) if isinstance(batch, Batch) \
+                else encode_columns(batch)  # fmt: skip
+            return (await self.ingest_body(peer_name, body, encoding))[0]
+        return (await self._submit(_Job(peer_name, batch))).ack  # type: ignore[return-value]
+
+    async def ingest_body(self, peer_name: str, body: bytes,
+                          encoding: str | None) -> tuple[Ack, int]:  # fmt: skip
+        """Decode a request body and commit it exactly once: (the acknowledgement, records in
+        the batch). In a writer process when there are some, else in a thread of this one.
+
+        Raises:
+            wire.BatchError: the body does not decode (answer 400).
+            IngestRefused: 403 / 409 / 422, nothing written.
+            DatabaseUnavailable: PostgreSQL down or busy, or the ingestor is not running.
+        """
+        if self.config.processes:
+            job = await self._submit(_Job(peer_name, None, (body, encoding)))
+            assert job.ack is not None
+            return job.ack, job.records
+        # in a worker thread: inflating releases the GIL, and the event loop stays free
+        batch = await trio.to_thread.run_sync(wire_ingest.decode_batch, body, encoding,
+                                              limiter=self._decoding)  # fmt: skip
+        if batch.agent != peer_name:
+            raise IngestRefused(403, f"agent: {batch.agent!r} is not the node name in the "
+                                f"client certificate ({peer_name!r})")  # fmt: skip
+        job = await self._submit(_Job(peer_name, batch))
+        assert job.ack is not None
+        return job.ack, len(batch.records) if isinstance(batch, Batch) else batch.count
+
+    async def _submit(self, job: _Job) -> _Job:
         send = self._send
         if send is None:
             raise DatabaseUnavailable("database unavailable: the ingestor is not running")
-        job = _Job(peer_name, batch)
         try:
             await send.send(job)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -454,19 +505,25 @@ class Ingestor:
         await job.done.wait()
         if job.error is not None:
             raise job.error
-        assert job.ack is not None
-        return job.ack
+        return job
 
-    async def _work(self, writer: BatchWriter, receive: trio.MemoryReceiveChannel[_Job]) -> None:
+    async def _work(self, writer: BatchWriter | WriterProcess,
+                    receive: trio.MemoryReceiveChannel[_Job]) -> None:  # fmt: skip
         async for job in receive:
             started = time.perf_counter()
             if receive.statistics().current_buffer_used:
                 self._queued_at = trio.current_time()
             try:
-                job.ack = await trio.to_thread.run_sync(writer.write, job.peer, job.batch)
+                if job.body is not None:
+                    reply = await trio.to_thread.run_sync(writer.call, job.peer,  # type: ignore[union-attr]
+                                                          *job.body)  # fmt: skip
+                    job.ack, job.records, _ = answer(reply)
+                else:
+                    job.ack = await trio.to_thread.run_sync(writer.write, job.peer,  # type: ignore[union-attr]
+                                                            job.batch)  # fmt: skip
                 if self.on_write is not None:
                     self.on_write(time.perf_counter() - started)
-            except (IngestRefused, DatabaseUnavailable) as exc:
+            except (IngestRefused, DatabaseUnavailable, wire_ingest.BatchError) as exc:
                 job.error = exc
             except Exception as exc:
                 log.exception("ingest of a batch from %s failed", job.peer)

@@ -11,15 +11,27 @@ import httpx
 import pytest
 import trio
 
+from aggregator.writer import Ingestor
 from meshmon import pki
 from meshmon.wire import ingest as wire
 from tests.aggapi_support import Served, database, serve  # noqa: F401
 from tests.conftest import Mesh
+from tests.pg import Db
 
 
 @pytest.fixture
 async def served(nursery: trio.Nursery, mesh: Mesh, database: str) -> Served:  # noqa: F811
     return await serve(nursery, mesh, database, token_ttl=60.0)
+
+
+@pytest.fixture
+async def ingesting(nursery: trio.Nursery, mesh: Mesh, pg_db: Db,
+                    database: str) -> Served:  # noqa: F811
+    """The API with ingest enabled (the ingestor decodes the bodies)."""
+    assert pg_db.schema is not None
+    ingestor = Ingestor(database, pg_db.schema)
+    await nursery.start(ingestor.run)
+    return await serve(nursery, mesh, database, ingestor=ingestor)
 
 
 async def test_no_credentials_get_401_saying_how_to_get_a_token(served: Served) -> None:
@@ -175,8 +187,9 @@ async def test_ingest_needs_a_client_certificate(served: Served) -> None:
     (b"\x80", "br", "Content-Encoding: 'br' is not supported"),
 ])  # fmt: skip
 async def test_malformed_body_is_400_naming_the_problem_and_nothing_is_written(
-    served: Served, body: bytes, encoding: str | None, problem: str
+    ingesting: Served, body: bytes, encoding: str | None, problem: str
 ) -> None:
+    served = ingesting
     agent = served.mesh.node("edge-1")
     headers = {"Content-Encoding": encoding} if encoding else {}
     async with served.client(node=agent) as client:
@@ -187,7 +200,8 @@ async def test_malformed_body_is_400_naming_the_problem_and_nothing_is_written(
     assert served.sql("SELECT count(*) FROM streams") == [(0,)]
 
 
-async def test_batch_naming_another_agent_is_refused(served: Served) -> None:
+async def test_batch_naming_another_agent_is_refused(ingesting: Served) -> None:
+    served = ingesting
     agent = served.mesh.node("edge-1")
     async with served.client(node=agent) as client:
         response = await client.post(wire.PATH, content=wire.encode_batch(_batch("edge-9"))[0])
