@@ -246,7 +246,7 @@ def create_app(services: Services) -> FastAPI:
             body = await _read_body(request, wire.MAX_BODY)
         except wire.BatchError as exc:
             _refusals.warning(f"bad:{peer.name}", "ingest from %s refused: %s", peer.name, exc)
-            raise ApiError(400, str(exc)) from None
+            raise ApiError(exc.status, str(exc)) from None
         if services.ingestor is None:
             raise ApiError(503, "ingest is not enabled on this server")
         if services.certs_recorded.get(peer.name) != peer.fingerprint:
@@ -257,7 +257,7 @@ def create_app(services: Services) -> FastAPI:
                                                          request.headers.get("content-encoding"))
         except wire.BatchError as exc:
             _refusals.warning(f"bad:{peer.name}", "ingest from %s refused: %s", peer.name, exc)
-            raise ApiError(400, str(exc)) from None
+            raise ApiError(exc.status, str(exc)) from None
         except IngestRefused as exc:
             _refusals.warning(f"refused:{peer.name}", "ingest from %s refused (%d): %s",
                               peer.name, exc.status, exc.message)  # fmt: skip

@@ -75,13 +75,13 @@ def _child(conn: Connection, conninfo: str, schema: SchemaInfo, config: Any,
 
 def handle(writer: Any, peer: str, body: bytes, encoding: str | None) -> tuple[Any, ...]:
     """Decode and write one request body; the answer as a tuple a pipe carries:
-    ``("ok", high_water, inserted, records, seconds)``, ``("bad", message)`` (400),
+    ``("ok", high_water, inserted, records, seconds)``, ``("bad", message, status)`` (400, 413),
     ``("refused", status, message, extra)``, ``("unavailable", message)``."""
     started = time.perf_counter()
     try:
         batch = wire.decode_batch(body, encoding)
     except wire.BatchError as exc:
-        return ("bad", str(exc))
+        return ("bad", str(exc), exc.status)
     if batch.agent != peer:
         return ("refused", 403, f"agent: {batch.agent!r} is not the node name in the client "
                 f"certificate ({peer!r})", {})  # fmt: skip
@@ -102,7 +102,7 @@ def answer(reply: tuple[Any, ...]) -> tuple[wire.Ack, int, float]:
     """(ack, records, seconds) of a child's answer.
 
     Raises:
-        wire.BatchError: the body does not decode (400).
+        wire.BatchError: the body does not decode (400) or is too large (413).
         IngestRefused: the batch is refused (403, 409, 422...).
         DatabaseUnavailable: PostgreSQL is down or busy, or the child failed.
     """
@@ -110,7 +110,7 @@ def answer(reply: tuple[Any, ...]) -> tuple[wire.Ack, int, float]:
     if kind == "ok":
         return wire.Ack(high_water=reply[1], inserted=reply[2]), reply[3], reply[4]
     if kind == "bad":
-        raise wire.BatchError(reply[1])
+        raise wire.BatchError(reply[1], reply[2])
     if kind == "refused":
         raise IngestRefused(reply[1], reply[2], **reply[3])
     raise DatabaseUnavailable(reply[1])

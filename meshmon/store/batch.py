@@ -77,6 +77,9 @@ WIDE_SIDS = 1
 """Flag: the series column is u32 (a segment with more than 65,535 series)."""
 SUMMARIES = 2
 """Flag: the meta ends with the summary columns (u32 and f64 per record)."""
+SUMMARIZED = 4
+"""Flag (with :data:`SUMMARIES`): every record of the frame has a summary (no word is 0), as
+the header alone tells a reader that ships frames (:mod:`meshmon.store.frames`)."""
 
 MAX_RECORDS = 0xFFFF
 """Most records in one frame (``count`` is a u16)."""
@@ -148,7 +151,8 @@ def encode_batch(
             if zdict else zlib.compressobj(level, zlib.DEFLATED, -15, MEM_LEVEL))  # fmt: skip
     body = comp.compress(meta) + comp.compress(b"".join(payloads)) + comp.flush()
     did = dict_id(zdict) if zdict else 0
-    flags = (WIDE_SIDS if wide else 0) | (SUMMARIES if summaries is not None else 0)
+    flags = (WIDE_SIDS if wide else 0) | (0 if summaries is None else SUMMARIES | (
+        SUMMARIZED if summaries[0] and min(summaries[0]) else 0))
     head = HEAD.pack(MAGIC, len(body), seq0, n, KIND_BATCH, flags, len(meta), did)
     return b"".join((head, body, CRC.pack(zlib.crc32(body, zlib.crc32(head)))))
 
@@ -227,6 +231,15 @@ def open_meta(
         return None
     if len(meta) != h.meta_len:
         return None
+    parsed = parse_meta(meta, h, only)
+    return parsed and (parsed, inflater)
+
+
+def parse_meta(meta: bytes, h: Head, only: Sequence[int] = ()) -> Meta | Literal[False] | None:
+    """The ``meta`` of a batch frame (inflated, ``h.meta_len`` bytes) parsed; ``None`` if its
+    lengths disagree, ``False`` as for :func:`open_meta`."""
+    if len(meta) < META_HEAD.size:
+        return None
     def_base, n_defs = META_HEAD.unpack_from(meta)
     n = h.count
     pos = META_HEAD.size
@@ -251,10 +264,10 @@ def open_meta(
     pos += 8 * n + sid_size * n
     plens = array("I", meta[pos : pos + 4 * n])
     if not extra:
-        return Meta(def_base, defs, tss, sids, plens), inflater
+        return Meta(def_base, defs, tss, sids, plens)
     pos += 4 * n
     words, rtts = array("I", meta[pos : pos + 4 * n]), array("d", meta[pos + 4 * n :])
-    return Meta(def_base, defs, tss, sids, plens, words, rtts), inflater
+    return Meta(def_base, defs, tss, sids, plens, words, rtts)
 
 
 def first_payloads(meta: Meta, inflater: zlib._Decompress, n: int) -> list[bytes] | None:

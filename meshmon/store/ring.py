@@ -462,15 +462,14 @@ class RingStore:
             self._check_open()
             return read_columns(self._reader, from_seq, self._durable_seq, limit, max_bytes)
 
-    def read_frames(self, from_seq: int, limit: int = 1000, max_bytes: int = 4 * 2**20,
-                    max_raw: int = 16 * 2**20) -> StoredFrames | None:  # fmt: skip
+    def read_frames(self, from_seq: int, limit: int = 1000,
+                    max_bytes: int = 4 * 2**20) -> StoredFrames | None:  # fmt: skip
         """Durable records from ``from_seq`` on as the frames that hold them, compressed as
         stored (:mod:`meshmon.store.frames`); ``None`` where only :meth:`read_columns` can
         serve."""
         with self._mutex:
             self._check_open()
-            return read_frames(self._reader, from_seq, self._durable_seq, limit, max_bytes,
-                               max_raw)  # fmt: skip
+            return read_frames(self._reader, from_seq, self._durable_seq, limit, max_bytes)
 
     def query(
         self,

@@ -273,7 +273,7 @@ class Uploader:
         (version 2)."""
         core = self.store.core
         position = self._position()
-        run = core.read_frames(position, self.limit, READ_BYTES, BODY_BUDGET) if frames else None
+        run = core.read_frames(position, self.limit, READ_BYTES) if frames else None
         if run is not None and not run.unsummarized:
             after = min(self.acked, run.first - 1)
             sent = FrameBatch(agent=self.identity.name, store=core.store_id, after=after,

@@ -23,11 +23,12 @@ The body is CBOR and not compressed again::
 An uploader sends version 3 for a run of frames whose every record has a summary, else version
 2, and version 2 too to an aggregator that answers that it does not speak 3.
 
-What the aggregator checks before it reads a byte of a frame's body: each frame's checksum,
-kind and dictionary; that the frames follow one another in seq, the first holding ``first`` and
-the last ending at ``last``; that the meta and payloads it would inflate stay within
-:data:`~meshmon.wire.ingest.MAX_BODY` in all (so that no frame inflates beyond what it says);
-that every series id is named. Then the columns are checked as a version 2 body's are
+What the aggregator checks before it inflates a frame: its checksum, kind and dictionary, and
+that the frames follow one another in seq, the first holding ``first`` and the last ending at
+``last``. Each frame is inflated in one go, never beyond what is left of
+:data:`~meshmon.wire.ingest.MAX_BODY` for the whole body (413 beyond: the agent sends smaller
+batches), and must inflate to exactly its meta and the payloads the meta says, naming only
+series the body names. Then the columns are checked as a version 2 body's are
 (:func:`meshmon.wire.columns.validate`). Every refusal is a
 :class:`~meshmon.wire.ingest.BatchError` naming the field and, for a frame, its index and
 byte offset.
@@ -36,6 +37,7 @@ byte offset.
 from __future__ import annotations
 
 import math
+import zlib
 from array import array
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -150,42 +152,43 @@ def read(frames: bytes, dicts: dict[int, bytes], names: dict[int, tuple[str, str
     out = StoredColumns(first)
     out.names = names
     budget = MAX_BODY
+    view = memoryview(frames)
     pos, k, expect = 0, 0, -1
     while pos < len(frames):
-        where = f"frames[{k}] (byte {pos})"
         h = framing.read_head(frames, pos, len(frames))
         if h is None:
-            raise BatchError(f"{where}: not a whole frame (a bad header or checksum)")
+            raise BatchError(f"{_at(k, pos)}: not a whole frame (a bad header or checksum)")
         if h.kind != framing.KIND_BATCH or not h.count:
-            raise BatchError(f"{where}: not a batch frame")
-        if h.dict_id and h.dict_id not in dicts:
-            raise BatchError(f"{where}: uses dictionary {h.dict_id:#x}, which zdict is not")
+            raise BatchError(f"{_at(k, pos)}: not a batch frame")
+        zdict = dicts.get(h.dict_id) if h.dict_id else b""
+        if zdict is None:
+            raise BatchError(f"{_at(k, pos)}: uses dictionary {h.dict_id:#x}, which zdict is "
+                             "not")  # fmt: skip
         end = h.seq0 + h.count - 1
         if (expect < 0 and not h.seq0 <= first <= end) or (expect >= 0 and h.seq0 != expect):
-            raise BatchError(f"{where}: holds seqs {h.seq0}..{end}, expected a frame "
+            raise BatchError(f"{_at(k, pos)}: holds seqs {h.seq0}..{end}, expected a frame "
                              + (f"holding seq {first}" if expect < 0 else f"from seq {expect}"))
-        if h.meta_len > budget:
-            raise BatchError(f"{where}: inflates beyond {MAX_BODY} bytes in all")
-        opened = framing.open_meta(frames, h, dicts)
-        if not opened:
-            raise BatchError(f"{where}: its meta does not inflate or its lengths disagree")
-        meta, inflater = opened
-        budget -= h.meta_len
-        size = sum(meta.plens)
-        if size > budget:
-            raise BatchError(f"{where}: inflates beyond {MAX_BODY} bytes in all")
-        budget -= size
-        if not set(meta.sids).issubset(names):
+        inflater = zlib.decompressobj(-15, zdict=zdict) if zdict else zlib.decompressobj(-15)
+        try:  # never beyond what is left of the budget, whatever a forged stream inflates to
+            raw = inflater.decompress(view[h.pos + framing.HEAD_SIZE : h.end - 4], budget + 1)
+        except zlib.error as exc:
+            raise BatchError(f"{_at(k, pos)}: does not inflate ({exc})") from None
+        if len(raw) > budget:
+            raise BatchError(f"frames: inflate beyond {MAX_BODY} bytes in all; send fewer "
+                             "records a batch", 413)  # fmt: skip
+        budget -= len(raw)
+        meta = framing.parse_meta(raw[: h.meta_len], h) if len(raw) >= h.meta_len else None
+        if not meta or not inflater.eof or len(raw) != h.meta_len + sum(meta.plens):
+            raise BatchError(f"{_at(k, pos)}: its meta or its lengths disagree with what it "
+                             "inflates to")  # fmt: skip
+        if not all(map(names.__contains__, meta.sids)):
             lid = next(x for x in meta.sids if x not in names)
-            raise BatchError(f"{where}: names series id {lid}, which names does not")
-        raw = framing.first_payloads_raw(meta, inflater, h.count)
-        if raw is None:
-            raise BatchError(f"{where}: its payloads do not inflate to the lengths it says")
+            raise BatchError(f"{_at(k, pos)}: names series id {lid}, which names does not")
         a = max(0, first - h.seq0)
         out.tss.extend(meta.tss[a:])
         out.gids.extend(meta.sids[a:] if meta.sids.typecode == "I" else iter(meta.sids[a:]))
         out.plens.extend(meta.plens[a:])
-        out.payloads += memoryview(raw)[sum(meta.plens[:a]) :]
+        out.payloads += memoryview(raw)[h.meta_len + sum(meta.plens[:a]) :]
         if meta.words is not None and meta.rtts is not None:
             out.words.extend(meta.words[a:])
             out.rtts.extend(meta.rtts[a:])
@@ -197,4 +200,8 @@ def read(frames: bytes, dicts: dict[int, bytes], names: dict[int, tuple[str, str
         raise BatchError(f"frames: end at seq {expect - 1}, the batch says last is {last}"
                          if expect >= 0 else "frames: none")  # fmt: skip
     return out
+
+
+def _at(k: int, pos: int) -> str:
+    return f"frames[{k}] (byte {pos})"
 

@@ -61,7 +61,13 @@ _STORE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class BatchError(ValueError):
-    """A batch that breaks the protocol; the message names the field and the problem."""
+    """A batch that breaks the protocol; the message names the field and the problem.
+    ``status``: the HTTP answer, 400, or 413 for a body that is (or inflates) too large (the
+    agent then sends smaller batches)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,13 +244,13 @@ def load_body(data: bytes, content_encoding: str | None) -> dict[str, Any]:
             d = zlib.decompressobj()
             data = d.decompress(data, MAX_BODY)
             if d.unconsumed_tail:
-                raise BatchError(f"body: larger than {MAX_BODY} bytes once decompressed")
+                raise BatchError(f"body: larger than {MAX_BODY} bytes once decompressed", 413)
         except zlib.error as exc:
             raise BatchError(f"body: not valid deflate data ({exc})") from None
     elif content_encoding not in (None, "", "identity"):
         raise BatchError(f"Content-Encoding: {content_encoding!r} is not supported (use deflate)")
     if len(data) > MAX_BODY:
-        raise BatchError(f"body: larger than {MAX_BODY} bytes")
+        raise BatchError(f"body: larger than {MAX_BODY} bytes", 413)
     try:
         obj = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises several types for garbage
