@@ -186,7 +186,15 @@ def read(frames: bytes, dicts: dict[int, bytes], names: dict[int, tuple[str, str
             raise BatchError(f"{_at(k, pos)}: names series id {lid}, which names does not")
         a = max(0, first - h.seq0)
         out.tss.extend(meta.tss[a:])
-        out.gids.extend(meta.sids[a:] if meta.sids.typecode == "I" else iter(meta.sids[a:]))
+        sids = meta.sids[a:]
+        if out.gids.typecode != sids.typecode:  # ids of 2 bytes, unless a frame has wide ones
+            if not out.gids:
+                out.gids = array(sids.typecode)
+            elif sids.typecode == "I":
+                out.gids = array("I", out.gids)
+            else:
+                sids = array("I", sids)
+        out.gids.extend(sids)
         out.plens.extend(meta.plens[a:])
         out.payloads += memoryview(raw)[h.meta_len + sum(meta.plens[:a]) :]
         if meta.words is not None and meta.rtts is not None:
