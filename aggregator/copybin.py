@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-from itertools import accumulate, chain, repeat
+from itertools import chain, repeat
 from operator import add, sub
 from typing import Any, NamedTuple
 
@@ -76,10 +76,10 @@ def outcome_field(o: Outcome) -> bytes:
 def blocks(b: ColumnBatch, rows: range | Sequence[int]) -> Iterator[bytes]:
     """The COPY stream (signature, rows, trailer) of records ``rows`` (indexes into the batch,
     ascending) in blocks of at most :data:`BLOCK_ROWS` rows."""
-    ends = list(accumulate(b.payload_len, initial=0))
+    starts, stops = b.spans()
     fields = _Fields(series=series_fields(b.agent, b.store, b.series),
-                     outcomes=list(map(outcome_field, b.outcomes)), starts=ends[:-1],
-                     stops=ends[1:], payloads=b.payloads)  # fmt: skip
+                     outcomes=list(map(outcome_field, b.outcomes)), starts=starts,
+                     stops=stops, payloads=b.payloads)  # fmt: skip
     yield SIGNATURE
     for at in range(0, len(rows), BLOCK_ROWS):
         yield _block(b, rows[at : at + BLOCK_ROWS], fields)

@@ -45,7 +45,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import accumulate
 from operator import itemgetter
 from typing import Any
 
@@ -225,8 +224,8 @@ class BatchWriter:
         if INCIDENT_CHECK in map(itemgetter(0), cols.series):  # in C: a batch may hold thousands
             incident_series = [k for k, s in enumerate(cols.series) if s[0] == INCIDENT_CHECK]
             six, skip = cols.series_ix, set(incident_series)
-            starts = list(accumulate(cols.payload_len, initial=0))
-            incidents = [_incident(cols, i, starts) for i in rows if six[i] in skip]
+            spans = cols.spans()
+            incidents = [_incident(cols, i, spans) for i in rows if six[i] in skip]
             rows = [i for i in rows if six[i] not in skip]
         out = _Outcome(expired=expired)
         if rows:
@@ -315,11 +314,11 @@ class BatchWriter:
             raise DatabaseUnavailable(f"database busy creating partitions: {_short(exc)}") from exc
 
 
-def _incident(cols: ColumnBatch, i: int, starts: list[int]) -> SyncRecord:
-    """Record ``i`` of the batch (``starts``: where each payload starts)."""
+def _incident(cols: ColumnBatch, i: int, spans: tuple[list[int], list[int]]) -> SyncRecord:
+    """Record ``i`` of the batch (``spans``: where each payload starts and ends)."""
     check, target = cols.series[cols.series_ix[i]]
     return SyncRecord(cols.first + i, cols.ts_us[i] / 1e6, check, target,
-                      cols.payloads[starts[i] : starts[i + 1]])  # fmt: skip
+                      cols.payloads[spans[0][i] : spans[1][i]])  # fmt: skip
 
 
 def _insert_incidents(conn: psycopg.Connection[Any], batch: Batch | ColumnBatch,

@@ -55,9 +55,14 @@ def check(recs: list[SyncRecord], reader: RecordReader | None = None,
     ends = [0]
     for n in cols["payload_len"]:
         ends.append(ends[-1] + n)
-    assert len(ends) == len(recs) + 1 and ends[-1] == len(cols["payloads"])
+    assert len(ends) == len(recs) + 1
+    starts = cols["payload_at"]  # read from the stored values, in place
+    if starts is None:  # back to back
+        assert ends[-1] == len(cols["payloads"])
+        starts = ends[:-1]
     for i, rec in enumerate(recs):
-        assert cols["payloads"][ends[i] : ends[i + 1]] == rec.payload
+        at = starts[i]
+        assert cols["payloads"][at : at + cols["payload_len"][i]] == rec.payload
         assert cols["series"][cols["series_ix"][i]] == (rec.check, rec.target)
         assert cols["ts_us"][i] == round(rec.ts * 1e6)
         outcome, rtt = expected(rec.payload)

@@ -259,7 +259,11 @@ def parse_meta(meta: bytes, h: Head, only: Sequence[int] = ()) -> Meta | Literal
     for klen in klens:
         defs.append(meta[pos : pos + klen])
         pos += klen
-    bits = array("Q", map(and_, accumulate(array("Q", meta[pos : pos + 8 * n])), repeat(MASK)))
+    deltas = array("Q", meta[pos : pos + 8 * n])
+    try:  # the sums stay within 64 bits unless a delta wrapped around (a time going back)
+        bits = array("Q", accumulate(deltas))
+    except OverflowError:
+        bits = array("Q", map(and_, accumulate(deltas), repeat(MASK)))
     tss = array("d", bits.tobytes())
     pos += 8 * n + sid_size * n
     plens = array("I", meta[pos : pos + 4 * n])

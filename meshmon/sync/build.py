@@ -114,13 +114,13 @@ class RecordReader:
             heads = {g: self._heads.get(names) or self._head(names)
                      for g, names in stored.names.items()}  # fmt: skip
             read = _read(stored, heads)
-        outcomes, outcome_ix, rtt_ms, payloads, payload_len, slow = read
+        outcomes, outcome_ix, rtt_ms, payloads, payload_len, slow, payload_at = read
         self.slow_reads += slow
         return {
             "ts_us": ts_us, "series": tuple(map(stored.names.__getitem__, uniq)),
             "series_ix": array("H", map(where.__getitem__, gids)), "outcomes": outcomes,
             "outcome_ix": outcome_ix, "rtt_ms": rtt_ms, "payload_len": payload_len,
-            "payloads": payloads,
+            "payloads": payloads, "payload_at": payload_at,
         }  # fmt: skip
 
     def _head(self, names: tuple[str, str]) -> _Head:
@@ -145,8 +145,10 @@ target``), the unpacker of its fast road (:func:`_own`) and where its latencies 
 start of its stored record."""
 
 
-_Read = tuple[tuple[Outcome, ...], "array[int]", "array[float]", bytes, "array[int]", int]
-"""(outcomes, outcome_ix, rtt_ms, payloads, payload_len, records read the slow way)."""
+_Read = tuple[tuple[Outcome, ...], "array[int]", "array[float]", bytes, "array[int]", int,
+              list[int] | None]
+"""(outcomes, outcome_ix, rtt_ms, payloads, payload_len, records read the slow way, where each
+payload starts in ``payloads`` if they are not back to back)."""
 
 
 def _read(stored: StoredColumns, heads: dict[int, _Head]) -> _Read:
@@ -198,7 +200,7 @@ def _read(stored: StoredColumns, heads: dict[int, _Head]) -> _Read:
     for i, payload in slow.items():
         parts[i] = payload
     return (tuple(table), array("H", outcome_ix), array("d", rtts), b"".join(parts),
-            array("I", map(len, parts)), len(slow))
+            array("I", map(len, parts)), len(slow), None)
 
 
 def _summarized(stored: StoredColumns) -> _Read | None:
@@ -230,9 +232,8 @@ def _summarized(stored: StoredColumns) -> _Read | None:
         return None  # fmt: skip
     table: dict[Outcome, int] = {}
     ix = {w: _index(table, _ping(*divmod(w - PING, 256))) for w in kinds}
-    payloads = b"".join(map(get, map(slice, data_at, flags_at)))
-    return (tuple(table), array("H", map(ix.__getitem__, words)), rtts, payloads,
-            array("I", map(sub, flags_at, data_at)), 0)
+    return (tuple(table), array("H", map(ix.__getitem__, words)), rtts, buf,
+            array("I", map(sub, flags_at, data_at)), 0, data_at)
 
 
 @functools.cache

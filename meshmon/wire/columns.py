@@ -43,6 +43,7 @@ import sys
 from array import array
 from dataclasses import dataclass
 from itertools import accumulate, chain
+from operator import add
 from typing import Any, NamedTuple
 
 import cbor2
@@ -116,26 +117,45 @@ class ColumnBatch:
     payload_len: array[int]
     """``I``."""
     payloads: bytes
+    payload_at: list[int] | None = None
+    """Where each payload starts in ``payloads`` when they are not back to back (a batch read
+    from stored values, which ``payloads`` then holds whole: :mod:`meshmon.sync.build`), else
+    None. A body always carries them back to back (:meth:`packed`)."""
 
     @property
     def count(self) -> int:
         """Records in the batch."""
         return self.last - self.first + 1
 
+    def spans(self) -> tuple[list[int], list[int]]:
+        """(starts, ends) of the payloads in ``payloads``."""
+        if self.payload_at is not None:
+            return self.payload_at, list(map(add, self.payload_at, self.payload_len))
+        ends = list(accumulate(self.payload_len, initial=0))
+        return ends[:-1], ends[1:]
+
+    def packed(self) -> bytes:
+        """The payloads back to back."""
+        if self.payload_at is None:
+            return self.payloads
+        return b"".join(map(self.payloads.__getitem__, map(slice, *self.spans())))
+
     @property
     def records(self) -> tuple[SyncRecord, ...]:
         """The records one by one, as in version 1 (for tests and tools: the aggregator never
         builds them)."""
-        ends = list(accumulate(self.payload_len, initial=0))
+        starts, ends = self.spans()
         return tuple(SyncRecord(self.first + i, self.ts_us[i] / 1e6,
                                 *self.series[self.series_ix[i]],
-                                self.payloads[ends[i] : ends[i + 1]])
+                                self.payloads[starts[i] : ends[i]])
                      for i in range(self.count))  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ColumnBatch):
             return NotImplemented
-        return all(_same(getattr(self, f), getattr(other, f)) for f in self.__slots__)
+        return self.packed() == other.packed() and all(
+            _same(getattr(self, f), getattr(other, f)) for f in self.__slots__
+            if f not in ("payloads", "payload_at"))  # fmt: skip
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -171,7 +191,7 @@ def encode_columns(batch: ColumnBatch) -> tuple[bytes, str | None]:
         obj[key] = _pack(getattr(batch, attr))
     obj["series"] = list(chain.from_iterable(batch.series))
     obj["outcomes"] = [list(o) for o in batch.outcomes]
-    obj["payloads"] = batch.payloads
+    obj["payloads"] = batch.packed()
     return compress(cbor2.dumps(obj))
 
 
@@ -221,6 +241,11 @@ def validate(b: ColumnBatch) -> None:
         i = next(i for i, r in enumerate(rtt) if math.isinf(r))
         raise BatchError(f"rtt_ms[{i}]: {rtt[i]} is not a response time (finite, or NaN for "
                          "none)")  # fmt: skip
+    if b.payload_at is not None:
+        if len(b.payload_at) != n or min(b.payload_at) < 0 \
+                or max(map(add, b.payload_at, b.payload_len)) > len(b.payloads):  # fmt: skip
+            raise BatchError("payload_at: a payload beyond the payloads")
+        return
     total = sum(b.payload_len)
     if total != len(b.payloads):
         raise BatchError(f"payload_len: the lengths add up to {total} bytes, payloads holds "
