@@ -20,10 +20,12 @@ import json
 import random
 import socket
 import ssl
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cbor2
 import h11
 import trio
 from cryptography import x509
@@ -97,6 +99,10 @@ class TestAggregator:
         self.connections = 0
         self.drop_after_commit = 0
         self.refuse: list[tuple[int, dict[str, object]]] = []
+        self.unknown_versions: set[int] = set()
+        """Protocol versions refused as unknown (400 ``v: ...``)."""
+        self.versions: collections.Counter[int] = collections.Counter()
+        """Well-formed batches received, by protocol version."""
         self.answers: list[int] = []
         self._changed = trio.Event()
         self._scope: trio.CancelScope | None = None
@@ -196,10 +202,17 @@ class TestAggregator:
         headers = {k.lower(): v for k, v in request.headers}
         encoding = headers.get(b"content-encoding")
         try:
+            version = cbor2.loads(zlib.decompress(body) if encoding else body).get("v")
+            if version in self.unknown_versions:  # as an aggregator of an older release
+                raise BatchError(f"v: protocol version {version!r}, this aggregator speaks 1 "
+                                 "and 2")  # fmt: skip
             batch = decode_batch(body, encoding.decode() if encoding else None)
         except BatchError as exc:
             return 400, _json({"error": str(exc)}), False
+        except (ValueError, AttributeError, zlib.error) as exc:  # not CBOR: decode_batch says
+            return 400, _json({"error": f"body: {exc}"}), False
         self.batches.append(batch)
+        self.versions[version] += 1
         if self.refuse:
             status, answer = self.refuse.pop(0)
             return status, _json(answer), False

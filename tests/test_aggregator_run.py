@@ -4,8 +4,10 @@ commands, a clean stop on SIGTERM; and token management directly on a database."
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -122,3 +124,45 @@ def test_token_commands_on_a_database_url(pg_db: Db, tmp_path: Path) -> None:
     err = meshmon("aggregator", "token", "list", "--data", str(tmp_path / "none"),
                   ok=False).stderr  # fmt: skip
     assert "no aggregator database" in err
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_the_ingest_writer_processes_end_with_a_killed_aggregator(mesh: Mesh,
+                                                                   scratch: Path) -> None:
+    agg = AggregatorProc(scratch, mesh)
+    try:
+        agg.start()
+        assert agg.proc is not None
+        writers = [pid for pid in _children(agg.proc.pid)
+                   if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(writers) == 2  # ingest_processes' default
+        agg.proc.kill()  # no chance to stop them
+        agg.proc.wait(10)
+        wait_for("the writer processes to end", lambda: not any(map(_alive, writers)) or None,
+                 timeout=20)
+    finally:
+        agg.stop()
+        orphan = scratch / "data" / "postgres" / "pgdata" / "postmaster.pid"
+        if orphan.exists():  # the killed aggregator could not stop its PostgreSQL
+            os.kill(int(orphan.read_text().split()[0]), signal.SIGQUIT)

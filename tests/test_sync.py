@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from meshmon import pki
 from meshmon.config import StoreConfig, SyncConfig
+from meshmon.results.encoded import ping_result
 from meshmon.store import AsyncRingStore, open_store
 from meshmon.sync import CURSOR, Uploader
 from meshmon.sync.client import aggregator_problem
@@ -56,6 +57,20 @@ async def append(store: AsyncRingStore, n: int, size: int = 0) -> range:
     return await store.append_batch([
         (now, "ping-core", f"t{i % 3}", os.urandom(size) if size else [b"result", False])
         for i in range(n)])  # fmt: skip
+
+
+async def append_pings(store: AsyncRingStore, n: int, frames: int = 4) -> list[bytes]:
+    """``n`` ping results as the agent's ping path appends them (each with its summary), in
+    ``frames`` appends; their encoded results, in seq order."""
+    now = time.time()
+    made = [ping_result(AGENT, "ping-core", f"t{i % 3}", 4, now + i / 1000, 2.0, "127.0.0.1",
+                        (0.5,) if i % 4 else (None,)) for i in range(n)]  # fmt: skip
+    recs = [(one.started_at, one.check, f"t{i % 3}", *one.stored(False))
+            for i, one in enumerate(made)]  # fmt: skip
+    step = -(-n // frames)
+    for at in range(0, n, step):
+        await store.append_batch(recs[at : at + step])
+    return [one.data for one in made]
 
 
 @asynccontextmanager
@@ -392,3 +407,43 @@ def test_the_aggregator_check_names_each_problem(mesh: Mesh, nodes: dict[str, No
     trust.update_crl(x509.load_pem_x509_crl(mesh.crl.read_bytes()))
     problem, _ = aggregator_problem(trust, der["agg"])
     assert problem is not None and "revoked" in problem
+
+
+async def test_stored_frames_travel_as_they_are_and_other_records_as_columns(
+        mesh: Mesh, nodes: dict[str, Node], tmp_path: Path) -> None:  # fmt: skip
+    agg = aggregator(mesh, nodes["agg"])
+    async with trio.open_nursery() as nursery, open_store(tmp_path / "store") as store:
+        await nursery.start(agg.serve)
+        datas = await append_pings(store, 120)
+        async with uploading(mesh, nodes, store, sync_config(agg.url, batch_size=50)) as up:
+            stream = agg.stream(AGENT, store.store_id)
+            with trio.fail_after(30):
+                await agg.wait_for(lambda: stream.high_water >= 120)
+                await until(up, lambda: up.status()["acked"] >= 120)
+            assert agg.versions[3] >= 2 and up.status()["frame_batches"] == agg.versions[3]
+            assert [stream.payloads[seq] for seq in range(1, 121)] == datas
+            with trio.fail_after(30):
+                await append(store, 50)  # results without a summary: columns (version 2)
+                await agg.wait_for(lambda: stream.high_water >= 170)
+            assert agg.versions[2] >= 1
+            assert exactly_once(agg, store) == list(range(1, 171))
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_aggregator_that_does_not_read_frames_gets_columns(
+        mesh: Mesh, nodes: dict[str, Node], tmp_path: Path) -> None:  # fmt: skip
+    agg = aggregator(mesh, nodes["agg"])
+    agg.unknown_versions = {3}
+    async with trio.open_nursery() as nursery, open_store(tmp_path / "store") as store:
+        await nursery.start(agg.serve)
+        datas = await append_pings(store, 100)
+        async with uploading(mesh, nodes, store, sync_config(agg.url, batch_size=50)) as up:
+            stream = agg.stream(AGENT, store.store_id)
+            with trio.fail_after(30):
+                await agg.wait_for(lambda: stream.high_water >= 100)
+                await until(up, lambda: up.status()["acked"] >= 100)
+            assert agg.answers.count(400) == 1 and agg.versions[3] == 0
+            assert up.frames_by_url == {agg.url: False} and up.status()["frame_batches"] == 0
+            assert [stream.payloads[seq] for seq in range(1, 101)] == datas
+            assert exactly_once(agg, store) == list(range(1, 101))
+        nursery.cancel_scope.cancel()

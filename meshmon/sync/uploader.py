@@ -134,6 +134,8 @@ class Uploader:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.batches = 0
+        self.frame_batches = 0
+        """Of ``batches``, those that went as stored frames (version 3)."""
         self.records = 0
         self.bytes = 0
         self.skipped = 0
@@ -317,6 +319,7 @@ class Uploader:
         self.acked = target
         self.skipped += batch.skipped_before
         self.batches += 1
+        self.frame_batches += isinstance(batch, FrameBatch)
         self.records += batch.count
         self.bytes += size
         if batch.members is not None:
@@ -435,7 +438,8 @@ class Uploader:
             "cursor": cursor.position if cursor else None, "acked": self.acked,
             "behind": cursor.behind if cursor else 0, "lost": cursor.lost if cursor else 0,
             "skipped_declared": self.skipped,
-            "batches": self.batches, "records": self.records, "bytes": self.bytes,
+            "batches": self.batches, "frame_batches": self.frame_batches,
+            "records": self.records, "bytes": self.bytes,
             "last_success": self.last_success, "last_error": self.last_error,
             "last_error_at": self.last_error_at, "failures": self.failures,
             "backoff_s": round(self.backoff, 3) if self.retry_at is not None else 0.0,
