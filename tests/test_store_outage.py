@@ -10,6 +10,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import pytest
 import trio
 
@@ -123,6 +124,21 @@ def test_a_batch_cut_by_the_full_disk_keeps_its_seqs(tiny_fs: Path) -> None:
         junk.unlink()
         assert store.retry()
         assert_all_present(store, 100)
+
+
+def test_buffered_records_keep_their_summaries(tiny_fs: Path) -> None:
+    clock = Clock()
+    with RingStore(tiny_fs / "store", CFG, clock=clock) as store:
+        junk = fill_disk(tiny_fs)
+        recs = [(float(i), "ping", f"t{i % 3}", cbor2.dumps(payload(i)),
+                 (i + 1, i / 2) if i % 2 else None) for i in range(100)]  # fmt: skip
+        assert store.append_batch(recs) == range(1, 101)
+        assert store.stats().health["buffered"] > 0
+        junk.unlink()
+        assert store.retry()
+        cols = store.read_columns(1, 100)
+    assert list(cols.words) == [i + 1 if i % 2 else 0 for i in range(100)]
+    assert [r for r in cols.rtts if r == r] == [i / 2 for i in range(1, 100, 2)]
 
 
 def test_overflow_is_counted_and_persisted_across_reopen(

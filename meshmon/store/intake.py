@@ -43,6 +43,13 @@ class Batch:
     summaries: Summaries | None = None
     """The summary columns, if any record has a summary."""
 
+    def rows(self, start: int) -> list[tuple[float, str, str, bytes, Any]]:
+        """Records ``start ..`` as ``(ts, check, target, payload, summary or None)``."""
+        sums = list(zip(*self.summaries, strict=True)) if self.summaries else [None] * len(
+            self.tss)  # fmt: skip
+        return list(zip(self.tss, self.checks, self.targets, self.payloads, sums,
+                        strict=True))[start:]  # fmt: skip
+
 
 def encode_payload(value: Any) -> bytes:
     """``value`` as CBOR bytes (bytes pass through as already encoded)."""
@@ -80,7 +87,7 @@ def split_batch(records: Sequence[RecordIn], series: SeriesTable, max_record: in
         summaries = None
     elif len(columns) == 5:
         tss, checks, targets, payloads, given = columns
-        summaries = _summaries(given)
+        summaries = summary_columns(given)
     else:
         raise InvalidRecord("each record must be a (ts, check, target, payload) tuple, "
                             "perhaps with a summary")  # fmt: skip
@@ -116,12 +123,16 @@ def _evened(records: Sequence[RecordIn]) -> list[tuple[Any, ...]]:
                             "perhaps with a summary") from None  # fmt: skip
 
 
-def _summaries(given: tuple[Any, ...]) -> Summaries | None:
-    """The summary columns of the records' summaries (``None`` if none has one)."""
+def summary_columns(given: Sequence[Any]) -> Summaries | None:
+    """The summary columns of the records' summaries (``None`` if none has one).
+
+    Raises:
+        InvalidRecord: a summary is not (an unsigned 32-bit word, a float).
+    """
     if None in given:
         if given.count(None) == len(given):
             return None
-        given = tuple((0, math.nan) if s is None else s for s in given)
+        given = [(0, math.nan) if s is None else s for s in given]
     try:
         words, rtts = zip(*given, strict=True)
         return array("I", words), array("d", rtts)

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import threading
 import time
@@ -65,7 +64,7 @@ from meshmon.store.errors import RecordDropped, StoreClosed, StoreError, StoreFa
 from meshmon.store.files import SegmentFiles
 from meshmon.store.frames import StoredFrames, read_frames
 from meshmon.store.index import SeriesTable
-from meshmon.store.intake import RecordIn, Summaries, intern, split_batch
+from meshmon.store.intake import RecordIn, Summaries, intern, split_batch, summary_columns
 from meshmon.store.outage import Buffered, Outages
 from meshmon.store.query import Reader
 from meshmon.store.records import CursorInfo, Record, RecoveryInfo, StoreStats
@@ -220,10 +219,7 @@ class RingStore:
                 seq0 = self._next_seq
                 written = self._write_records(b.tss, b.sids, b.payloads, b.summaries)
             if written < n:
-                sums = list(zip(*b.summaries, strict=True)) if b.summaries else [None] * n
-                rest = list(zip(b.tss, b.checks, b.targets, b.payloads, sums,
-                                strict=True))[written:]  # fmt: skip
-                return self._buffer(rest, seq0)
+                return self._buffer(b.rows(written), seq0)
             sync_now = self.config.fsync == "always" and self.auto_sync
         if sync_now:
             self.sync()
@@ -256,11 +252,7 @@ class RingStore:
     def _write_buffered(self, chunk: list[Buffered]) -> int:
         tss, checks, targets, payloads, sums = zip(*chunk, strict=True)
         sids = [intern(self.series, c, t) for c, t in zip(checks, targets, strict=True)]
-        summaries = None
-        if sums.count(None) < len(sums):
-            words, rtts = zip(*((0, math.nan) if x is None else x for x in sums), strict=True)
-            summaries = (words, rtts)
-        return self._write_records(tss, sids, payloads, summaries)
+        return self._write_records(tss, sids, payloads, summary_columns(sums))
 
     def retry(self, force: bool = True) -> bool:
         """Try to write the outage buffer now (or only if the backoff says so, without
