@@ -24,6 +24,12 @@ class IngestRefused(Exception):
         return {"error": self.message, **self.extra}
 
 
+def not_the_peer(agent: str, peer: str) -> IngestRefused:
+    """The 403 for a batch whose ``agent`` is not the node in the client certificate."""
+    return IngestRefused(403, f"agent: {agent!r} is not the node name in the client "
+                         f"certificate ({peer!r})")  # fmt: skip
+
+
 class DatabaseUnavailable(Exception):
     """PostgreSQL cannot be reached or is shutting down (answer 503; the agent retries).
 

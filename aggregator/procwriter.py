@@ -32,7 +32,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from aggregator.errors import DatabaseUnavailable, IngestRefused
+from aggregator.errors import DatabaseUnavailable, IngestRefused, not_the_peer
 from aggregator.schema import SchemaInfo
 from meshmon.wire import ingest as wire
 
@@ -82,10 +82,9 @@ def handle(writer: Any, peer: str, body: bytes, encoding: str | None) -> tuple[A
         batch = wire.decode_batch(body, encoding)
     except wire.BatchError as exc:
         return ("bad", str(exc), exc.status)
-    if batch.agent != peer:
-        return ("refused", 403, f"agent: {batch.agent!r} is not the node name in the client "
-                f"certificate ({peer!r})", {})  # fmt: skip
     try:
+        if batch.agent != peer:
+            raise not_the_peer(batch.agent, peer)
         ack = writer.write(peer, batch)
     except IngestRefused as exc:
         return ("refused", exc.status, exc.message, exc.extra)

@@ -56,7 +56,7 @@ from psycopg.types.json import Jsonb
 
 from aggregator import copybin, partitions
 from aggregator.copybin import COPY_SQL
-from aggregator.errors import DatabaseUnavailable, IngestRefused
+from aggregator.errors import DatabaseUnavailable, IngestRefused, not_the_peer
 from aggregator.procwriter import WriterProcess, answer
 from aggregator.rows import from_records
 from aggregator.schema import SchemaInfo
@@ -485,8 +485,7 @@ class Ingestor:
         batch = await trio.to_thread.run_sync(wire_ingest.decode_batch, body, encoding,
                                               limiter=self._decoding)  # fmt: skip
         if batch.agent != peer_name:
-            raise IngestRefused(403, f"agent: {batch.agent!r} is not the node name in the "
-                                f"client certificate ({peer_name!r})")  # fmt: skip
+            raise not_the_peer(batch.agent, peer_name)
         job = await self._submit(_Job(peer_name, batch))
         assert job.ack is not None
         return job.ack, len(batch.records) if isinstance(batch, Batch) else batch.count

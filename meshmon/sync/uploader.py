@@ -283,27 +283,25 @@ class Uploader:
         run = core.read_frames(position, min(MAX_RECORDS, self.limit * FRAME_BATCHES),
                                READ_BYTES) if frames else None  # fmt: skip
         if run is not None and not run.unsummarized:
-            after = min(self.acked, run.first - 1)
-            sent = FrameBatch(agent=self.identity.name, store=core.store_id, after=after,
-                              first=run.first, last=run.last,
-                              skipped_before=run.first - after - 1,
-                              lost_total=core.cursors.get(CURSOR).lost, sent_at=time.time(),
-                              members=members, run=run)  # fmt: skip
+            sent = FrameBatch(**self._header(run.first, run.last, members), run=run)
             return (sent, *encode_frames(sent))
         stored = core.read_columns(position, self.limit, READ_BYTES)
         if not stored.count:
             return None
         stored.truncate(_within_budget(stored))
-        first = stored.first
-        after = min(self.acked, first - 1)
         batch = ColumnBatch(  # valid by construction: the aggregator checks it anyway
-            agent=self.identity.name, store=core.store_id, after=after, first=first,
-            last=stored.last, skipped_before=first - after - 1,
-            lost_total=core.cursors.get(CURSOR).lost, sent_at=time.time(), members=members,
-            **self._reader.columns(stored),
-        )  # fmt: skip
+            **self._header(stored.first, stored.last, members), **self._reader.columns(stored))
         body, encoding = encode_columns(batch)
         return batch, body, encoding
+
+    def _header(self, first: int, last: int,
+                members: tuple[MemberReport, ...] | None) -> dict[str, Any]:  # fmt: skip
+        """The fields of a batch of records ``first .. last`` besides its records."""
+        after = min(self.acked, first - 1)
+        return {"agent": self.identity.name, "store": self.store.core.store_id, "after": after,
+                "first": first, "last": last, "skipped_before": first - after - 1,
+                "lost_total": self.store.core.cursors.get(CURSOR).lost, "sent_at": time.time(),
+                "members": members}  # fmt: skip
 
     # --- outcomes ---------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import sys
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import accumulate, chain
 from operator import add
 from typing import Any, NamedTuple
@@ -51,7 +51,7 @@ import cbor2
 from meshmon.wire.ingest import (
     MAX_RECORDS,
     BatchError,
-    MemberReport,
+    BatchHeader,
     SyncRecord,
     compress,
     get,
@@ -89,21 +89,12 @@ UNREADABLE = "unknown"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class ColumnBatch:
+class ColumnBatch(BatchHeader):
     """One upload in version 2: records ``first .. last`` of one store, as columns.
 
     Build it with :func:`column_batch` (which checks it) or :func:`decode_columns`.
     """
 
-    agent: str
-    store: str
-    after: int
-    first: int
-    last: int
-    skipped_before: int
-    lost_total: int
-    sent_at: float
-    members: tuple[MemberReport, ...] | None
     ts_us: array[int]
     """``q``: microseconds since the Unix epoch."""
     series: tuple[tuple[str, str], ...]
@@ -121,11 +112,6 @@ class ColumnBatch:
     """Where each payload starts in ``payloads`` when they are not back to back (a batch read
     from stored values, which ``payloads`` then holds whole: :mod:`meshmon.sync.build`), else
     None. A body always carries them back to back (:meth:`packed`)."""
-
-    @property
-    def count(self) -> int:
-        """Records in the batch."""
-        return self.last - self.first + 1
 
     def spans(self) -> tuple[list[int], list[int]]:
         """(starts, ends) of the payloads in ``payloads``."""
@@ -154,8 +140,8 @@ class ColumnBatch:
         if not isinstance(other, ColumnBatch):
             return NotImplemented
         return self.packed() == other.packed() and all(
-            _same(getattr(self, f), getattr(other, f)) for f in self.__slots__
-            if f not in ("payloads", "payload_at"))  # fmt: skip
+            _same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+            if f.name not in ("payloads", "payload_at"))  # fmt: skip
 
     __hash__ = None  # type: ignore[assignment]
 

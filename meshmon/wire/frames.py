@@ -53,7 +53,7 @@ from meshmon.wire.ingest import (
     MAX_BODY,
     MAX_RECORDS,
     BatchError,
-    MemberReport,
+    BatchHeader,
     get,
     header_fields,
     header_from,
@@ -64,24 +64,10 @@ VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)
-class FrameBatch:
+class FrameBatch(BatchHeader):
     """One upload in version 3: records ``first .. last`` of one store, as stored frames."""
 
-    agent: str
-    store: str
-    after: int
-    first: int
-    last: int
-    skipped_before: int
-    lost_total: int
-    sent_at: float
-    members: tuple[MemberReport, ...] | None
     run: StoredFrames
-
-    @property
-    def count(self) -> int:
-        """Records in the batch."""
-        return self.last - self.first + 1
 
 
 def encode_frames(b: FrameBatch) -> tuple[bytes, None]:
@@ -101,7 +87,7 @@ def decode_frames(obj: dict[str, Any]) -> ColumnBatch:
     from meshmon.sync.build import RecordReader  # it builds on the wire modules
 
     fields = header_from(obj)
-    header = FrameBatch(**fields, run=StoredFrames(fields["first"], fields["last"]))
+    header = BatchHeader(**fields)
     validate_header(header)
     if header.count > MAX_RECORDS:
         raise BatchError(f"last: {header.count} records from seq {header.first}, more than "

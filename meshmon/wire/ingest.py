@@ -144,6 +144,27 @@ def validate(batch: Batch) -> None:
                              "(records must be contiguous and in order)")
 
 
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    """What a batch of version 2 or 3 says besides its records (version 1's :class:`Batch`
+    carries the same fields, with defaults)."""
+
+    agent: str
+    store: str
+    after: int
+    first: int
+    last: int
+    skipped_before: int
+    lost_total: int
+    sent_at: float
+    members: tuple[MemberReport, ...] | None
+
+    @property
+    def count(self) -> int:
+        """Records in the batch."""
+        return self.last - self.first + 1
+
+
 class Header(Protocol):
     """What every version of a batch says besides its records."""
 
