@@ -3,9 +3,12 @@ the aggregator's, at what resolution, and how its rows become points. Plain tabl
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshmon.query import History
 from meshmon.query.archive import (
@@ -91,3 +94,16 @@ def test_each_agent_keeps_only_what_it_does_not_hold() -> None:
     assert {k: [p["t"] - t0 for p in v["points"]] for k, v in got.items()} == {
         "a": [10.0], "b": [10.0, 30.0], "c": [30.0]}  # b holds nothing, c did not answer
     assert got["b"]["records"] == 2 and not got["b"]["downsampled"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(min_value=1e9, max_value=4e9, allow_nan=False))
+def test_an_archive_bound_lands_on_the_microsecond_an_upload_stores(t: float) -> None:
+    """The aggregator's ``until`` is exclusive: a bound equal to a stored time must be that
+    time to the microsecond (``round(t * 1e6)``, as uploads send it), or the agent's own oldest
+    result comes back from the archive too (``fromtimestamp`` is a microsecond off for ~1 in 8
+    times)."""
+    from meshmon.sync.archive import _iso
+
+    since_epoch = dt.datetime.fromisoformat(_iso(t)) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    assert since_epoch // dt.timedelta(microseconds=1) == round(t * 1e6)

@@ -31,8 +31,15 @@ REQUEST_TIMEOUT = 10.0
 """Seconds for one request (the question's deadline is usually shorter)."""
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
+    """``t`` to the microsecond exactly as an upload stores a result's time (``round(t * 1e6)``
+    µs, :mod:`meshmon.sync.build`): a bound equal to a stored time lands on it, so ``until``
+    (exclusive) leaves out the agent's own oldest result. ``fromtimestamp`` rounds the fraction
+    on its own and may land a microsecond off."""
+    return (_EPOCH + dt.timedelta(microseconds=round(t * 1e6))).isoformat()
 
 
 class AggregatorArchive:
